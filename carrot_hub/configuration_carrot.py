@@ -1,0 +1,149 @@
+"""Configuration of a CARROT router.
+
+This file travels to the Hub next to `modeling_carrot.py` as remote code: it imports only the
+standard library and transformers.
+"""
+
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+PREDICTOR_KINDS = ("knn", "mlp")
+
+
+class CarrotConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`CarrotRouter`]: the candidate LLMs and their prices, the decision rule's
+    constants, the predictor kind and the sentence encoder's own configuration (so that one
+    `model.safetensors` holds every weight).
+
+    Args:
+        candidate_models (`list[str]`):
+            Names of the candidate LLMs, in the order of the prediction heads' outputs.
+        input_price_per_million (`list[float]`):
+            US dollars per million *prompt* tokens, one per candidate, same order.
+        output_price_per_million (`list[float]`):
+            US dollars per million *generated* tokens, one per candidate, same order.
+        prices_recorded_on (`str`, *optional*):
+            The date (ISO 8601) the price table was recorded; prices change, the card says when.
+        cost_scale (`float`):
+            The dollar amount per prompt that one full point of quality is worth at μ = 0.5.
+            The router picks argmax_m (1 − μ)·quality_m − μ·cost_m / cost_scale, so paying Δ dollars
+            more for a prompt is worth it when the predicted quality gain exceeds
+            μ / (1 − μ) · Δ / cost_scale. Training sets it to the mean per-prompt cost of the most
+            expensive candidate on the training data, which spreads μ ∈ [0, 1] over the whole
+            cost range of the candidates.
+        default_mu (`float`): μ used when `route()` is called without one.
+        predictor_kind (`str`): `"knn"` (CARROT-KNN) or `"mlp"` (learned heads).
+        knn_k (`int`): neighbours averaged by the kNN predictor.
+        knn_memory_size (`int`): number of training prompts stored by the kNN predictor.
+        head_hidden_size (`int`): width of the hidden layer of the MLP heads.
+        head_dropout (`float`): dropout of the MLP heads during training.
+        encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it).
+        max_prompt_tokens (`int`): prompts are truncated to this many tokens before encoding.
+        quality_target (`str`): what predicted quality means, e.g. `"probability correct"`.
+        training_data (`str`, *optional*): where the training prompts came from (for the card).
+        output_tokens_floor (`float`): smallest output-token prediction (tokens are never negative).
+    """
+
+    model_type = "carrot"
+
+    def __init__(
+        self,
+        candidate_models: list[str] | None = None,
+        input_price_per_million: list[float] | None = None,
+        output_price_per_million: list[float] | None = None,
+        prices_recorded_on: str | None = None,
+        cost_scale: float = 1e-3,
+        default_mu: float = 0.5,
+        predictor_kind: str = "knn",
+        knn_k: int = 32,
+        knn_memory_size: int = 0,
+        head_hidden_size: int = 256,
+        head_dropout: float = 0.1,
+        encoder_config: dict[str, Any] | None = None,
+        max_prompt_tokens: int = 256,
+        quality_target: str = "probability correct",
+        training_data: str | None = None,
+        output_tokens_floor: float = 0.0,
+        **kwargs,
+    ):
+        self.candidate_models = list(candidate_models or [])
+        n_models = len(self.candidate_models)
+        self.input_price_per_million = [float(p) for p in (input_price_per_million or [0.0] * n_models)]
+        self.output_price_per_million = [float(p) for p in (output_price_per_million or [0.0] * n_models)]
+        self.prices_recorded_on = prices_recorded_on
+        self.cost_scale = float(cost_scale)
+        self.default_mu = float(default_mu)
+        self.predictor_kind = predictor_kind
+        self.knn_k = int(knn_k)
+        self.knn_memory_size = int(knn_memory_size)
+        self.head_hidden_size = int(head_hidden_size)
+        self.head_dropout = float(head_dropout)
+        self.encoder_config = dict(encoder_config or {})
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.quality_target = quality_target
+        self.training_data = training_data
+        self.output_tokens_floor = float(output_tokens_floor)
+        super().__init__(**kwargs)
+        self.validate_router_fields()
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.candidate_models)
+
+    @property
+    def prices(self) -> dict[str, dict[str, float]]:
+        """The price table in force: `{model: {"input": $/M tokens, "output": $/M tokens}}`."""
+        return {
+            name: {"input": p_in, "output": p_out}
+            for name, p_in, p_out in zip(
+                self.candidate_models, self.input_price_per_million, self.output_price_per_million
+            )
+        }
+
+    def validate_router_fields(self) -> None:
+        """Raise `ValueError` naming the offending entry when the router's fields disagree."""
+        names = self.candidate_models
+        if len(set(names)) != len(names):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"candidate_models lists {duplicates} more than once; names must be unique.")
+        for field in ("input_price_per_million", "output_price_per_million"):
+            values = getattr(self, field)
+            if len(values) != len(names):
+                raise ValueError(
+                    f"{field} has {len(values)} entries but there are {len(names)} candidate_models; "
+                    "give one price per candidate, in the same order."
+                )
+            for name, value in zip(names, values):
+                check_price(value, f"{field} of {name!r}")
+        if self.predictor_kind not in PREDICTOR_KINDS:
+            raise ValueError(f"predictor_kind must be one of {PREDICTOR_KINDS}, got {self.predictor_kind!r}.")
+        if not (math.isfinite(self.cost_scale) and self.cost_scale > 0):
+            raise ValueError(f"cost_scale must be a finite positive number of dollars, got {self.cost_scale!r}.")
+        check_mu(self.default_mu)
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
+        if self.max_prompt_tokens < 2:
+            raise ValueError(f"max_prompt_tokens must be at least 2, got {self.max_prompt_tokens}.")
+
+
+def check_mu(mu) -> float:
+    """Return μ as a float, or raise `ValueError` if it is not a number in [0, 1]."""
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) and not hasattr(mu, "__float__"):
+        raise ValueError(f"mu must be a number in [0, 1], got {mu!r} ({type(mu).__name__}).")
+    value = float(mu)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"mu must be in [0, 1] (0 = best quality, 1 = cheapest), got {value!r}.")
+    return value
+
+
+def check_price(value, what: str) -> float:
+    """Return a price as a float, or raise `ValueError` naming `what` if it is not finite and ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number of US dollars per million tokens, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite price ≥ 0 in US dollars per million tokens, got {value!r}.")
+    return value

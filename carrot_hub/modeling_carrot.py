@@ -1,0 +1,754 @@
+"""CARROT router: a sentence encoder plus per-candidate predictions of quality and output tokens,
+and the cost-aware decision rule that turns them into a choice of LLM.
+
+This file travels to the Hub next to `configuration_carrot.py` as remote code: it imports only
+torch, numpy, transformers, the standard library and its sibling (relative import).
+"""
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
+from transformers.utils.logging import tqdm
+
+from .configuration_carrot import CarrotConfig, check_mu, check_price
+
+DOLLARS_PER_MILLION = 1e6
+
+
+@dataclass
+class CarrotRouterOutput(ModelOutput):
+    """
+    Output of [`CarrotRouter.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): quality BCE + log-token MSE, when targets are given.
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens (≥ 0).
+        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    quality: torch.FloatTensor | None = None
+    output_tokens: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class PromptEncoding:
+    """
+    Prompts turned into what the predictor needs.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
+        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+    """
+
+    embeddings: torch.Tensor
+    input_tokens: torch.Tensor
+    truncated: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class PromptPredictions:
+    """
+    What the router predicts for a list of prompts, before any μ or price is applied.
+
+    Args:
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
+        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+    """
+
+    quality: torch.Tensor
+    output_tokens: torch.Tensor
+    input_tokens: torch.Tensor
+    truncated: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.quality.shape[0]
+
+
+@dataclass
+class RoutingDecision:
+    """
+    The router's decision for a list of prompts.
+
+    Args:
+        models (`list[str]`): the chosen candidate per prompt.
+        model_indices (`torch.LongTensor` of shape `(batch,)`): index of the chosen candidate.
+        candidate_models (`list[str]`): the candidates, in column order of the tensors below.
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality.
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens counted by the router's tokenizer.
+        cost (`torch.FloatTensor` of shape `(batch, n_models)`): predicted US dollars with the prices in force.
+        utility (`torch.FloatTensor` of shape `(batch, n_models)`): (1 − μ)·quality − μ·cost / cost_scale;
+            `-inf` for candidates excluded by `allowed` or `max_cost`.
+        mu (`float`): the μ used.
+        prices (`dict`): the price table used, `{model: {"input": $/M, "output": $/M}}`.
+        truncated (`list[bool]`): prompts cut to the router's maximum length before encoding.
+        over_budget (`list[bool]`): prompts for which no allowed candidate fitted `max_cost`; the
+            cheapest allowed candidate was chosen instead.
+    """
+
+    models: list[str]
+    model_indices: torch.Tensor
+    candidate_models: list[str]
+    quality: torch.Tensor
+    output_tokens: torch.Tensor
+    input_tokens: torch.Tensor
+    cost: torch.Tensor
+    utility: torch.Tensor
+    mu: float
+    prices: dict
+    truncated: list[bool]
+    over_budget: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def chosen_cost(self) -> torch.Tensor:
+        """Predicted cost of the chosen model, shape `(batch,)`."""
+        return self.cost.gather(1, self.model_indices[:, None]).squeeze(1)
+
+    @property
+    def chosen_quality(self) -> torch.Tensor:
+        """Predicted quality of the chosen model, shape `(batch,)`."""
+        return self.quality.gather(1, self.model_indices[:, None]).squeeze(1)
+
+    def to_records(self) -> list[dict]:
+        """One plain dict per prompt (JSON-serialisable)."""
+        records = []
+        for row, chosen in enumerate(self.models):
+            records.append(
+                {
+                    "model": chosen,
+                    "truncated": self.truncated[row],
+                    "over_budget": self.over_budget[row],
+                    "input_tokens": int(self.input_tokens[row]),
+                    "predictions": {
+                        name: {
+                            "quality": float(self.quality[row, col]),
+                            "output_tokens": float(self.output_tokens[row, col]),
+                            "cost": float(self.cost[row, col]),
+                        }
+                        for col, name in enumerate(self.candidate_models)
+                    },
+                }
+            )
+        return records
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over real tokens: `(batch, seq, hidden)` → `(batch, hidden)`."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def predicted_cost(
+    input_tokens: torch.Tensor,
+    output_tokens: torch.Tensor,
+    input_price_per_million: torch.Tensor,
+    output_price_per_million: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Dollars per prompt and candidate: `input_tokens (batch,)`, `output_tokens (batch, n_models)`,
+    prices `(n_models,)` → `(batch, n_models)`.
+    """
+    return (
+        input_tokens[:, None] * input_price_per_million[None, :]
+        + output_tokens * output_price_per_million[None, :]
+    ) / DOLLARS_PER_MILLION
+
+
+def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: float) -> torch.Tensor:
+    """
+    CARROT's objective (1 − μ)·quality − μ·cost / cost_scale.
+
+    `quality`, `cost`: `(batch, n_models)`; `mu`: a float, or a tensor of shape `(n_mu,)` for a sweep,
+    in which case the result is `(n_mu, batch, n_models)`.
+    """
+    if isinstance(mu, torch.Tensor) and mu.ndim == 1:
+        mu = mu.to(quality.dtype)[:, None, None]
+    return (1 - mu) * quality - mu * (cost / cost_scale)
+
+
+def choose_candidates(
+    quality: torch.Tensor,
+    cost: torch.Tensor,
+    mu,
+    cost_scale: float,
+    allowed_mask: torch.Tensor | None = None,
+    max_cost: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The decision rule with its constraints.
+
+    Args:
+        quality, cost: `(batch, n_models)`.
+        mu: a float, or a `(n_mu,)` tensor to decide for many μ at once (no re-encoding).
+        allowed_mask: `(n_models,)` bool, candidates that may be chosen.
+        max_cost: candidates whose predicted cost exceeds it are excluded; when none fits a prompt,
+            its cheapest allowed candidate is chosen.
+
+    Returns:
+        `(indices, utility, over_budget)`: indices `(batch,)` or `(n_mu, batch)`, utility of the same
+        leading shape plus `n_models` (`-inf` where excluded), over_budget `(batch,)` bool.
+    """
+    n_models = quality.shape[-1]
+    if allowed_mask is None:
+        allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
+    feasible = allowed_mask[None, :].expand_as(cost)
+    over_budget = torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
+    if max_cost is not None:
+        within = feasible & (cost <= max_cost)
+        over_budget = ~within.any(dim=1)
+        cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
+        fallback = F.one_hot(cheapest, n_models).bool()
+        feasible = torch.where(over_budget[:, None], fallback, within)
+    utility = carrot_utility(quality, cost, mu, cost_scale).masked_fill(~feasible, -math.inf)
+    return utility.argmax(dim=-1), utility, over_budget
+
+
+class CarrotMLPHeads(nn.Module):
+    """Two small MLPs on the prompt embedding: quality logits and log(1 + output tokens) per candidate."""
+
+    def __init__(self, config: CarrotConfig, embedding_size: int):
+        super().__init__()
+        n_models, hidden = config.num_candidates, config.head_hidden_size
+        self.quality = nn.Sequential(
+            nn.Linear(embedding_size, hidden), nn.GELU(), nn.Dropout(config.head_dropout), nn.Linear(hidden, n_models)
+        )
+        self.log_output_tokens = nn.Sequential(
+            nn.Linear(embedding_size, hidden), nn.GELU(), nn.Dropout(config.head_dropout), nn.Linear(hidden, n_models)
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, hidden)` → quality logits `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
+        return self.quality(embeddings), self.log_output_tokens(embeddings)
+
+
+class CarrotKNNMemory(nn.Module):
+    """
+    CARROT-KNN: the training prompts' embeddings with their per-candidate scores and output tokens,
+    stored as buffers (so they live in `model.safetensors`). A prompt's prediction for candidate m
+    is the mean over its k nearest training prompts (cosine) *among those where m's cell is
+    observed*, so that missing cells never count as zeros and a candidate added later with a few
+    hundred prompts leaves the other candidates' predictions untouched.
+    """
+
+    def __init__(self, config: CarrotConfig, embedding_size: int):
+        super().__init__()
+        n_memory, n_models = config.knn_memory_size, config.num_candidates
+        self.k = config.knn_k
+        self.register_buffer("embeddings", torch.zeros(n_memory, embedding_size))
+        self.register_buffer("quality", torch.zeros(n_memory, n_models))
+        self.register_buffer("quality_observed", torch.zeros(n_memory, n_models))
+        self.register_buffer("log_output_tokens", torch.zeros(n_memory, n_models))
+        self.register_buffer("output_tokens_observed", torch.zeros(n_memory, n_models))
+
+    @torch.no_grad()
+    def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
+        """
+        Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
+        `(n, n_models)` with NaN for missing cells.
+        """
+        self.embeddings = embeddings.detach().float().clone()
+        self.quality = torch.nan_to_num(quality.float(), nan=0.0)
+        self.quality_observed = (~torch.isnan(quality)).float()
+        self.log_output_tokens = torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0))
+        self.output_tokens_observed = (~torch.isnan(output_tokens)).float()
+
+    def forward(self, embeddings: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
+        similarity = embeddings.to(self.embeddings.dtype) @ self.embeddings.T  # (batch, n_memory)
+        k = k or self.k
+        return (
+            self._neighbour_mean(similarity, self.quality, self.quality_observed, k),
+            self._neighbour_mean(similarity, self.log_output_tokens, self.output_tokens_observed, k),
+        )
+
+    @staticmethod
+    def _neighbour_mean(similarity, values, observed, k: int) -> torch.Tensor:
+        """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows."""
+        n_memory, n_models = values.shape
+        k = max(1, min(k, n_memory))
+        if bool(observed.all()):  # the common case: one neighbour set shared by all candidates
+            neighbours = similarity.topk(k, dim=1).indices  # (batch, k)
+            return values[neighbours].mean(1)
+        masked = similarity[:, None, :].masked_fill(observed.T[None] == 0, -math.inf)  # (batch, n_models, n_memory)
+        top = masked.topk(k, dim=2)
+        usable = torch.isfinite(top.values).to(values.dtype)  # fewer than k observed rows
+        gathered = values.T[torch.arange(n_models)[None, :, None], top.indices]  # (batch, n_models, k)
+        counts = usable.sum(2)
+        return (gathered * usable).sum(2) / counts.clamp(min=1)
+
+
+class CarrotPreTrainedModel(PreTrainedModel):
+    config_class = CarrotConfig
+    base_model_prefix = "carrot"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=0.02)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise _explain_load_error(error, pretrained_model_name_or_path) from error
+        model.check_consistency(source=str(pretrained_model_name_or_path))
+        return model
+
+
+def _explain_load_error(error: Exception, source) -> Exception:
+    text = str(error)
+    lowered = text.lower()
+    if "size mismatch" in lowered or "mismatch" in lowered and "shape" in lowered:
+        return ValueError(
+            f"The router at {source} does not match its config.json: {text.splitlines()[0]} "
+            "The price table / candidate_models in config.json must list exactly the candidates the "
+            "weights were trained for. Restore config.json, or use carrot_hub's add/remove-model tools "
+            "to change the candidate list."
+        )
+    if "safetensor" in lowered or "deserializ" in lowered or "header" in lowered or "incomplete" in lowered:
+        return OSError(
+            f"Could not read the weights file model.safetensors of the router at {source}: it is "
+            f"corrupted or truncated ({text.splitlines()[0] if text else type(error).__name__}). "
+            "Download or save the router again."
+        )
+    return error
+
+
+class CarrotRouter(CarrotPreTrainedModel):
+    r"""
+    A CARROT router: a BERT-family sentence encoder (mean pooled, L2-normalised) and a predictor
+    (`config.predictor_kind`: `"mlp"` heads or a `"knn"` memory) giving, for every candidate LLM,
+    its expected quality and the number of tokens it will write. [`route`] turns these into a
+    choice with CARROT's rule argmax_m (1 − μ)·quality_m − μ·cost_m / cost_scale.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel
+    >>> router = AutoModel.from_pretrained("path/or/org-router")
+    >>> decision = router.route(["Prove that √2 is irrational.", "hi!"], mu=0.3)
+    >>> decision.models
+    ```
+    """
+
+    def __init__(self, config: CarrotConfig):
+        super().__init__(config)
+        encoder_config = dict(config.encoder_config or {"model_type": "bert"})
+        model_type = encoder_config.pop("model_type", "bert")
+        for key in ("architectures", "transformers_version", "auto_map", "_name_or_path"):
+            encoder_config.pop(key, None)
+        self.encoder = AutoModel.from_config(
+            AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False
+        )
+        hidden = self.encoder.config.hidden_size
+        if config.predictor_kind == "knn":
+            self.predictor = CarrotKNNMemory(config, hidden)
+        else:
+            self.predictor = CarrotMLPHeads(config, hidden)
+        self._tokenizer = None
+        self._tokenizer_lock = threading.Lock()
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------- tensors
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`(batch, seq)` token ids → `(batch, hidden)` L2-normalised mean-pooled embeddings."""
+        hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(mean_pool(hidden_states, attention_mask), p=2, dim=-1)
+
+    def predict_from_embeddings(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `(batch, hidden)` embeddings → quality `(batch, n_models)` in [0, 1] and output tokens
+        `(batch, n_models)` ≥ 0, without the encoder (for precomputed embeddings).
+        """
+        quality, log_tokens = self._raw_predictions(embeddings)
+        if self.config.predictor_kind == "mlp":
+            quality = torch.sigmoid(quality)
+        return quality, self._tokens_from_log(log_tokens)
+
+    def _raw_predictions(self, embeddings):
+        return self.predictor(embeddings)
+
+    def _tokens_from_log(self, log_tokens: torch.Tensor) -> torch.Tensor:
+        # Clamp before expm1 so an untrained head cannot overflow to inf.
+        return torch.expm1(log_tokens.clamp(min=0.0, max=20.0)).clamp(min=self.config.output_tokens_floor)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        embeddings: torch.FloatTensor | None = None,
+        quality_labels: torch.FloatTensor | None = None,
+        output_token_labels: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> CarrotRouterOutput:
+        r"""
+        Args:
+            input_ids, attention_mask (`(batch, seq)`): the tokenized prompts.
+            embeddings (`(batch, hidden)`, *optional*): precomputed embeddings instead of `input_ids`.
+            quality_labels (`(batch, n_models)`, *optional*): observed scores in [0, 1], NaN where missing.
+            output_token_labels (`(batch, n_models)`, *optional*): observed output tokens, NaN where missing.
+
+        The loss is the masked BCE of the quality predictions plus the masked MSE of log(1 + tokens).
+        """
+        if embeddings is None:
+            if input_ids is None:
+                raise ValueError("forward() needs input_ids (with attention_mask) or precomputed embeddings.")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            embeddings = self.embed(input_ids, attention_mask)
+        quality_raw, log_tokens = self._raw_predictions(embeddings)
+        is_logits = self.config.predictor_kind == "mlp"
+        quality = torch.sigmoid(quality_raw) if is_logits else quality_raw
+        loss = None
+        if quality_labels is not None or output_token_labels is not None:
+            loss = carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is_logits)
+        return CarrotRouterOutput(
+            loss=loss, quality=quality, output_tokens=self._tokens_from_log(log_tokens), embeddings=embeddings
+        )
+
+    # ------------------------------------------------------------------------------- tokenizer
+
+    @property
+    def tokenizer(self):
+        """The tokenizer saved with the router (loaded on first use from where the router came from)."""
+        if self._tokenizer is None:
+            with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    source = self.name_or_path
+                    try:
+                        self._tokenizer = AutoTokenizer.from_pretrained(source)
+                    except Exception as error:
+                        raise OSError(
+                            f"This router has no tokenizer (looked in {source!r}: {error}). Save one next "
+                            "to config.json (router.set_tokenizer(tok); router.save_pretrained(folder))."
+                        ) from error
+        return self._tokenizer
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """Attach the tokenizer of the encoder; `save_pretrained` saves it next to the weights."""
+        self._tokenizer = tokenizer
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save config, weights, remote code (`auto_map`) and the tokenizer into `save_directory`."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.tokenizer.save_pretrained(save_directory)
+        return result
+
+    # ---------------------------------------------------------------------------------- routing
+
+    @torch.inference_mode()
+    def encode(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptEncoding:
+        """
+        Tokenize and embed prompts. They are tokenized once, sorted by length so that each batch
+        pads little, and returned in input order: embeddings `(batch, hidden)`.
+        """
+        prompts = check_prompts(prompts)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        hidden = self.encoder.config.hidden_size
+        if not prompts:
+            return PromptEncoding(torch.zeros(0, hidden), torch.zeros(0), [])
+        token_ids, input_tokens, truncated = self._tokenize(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
+        embeddings = torch.empty(len(prompts), hidden)
+        pad_id = self.tokenizer.pad_token_id or 0
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="encoding prompts", unit="batch", disable=not progress):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], pad_id)
+            batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
+            embeddings[torch.tensor(rows)] = batch_embeddings.float().cpu()
+        return PromptEncoding(embeddings, torch.tensor(input_tokens, dtype=torch.float32), truncated)
+
+    @torch.inference_mode()
+    def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
+        """Encode prompts and predict, for every candidate, quality and output tokens `(batch, n_models)`."""
+        encoding = self.encode(prompts, batch_size=batch_size, progress=progress)
+        return self.predict_encoded(encoding, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:
+        """Predictions from precomputed embeddings (no encoder pass), in chunks of `batch_size`."""
+        n_models = self.config.num_candidates
+        quality, output_tokens = [torch.zeros(0, n_models)], [torch.zeros(0, n_models)]
+        for start in range(0, encoding.embeddings.shape[0], batch_size):
+            chunk = encoding.embeddings[start : start + batch_size].to(self.device, self.dtype)
+            chunk_quality, chunk_tokens = self.predict_from_embeddings(chunk)
+            quality.append(chunk_quality.float().cpu())
+            output_tokens.append(chunk_tokens.float().cpu())
+        return PromptPredictions(
+            torch.cat(quality), torch.cat(output_tokens), encoding.input_tokens, list(encoding.truncated)
+        )
+
+    def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+        tokenizer = self.tokenizer
+        max_length = self.config.max_prompt_tokens
+        # The tokenizer's padding/truncation state is shared; concurrent calls must not interleave.
+        with self._tokenizer_lock:
+            encoded = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            n_special = tokenizer.num_special_tokens_to_add(pair=False)
+        token_ids, input_tokens, truncated = [], [], []
+        for ids in encoded:
+            input_tokens.append(len(ids) - n_special)
+            if len(ids) > max_length:
+                # Keep the leading tokens and the closing special token ([SEP] / </s>).
+                ids = ids[: max_length - 1] + ids[-1:]
+                truncated.append(True)
+            else:
+                truncated.append(False)
+            token_ids.append(ids)
+        return token_ids, input_tokens, truncated
+
+    def route(
+        self,
+        prompts: Sequence[str] | str,
+        mu: float | None = None,
+        prices: Mapping | None = None,
+        allowed: Sequence[str] | None = None,
+        max_cost: float | None = None,
+        batch_size: int = 64,
+    ) -> RoutingDecision:
+        """
+        Choose a candidate LLM for every prompt.
+
+        Args:
+            prompts: a list of strings (a single string is routed as a list of one).
+            mu: the quality/cost trade-off in [0, 1] for this call (0 = best predicted quality,
+                1 = cheapest); defaults to `config.default_mu`.
+            prices: per-call price overrides, `{model: {"input": $/M, "output": $/M}}` (either key
+                may be left out) or `{model: (input, output)}`; other models keep their price.
+            allowed: restrict the choice to these candidates.
+            max_cost: exclude candidates whose predicted cost in dollars exceeds it; a prompt for
+                which none fits gets its cheapest allowed candidate, flagged in `over_budget`.
+            batch_size: prompts encoded per forward pass.
+
+        Returns:
+            A [`RoutingDecision`].
+        """
+        prompts = check_prompts(prompts)
+        mu, input_prices, output_prices, allowed_mask, max_cost = self._resolve_options(mu, prices, allowed, max_cost)
+        predictions = self.predict(prompts, batch_size=batch_size)
+        return self._decide(predictions, mu, input_prices, output_prices, allowed_mask, max_cost)
+
+    def decide(
+        self,
+        predictions: PromptPredictions,
+        mu: float | None = None,
+        prices: Mapping | None = None,
+        allowed: Sequence[str] | None = None,
+        max_cost: float | None = None,
+    ) -> RoutingDecision:
+        """Like [`route`], from predictions already made by [`predict`]: changing μ or prices needs no re-encoding."""
+        options = self._resolve_options(mu, prices, allowed, max_cost)
+        return self._decide(predictions, *options)
+
+    def _resolve_options(self, mu, prices, allowed, max_cost):
+        mu = check_mu(self.config.default_mu if mu is None else mu)
+        input_prices, output_prices = self.resolve_prices(prices)
+        allowed_mask = self.resolve_allowed(allowed)
+        if max_cost is not None:
+            if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)):
+                raise ValueError(f"max_cost must be a number of US dollars per prompt, got {max_cost!r}.")
+            if not math.isfinite(max_cost) or max_cost < 0:
+                raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
+            max_cost = float(max_cost)
+        return mu, input_prices, output_prices, allowed_mask, max_cost
+
+    def _decide(self, predictions, mu, input_prices, output_prices, allowed_mask, max_cost) -> RoutingDecision:
+        cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
+        indices, utility, over_budget = choose_candidates(
+            predictions.quality, cost, mu, self.config.cost_scale, allowed_mask, max_cost
+        )
+        names = self.config.candidate_models
+        return RoutingDecision(
+            models=[names[i] for i in indices.tolist()],
+            model_indices=indices,
+            candidate_models=list(names),
+            quality=predictions.quality,
+            output_tokens=predictions.output_tokens,
+            input_tokens=predictions.input_tokens,
+            cost=cost,
+            utility=utility,
+            mu=mu,
+            prices={
+                name: {"input": float(p_in), "output": float(p_out)}
+                for name, p_in, p_out in zip(names, input_prices.tolist(), output_prices.tolist())
+            },
+            truncated=list(predictions.truncated),
+            over_budget=over_budget.tolist(),
+        )
+
+    # ----------------------------------------------------------------------------------- prices
+
+    def resolve_prices(self, overrides: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The price table in force with `overrides` applied: input and output $/M tokens, `(n_models,)` each."""
+        input_prices = list(self.config.input_price_per_million)
+        output_prices = list(self.config.output_price_per_million)
+        if overrides is not None:
+            if not isinstance(overrides, Mapping):
+                raise ValueError(
+                    "prices must be a mapping {model: {'input': $/M, 'output': $/M}}, "
+                    f"got {type(overrides).__name__}."
+                )
+            for name, price in overrides.items():
+                column = self._candidate_index(name, what="prices")
+                new_input, new_output = _parse_price_entry(name, price)
+                if new_input is not None:
+                    input_prices[column] = new_input
+                if new_output is not None:
+                    output_prices[column] = new_output
+        return (
+            torch.tensor(input_prices, dtype=torch.float32),
+            torch.tensor(output_prices, dtype=torch.float32),
+        )
+
+    def set_prices(self, prices: Mapping, recorded_on: str | None = None) -> None:
+        """Change the price table permanently (save with `save_pretrained`); unnamed models keep theirs."""
+        input_prices, output_prices = self.resolve_prices(prices)
+        self.config.input_price_per_million = [float(p) for p in input_prices.tolist()]
+        self.config.output_price_per_million = [float(p) for p in output_prices.tolist()]
+        if recorded_on is not None:
+            self.config.prices_recorded_on = recorded_on
+
+    def resolve_allowed(self, allowed: Sequence[str] | None) -> torch.Tensor | None:
+        """`allowed` names → `(n_models,)` bool mask, or None when every candidate is allowed."""
+        if allowed is None:
+            return None
+        if isinstance(allowed, str):
+            allowed = [allowed]
+        mask = torch.zeros(self.config.num_candidates, dtype=torch.bool)
+        for name in allowed:
+            mask[self._candidate_index(name, what="allowed")] = True
+        if not mask.any():
+            raise ValueError("allowed is empty: name at least one candidate model.")
+        return mask
+
+    def _candidate_index(self, name, what: str) -> int:
+        try:
+            return self.config.candidate_models.index(name)
+        except ValueError:
+            raise ValueError(
+                f"{what} names {name!r}, which is not a candidate of this router. "
+                f"Known candidates: {', '.join(self.config.candidate_models)}."
+            ) from None
+
+    # ------------------------------------------------------------------------------ consistency
+
+    def check_consistency(self, source: str = "this router") -> None:
+        """Raise `ValueError` if the weights' number of candidates differs from the config's price table."""
+        n_models = self.config.num_candidates
+        if isinstance(self.predictor, CarrotKNNMemory):
+            width = self.predictor.quality.shape[1]
+        else:
+            width = self.predictor.quality[-1].out_features
+        if width != n_models:
+            raise ValueError(
+                f"The router at {source} predicts {width} candidates but its config lists {n_models} "
+                f"({', '.join(self.config.candidate_models)}). The price table must match the heads."
+            )
+
+
+def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is_logits: bool) -> torch.Tensor:
+    """
+    Masked training loss: BCE of quality against observed scores (NaN = missing) plus MSE of
+    log(1 + output tokens). All inputs `(batch, n_models)`.
+    """
+    loss = quality_raw.new_zeros(())
+    if quality_labels is not None:
+        observed = ~torch.isnan(quality_labels)
+        target = torch.nan_to_num(quality_labels, nan=0.0).to(quality_raw.dtype)
+        if is_logits:
+            per_cell = F.binary_cross_entropy_with_logits(quality_raw, target, reduction="none")
+        else:
+            per_cell = F.binary_cross_entropy(quality_raw.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+        loss = loss + (per_cell * observed).sum() / observed.sum().clamp(min=1)
+    if output_token_labels is not None:
+        observed = ~torch.isnan(output_token_labels)
+        target = torch.log1p(torch.nan_to_num(output_token_labels, nan=0.0).clamp(min=0)).to(log_tokens.dtype)
+        loss = loss + (((log_tokens - target) ** 2) * observed).sum() / observed.sum().clamp(min=1)
+    return loss
+
+
+def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: → input_ids `(batch, seq)`, attention_mask `(batch, seq)`."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def check_prompts(prompts) -> list[str]:
+    """Return prompts as a list of non-empty strings, or raise naming the first bad position."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts is None or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}.")
+    prompts = list(prompts)
+    for position, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {position} is a {type(prompt).__name__}, not a string: {prompt!r:.80}")
+        if not prompt.strip():
+            raise ValueError(f"prompt {position} is empty: there is nothing to route. Remove it or give it text.")
+    return prompts
+
+
+def _parse_price_entry(name: str, price) -> tuple[float | None, float | None]:
+    if isinstance(price, Mapping):
+        unknown = set(price) - {"input", "output"}
+        if unknown:
+            raise ValueError(f"price of {name!r} has unknown keys {sorted(unknown)}; use 'input' and 'output'.")
+        new_input, new_output = price.get("input"), price.get("output")
+    elif isinstance(price, Sequence) and not isinstance(price, str) and len(price) == 2:
+        new_input, new_output = price
+    else:
+        raise ValueError(
+            f"price of {name!r} must be {{'input': $/M, 'output': $/M}} or (input, output), got {price!r}."
+        )
+    return (
+        None if new_input is None else check_price(new_input, f"input price of {name!r}"),
+        None if new_output is None else check_price(new_output, f"output price of {name!r}"),
+    )
+
+
+__all__ = [
+    "CarrotRouter",
+    "CarrotPreTrainedModel",
+    "CarrotRouterOutput",
+    "RoutingDecision",
+    "PromptPredictions",
+    "PromptEncoding",
+    "choose_candidates",
+    "carrot_utility",
+    "predicted_cost",
+]
