@@ -16,6 +16,7 @@ CarrotConfig.register_for_auto_class()
 CarrotRouter.register_for_auto_class("AutoModel")
 
 from .building import new_router  # noqa: E402
+from .data import load_routing_table  # noqa: E402
 from .default import default_router  # noqa: E402
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "PromptPredictions",
     "RoutingDecision",
     "default_router",
+    "load_routing_table",
     "new_router",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,110 @@
+"""Opening a routing data source with `datasets.load_dataset`: a Hub repo id, a local folder, or files.
+
+Every source goes through `load_dataset`, so a local copy and the Hub read the same way; failures
+become one clear message (missing path, unknown repo, offline mode) instead of a deep traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from .prices import PRICES_FILENAME, read_prices_file
+
+_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+class RoutingSourceError(OSError):
+    """A routing data source that cannot be opened (missing, unknown, unreachable)."""
+
+
+def _builder_for(paths: Sequence[Path]) -> str:
+    kinds = {_BUILDERS.get("".join(p.suffixes[-1:]).lower()) for p in paths}
+    if None in kinds or len(kinds) != 1:
+        raise RoutingSourceError(
+            f"Cannot tell the format of {[str(p) for p in paths]}: give .parquet or .jsonl files (all of one kind)."
+        )
+    return kinds.pop()
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A string that cannot be a Hub repo id (`name` or `org/name`) is taken for a local path."""
+    return not _REPO_ID.match(source) or Path(source).suffix.lower() in _BUILDERS
+
+
+def open_dataset(source, split: str, streaming: bool):
+    """
+    `(dataset, prices_document_or_None, description)` for `source`: a local folder (read by
+    `load_dataset(folder)`, which follows its README configs or file names), one or more local
+    files, or a Hub dataset repo id. `dataset` is a `Dataset`, or an `IterableDataset` when streaming.
+    """
+    import datasets
+
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p).expanduser() for p in source]
+    elif isinstance(source, (str, os.PathLike)):
+        paths = [Path(source).expanduser()]
+    else:
+        raise TypeError(f"source must be a Hub repo id, a folder, or file paths, not {type(source).__name__}.")
+
+    local = len(paths) > 1 or paths[0].exists() or _looks_like_path(str(source)) or isinstance(source, os.PathLike)
+    if local:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise RoutingSourceError(f"No such file or folder: {', '.join(missing)}.")
+        if len(paths) == 1 and paths[0].is_dir():
+            folder = paths[0]
+            try:
+                dataset = datasets.load_dataset(str(folder), split=split, streaming=streaming)
+            except ValueError as error:  # an unknown split: say which ones exist
+                raise RoutingSourceError(f"Cannot read split {split!r} from {folder}: {error}") from None
+            except (datasets.exceptions.DataFilesNotFoundError, FileNotFoundError) as error:
+                raise RoutingSourceError(f"{folder} holds no data files load_dataset can read ({error}).") from None
+        else:
+            folder = paths[0].parent
+            builder = _builder_for(paths)
+            dataset = datasets.load_dataset(
+                builder, data_files={split: [str(p) for p in paths]}, split=split, streaming=streaming
+            )
+        prices_path = folder / PRICES_FILENAME
+        prices = read_prices_file(prices_path) if prices_path.is_file() else None
+        return dataset, prices, str(folder if len(paths) == 1 and paths[0].is_dir() else paths[0])
+
+    repo_id = str(source)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        dataset = datasets.load_dataset(repo_id, split=split, streaming=streaming)
+    except datasets.exceptions.DatasetNotFoundError:
+        raise RoutingSourceError(
+            f"No dataset {repo_id!r} on the Hugging Face Hub (or it is private: log in with `hf auth login` "
+            "or set HF_TOKEN). For a local copy pass its folder or files instead."
+        ) from None
+    except (ConnectionError, OSError) as error:
+        hint = (
+            "HF_HUB_OFFLINE is set, so only datasets already in the local cache can be read"
+            if offline
+            else "the Hub could not be reached"
+        )
+        raise RoutingSourceError(
+            f"Cannot load {repo_id!r}: {hint} ({error}). Pass a local folder or parquet/jsonl files in "
+            "SPROUT layout instead, or unset HF_HUB_OFFLINE when online."
+        ) from None
+    except ValueError as error:
+        raise RoutingSourceError(f"Cannot read split {split!r} of {repo_id!r}: {error}") from None
+    return dataset, _hub_prices(repo_id), repo_id
+
+
+def _hub_prices(repo_id: str) -> dict | None:
+    """The repo's prices.json when it has one (None when absent or unreachable)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id, PRICES_FILENAME, repo_type="dataset")
+    except Exception:  # absent, private or offline: the prices then come from the caller
+        return None
+    return read_prices_file(path)
