@@ -3,6 +3,10 @@
 A SPROUT-layout row holds the metadata columns (`key`, `dataset`, `prompt`, ... ) and one struct column
 per candidate model, `{score, num_input_tokens, num_output_tokens}`. Model columns are found from the
 data's own schema, never from a list in code.
+
+Missing values: a cell whose `score` is null is "not observed" (NaN in the table; its token counts may be
+null too). A cell that is null as a whole means the model is absent from that row, which is an error,
+as is an observed score without both token counts.
 """
 
 from __future__ import annotations
@@ -142,7 +146,8 @@ class RowValidator:
             for i in np.flatnonzero(bad_score):
                 reasons[i].append(f"{model!r}.score = {score[i]:g} is outside [0, 1]")
             for name, tokens in (("num_input_tokens", n_in), ("num_output_tokens", n_out)):
-                for i in np.flatnonzero(present & np.isnan(tokens)):
+                # A null score marks a cell as not observed: its token counts may then be null too.
+                for i in np.flatnonzero(present & ~np.isnan(score) & np.isnan(tokens)):
                     reasons[i].append(f"{model!r} cell lacks {name}")
                 known = present & ~np.isnan(tokens)
                 for i in np.flatnonzero(known & ((tokens < 0) | (tokens != np.round(tokens)) | ~np.isfinite(tokens))):
