@@ -18,6 +18,9 @@ CarrotRouter.register_for_auto_class("AutoModel")
 from .building import new_router  # noqa: E402
 from .data import load_routing_table  # noqa: E402
 from .default import default_router  # noqa: E402
+from .pipeline import register_pipeline as _register_pipeline  # noqa: E402
+
+_register_pipeline()  # pipeline("llm-routing", model=...)
 
 __all__ = [
     "CarrotConfig",
