@@ -42,8 +42,10 @@ def new_router(
     if unknown:
         raise ValueError(f"prices names {unknown}, which are not among candidate_models {list(candidate_models)}.")
     encoder = encoder or default_encoder_path()
-    pretrained = AutoModel.from_pretrained(encoder, add_pooling_layer=False)
+    pretrained = AutoModel.from_pretrained(encoder)  # with its pooler if any: the router drops it
     tokenizer = AutoTokenizer.from_pretrained(encoder)
+    for machine_specific in ("local_files_only", "is_local", "_name_or_path"):
+        tokenizer.init_kwargs.pop(machine_specific, None)
     encoder_config = pretrained.config.to_dict()
     encoder_config.pop("_name_or_path", None)  # a local path means nothing on another machine
     max_tokens = config_fields.pop("max_prompt_tokens", None) or min(
@@ -59,7 +61,8 @@ def new_router(
         **config_fields,
     )
     router = CarrotRouter(config)
-    missing_keys, unexpected_keys = router.encoder.load_state_dict(pretrained.state_dict(), strict=False)
+    encoder_weights = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
+    missing_keys, _ = router.encoder.load_state_dict(encoder_weights, strict=False)
     if missing_keys:
         raise ValueError(f"The encoder at {encoder} lacks weights the router needs: {missing_keys[:5]}")
     router.set_tokenizer(tokenizer)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as transformers_logging
 from transformers.utils.logging import tqdm
 
 from .configuration_carrot import CarrotConfig, check_mu, check_price
@@ -315,8 +316,11 @@ class CarrotPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except (OSError, ValueError, RuntimeError) as error:
-            raise _explain_load_error(error, pretrained_model_name_or_path) from error
+        except Exception as error:
+            explained = _explain_load_error(error, pretrained_model_name_or_path)
+            if explained is error:
+                raise
+            raise explained from error
         model.check_consistency(source=str(pretrained_model_name_or_path))
         return model
 
@@ -324,14 +328,14 @@ class CarrotPreTrainedModel(PreTrainedModel):
 def _explain_load_error(error: Exception, source) -> Exception:
     text = str(error)
     lowered = text.lower()
-    if "size mismatch" in lowered or "mismatch" in lowered and "shape" in lowered:
+    if "mismatch" in lowered:
         return ValueError(
-            f"The router at {source} does not match its config.json: {text.splitlines()[0]} "
-            "The price table / candidate_models in config.json must list exactly the candidates the "
-            "weights were trained for. Restore config.json, or use carrot_hub's add/remove-model tools "
-            "to change the candidate list."
+            f"The router at {source} does not match its config.json: the weights were trained for a "
+            "different number of candidates (or memory size) than candidate_models and the price table "
+            "list. Restore config.json, or add/remove candidates with the tools made for it (`carrot "
+            "add-model` / `carrot remove-model`), which update weights and config together."
         )
-    if "safetensor" in lowered or "deserializ" in lowered or "header" in lowered or "incomplete" in lowered:
+    if type(error).__name__ == "SafetensorError" or "deserializ" in lowered or "incomplete metadata" in lowered:
         return OSError(
             f"Could not read the weights file model.safetensors of the router at {source}: it is "
             f"corrupted or truncated ({text.splitlines()[0] if text else type(error).__name__}). "
@@ -443,7 +447,14 @@ class CarrotRouter(CarrotPreTrainedModel):
                 if self._tokenizer is None:
                     source = self.name_or_path
                     try:
-                        self._tokenizer = AutoTokenizer.from_pretrained(source)
+                        # trust_remote_code=False: the tokenizer is a stock one; without it, AutoTokenizer
+                        # would ask again about the router's own auto_map in config.json.
+                        verbosity = transformers_logging.get_verbosity()
+                        transformers_logging.set_verbosity_error()  # silences a config-type notice
+                        try:
+                            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+                        finally:
+                            transformers_logging.set_verbosity(verbosity)
                     except Exception as error:
                         raise OSError(
                             f"This router has no tokenizer (looked in {source!r}: {error}). Save one next "
@@ -609,7 +620,10 @@ class CarrotRouter(CarrotPreTrainedModel):
     # ----------------------------------------------------------------------------------- prices
 
     def resolve_prices(self, overrides: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The price table in force with `overrides` applied: input and output $/M tokens, `(n_models,)` each."""
+        """
+        The price table in force with `overrides` applied: input and output $/M tokens, `(n_models,)`
+        float64 each (float64 so that prices round-trip exactly into decisions and config.json).
+        """
         input_prices = list(self.config.input_price_per_million)
         output_prices = list(self.config.output_price_per_million)
         if overrides is not None:
@@ -626,8 +640,8 @@ class CarrotRouter(CarrotPreTrainedModel):
                 if new_output is not None:
                     output_prices[column] = new_output
         return (
-            torch.tensor(input_prices, dtype=torch.float32),
-            torch.tensor(output_prices, dtype=torch.float32),
+            torch.tensor(input_prices, dtype=torch.float64),
+            torch.tensor(output_prices, dtype=torch.float64),
         )
 
     def set_prices(self, prices: Mapping, recorded_on: str | None = None) -> None:
