@@ -1,0 +1,497 @@
+"""
+Publishing routers to the Hugging Face Hub, and new revisions with new prices.
+
+`publish_router` sends a saved router folder (config with `auto_map`, the two remote-code files,
+`model.safetensors`, the tokenizer) plus a generated model card, and optionally the evaluation JSON
+and its cost–quality plot, in ONE commit. Everything that can be checked locally (the folder, the
+repo id, a token, the card) is checked before anything is sent, so a failure never leaves a
+half-pushed repository.
+
+`set_prices` writes a router folder (or publishes a revision) whose config and card carry a new
+price table; `model.safetensors` is copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .configuration_carrot import CarrotConfig
+
+CARD_FILENAME = "README.md"
+PLOT_FILENAME = "cost_quality.png"
+EVAL_FILENAME = "eval_results.json"
+CODE_FILES = ("configuration_carrot.py", "modeling_carrot.py")
+WEIGHTS_FILE = "model.safetensors"
+# A tokenizer needs its config plus one vocabulary file; any of these found is sent along.
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "merges.txt")
+
+
+class PublishError(ValueError):
+    """Publishing or re-pricing cannot proceed; the message says what is wrong and what to do."""
+
+
+@dataclass
+class PublishResult:
+    """What a publish sent: the Hub's commit info and `(path_in_repo, bytes)` per file."""
+
+    repo_id: str
+    revision: str | None
+    files: list[tuple[str, int]]
+    commit_info: object = None
+    card: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def check_repo_id(repo_id) -> str:
+    """Return `repo_id` if it is a valid Hub model id (`name` or `namespace/name`), else raise."""
+    if not isinstance(repo_id, str) or not repo_id:
+        raise PublishError(f"The repo id must be a non-empty string like 'your-name/my-router', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).splitlines()[0].replace(" Use `repo_type` argument if needed.", "").rstrip(".")
+        raise PublishError(
+            f"{repo_id!r} is not a valid Hub repo id ({reason}). Use 'namespace/name' with letters, digits, "
+            "'-', '_' or '.', e.g. 'your-name/my-router'."
+        ) from None
+    return repo_id
+
+
+def router_files(folder: str | os.PathLike) -> list[str]:
+    """
+    The files of a saved router that must travel to the Hub, relative to `folder`; raise
+    `PublishError` listing every missing one (and saying how to produce them).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder} is not a folder; save the router first with router.save_pretrained('{folder}').")
+    present = {path.name for path in folder.iterdir() if path.is_file()}
+    required = ["config.json", *CODE_FILES, WEIGHTS_FILE, TOKENIZER_CONFIG]
+    missing = [name for name in required if name not in present]
+    vocabularies = [name for name in TOKENIZER_VOCABULARIES if name in present]
+    if not vocabularies:
+        missing.append(f"a tokenizer vocabulary ({' or '.join(TOKENIZER_VOCABULARIES[:2])})")
+    if missing:
+        raise PublishError(
+            f"The router folder {folder} lacks {', '.join(missing)}. Save the whole router with "
+            "`router.save_pretrained(folder)` (with carrot_hub imported, it writes the code files, "
+            "auto_map and the tokenizer)."
+        )
+    _check_config(folder)
+    extras = [name for name in TOKENIZER_EXTRAS if name in present]
+    return sorted([*required, *vocabularies, *extras])
+
+
+def _check_config(folder: Path) -> CarrotConfig:
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PublishError(f"{folder / 'config.json'} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+    if raw.get("model_type") != CarrotConfig.model_type:
+        raise PublishError(f"{folder / 'config.json'} is not a CARROT router config (model_type {raw.get('model_type')!r}).")
+    auto_map = raw.get("auto_map") or {}
+    lacking = [key for key in ("AutoConfig", "AutoModel") if key not in auto_map]
+    if lacking:
+        raise PublishError(
+            f"{folder / 'config.json'} has no auto_map entry for {', '.join(lacking)}, so AutoModel with "
+            "trust_remote_code could not load it. Re-save the router with carrot_hub imported."
+        )
+    try:
+        return CarrotConfig.from_pretrained(folder)
+    except ValueError as error:
+        raise PublishError(f"{folder / 'config.json'} is invalid: {str(error).splitlines()[0]}") from None
+
+
+def require_token(token: str | None = None) -> str:
+    """The token to publish with: `token`, else the one `hf auth login` stored or `HF_TOKEN`; else raise."""
+    token = token or get_token()
+    if not token:
+        raise PublishError(
+            "No Hugging Face token found: run `hf auth login` (or set HF_TOKEN=hf_...) with a token that "
+            "has write access, then publish again. Nothing was sent."
+        )
+    return token
+
+
+# ----------------------------------------------------------------------------------- publish
+
+
+def publish_router(
+    router_folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    eval_results: str | os.PathLike | Mapping | None = None,
+    plot: str | os.PathLike | None = None,
+    card_date: str | None = None,
+    encoder_id: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "mit",
+    router_key: str | None = None,
+    check_weights: bool = True,
+) -> PublishResult:
+    """
+    Publish a saved router folder to the Hub in one commit, with a generated README.md card.
+
+    Args:
+        router_folder: a folder written by `router.save_pretrained` (with carrot_hub imported).
+        repo_id: `"namespace/name"`; the repo is created if it does not exist.
+        token: a Hub token with write access (default: the stored login or `HF_TOKEN`).
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: a branch to commit to (created from main when missing); default main.
+        commit_message: the commit's title.
+        eval_results: an evaluation JSON (path or dict): its metrics go into the card's model-index
+            and the file is uploaded as `eval_results.json`.
+        plot: the evaluation's cost–quality PNG, uploaded as `cost_quality.png` and shown in the card.
+        card_date: date used in the card for undated changes (default today).
+        check_weights: load the router once to make sure the weights match the config.
+
+    Returns:
+        A [`PublishResult`] (files sent with their sizes, the card, the Hub's commit info).
+    """
+    from model_card import build_model_card, load_eval_results
+
+    folder = Path(router_folder)
+    repo_id = check_repo_id(repo_id)
+    files = router_files(folder)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip() or revision.startswith("refs/pr")):
+        raise PublishError(f"revision must be a branch name like 'prices-2025-06', got {revision!r}.")
+    plot_path = None
+    if plot is not None:
+        plot_path = Path(plot)
+        if not plot_path.is_file():
+            raise PublishError(f"The plot {plot_path} does not exist; run the evaluation first or leave --plot out.")
+        if plot_path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+            raise PublishError(f"The plot {plot_path} is not a PNG file.")
+    token = require_token(token)
+    try:
+        results = load_eval_results(eval_results)
+    except (OSError, ValueError) as error:
+        raise PublishError(str(error)) from None
+    config = CarrotConfig.from_pretrained(folder)
+    if check_weights:
+        _check_weights(folder)
+    try:
+        card = build_model_card(
+            config,
+            eval_results=results,
+            plot_filename=PLOT_FILENAME if plot_path else None,
+            repo_id=repo_id,
+            encoder_id=encoder_id,
+            datasets=datasets,
+            license=license,
+            router_key=router_key,
+            card_date=card_date,
+        )
+    except ValueError as error:
+        raise PublishError(f"Could not build the model card: {error}") from None
+
+    card_bytes = card.encode("utf-8")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+    sizes = [(name, (folder / name).stat().st_size) for name in files]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_FILENAME, path_or_fileobj=card_bytes))
+    sizes.append((CARD_FILENAME, len(card_bytes)))
+    if plot_path is not None:
+        operations.append(CommitOperationAdd(path_in_repo=PLOT_FILENAME, path_or_fileobj=str(plot_path)))
+        sizes.append((PLOT_FILENAME, plot_path.stat().st_size))
+    if results is not None:
+        eval_bytes = (json.dumps(results, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo=EVAL_FILENAME, path_or_fileobj=eval_bytes))
+        sizes.append((EVAL_FILENAME, len(eval_bytes)))
+
+    api = HfApi(token=token)
+    message = commit_message or f"Upload CARROT router ({config.num_candidates} candidates, {config.predictor_kind})"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        commit_info = api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=message,
+            revision=revision,
+            repo_type="model",
+        )
+    except HfHubHTTPError as error:
+        raise PublishError(
+            f"The Hub refused the upload to {repo_id}: {str(error).splitlines()[0]}. Check that your token "
+            "has write access to this namespace (`hf auth whoami`)."
+        ) from None
+    return PublishResult(repo_id=repo_id, revision=revision, files=sizes, commit_info=commit_info, card=card)
+
+
+def _check_weights(folder: Path) -> None:
+    from .modeling_carrot import CarrotRouter
+
+    try:
+        CarrotRouter.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise PublishError(f"The router in {folder} does not load: {str(error).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------------------ prices
+
+
+def read_price_file(path: str | os.PathLike) -> tuple[dict[str, dict[str, float]], str | None]:
+    """
+    Read a price file (JSON, or YAML for .yaml/.yml): either `{model: {"input": $/M, "output": $/M}}`
+    or the data sets' form `{"recorded_on": "YYYY-MM-DD", "prices": {...}}`. An entry may give only
+    one of input/output. Returns `(prices, recorded_on)`; values are checked by [`validate_new_prices`].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PublishError(f"The price file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise PublishError(f"The price file {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+    else:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PublishError(f"The price file {path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+    if not isinstance(document, dict) or not document:
+        raise PublishError(f"The price file {path} must map model names to {{input: $/M, output: $/M}}.")
+    recorded_on = None
+    if "prices" in document and isinstance(document["prices"], dict):
+        recorded_on = document.get("recorded_on")
+        document = document["prices"]
+    return document, None if recorded_on is None else str(recorded_on)
+
+
+def validate_new_prices(prices: Mapping, config: CarrotConfig) -> dict[str, dict[str, float]]:
+    """
+    Check a partial price table against a router's candidates: unknown models, non-numeric,
+    negative, NaN or infinite prices raise `PublishError` naming the entry.
+    Returns `{model: {"input"?: float, "output"?: float}}`.
+    """
+    known = config.candidate_models
+    unknown = [name for name in prices if name not in known]
+    if unknown:
+        raise PublishError(f"The price file names {unknown}, which are not candidates of this router. Known: {', '.join(known)}.")
+    clean = {}
+    for name, entry in prices.items():
+        if isinstance(entry, Mapping):
+            extra = sorted(set(entry) - {"input", "output"})
+            if extra or not entry:
+                raise PublishError(f"The price of {name!r} must have keys 'input' and/or 'output', got {sorted(entry)}.")
+            pairs = dict(entry)
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            pairs = {"input": entry[0], "output": entry[1]}
+        else:
+            raise PublishError(f"The price of {name!r} must be {{input: $/M, output: $/M}}, got {entry!r}.")
+        clean[name] = {}
+        for side, value in pairs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PublishError(
+                    f"The {side} price of {name!r} is {value!r}: prices must be finite numbers ≥ 0 (US dollars per million tokens)."
+                )
+            clean[name][side] = float(value)
+    return clean
+
+
+def set_prices(
+    router_folder: str | os.PathLike,
+    prices: str | os.PathLike | Mapping,
+    output_folder: str | os.PathLike | None = None,
+    repo_id: str | None = None,
+    recorded_on: str | None = None,
+    overwrite: bool = False,
+    card_date: str | None = None,
+    **publish_kwargs,
+) -> Path | PublishResult:
+    """
+    A new revision of a router with a new price table, without retraining.
+
+    Args:
+        router_folder: a saved router folder.
+        prices: a price file (JSON or YAML) or a mapping; models not named keep their price.
+        output_folder: where to write the new router (must not exist or be empty, unless `overwrite`).
+            Writing into `router_folder` itself needs `overwrite=True`.
+        repo_id: publish the new revision to this Hub repo instead of (or as well as) writing a folder;
+            `publish_kwargs` (token, revision, commit_message, private, eval_results, plot) go to
+            [`publish_router`]. Old evaluation results are NOT carried over: they were measured with
+            the old prices.
+        recorded_on: the date of the new prices (default: the file's `recorded_on`, else today).
+
+    Returns:
+        The output folder, or the [`PublishResult`] when `repo_id` is given.
+    """
+    source = Path(router_folder)
+    files = router_files(source)
+    config = CarrotConfig.from_pretrained(source)
+    if isinstance(prices, Mapping):
+        new_prices, file_date = dict(prices), None
+    else:
+        new_prices, file_date = read_price_file(prices)
+    new_prices = validate_new_prices(new_prices, config)
+    recorded_on = recorded_on or file_date or datetime.date.today().isoformat()
+    if repo_id is not None:
+        check_repo_id(repo_id)
+        require_token(publish_kwargs.get("token"))
+    if output_folder is None and repo_id is None:
+        raise PublishError("Say where the new router goes: an output folder, or a Hub repo id to publish it to.")
+
+    staging = None
+    if output_folder is None:
+        staging = Path(tempfile.mkdtemp(prefix="carrot-prices-"))
+        target = staging / "router"
+    else:
+        target = Path(output_folder)
+        in_place = target.resolve() == source.resolve()
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            what = "the input router" if in_place else "a folder that is not empty"
+            raise PublishError(f"{target} is {what}; choose a new folder or pass overwrite=True (--overwrite).")
+    try:
+        changes = _write_repriced(source, files, target, config, new_prices, recorded_on, card_date)
+        if repo_id is None:
+            return target
+        publish_kwargs.setdefault(
+            "commit_message", f"New price table recorded on {recorded_on}: " + "; ".join(changes)[:200]
+        )
+        return publish_router(target, repo_id, card_date=card_date, **publish_kwargs)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_repriced(source, files, target: Path, config, new_prices, recorded_on, card_date) -> list[str]:
+    """Copy the router with a new price table into `target` (weights byte for byte); return the changes."""
+    from model_card import build_model_card
+
+    raw = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    names = config.candidate_models
+    changes = []
+    for name, entry in new_prices.items():
+        column = names.index(name)
+        for side, field_name in (("input", "input_price_per_million"), ("output", "output_price_per_million")):
+            if side in entry and raw[field_name][column] != entry[side]:
+                changes.append(f"{name} {side} ${raw[field_name][column]:g} → ${entry[side]:g}/M")
+                raw[field_name][column] = entry[side]
+    raw["prices_recorded_on"] = recorded_on
+    description = f"price table recorded on {recorded_on}: " + ("; ".join(changes) if changes else "no price changed")
+    raw["router_changes"] = list(raw.get("router_changes") or []) + [{"date": card_date or recorded_on, "description": description}]
+    target.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if (target / name).resolve() != (source / name).resolve():
+            shutil.copyfile(source / name, target / name)  # the weights are copied, never re-saved
+    (target / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    new_config = CarrotConfig.from_pretrained(target)  # validates the table end to end
+    (target / CARD_FILENAME).write_text(build_model_card(new_config, card_date=card_date), encoding="utf-8")
+    return changes or ["no price changed"]
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `carrot publish`."""
+    parser.add_argument("router_folder", help="a router folder written by save_pretrained / carrot train")
+    parser.add_argument("repo_id", help="Hub repo to publish to, e.g. your-name/my-router (created if missing)")
+    parser.add_argument("--eval-results", help="evaluation JSON from `carrot evaluate` (metrics go into the card)")
+    parser.add_argument("--plot", help="cost–quality PNG from `carrot evaluate` (uploaded and shown in the card)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", help="branch to commit to (created when missing); default main")
+    parser.add_argument("--commit-message", help="title of the Hub commit")
+    parser.add_argument("--token", help="Hub token (default: `hf auth login` or HF_TOKEN)")
+    parser.add_argument("--encoder-id", help="Hub id of the sentence encoder, for the card's base_model")
+    parser.add_argument("--dataset", action="append", dest="datasets", help="Hub id of a training data set (repeatable)")
+    parser.add_argument("--license", default="mit", help="licence identifier for the card (default mit)")
+    return parser
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    result = publish_router(
+        args.router_folder,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        eval_results=args.eval_results,
+        plot=args.plot,
+        encoder_id=args.encoder_id,
+        datasets=args.datasets,
+        license=args.license,
+    )
+    print(f"Published {len(result.files)} files ({result.total_bytes / 1e6:.1f} MB) to {result.repo_id}"
+          + (f"@{result.revision}" if result.revision else "") + f": {getattr(result.commit_info, 'commit_url', '')}")
+    for name, size in result.files:
+        print(f"  {name:32s} {size:>12,d} bytes")
+    return 0
+
+
+def add_set_prices_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `carrot set-prices`."""
+    parser.add_argument("router_folder", help="a saved router folder")
+    parser.add_argument("price_file", help="JSON or YAML: {model: {input: $/M, output: $/M}}; unnamed models keep their price")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", help="write the re-priced router to this new folder")
+    target.add_argument("--repo-id", help="publish the re-priced router to this Hub repo")
+    parser.add_argument("--recorded-on", help="date of the new prices, YYYY-MM-DD (default: the file's, else today)")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
+    parser.add_argument("--revision", help="with --repo-id: branch to commit to")
+    parser.add_argument("--commit-message", help="with --repo-id: title of the Hub commit")
+    parser.add_argument("--token", help="with --repo-id: Hub token")
+    return parser
+
+
+def run_set_prices(args: argparse.Namespace) -> int:
+    publish = {}
+    if args.repo_id:
+        publish = {"token": args.token, "revision": args.revision, "commit_message": args.commit_message}
+    result = set_prices(
+        args.router_folder, args.price_file, output_folder=args.output, repo_id=args.repo_id,
+        recorded_on=args.recorded_on, overwrite=args.overwrite, **publish,
+    )
+    config = CarrotConfig.from_pretrained(result) if isinstance(result, Path) else None
+    where = str(result) if isinstance(result, Path) else f"{result.repo_id}"
+    print(f"New price table written to {where}.")
+    if config is not None:
+        for name, price in config.prices.items():
+            print(f"  {name:40s} input ${price['input']:g}/M  output ${price['output']:g}/M")
+    return 0
+
+
+__all__ = [
+    "PublishError",
+    "PublishResult",
+    "check_repo_id",
+    "publish_router",
+    "read_price_file",
+    "router_files",
+    "require_token",
+    "set_prices",
+    "validate_new_prices",
+    "add_publish_arguments",
+    "run_publish",
+    "add_set_prices_arguments",
+    "run_set_prices",
+]

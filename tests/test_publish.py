@@ -1,0 +1,270 @@
+"""Publishing: what one `publish_router` commit sends (Hub calls patched, no network), the card's
+metadata, loading the captured files in a fresh process without carrot_hub, and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+import carrot_hub.publishing as publishing
+from carrot_hub.publishing import PublishError, publish_router
+
+ROUTER_FILES = {
+    "config.json",
+    "configuration_carrot.py",
+    "modeling_carrot.py",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+EVAL = {
+    "split": "test",
+    "dataset": "withmartian/routerbench",
+    "dataset_name": "RouterBench zero-shot",
+    "n_prompts": 953,
+    "routers": {"carrot-knn": {"aiq": 0.8123, "quality_mu0": 0.851, "cost_to_match_best": 0.27}},
+    "best_single": {"model": "big-model", "quality": 0.88, "cost": 0.005},
+    "oracle": {"quality": 0.97, "cost": 0.0002},
+}
+PROMPTS = [
+    "Write a python function that returns the nth Fibonacci number.",
+    "Which planet is known as the red planet? A) Venus B) Mars C) Jupiter",
+    "The trophy does not fit in the suitcase because _ is too big. A) trophy B) suitcase",
+    "Explain why the sky is blue.",
+]
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+class HubRecorder:
+    """Stands in for the Hub: records create_repo / create_branch / create_commit calls."""
+
+    def __init__(self, monkeypatch, token="hf_test_token"):
+        self.calls = []
+        self.operations = []
+        recorder = self
+
+        def create_repo(api, repo_id, **kwargs):
+            recorder.calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def create_branch(api, repo_id, **kwargs):
+            recorder.calls.append(("create_branch", repo_id, kwargs))
+
+        def create_commit(api, repo_id, operations, **kwargs):
+            operations = list(operations)
+            recorder.calls.append(("create_commit", repo_id, kwargs))
+            recorder.operations.extend(operations)
+            return {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"}
+
+        def forbidden(api, *args, **kwargs):
+            raise AssertionError("publishing must go through create_commit only")
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_branch", create_branch)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+        monkeypatch.setattr(HfApi, "upload_file", forbidden)
+        monkeypatch.setattr(HfApi, "upload_folder", forbidden)
+        monkeypatch.setattr(publishing, "get_token", lambda: token)
+
+    @property
+    def names(self) -> set[str]:
+        return {op.path_in_repo for op in self.operations}
+
+    def content(self, name: str) -> bytes:
+        (op,) = [op for op in self.operations if op.path_in_repo == name]
+        source = op.path_or_fileobj
+        if isinstance(source, (str, Path)):
+            return Path(source).read_bytes()
+        if isinstance(source, bytes):
+            return source
+        source.seek(0)
+        return source.read()
+
+    def write_to(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            (folder / name).write_bytes(self.content(name))
+        return folder
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    return HubRecorder(monkeypatch)
+
+
+@pytest.fixture
+def plot_file(tmp_path):
+    path = tmp_path / "curve.png"
+    path.write_bytes(PNG)
+    return path
+
+
+def test_publish_sends_one_commit_with_the_exact_files(saved_knn_router, hub, plot_file):
+    result = publish_router(
+        saved_knn_router, "someone/tiny-router", private=True, commit_message="first router",
+        eval_results=EVAL, plot=plot_file, encoder_id="sentence-transformers/all-MiniLM-L6-v2",
+    )
+    kinds = [call[0] for call in hub.calls]
+    assert kinds == ["create_repo", "create_commit"]
+    assert hub.calls[0][2]["private"] is True and hub.calls[0][2]["exist_ok"] is True
+    assert hub.calls[1][2]["commit_message"] == "first router" and hub.calls[1][2]["revision"] is None
+    assert hub.names == ROUTER_FILES | {"README.md", "cost_quality.png", "eval_results.json"}
+    assert hub.content("model.safetensors") == (saved_knn_router / "model.safetensors").read_bytes()
+    assert hub.content("cost_quality.png") == PNG
+    assert json.loads(hub.content("eval_results.json")) == EVAL
+    assert {name for name, _ in result.files} == hub.names
+    assert dict(result.files)["model.safetensors"] == (saved_knn_router / "model.safetensors").stat().st_size
+
+
+def test_card_metadata_is_what_the_hub_reads(saved_knn_router, hub, plot_file):
+    publish_router(saved_knn_router, "someone/tiny-router", eval_results=EVAL, plot=plot_file,
+                   encoder_id="sentence-transformers/all-MiniLM-L6-v2", card_date="2025-01-02")
+    card = ModelCard(hub.content("README.md").decode("utf-8"))
+    data = card.data
+    assert data.library_name == "transformers"
+    assert data.license == "mit"
+    assert {"llm-routing", "carrot", "router"} <= set(data.tags)
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.datasets == ["withmartian/routerbench"]
+    assert getattr(data, "pipeline_tag", None) is None
+    metrics = {result.metric_type: result for result in data.eval_results}
+    assert set(metrics) == {"aiq", "quality_mu0", "cost_to_match_best"}
+    assert metrics["aiq"].metric_value == pytest.approx(0.8123)
+    assert all(result.dataset_split == "test" for result in data.eval_results)
+    text = card.text
+    assert "![" in text and "(cost_quality.png)" in text
+    for name in ("big-model", "mid-model", "small-model"):
+        assert f"| {name} |" in text
+    assert "someone/tiny-router" in text and "trust_remote_code=True" in text
+
+
+def test_revision_creates_the_branch_first(saved_knn_router, hub):
+    publish_router(saved_knn_router, "someone/tiny-router", revision="cheaper-prices", check_weights=False)
+    assert [call[0] for call in hub.calls] == ["create_repo", "create_branch", "create_commit"]
+    assert hub.calls[1][2]["branch"] == "cheaper-prices"
+    assert hub.calls[2][2]["revision"] == "cheaper-prices"
+    assert "eval_results.json" not in hub.names and "cost_quality.png" not in hub.names
+
+
+_LOAD_WITHOUT_CARROT_HUB = textwrap.dedent(
+    """
+    import json, sys
+
+    class HideCarrotHub:
+        def find_spec(self, name, path=None, target=None):
+            if name == "carrot_hub" or name.startswith("carrot_hub."):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden: a Hub user does not have it)")
+            return None
+
+    sys.meta_path.insert(0, HideCarrotHub())
+    try:
+        import carrot_hub
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("carrot_hub is still importable")
+    from transformers import AutoModel
+
+    router = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    assert type(router).__module__.startswith("transformers_modules"), type(router).__module__
+    prompts = json.loads(sys.argv[2])
+    out = {}
+    for mu in (0.0, 0.5, 1.0):
+        decision = router.route(prompts, mu=mu)
+        out[str(mu)] = {"models": decision.models, "quality": decision.quality.tolist(),
+                        "output_tokens": decision.output_tokens.tolist()}
+    print()
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_captured_upload_loads_without_carrot_hub_and_routes_the_same(saved_knn_router, knn_router, hub, tmp_path):
+    publish_router(saved_knn_router, "someone/tiny-router", check_weights=False)
+    folder = hub.write_to(tmp_path / "downloaded")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    completed = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_CARROT_HUB, str(folder), json.dumps(PROMPTS)],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    remote = json.loads(line[len("RESULT ") :])
+    for mu in (0.0, 0.5, 1.0):
+        local = knn_router.route(PROMPTS, mu=mu)
+        assert remote[str(mu)]["models"] == local.models
+        torch.testing.assert_close(torch.tensor(remote[str(mu)]["quality"]), local.quality, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(remote[str(mu)]["output_tokens"]), local.output_tokens, rtol=1e-6, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_no_token_stops_before_anything_is_sent(saved_knn_router, monkeypatch):
+    recorder = HubRecorder(monkeypatch, token=None)
+    with pytest.raises(PublishError, match=r"hf auth login.*HF_TOKEN.*Nothing was sent"):
+        publish_router(saved_knn_router, "someone/tiny-router")
+    assert recorder.calls == []
+
+
+@pytest.mark.parametrize("repo_id", ["bad id", "a/b/c", "", "org/--x", "https://huggingface.co/org/x", None])
+def test_malformed_repo_id(saved_knn_router, hub, repo_id):
+    with pytest.raises(PublishError, match="repo id"):
+        publish_router(saved_knn_router, repo_id)
+    assert hub.calls == []
+
+
+def test_missing_files_are_all_listed(saved_knn_router, hub, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_knn_router, broken)
+    for name in ("model.safetensors", "tokenizer.json", "modeling_carrot.py"):
+        (broken / name).unlink()
+    with pytest.raises(PublishError) as error:
+        publish_router(broken, "someone/tiny-router")
+    message = str(error.value)
+    assert "model.safetensors" in message and "modeling_carrot.py" in message and "tokenizer.json" in message
+    assert "save_pretrained" in message and "\n" not in message
+    assert hub.calls == []
+
+
+def test_config_without_auto_map_is_refused(saved_knn_router, hub, tmp_path):
+    broken = tmp_path / "no-auto-map"
+    shutil.copytree(saved_knn_router, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config.pop("auto_map")
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PublishError, match="auto_map"):
+        publish_router(broken, "someone/tiny-router")
+    assert hub.calls == []
+
+
+def test_not_a_folder_and_bad_plot(saved_knn_router, hub, tmp_path):
+    with pytest.raises(PublishError, match="not a folder"):
+        publish_router(tmp_path / "nowhere", "someone/tiny-router")
+    fake = tmp_path / "plot.png"
+    fake.write_text("not an image")
+    with pytest.raises(PublishError, match="not a PNG"):
+        publish_router(saved_knn_router, "someone/tiny-router", plot=fake)
+    assert hub.calls == []
+
+
+def test_hub_refusal_is_one_clear_line(saved_knn_router, monkeypatch):
+    import httpx2 as httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx.Response(403, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    HubRecorder(monkeypatch)
+
+    def refuse(api, repo_id, **kwargs):
+        raise HfHubHTTPError("403 Forbidden: You don't have the rights to create a model under this namespace", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(PublishError, match="write access"):
+        publish_router(saved_knn_router, "someone-else/tiny-router", check_weights=False)
