@@ -168,8 +168,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             add_arguments, run = getattr(module, add_name), getattr(module, run_name)
         except (ImportError, AttributeError) as error:
             sub = commands.add_parser(name, help=help_text, description=f"not available: {error}")
-            sub.add_argument("rest", nargs=argparse.REMAINDER)
-            sub.set_defaults(handler=_unavailable(name, module_name, error))
+            parser.unavailable = f"`carrot {name}` is not available: cannot import {module_name} ({error})."
             continue
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
@@ -177,13 +176,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             _add_common_options(sub)
         sub.set_defaults(handler=run)
     return parser
-
-
-def _unavailable(name, module_name, error):
-    def handler(args):
-        raise Failure(f"`carrot {name}` is not available: cannot import {module_name} ({error}).")
-
-    return handler
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -203,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(argv)
     try:
         parser = build_parser(command)
+        if getattr(parser, "unavailable", None) and not {"-h", "--help"} & set(argv):
+            raise Failure(parser.unavailable)
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # --help

@@ -88,11 +88,18 @@ def atomic_output(output: Path) -> Iterator:
     try:
         with handle:
             yield handle
+        os.chmod(handle.name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(handle.name, output)
     except BaseException:
         with suppress(OSError):
             os.unlink(handle.name)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def merge_parts(parts: list[Path], output: Path, check_line: Callable[[str, int], None] | None = None) -> int:
