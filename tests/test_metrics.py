@@ -1,0 +1,117 @@
+"""training.metrics against values computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from training import metrics
+
+# Points (cost, quality): the hull is (1, .5) → (3, .9); (4, .8) is past the top, the rest below.
+COSTS = [1.0, 2.0, 3.0, 4.0, 2.0, 1.5]
+QUALITIES = [0.5, 0.6, 0.9, 0.8, 0.4, 0.5]
+
+
+def test_upper_hull_is_non_decreasing_and_concave():
+    hull_costs, hull_qualities = metrics.upper_hull(COSTS, QUALITIES)
+    np.testing.assert_allclose(hull_costs, [1.0, 3.0])
+    np.testing.assert_allclose(hull_qualities, [0.5, 0.9])
+
+
+def test_upper_hull_keeps_a_real_bend():
+    # (2, .8) lies above the chord (1, .5)–(3, .9): it is a hull vertex.
+    hull_costs, hull_qualities = metrics.upper_hull([3, 1, 2], [0.9, 0.5, 0.8])
+    np.testing.assert_allclose(hull_costs, [1, 2, 3])
+    np.testing.assert_allclose(hull_qualities, [0.5, 0.8, 0.9])
+
+
+def test_aiq_by_hand():
+    # ∫ from 1 to 3 of the segment = (0.5 + 0.9) / 2 · 2 = 1.4; flat 3 → 4 adds 0.9; / 4.
+    assert metrics.aiq(COSTS, QUALITIES, max_cost=4.0) == pytest.approx(2.3 / 4)
+    # Extending the flat part to a larger shared max cost.
+    assert metrics.aiq(COSTS, QUALITIES, max_cost=8.0) == pytest.approx((1.4 + 0.9 * 5) / 8)
+    # A single point: flat from its cost to max_cost.
+    assert metrics.aiq([2.0], [0.7], max_cost=10.0) == pytest.approx(0.7 * 8 / 10)
+
+
+def test_aiq_refuses_a_max_cost_below_the_curve():
+    with pytest.raises(ValueError, match="below the curve"):
+        metrics.aiq(COSTS, QUALITIES, max_cost=3.0)
+
+
+def test_bad_points_are_refused():
+    with pytest.raises(ValueError, match="No points"):
+        metrics.aiq([], [])
+    with pytest.raises(ValueError, match="finite"):
+        metrics.aiq([1.0, np.nan], [0.5, 0.6])
+    with pytest.raises(ValueError, match="2 points"):
+        metrics.upper_hull([1.0, 2.0], [0.5])
+
+
+def test_hull_quality_at():
+    values = metrics.hull_quality_at(COSTS, QUALITIES, [0.5, 2.0, 5.0])
+    assert math.isnan(values[0])
+    np.testing.assert_allclose(values[1:], [0.7, 0.9])
+
+
+def test_cost_to_reach_interpolated_and_not():
+    assert metrics.cost_to_reach(COSTS, QUALITIES, 0.7) == pytest.approx(2.0)
+    assert metrics.cost_to_reach(COSTS, QUALITIES, 0.7, interpolate=False) == pytest.approx(3.0)
+    assert metrics.cost_to_reach(COSTS, QUALITIES, 0.5) == pytest.approx(1.0)
+    assert metrics.cost_to_reach(COSTS, QUALITIES, 0.95) is None
+    assert metrics.cost_to_reach(COSTS, QUALITIES, 0.95, interpolate=False) is None
+
+
+def test_best_single_model_breaks_ties_by_cost():
+    assert metrics.best_single_model([0.8, 0.9, 0.9], [1.0, 5.0, 2.0]) == 2
+
+
+def test_oracle_choice_is_the_cheapest_best_model():
+    scores = np.array([[1, 1, 0], [0, 0, 0], [0, 1, 1]], dtype=float)
+    cost = np.tile([3.0, 2.0, 1.0], (3, 1))
+    np.testing.assert_array_equal(metrics.oracle_choice(scores, cost), [1, 2, 2])
+
+
+def test_apgr_and_cpt_by_hand():
+    # One point: half the prompts to the strong model recovers the whole gap.
+    # PGR curve (0, 0) → (0.5, 1) → (1, 1): area 0.25 + 0.5.
+    assert metrics.apgr([0.5], [0.9], q_strong=0.9, q_weak=0.6) == pytest.approx(0.75)
+    assert metrics.cpt([0.5], [0.9], 0.9, 0.6, 0.5) == pytest.approx(0.25)
+    assert metrics.cpt([0.5], [0.9], 0.9, 0.6, 0.8) == pytest.approx(0.4)
+
+
+def test_random_mixing_has_apgr_one_half():
+    x = np.linspace(0, 1, 11)
+    q = 0.6 + 0.3 * x
+    assert metrics.apgr(x, q, 0.9, 0.6) == pytest.approx(0.5)
+    assert metrics.cpt(x, q, 0.9, 0.6, 0.8) == pytest.approx(0.8)
+
+
+def test_pgr_needs_a_better_strong_model():
+    with pytest.raises(ValueError, match="must exceed"):
+        metrics.apgr([0.5], [0.7], q_strong=0.6, q_weak=0.6)
+
+
+def test_auroc_by_hand():
+    # Positive-negative pairs ranked right: (.35>.1), (.8>.1), (.8>.4); wrong: (.35<.4) → 3/4.
+    assert metrics.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert metrics.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert metrics.auroc([1, 1], [0.2, 0.3]) is None
+    with pytest.raises(ValueError, match="0/1"):
+        metrics.auroc([0, 0.5], [0.1, 0.2])
+
+
+def test_prediction_quality_skips_missing_cells():
+    true_scores = np.array([[1, 0], [0, np.nan], [1, 1]], dtype=float)
+    predicted = np.array([[0.8, 0.2], [0.3, 0.9], [0.6, 0.7]])
+    tokens_true = np.array([[10, np.nan], [20, 5], [30, 5]], dtype=float)
+    tokens_predicted = np.array([[12, 100], [20, 6], [27, 7]], dtype=float)
+    report = metrics.prediction_quality(["a", "b"], predicted, true_scores, tokens_predicted, tokens_true)
+    a, b = report["per_model"]["a"], report["per_model"]["b"]
+    assert a["brier"] == pytest.approx((0.04 + 0.09 + 0.16) / 3)
+    assert a["auroc"] == pytest.approx(1.0)
+    assert a["output_tokens_mae"] == pytest.approx((2 + 0 + 3) / 3)
+    assert b["n_observed"] == 2
+    assert b["brier"] == pytest.approx((0.04 + 0.09) / 2)  # the NaN row (predicted 0.9) is left out
+    assert b["output_tokens_mae"] == pytest.approx((1 + 2) / 2)
+    assert report["mean_brier"] == pytest.approx((a["brier"] + b["brier"]) / 2)

@@ -1,0 +1,284 @@
+"""
+The field's router metrics, in plain numpy.
+
+A router evaluated on a test split gives a set of points, one per setting of its knob (μ for
+CARROT, a threshold for a two-model router): `costs (n_points,)` the mean realised dollar cost per
+prompt and `qualities (n_points,)` the mean realised quality (true scores of the chosen models).
+
+Definitions used here (each function's docstring says more):
+
+- **Hull**: the non-decreasing upper concave hull of the points. It starts at the cheapest point
+  (the highest one if several share that cost), follows the upper convex hull to the point of
+  highest quality, and stays flat after it. Any point on a hull segment is reachable by
+  randomising, prompt by prompt, between the two knob settings at its ends — which is what
+  RouterBench does when it draws the hull.
+- **AIQ** (RouterBench's average improvement in quality): the area under the hull from its
+  cheapest point to `max_cost`, with the hull extended flat to `max_cost`, divided by `max_cost`
+  (RouterBench's `calc_AIQ`: `trapz(hull) / max_x` after appending `(max_x, last_y)`). Routers
+  compared together must share `max_cost` (the largest cost among all of them); the zero router
+  (the hull of the single models) over the same `max_cost` is the baseline to beat.
+- **Cost to match** a quality q: the least cost at which the hull reaches q (interpolated on the
+  hull); `cost_to_reach(..., interpolate=False)` gives the least cost among the points themselves.
+- **Oracle**: per prompt, the cheapest model with the best true score (for 0/1 scores: the
+  cheapest correct model, or the cheapest model when none is correct).
+- **APGR / CPT** (RouteLLM): for a strong/weak pair, x = fraction of prompts sent to the strong
+  model, PGR(x) = (quality(x) − q_weak) / (q_strong − q_weak); APGR = ∫₀¹ PGR dx over the
+  piecewise-linear curve through the points (with the all-weak (0, q_weak) and all-strong
+  (1, q_strong) end points added), CPT(p) = the least x at which that curve reaches PGR ≥ p.
+- **Prediction quality**: per model, AUROC and Brier score of predicted quality against the true
+  score (observed cells only), and mean absolute error of predicted output tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _as_points(costs, qualities) -> tuple[np.ndarray, np.ndarray]:
+    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    qualities = np.asarray(qualities, dtype=np.float64).reshape(-1)
+    if costs.shape != qualities.shape:
+        raise ValueError(f"costs has {costs.size} points but qualities has {qualities.size}.")
+    if costs.size == 0:
+        raise ValueError("No points: a cost–quality curve needs at least one (cost, quality) point.")
+    if not (np.all(np.isfinite(costs)) and np.all(np.isfinite(qualities))):
+        raise ValueError("costs and qualities must be finite (a NaN cost or quality means missing data upstream).")
+    if np.any(costs < 0):
+        raise ValueError("costs must be ≥ 0 dollars.")
+    return costs, qualities
+
+
+def upper_hull(costs, qualities) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The non-decreasing upper concave hull of the points `(costs[i], qualities[i])`.
+
+    Returns `(hull_costs, hull_qualities)`, sorted by cost, strictly increasing in both, starting at
+    the cheapest point (the best one among equally cheap points) and ending at the highest-quality
+    point (the cheapest among equally good ones). Between vertices the hull is linear.
+    """
+    costs, qualities = _as_points(costs, qualities)
+    order = np.lexsort((-qualities, costs))  # by cost, then best quality first
+    costs, qualities = costs[order], qualities[order]
+    # Andrew's monotone chain, upper part: drop a vertex when it lies on or below the chord.
+    hull: list[tuple[float, float]] = []
+    for point in zip(costs.tolist(), qualities.tolist()):
+        if hull and point[0] == hull[-1][0]:
+            continue  # same cost, lower or equal quality (sorted best first)
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            cross = (x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1)
+            if cross >= 0:  # hull[-1] is not above the chord hull[-2] → point
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    hull_costs = np.array([p[0] for p in hull])
+    hull_qualities = np.array([p[1] for p in hull])
+    # Non-decreasing: stop at the first vertex of maximal quality (flat afterwards).
+    top = int(np.argmax(hull_qualities))
+    return hull_costs[: top + 1], hull_qualities[: top + 1]
+
+
+def hull_quality_at(costs, qualities, at_cost) -> np.ndarray:
+    """
+    Quality of the hull at the given cost(s): linear between vertices, flat after the last one,
+    NaN below the cheapest point (the router cannot be that cheap). `at_cost` scalar or `(k,)`.
+    """
+    hull_costs, hull_qualities = upper_hull(costs, qualities)
+    at_cost = np.asarray(at_cost, dtype=np.float64)
+    values = np.interp(at_cost, hull_costs, hull_qualities)
+    return np.where(at_cost < hull_costs[0], np.nan, values)
+
+
+def aiq(costs, qualities, max_cost: float | None = None) -> float:
+    """
+    RouterBench's AIQ: area under the non-decreasing upper hull, from the cheapest point to
+    `max_cost` (the hull extended flat to it), divided by `max_cost`.
+
+    `max_cost` defaults to the largest cost among the points; pass the largest cost among all the
+    routers compared so that their AIQs share one cost range. It must be ≥ every point's cost.
+    """
+    hull_costs, hull_qualities = upper_hull(costs, qualities)
+    costs = np.asarray(costs, dtype=np.float64)
+    max_cost = float(np.max(costs)) if max_cost is None else float(max_cost)
+    if max_cost < float(np.max(costs)) - 1e-15:
+        raise ValueError(f"max_cost {max_cost} is below the curve's largest cost {float(np.max(costs))}.")
+    if max_cost <= 0:
+        raise ValueError("AIQ needs a positive cost range: every point costs $0.")
+    xs = np.append(hull_costs, max_cost)
+    ys = np.append(hull_qualities, hull_qualities[-1])
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / max_cost)
+
+
+def cost_to_reach(costs, qualities, target: float, interpolate: bool = True, atol: float = 1e-9) -> float | None:
+    """
+    The least mean cost at which the router reaches quality `target`, or None if it never does.
+
+    With `interpolate=True` the cost is read off the hull (randomising between two knob settings
+    is allowed); with `interpolate=False` it is the least cost among the points themselves.
+    """
+    costs, qualities = _as_points(costs, qualities)
+    if not interpolate:
+        reached = qualities >= target - atol
+        return float(np.min(costs[reached])) if reached.any() else None
+    hull_costs, hull_qualities = upper_hull(costs, qualities)
+    if hull_qualities[-1] < target - atol:
+        return None
+    if hull_qualities[0] >= target - atol:
+        return float(hull_costs[0])
+    j = int(np.argmax(hull_qualities >= target - atol))  # first vertex at or above target
+    x1, x2, y1, y2 = hull_costs[j - 1], hull_costs[j], hull_qualities[j - 1], hull_qualities[j]
+    return float(x1 + (target - y1) * (x2 - x1) / (y2 - y1))
+
+
+def best_single_model(qualities: Sequence[float], costs: Sequence[float]) -> int:
+    """Index of the model with the highest mean quality (the cheaper one on ties)."""
+    qualities, costs = np.asarray(qualities, float), np.asarray(costs, float)
+    return int(np.lexsort((costs, -qualities))[0])
+
+
+def oracle_choice(scores: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """
+    Per prompt, the cheapest model with the best true score: `scores, cost (n, m)` → `(n,)` indices.
+    Scores must already have missing cells filled (e.g. with 0 = wrong); costs must be finite.
+    """
+    scores, cost = np.asarray(scores, float), np.asarray(cost, float)
+    best = scores.max(axis=1, keepdims=True)
+    masked_cost = np.where(scores >= best, cost, np.inf)
+    return masked_cost.argmin(axis=1)
+
+
+def pgr_curve(strong_fraction, qualities, q_strong: float, q_weak: float) -> tuple[np.ndarray, np.ndarray]:
+    """
+    RouteLLM's performance-gap-recovered curve: `(x, pgr)` sorted by x = fraction of prompts sent
+    to the strong model, with the all-weak (0, 0) and all-strong (1, 1) end points added; several
+    points at one x keep the best. Requires q_strong > q_weak.
+    """
+    x, q = _as_points(strong_fraction, qualities)
+    if np.any(x > 1 + 1e-12):
+        raise ValueError("strong_fraction must be in [0, 1].")
+    if not q_strong > q_weak:
+        raise ValueError(
+            f"The strong model's quality ({q_strong:.4f}) must exceed the weak model's ({q_weak:.4f}) "
+            "for PGR to mean anything; choose another strong/weak pair."
+        )
+    pgr = (q - q_weak) / (q_strong - q_weak)
+    x = np.concatenate([[0.0], np.clip(x, 0, 1), [1.0]])
+    pgr = np.concatenate([[0.0], pgr, [1.0]])
+    unique_x = np.unique(x)
+    best = np.array([pgr[x == value].max() for value in unique_x])
+    return unique_x, best
+
+
+def apgr(strong_fraction, qualities, q_strong: float, q_weak: float) -> float:
+    """RouteLLM's APGR: the area under the PGR curve over x ∈ [0, 1] (trapezoids)."""
+    x, pgr = pgr_curve(strong_fraction, qualities, q_strong, q_weak)
+    return float(np.sum((x[1:] - x[:-1]) * (pgr[1:] + pgr[:-1]) / 2))
+
+
+def cpt(strong_fraction, qualities, q_strong: float, q_weak: float, level: float) -> float:
+    """
+    RouteLLM's CPT(level): the least fraction of calls to the strong model at which the PGR curve
+    (linear between points) reaches `level` (e.g. 0.5 for CPT(50%)). Always ≤ 1, since the
+    all-strong end point has PGR 1.
+    """
+    x, pgr = pgr_curve(strong_fraction, qualities, q_strong, q_weak)
+    if pgr[0] >= level:
+        return float(x[0])
+    j = int(np.argmax(pgr >= level))
+    x1, x2, y1, y2 = x[j - 1], x[j], pgr[j - 1], pgr[j]
+    return float(x1 + (level - y1) * (x2 - x1) / (y2 - y1))
+
+
+def auroc(labels, predictions) -> float | None:
+    """
+    Area under the ROC curve of `predictions (n,)` for binary `labels (n,)` (0/1), with ties given
+    half credit (the Mann–Whitney statistic). None when only one class is present.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    positive, negative = labels == 1, labels == 0
+    if not np.all(positive | negative):
+        raise ValueError("auroc needs 0/1 labels.")
+    n_pos, n_neg = int(positive.sum()), int(negative.sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(predictions, kind="mergesort")
+    sorted_predictions = predictions[order]
+    ranks = np.empty(len(predictions))
+    # Average ranks (1-based) over ties.
+    _, first, counts = np.unique(sorted_predictions, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def brier(labels, predictions) -> float:
+    """Mean squared difference between predicted quality and the true score."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    return float(np.mean((predictions - labels) ** 2))
+
+
+def prediction_quality(
+    models: Sequence[str],
+    predicted_quality: np.ndarray,
+    true_scores: np.ndarray,
+    predicted_output_tokens: np.ndarray | None = None,
+    true_output_tokens: np.ndarray | None = None,
+) -> dict:
+    """
+    How good a router's predictions are, per model and on average (unweighted mean over models).
+
+    All arrays `(n_prompts, n_models)`; NaN in the true arrays marks missing cells, which are left
+    out (an unknown truth cannot be scored). AUROC is reported only for 0/1 scores and is None for
+    a model whose observed scores are all one class. Returns
+    `{"per_model": {model: {"auroc", "brier", "output_tokens_mae", "n_observed"}}, "mean_auroc",
+    "mean_brier", "mean_output_tokens_mae"}`.
+    """
+    predicted_quality = np.asarray(predicted_quality, dtype=np.float64)
+    true_scores = np.asarray(true_scores, dtype=np.float64)
+    per_model, aurocs, briers, maes = {}, [], [], []
+    for column, name in enumerate(models):
+        observed = ~np.isnan(true_scores[:, column])
+        labels, predictions = true_scores[observed, column], predicted_quality[observed, column]
+        entry = {"n_observed": int(observed.sum()), "auroc": None, "brier": None, "output_tokens_mae": None}
+        if observed.any():
+            entry["brier"] = brier(labels, predictions)
+            briers.append(entry["brier"])
+            if np.all((labels == 0) | (labels == 1)):
+                entry["auroc"] = auroc(labels, predictions)
+                if entry["auroc"] is not None:
+                    aurocs.append(entry["auroc"])
+        if predicted_output_tokens is not None and true_output_tokens is not None:
+            tokens_true = np.asarray(true_output_tokens, dtype=np.float64)[:, column]
+            tokens_observed = ~np.isnan(tokens_true)
+            if tokens_observed.any():
+                error = np.abs(np.asarray(predicted_output_tokens, np.float64)[tokens_observed, column] - tokens_true[tokens_observed])
+                entry["output_tokens_mae"] = float(error.mean())
+                maes.append(entry["output_tokens_mae"])
+        per_model[name] = entry
+    return {
+        "per_model": per_model,
+        "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "mean_brier": float(np.mean(briers)) if briers else None,
+        "mean_output_tokens_mae": float(np.mean(maes)) if maes else None,
+    }
+
+
+__all__ = [
+    "upper_hull",
+    "hull_quality_at",
+    "aiq",
+    "cost_to_reach",
+    "best_single_model",
+    "oracle_choice",
+    "pgr_curve",
+    "apgr",
+    "cpt",
+    "auroc",
+    "brier",
+    "prediction_quality",
+]
