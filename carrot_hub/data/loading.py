@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .prices import validate_prices
 from .routing_table import RoutingTable
 from .sources import open_dataset
-from .validation import RoutingDataError, RowValidator, discover_model_columns
+from .validation import RoutingDataError, RowValidator, decode_json_columns, discover_model_columns
 
 
 def load_routing_table(
@@ -58,7 +58,7 @@ def load_routing_table(
     for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
         if validator is None:
             # Features may be unknown before the first batch (streamed JSON); the batch schema is exact.
-            validator = RowValidator(discover_model_columns(batch.schema), on_error=on_error)
+            validator = RowValidator(discover_model_columns(decode_json_columns(batch).schema), on_error=on_error)
         parts.append(validator(batch))
         bar.update(batch.num_rows)
     bar.close()

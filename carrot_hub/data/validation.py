@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +27,38 @@ class RoutingDataError(ValueError):
     """Routing data that does not have the SPROUT layout or holds an invalid value."""
 
 
+_CELL_TYPE = pa.struct([("score", pa.float64()), ("num_input_tokens", pa.float64()), ("num_output_tokens", pa.float64())])
+
+
+def _is_json_column(kind: pa.DataType) -> bool:
+    return getattr(kind, "extension_name", None) == "arrow.json"
+
+
+def decode_json_columns(batch: pa.Table) -> pa.Table:
+    """
+    `datasets` stores a JSON column whose objects do not all have the same keys as JSON text
+    (`extension<arrow.json>`), e.g. when one model cell lacks a field. Model cells among them are turned
+    back into `{score, num_input_tokens, num_output_tokens}` structs, a lacking field as null, so that
+    row validation can name the row.
+    """
+    for index, column in enumerate(batch.schema):
+        if not _is_json_column(column.type) or column.name == PROMPT_COLUMN:
+            continue
+        cells = [None if text is None else json.loads(text) for text in batch.column(index).to_pylist()]
+        if not any(isinstance(c, dict) and set(c) & set(MODEL_FIELDS) for c in cells):
+            continue
+        bad = [i for i, c in enumerate(cells) if c is not None and not isinstance(c, dict)]
+        if bad:
+            raise RoutingDataError(f"Model column {column.name!r} holds {cells[bad[0]]!r} in a row; cells must be objects.")
+        values = [None if c is None else {name: c.get(name) for name in MODEL_FIELDS} for c in cells]
+        try:
+            decoded = pa.array(values, type=_CELL_TYPE)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise RoutingDataError(f"Model column {column.name!r} holds a non-numeric value ({error}).") from None
+        batch = batch.set_column(index, column.name, decoded)
+    return batch
+
+
 def discover_model_columns(schema: pa.Schema) -> list[str]:
     """
     The model columns of a SPROUT-layout schema, in schema order: every struct column with any of
@@ -34,6 +68,8 @@ def discover_model_columns(schema: pa.Schema) -> list[str]:
     if PROMPT_COLUMN not in schema.names:
         raise RoutingDataError(f"The data has no 'prompt' column (columns: {schema.names}); it is not in SPROUT layout.")
     prompt_type = schema.field(PROMPT_COLUMN).type
+    if _is_json_column(prompt_type):
+        raise RoutingDataError("The 'prompt' column mixes text with other values; every prompt must be a string.")
     if not (pa.types.is_string(prompt_type) or pa.types.is_large_string(prompt_type) or pa.types.is_null(prompt_type)):
         raise RoutingDataError(f"The 'prompt' column holds {prompt_type}, not text; every prompt must be a string.")
     models = []
@@ -104,6 +140,7 @@ class RowValidator:
         self.rows_read = 0
 
     def __call__(self, batch: pa.Table) -> BatchArrays:
+        batch = decode_json_columns(batch)
         n = batch.num_rows
         offset = self.rows_read
         self.rows_read += n
