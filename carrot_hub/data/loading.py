@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Mapping
 
@@ -12,6 +13,22 @@ from .prices import validate_prices
 from .routing_table import RoutingTable
 from .sources import open_dataset
 from .validation import RoutingDataError, RowValidator, decode_json_columns, discover_model_columns
+
+
+def _read_batches(dataset, split, streaming, on_error, batch_size, progress):
+    """Validate `dataset` batch by batch (Arrow batches of `batch_size` rows); `(validator, parts)`."""
+    validator = None
+    parts = []
+    total = None if streaming else getattr(dataset, "num_rows", None)
+    bar = tqdm(total=total, desc=f"reading {split}", unit="row", disable=not progress)
+    for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+        if validator is None:
+            # Features may be unknown before the first batch (streamed JSON); the batch schema is exact.
+            validator = RowValidator(discover_model_columns(decode_json_columns(batch).schema), on_error=on_error)
+        parts.append(validator(batch))
+        bar.update(batch.num_rows)
+    bar.close()
+    return validator, parts
 
 
 def load_routing_table(
@@ -49,19 +66,10 @@ def load_routing_table(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}.")
-    dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming)
-
-    validator = None
-    parts = []
-    total = getattr(dataset, "num_rows", None) if not streaming else None
-    bar = tqdm(total=total, desc=f"reading {split}", unit="row", disable=not progress)
-    for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
-        if validator is None:
-            # Features may be unknown before the first batch (streamed JSON); the batch schema is exact.
-            validator = RowValidator(discover_model_columns(decode_json_columns(batch).schema), on_error=on_error)
-        parts.append(validator(batch))
-        bar.update(batch.num_rows)
-    bar.close()
+    # A throw-away cache for local sources (see open_dataset); Hub datasets use the normal cache.
+    with tempfile.TemporaryDirectory(prefix="carrot-hub-data-") as cache_dir:
+        dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
+        validator, parts = _read_batches(dataset, split, streaming, on_error, batch_size, progress)
     if validator is None:
         raise RoutingDataError(f"Split {split!r} of {description} has no rows.")
 

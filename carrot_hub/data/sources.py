@@ -37,11 +37,14 @@ def _looks_like_path(source: str) -> bool:
     return not _REPO_ID.match(source) or Path(source).suffix.lower() in _BUILDERS
 
 
-def open_dataset(source, split: str, streaming: bool):
+def open_dataset(source, split: str, streaming: bool, cache_dir: str | None = None):
     """
     `(dataset, prices_document_or_None, description)` for `source`: a local folder (read by
     `load_dataset(folder)`, which follows its README configs or file names), one or more local
     files, or a Hub dataset repo id. `dataset` is a `Dataset`, or an `IterableDataset` when streaming.
+    `cache_dir` is used for local sources: `datasets` keys its cache of a folder with a README `configs`
+    block by the folder's name and the patterns, not its path, so two folders named alike would share a
+    cache entry; the caller passes a fresh folder.
     """
     import datasets
 
@@ -60,7 +63,7 @@ def open_dataset(source, split: str, streaming: bool):
         if len(paths) == 1 and paths[0].is_dir():
             folder = paths[0]
             try:
-                dataset = datasets.load_dataset(str(folder), split=split, streaming=streaming)
+                dataset = datasets.load_dataset(str(folder), split=split, streaming=streaming, cache_dir=cache_dir)
             except ValueError as error:  # an unknown split: say which ones exist
                 raise RoutingSourceError(f"Cannot read split {split!r} from {folder}: {error}") from None
             except (datasets.exceptions.DataFilesNotFoundError, FileNotFoundError) as error:
@@ -69,7 +72,7 @@ def open_dataset(source, split: str, streaming: bool):
             folder = paths[0].parent
             builder = _builder_for(paths)
             dataset = datasets.load_dataset(
-                builder, data_files={split: [str(p) for p in paths]}, split=split, streaming=streaming
+                builder, data_files={split: [str(p) for p in paths]}, split=split, streaming=streaming, cache_dir=cache_dir
             )
         prices_path = folder / PRICES_FILENAME
         prices = read_prices_file(prices_path) if prices_path.is_file() else None

@@ -1,0 +1,192 @@
+"""A user's own routing logs (JSONL, one record per prompt × model) -> RoutingTable / SPROUT-layout folder.
+
+Each line is one JSON object:
+
+    {"prompt": "text", "model": "name", "score": 0.8, "input_tokens": 120, "output_tokens": 300,
+     "prompt_id": "optional id", "task": "optional source task"}
+
+`score` in [0, 1] (null = not graded); token counts are non-negative integers. Records are pivoted to one
+row per prompt (grouped by `prompt_id`, else by the prompt text) and one column per model, models in the
+order they first appear. A (prompt, model) pair with no record is a missing cell (NaN), counted in
+`table.metadata["missing_cells"]`; pass `require_all_models=True` to treat it as an error instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .prices import validate_prices
+from .routing_table import RoutingTable
+from .validation import RoutingDataError
+
+REQUIRED_KEYS = ("prompt", "model", "score", "input_tokens", "output_tokens")
+
+
+def _check_record(record) -> str | None:
+    """The problem with one parsed record, or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    lacking = [key for key in REQUIRED_KEYS if key not in record]
+    if lacking:
+        return f"lacks {lacking}"
+    prompt = record["prompt"]
+    if not isinstance(prompt, str):
+        return "prompt is not text"
+    if not prompt.strip():
+        return "prompt is empty"
+    if not isinstance(record["model"], str) or not record["model"].strip():
+        return "model must be a non-empty string"
+    score = record["score"]
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            return f"score {score!r} is not a number"
+        if not 0 <= score <= 1:
+            return f"score {score!r} is outside [0, 1]"
+    for key in ("input_tokens", "output_tokens"):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+            return f"{key} {value!r} is not a non-negative integer"
+    for key in ("prompt_id", "task"):
+        if record.get(key) is not None and not isinstance(record[key], (str, int)):
+            return f"{key} must be a string"
+    return None
+
+
+def read_routing_logs(
+    path: str | os.PathLike,
+    on_error: str = "raise",
+    prices: Mapping | None = None,
+    split: str | None = None,
+    require_all_models: bool = False,
+) -> RoutingTable:
+    """
+    Read a JSONL log file (see module docstring) into a RoutingTable `(n_prompts, n_models)`.
+
+    on_error="raise" stops at the first bad line, naming its line number; "skip" leaves bad lines out,
+    warns with their count and lists them (`{"line", "reason"}`) in `table.metadata["skipped"]`.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such log file: {path}.")
+    skipped: list[dict] = []
+
+    def bad(line_number: int, reason: str):
+        if on_error == "raise":
+            raise RoutingDataError(
+                f"{path.name} line {line_number}: {reason}. Fix the line, or pass on_error='skip' to leave bad lines out."
+            )
+        skipped.append({"line": line_number, "reason": reason})
+
+    rows: dict[str, int] = {}  # prompt id -> row
+    prompts, ids, tasks = [], [], []
+    models: dict[str, int] = {}
+    cells: dict[tuple[int, int], tuple[float, float, float, int]] = {}
+    n_lines = 0
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                bad(line_number, f"not valid JSON ({error.msg})")
+                continue
+            problem = _check_record(record)
+            if problem:
+                bad(line_number, problem)
+                continue
+            prompt_id = record.get("prompt_id")
+            prompt_id = str(prompt_id) if prompt_id is not None else "sha1-" + hashlib.sha1(record["prompt"].encode()).hexdigest()[:16]
+            row = rows.get(prompt_id)
+            if row is None:
+                row = rows[prompt_id] = len(prompts)
+                prompts.append(record["prompt"])
+                ids.append(prompt_id)
+                tasks.append("" if record.get("task") is None else str(record["task"]))
+            elif prompts[row] != record["prompt"]:
+                bad(line_number, f"prompt_id {prompt_id!r} was used earlier for a different prompt")
+                continue
+            column = models.setdefault(record["model"], len(models))
+            if (row, column) in cells:
+                bad(line_number, f"a second record for prompt {prompt_id!r} and model {record['model']!r} "
+                                 f"(first on line {cells[(row, column)][3]})")
+                continue
+            score = np.nan if record["score"] is None else float(record["score"])
+            cells[(row, column)] = (score, float(record["input_tokens"]), float(record["output_tokens"]), line_number)
+    if not cells:
+        raise RoutingDataError(f"{path} holds no valid records ({n_lines} lines read).")
+
+    shape = (len(prompts), len(models))
+    scores, input_tokens, output_tokens = (np.full(shape, np.nan, dtype=np.float32) for _ in range(3))
+    for (row, column), (score, n_in, n_out, _) in cells.items():
+        scores[row, column], input_tokens[row, column], output_tokens[row, column] = score, n_in, n_out
+    no_record = np.isnan(input_tokens)
+    if require_all_models and no_record.any():
+        row, column = np.argwhere(no_record)[0]
+        raise RoutingDataError(
+            f"{path.name}: prompt {ids[row]!r} has no record for model {list(models)[column]!r} "
+            f"({int(no_record.sum())} such pairs); log every model on every prompt or drop require_all_models."
+        )
+    table = RoutingTable(
+        prompts=prompts,
+        prompt_ids=ids,
+        tasks=tasks,
+        models=list(models),
+        scores=scores,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        prices=None if prices is None else validate_prices(prices),
+        split=split,
+        metadata={"source": str(path), "records_read": n_lines, "skipped": skipped,
+                  "missing_cells": int(no_record.sum())},
+    )
+    if skipped:
+        warnings.warn(
+            f"Skipped {len(skipped)} of {n_lines} lines of {path.name}: "
+            + "; ".join(f"line {s['line']} ({s['reason']})" for s in skipped[:3])
+            + (" ..." if len(skipped) > 3 else "")
+            + ". The full list is in table.metadata['skipped'].",
+            stacklevel=2,
+        )
+    return table
+
+
+def convert_routing_logs(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    prices: Mapping | None = None,
+    prices_recorded_on: str | None = None,
+    on_error: str = "raise",
+    validation_fraction: float | None = None,
+    seed: int = 0,
+    stratify_by_task: bool = False,
+    overwrite: bool = False,
+    **card,
+) -> dict[str, RoutingTable]:
+    """
+    JSONL logs -> SPROUT-layout dataset folder (parquet + card + prices.json). With `validation_fraction`,
+    a seeded train/validation split is written (see `split_table`); else one `train` split.
+    `card` goes to `write_sprout_dataset` (pretty_name, description, license, provenance, notes).
+    """
+    from .splitting import split_table
+    from .writing import write_sprout_dataset
+
+    table = read_routing_logs(path, on_error=on_error, prices=prices, split="train")
+    if validation_fraction:
+        tables = split_table(table, validation_fraction, seed=seed, stratify_by_task=stratify_by_task)
+    else:
+        tables = {"train": table}
+    card.setdefault("provenance", f"Converted from the routing log {Path(path).name} by carrot_hub.convert_routing_logs.")
+    write_sprout_dataset(tables, output, prices_recorded_on=prices_recorded_on, overwrite=overwrite, **card)
+    return tables
