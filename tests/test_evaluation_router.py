@@ -1,0 +1,123 @@
+"""evaluate_router: realised quality and cost from the table's truth, bad input, the CLI."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from training import metrics
+from training.evaluate import evaluate_router, ground_truth, main
+
+MU = [0.0, 0.3, 0.7, 1.0]
+
+
+@pytest.fixture(scope="module")
+def results(knn_router_session, tiny_table):
+    return evaluate_router(knn_router_session, tiny_table, mu_grid=MU)
+
+
+def test_points_are_the_true_scores_and_costs_of_route(results, knn_router, tiny_table):
+    points = results["routers"]["carrot"]["points"]
+    true_cost = tiny_table.cost()
+    for i, mu in enumerate(MU):
+        decision = knn_router.route(tiny_table.prompts, mu=mu)
+        columns = [tiny_table.models.index(m) for m in decision.models]
+        rows = np.arange(len(tiny_table))
+        assert points["quality"][i] == pytest.approx(tiny_table.scores[rows, columns].mean())
+        assert points["cost"][i] == pytest.approx(true_cost[rows, columns].mean())
+    entry = results["routers"]["carrot"]
+    assert entry["quality_mu0"] == pytest.approx(points["quality"][0])
+    assert entry["aiq"] == pytest.approx(metrics.aiq(points["cost"], points["quality"], results["aiq_max_cost"]))
+
+
+def test_summary_entries(results, tiny_table):
+    cost = tiny_table.cost().mean(0)
+    quality = tiny_table.scores.mean(0)
+    assert results["best_single"]["model"] == "big-model"
+    assert results["best_single"]["quality"] == pytest.approx(1.0)
+    assert results["zero_router"]["aiq"] == pytest.approx(metrics.aiq(cost, quality, results["aiq_max_cost"]))
+    # big-model is right everywhere; the oracle takes the small one where it is right too.
+    small_right = tiny_table.scores[:, 2] == 1
+    mid_right_only = (tiny_table.scores[:, 1] == 1) & ~small_right
+    expected_cost = np.where(small_right, tiny_table.cost()[:, 2], np.where(mid_right_only, tiny_table.cost()[:, 1], tiny_table.cost()[:, 0]))
+    assert results["oracle"]["quality"] == pytest.approx(1.0)
+    assert results["oracle"]["cost"] == pytest.approx(expected_cost.mean())
+    assert results["baselines"]["random"]["apgr"] == pytest.approx(0.5)
+    for key in ("aiq", "quality_mu0", "cost_to_match_best"):
+        assert key in results["routers"]["carrot"]
+    json.dumps(results, allow_nan=False)  # JSON-ready
+
+
+def test_precomputed_embeddings_give_the_same_result(results, knn_router, tiny_table):
+    embeddings = knn_router.encode(tiny_table.prompts).embeddings
+    again = evaluate_router(knn_router, tiny_table, mu_grid=MU, embeddings=embeddings)
+    for key in ("cost", "quality"):
+        assert again["routers"]["carrot"]["points"][key] == pytest.approx(results["routers"]["carrot"]["points"][key])
+    with pytest.raises(ValueError, match="one row per test prompt"):
+        evaluate_router(knn_router, tiny_table, mu_grid=MU, embeddings=embeddings[:3])
+
+
+def test_models_that_differ_raise_or_intersect(knn_router, tiny_table):
+    two = tiny_table.select_models(["big-model", "small-model"])
+    with pytest.raises(ValueError, match="intersect"):
+        evaluate_router(knn_router, two, mu_grid=MU)
+    out = evaluate_router(knn_router, two, mu_grid=MU, on_model_mismatch="intersect")
+    assert out["data"]["models"] == ["big-model", "small-model"]
+    allowed = knn_router.route(tiny_table.prompts, mu=0.0, allowed=["big-model", "small-model"])
+    columns = [two.models.index(m) for m in allowed.models]
+    assert out["routers"]["carrot"]["quality_mu0"] == pytest.approx(two.scores[np.arange(6), columns].mean())
+
+
+def test_one_model_is_refused(knn_router, tiny_table):
+    one = tiny_table.select_models(["big-model"])
+    with pytest.raises(ValueError, match="at least two"):
+        evaluate_router(knn_router, one, mu_grid=MU, on_model_mismatch="intersect")
+    with pytest.raises(ValueError, match="at least two"):
+        ground_truth(one)
+
+
+def test_a_model_without_any_score(knn_router, tiny_table):
+    scores = tiny_table.scores.copy()
+    scores[:, 1] = np.nan
+    unscored = replace(tiny_table, scores=scores)
+    with pytest.raises(ValueError, match="cannot be judged"):
+        evaluate_router(knn_router, unscored, mu_grid=MU)
+    out = evaluate_router(knn_router, unscored, mu_grid=MU, on_unscored_model="drop")
+    assert out["data"]["dropped_models"] == ["mid-model"]
+    assert out["data"]["models"] == ["big-model", "small-model"]
+
+
+def test_missing_scores_count_as_wrong(tiny_table):
+    scores = tiny_table.scores.copy()
+    scores[0, 0] = np.nan
+    truth = ground_truth(replace(tiny_table, scores=scores))
+    assert truth.scores[0, 0] == 0.0
+    assert truth.missing_scores == 1
+
+
+def test_prices_must_match(knn_router, tiny_table):
+    prices = {m: dict(p) for m, p in tiny_table.prices.items()}
+    prices["big-model"]["output"] = 60.0
+    repriced = replace(tiny_table, prices=prices)
+    with pytest.raises(ValueError, match="prices differ"):
+        evaluate_router(knn_router, repriced, mu_grid=MU)
+    out = evaluate_router(knn_router, repriced, mu_grid=MU, on_price_mismatch="table")
+    assert out["single_models"]["big-model"]["cost"] == pytest.approx(repriced.cost()[:, 0].mean())
+
+
+def test_command_line(tmp_path, saved_knn_router, tiny_table, capsys):
+    from carrot_hub.data.writing import write_sprout_dataset
+
+    data = write_sprout_dataset({"test": replace(tiny_table, split="test")}, tmp_path / "data")
+    out, plot = tmp_path / "r.json", tmp_path / "c.png"
+    code = main([str(saved_knn_router), "--data", str(data), "--mu-steps", "5", "--out", str(out), "--plot", str(plot), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "zero router" in printed and "oracle" in printed
+    results = json.loads(out.read_text())
+    assert set(results["routers"]) == {saved_knn_router.name}
+    assert {"zero_router", "oracle", "best_single"} <= set(results)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(saved_knn_router), "--data", str(data), "--plot", str(tmp_path / "c.jpg"), "--quiet"]) == 2
+    assert "PNG" in capsys.readouterr().err

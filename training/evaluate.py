@@ -1,0 +1,677 @@
+"""
+Evaluate routers on a routing table's test split: sweep μ, record what the chosen models really
+scored and cost, and report the field's metrics (see `training.metrics`) next to baselines.
+
+Ground truth, stated once:
+- realised quality is the table's TRUE score of the chosen model; a missing score counts as wrong
+  (0), because a deployed router that picked that model would have got no usable answer on record.
+  The number of missing cells is reported. A model whose scores are ALL missing cannot be judged:
+  evaluation refuses it unless told to drop it (`on_unscored_model="drop"`).
+- realised cost is the table's TRUE dollar cost, `table.cost()`: its token counts (input and
+  output) times its price table, the same definition the router predicts. A missing token count
+  is filled with that model's mean cost over the prompts where it is known (reported).
+- the router decides with its own price table, which must equal the table's for the models
+  evaluated (`on_price_mismatch="table"` routes with the table's prices instead).
+
+Python:
+
+```python
+from training.evaluate import evaluate_router
+results = evaluate_router(router, test_table)          # JSON-ready dict
+results["routers"]["carrot"]["aiq"], results["zero_router"]["aiq"]
+```
+
+Command line: `carrot evaluate ROUTER_FOLDER [--data SOURCE] [--split test] [--out r.json] [--plot c.png]`
+(also `python -m training.evaluate ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import metrics
+
+DEFAULT_MU_STEPS = 101
+CPT_LEVELS = (0.5, 0.8)
+
+
+# --------------------------------------------------------------------------------- ground truth
+
+
+@dataclass
+class GroundTruth:
+    """
+    What the test split says really happened.
+
+    Attributes:
+        models (`list[str]`): column order.
+        scores (`np.ndarray` float64 `(n, m)`): true scores, missing filled with 0 (= wrong).
+        cost (`np.ndarray` float64 `(n, m)`): true dollars, missing filled with the model's mean.
+        raw_scores (`np.ndarray` `(n, m)`): the scores with NaN kept (for prediction metrics).
+        output_tokens (`np.ndarray` `(n, m)`): true output tokens, NaN = missing.
+        prices (`dict`): the price table the costs come from.
+        missing_scores, missing_costs (`int`): cells filled as described.
+    """
+
+    models: list[str]
+    scores: np.ndarray
+    cost: np.ndarray
+    raw_scores: np.ndarray
+    output_tokens: np.ndarray
+    prices: dict
+    missing_scores: int = 0
+    missing_costs: int = 0
+    dropped_models: list[str] = field(default_factory=list)
+
+    @property
+    def n_prompts(self) -> int:
+        return self.scores.shape[0]
+
+    def column(self, model: str) -> int:
+        return self.models.index(model)
+
+    def realised(self, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`choices (k, n)` column indices → mean true cost `(k,)` and mean true quality `(k,)`."""
+        choices = np.asarray(choices, dtype=np.int64)
+        rows = np.arange(self.n_prompts)[None, :]
+        return self.cost[rows, choices].mean(axis=1), self.scores[rows, choices].mean(axis=1)
+
+
+def ground_truth(table, on_unscored_model: str = "raise") -> GroundTruth:
+    """
+    The true scores and costs of a routing table (see the module docstring for missing cells).
+
+    Raises `ValueError` for a table with fewer than two models, no prices, or a model with no
+    observed score (unless `on_unscored_model="drop"`, which leaves such models out).
+    """
+    if on_unscored_model not in ("raise", "drop"):
+        raise ValueError(f"on_unscored_model must be 'raise' or 'drop', not {on_unscored_model!r}.")
+    if len(table) == 0:
+        raise ValueError("The test table has no prompts: there is nothing to evaluate.")
+    unscored = [m for j, m in enumerate(table.models) if np.isnan(table.scores[:, j]).all()]
+    dropped = []
+    if unscored:
+        if on_unscored_model == "raise":
+            raise ValueError(
+                f"No prompt of the test table has a score for {unscored}: such a model cannot be judged. "
+                "Remove it (table.select_models(...)) or pass on_unscored_model='drop' (--drop-unscored)."
+            )
+        table = table.select_models([m for m in table.models if m not in unscored])
+        dropped = unscored
+    if len(table.models) < 2:
+        raise ValueError(
+            f"Routing needs at least two candidate models; the test table has {len(table.models)} "
+            f"({', '.join(table.models) or 'none'}). Evaluate on data that covers two or more models."
+        )
+    if table.prices is None:
+        raise ValueError("The test table has no price table: true costs need {model: {'input', 'output'}} prices.")
+    cost = np.asarray(table.cost(), dtype=np.float64)
+    missing_cost = np.isnan(cost)
+    if missing_cost.all(axis=0).any():
+        bad = [m for j, m in enumerate(table.models) if missing_cost[:, j].all()]
+        raise ValueError(f"No prompt of the test table has token counts for {bad}: their cost is unknown.")
+    cost = np.where(missing_cost, np.nanmean(cost, axis=0, keepdims=True), cost)
+    raw_scores = np.asarray(table.scores, dtype=np.float64)
+    return GroundTruth(
+        models=list(table.models),
+        scores=np.nan_to_num(raw_scores, nan=0.0),
+        cost=cost,
+        raw_scores=raw_scores,
+        output_tokens=np.asarray(table.output_tokens, dtype=np.float64),
+        prices={m: dict(table.prices[m]) for m in table.models},
+        missing_scores=int(np.isnan(raw_scores).sum()),
+        missing_costs=int(missing_cost.sum()),
+        dropped_models=dropped,
+    )
+
+
+# ------------------------------------------------------------------------------------- curves
+
+
+@dataclass
+class CostQualityCurve:
+    """
+    One router's (or baseline's) points on the test split.
+
+    Attributes:
+        name, kind: e.g. `"carrot-knn"`, `"router"` | `"baseline"`.
+        param_name (`str`): the knob, `"mu"`, `"threshold"` or `"p"`.
+        params, costs, qualities (`np.ndarray` `(k,)`): knob value, mean true cost, mean true quality.
+        top (`int`): index of the quality-seeking end of the knob (μ = 0).
+        pair_fraction, pair_qualities (`np.ndarray` `(k2,)` or None): the same router restricted to
+            the strong/weak pair: fraction of prompts sent to the strong model, and quality.
+        prediction_quality (`dict` or None): see `metrics.prediction_quality`.
+        info (`dict`): anything else worth reporting (chosen k, cost scale, ...).
+    """
+
+    name: str
+    kind: str
+    param_name: str
+    params: np.ndarray
+    costs: np.ndarray
+    qualities: np.ndarray
+    top: int = 0
+    pair_fraction: np.ndarray | None = None
+    pair_qualities: np.ndarray | None = None
+    prediction_quality: dict | None = None
+    info: dict = field(default_factory=dict)
+
+
+def decide_all(
+    quality: torch.Tensor | np.ndarray,
+    cost: torch.Tensor | np.ndarray,
+    mu_grid: np.ndarray,
+    cost_scale: float,
+    allowed_columns: Sequence[int] | None = None,
+) -> np.ndarray:
+    """
+    CARROT's rule for every μ at once from predictions `quality, cost (n, m)`: → choices `(n_mu, n)`.
+    `allowed_columns` restricts the choice (e.g. to a strong/weak pair).
+    """
+    from carrot_hub.modeling_carrot import choose_candidates
+
+    quality = torch.as_tensor(np.asarray(quality), dtype=torch.float64)
+    cost = torch.as_tensor(np.asarray(cost), dtype=torch.float64)
+    mask = None
+    if allowed_columns is not None:
+        mask = torch.zeros(quality.shape[1], dtype=torch.bool)
+        mask[list(allowed_columns)] = True
+    mu = torch.as_tensor(np.asarray(mu_grid, dtype=np.float64))
+    indices, _, _ = choose_candidates(quality, cost, mu, float(cost_scale), mask)
+    return indices.numpy()
+
+
+def curve_from_predictions(
+    name: str,
+    truth: GroundTruth,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    mu_grid: np.ndarray,
+    cost_scale: float,
+    pair: tuple[str, str] | None = None,
+    kind: str = "baseline",
+    info: dict | None = None,
+) -> CostQualityCurve:
+    """A curve from predicted quality and predicted dollar cost `(n, m)` in the truth's column order."""
+    choices = decide_all(quality, cost, mu_grid, cost_scale)
+    costs, qualities = truth.realised(choices)
+    curve = CostQualityCurve(name, kind, "mu", np.asarray(mu_grid, float), costs, qualities, top=int(np.argmin(mu_grid)), info=dict(info or {}))
+    if pair is not None:
+        strong, weak = truth.column(pair[0]), truth.column(pair[1])
+        pair_choices = decide_all(quality, cost, mu_grid, cost_scale, allowed_columns=[strong, weak])
+        curve.pair_fraction = (pair_choices == strong).mean(axis=1)
+        curve.pair_qualities = truth.realised(pair_choices)[1]
+    return curve
+
+
+# --------------------------------------------------------------------------- router evaluation
+
+
+def align_models(router_models: Sequence[str], table, on_model_mismatch: str = "raise"):
+    """
+    The test table restricted to the models the router can route to: returns `(table, allowed)`,
+    with `allowed` None when the router's candidates and the table's models are the same set.
+    """
+    if on_model_mismatch not in ("raise", "intersect"):
+        raise ValueError(f"on_model_mismatch must be 'raise' or 'intersect', not {on_model_mismatch!r}.")
+    router_models, table_models = list(router_models), list(table.models)
+    if set(router_models) == set(table_models):
+        return table, None
+    only_router = [m for m in router_models if m not in table_models]
+    only_table = [m for m in table_models if m not in router_models]
+    common = [m for m in router_models if m in table_models]
+    if on_model_mismatch == "raise":
+        raise ValueError(
+            f"The test data's models differ from the router's candidates (only in the router: {only_router or 'none'}; "
+            f"only in the data: {only_table or 'none'}). Evaluate on the {len(common)} models they share with "
+            "on_model_mismatch='intersect' (--intersect), or use matching data."
+        )
+    if len(common) < 2:
+        raise ValueError(
+            f"The router and the test data share {len(common)} model(s) ({', '.join(common) or 'none'}); "
+            "routing needs at least two in common."
+        )
+    return table.select_models(common), common
+
+
+def _check_prices(router, truth: GroundTruth, on_price_mismatch: str) -> dict | None:
+    if on_price_mismatch not in ("raise", "table"):
+        raise ValueError(f"on_price_mismatch must be 'raise' or 'table', not {on_price_mismatch!r}.")
+    router_prices = router.config.prices
+    differ = [
+        m
+        for m in truth.models
+        if not (
+            math.isclose(router_prices[m]["input"], truth.prices[m]["input"], rel_tol=1e-9, abs_tol=1e-12)
+            and math.isclose(router_prices[m]["output"], truth.prices[m]["output"], rel_tol=1e-9, abs_tol=1e-12)
+        )
+    ]
+    if not differ:
+        return None
+    if on_price_mismatch == "raise":
+        first = differ[0]
+        raise ValueError(
+            f"The router's prices differ from the test data's for {differ} (e.g. {first}: router "
+            f"{router_prices[first]}, data {truth.prices[first]}). Costs are judged with the data's prices; "
+            "route with them too via on_price_mismatch='table' (--use-data-prices), or set the router's prices."
+        )
+    return {m: truth.prices[m] for m in truth.models}
+
+
+def count_input_tokens(router, prompts: Sequence[str]) -> torch.Tensor:
+    """Prompt tokens counted by the router's tokenizer, as `router.encode` does: `(n,)` float."""
+    tokenizer = router.tokenizer
+    ids = tokenizer(list(prompts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return torch.tensor([len(x) for x in ids], dtype=torch.float32)
+
+
+def router_predictions(router, table, embeddings=None, batch_size: int = 64, progress: bool = False):
+    """
+    `PromptPredictions` for the table's prompts, from precomputed `embeddings (n, hidden)` (or a
+    `PromptEncoding`) when given, else by encoding the prompts once.
+    """
+    from carrot_hub.modeling_carrot import PromptEncoding
+
+    if embeddings is None:
+        return router.predict(table.prompts, batch_size=batch_size, progress=progress)
+    if isinstance(embeddings, PromptEncoding):
+        encoding = embeddings
+    else:
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(table):
+            raise ValueError(
+                f"embeddings has shape {tuple(embeddings.shape)}; expected ({len(table)}, hidden), one row per test prompt."
+            )
+        encoding = PromptEncoding(embeddings, count_input_tokens(router, table.prompts), [False] * len(table))
+    if encoding.embeddings.shape[0] != len(table):
+        raise ValueError(f"The encoding has {encoding.embeddings.shape[0]} rows but the test table {len(table)} prompts.")
+    hidden = router.encoder.config.hidden_size
+    if encoding.embeddings.shape[1] != hidden:
+        raise ValueError(
+            f"The embeddings have width {encoding.embeddings.shape[1]} but the router's encoder gives {hidden}: "
+            "they were made with another encoder."
+        )
+    return router.predict_encoded(encoding)
+
+
+def router_curve(
+    router,
+    test_table,
+    mu_grid=None,
+    embeddings=None,
+    on_model_mismatch: str = "raise",
+    on_unscored_model: str = "raise",
+    on_price_mismatch: str = "raise",
+    pair: tuple[str, str] | None = None,
+    name: str = "carrot",
+    progress: bool = False,
+) -> tuple[CostQualityCurve, GroundTruth]:
+    """
+    Predict once, decide for every μ with `router.decide` (no re-encoding), and score the decisions
+    with the test table's true scores and costs. Returns the curve and the ground truth it used.
+    """
+    mu_grid = np.linspace(0, 1, DEFAULT_MU_STEPS) if mu_grid is None else np.asarray(mu_grid, dtype=np.float64)
+    if mu_grid.ndim != 1 or mu_grid.size == 0 or np.any((mu_grid < 0) | (mu_grid > 1)):
+        raise ValueError("mu_grid must be a non-empty 1-D array of values in [0, 1].")
+    router_models = list(router.config.candidate_models)
+    full_table = test_table
+    table, allowed = align_models(router_models, test_table, on_model_mismatch)
+    truth = ground_truth(table, on_unscored_model=on_unscored_model)
+    if truth.dropped_models:
+        allowed = list(truth.models)
+    prices = _check_prices(router, truth, on_price_mismatch)
+    predictions = router_predictions(router, full_table, embeddings=embeddings, progress=progress)
+    to_truth = np.array([truth.column(m) if m in truth.models else -1 for m in router_models])
+
+    def sweep(allowed_models):
+        choices = np.empty((mu_grid.size, len(table)), dtype=np.int64)
+        for row, mu in enumerate(mu_grid.tolist()):
+            decision = router.decide(predictions, mu=mu, prices=prices, allowed=allowed_models)
+            choices[row] = to_truth[decision.model_indices.numpy()]
+        return choices
+
+    choices = sweep(allowed)
+    costs, qualities = truth.realised(choices)
+    curve = CostQualityCurve(name, "router", "mu", mu_grid, costs, qualities, top=int(np.argmin(mu_grid)))
+    curve.info = {"cost_scale": float(router.config.cost_scale), "predictor_kind": router.config.predictor_kind}
+    if pair is not None:
+        pair_choices = sweep(list(pair))
+        curve.pair_fraction = (pair_choices == truth.column(pair[0])).mean(axis=1)
+        curve.pair_qualities = truth.realised(pair_choices)[1]
+    columns = [router_models.index(m) for m in truth.models]
+    curve.prediction_quality = metrics.prediction_quality(
+        truth.models,
+        predictions.quality.numpy()[:, columns],
+        truth.raw_scores,
+        predictions.output_tokens.numpy()[:, columns],
+        truth.output_tokens,
+    )
+    return curve, truth
+
+
+def evaluate_router(
+    router,
+    test_table,
+    mu_grid=None,
+    embeddings=None,
+    on_model_mismatch: str = "raise",
+    on_unscored_model: str = "raise",
+    on_price_mismatch: str = "raise",
+    pair: tuple[str, str] | None = None,
+    name: str = "carrot",
+    progress: bool = False,
+) -> dict:
+    """
+    Evaluate one router on a test table (see the module docstring for the ground truth).
+
+    Args:
+        router: a `CarrotRouter`.
+        test_table: a `RoutingTable` with prices.
+        mu_grid: μ values to sweep, default `np.linspace(0, 1, 101)`.
+        embeddings: `(n, hidden)` precomputed embeddings of the test prompts (or a `PromptEncoding`).
+        on_model_mismatch: `"raise"` if the test models differ from the router's candidates, or
+            `"intersect"` to evaluate on the models they share (the router restricted by `allowed=`).
+        on_unscored_model: `"raise"` or `"drop"` for a model with no observed score.
+        on_price_mismatch: `"raise"` or `"table"` (route with the data's prices).
+        pair: `(strong, weak)` for APGR/CPT; default `default_pair(truth)`.
+
+    Returns:
+        The results dict of [`summarize`] with the router under `results["routers"][name]`.
+    """
+    table, _ = align_models(router.config.candidate_models, test_table, on_model_mismatch)
+    truth = ground_truth(table, on_unscored_model=on_unscored_model)
+    pair = pair or default_pair(truth)
+    curve, truth = router_curve(
+        router, test_table, mu_grid, embeddings, on_model_mismatch, on_unscored_model, on_price_mismatch, pair, name, progress
+    )
+    from training.baselines import no_training_baselines
+
+    return summarize([curve, *no_training_baselines(truth, pair)], truth, pair)
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+def default_pair(truth: GroundTruth) -> tuple[str, str] | None:
+    """
+    RouteLLM-style strong/weak pair: strong = the best single model; weak = the best model costing
+    at most a tenth of it (else the cheapest model). None when no weak model is worse than strong.
+    """
+    mean_cost, mean_quality = truth.cost.mean(0), truth.scores.mean(0)
+    strong = metrics.best_single_model(mean_quality, mean_cost)
+    cheap = [j for j in range(len(truth.models)) if j != strong and mean_cost[j] <= mean_cost[strong] / 10]
+    if cheap:
+        weak = max(cheap, key=lambda j: (mean_quality[j], -mean_cost[j]))
+    else:
+        weak = min((j for j in range(len(truth.models)) if j != strong), key=lambda j: mean_cost[j])
+    if not mean_quality[strong] > mean_quality[weak]:
+        return None
+    return truth.models[strong], truth.models[weak]
+
+
+def _check_pair(truth: GroundTruth, pair) -> tuple[str, str] | None:
+    if pair is None:
+        return None
+    strong, weak = pair
+    for name in (strong, weak):
+        if name not in truth.models:
+            raise ValueError(f"The strong/weak pair names {name!r}, which is not a model of the test data ({truth.models}).")
+    if strong == weak:
+        raise ValueError("The strong and weak models of the pair must differ.")
+    return strong, weak
+
+
+def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tuple[str, str] | None = None) -> dict:
+    """
+    The JSON-ready results of one evaluation: every curve's metrics on one shared cost range.
+
+    Keys: `data` (prompts, models, missing cells, cost definition), `best_single`, `zero_router`,
+    `oracle`, `single_models`, `pair`, `aiq_max_cost`, `routers` and `baselines` (name → metrics:
+    `aiq`, `quality_mu0`, `cost_mu0`, `cost_to_match_best` (fraction of the best single model's
+    cost, hull-interpolated; None when never reached), `cost_to_match_best_points` (no
+    interpolation), `apgr`, `cpt50`, `cpt80`, `prediction_quality`, `points`).
+    """
+    from training.baselines import oracle_curve
+
+    pair = _check_pair(truth, pair)
+    mean_cost, mean_quality = truth.cost.mean(0), truth.scores.mean(0)
+    best = metrics.best_single_model(mean_quality, mean_cost)
+    best_quality, best_cost = float(mean_quality[best]), float(mean_cost[best])
+    oracle = oracle_curve(truth)
+    max_cost = float(max([mean_cost.max(), *[c.costs.max() for c in curves], oracle.costs.max()]))
+
+    def match(costs, qualities, interpolate):
+        value = metrics.cost_to_reach(costs, qualities, best_quality, interpolate=interpolate)
+        return None if value is None else value / best_cost
+
+    pair_info = None
+    if pair is not None:
+        q_strong, q_weak = float(mean_quality[truth.column(pair[0])]), float(mean_quality[truth.column(pair[1])])
+        if q_strong > q_weak:
+            pair_info = {"strong": pair[0], "weak": pair[1], "strong_quality": q_strong, "weak_quality": q_weak}
+
+    def describe(curve: CostQualityCurve) -> dict:
+        entry = {
+            "kind": curve.kind,
+            "aiq": metrics.aiq(curve.costs, curve.qualities, max_cost),
+            "quality_mu0": float(curve.qualities[curve.top]),
+            "cost_mu0": float(curve.costs[curve.top]),
+            "best_quality": float(curve.qualities.max()),
+            "cost_to_match_best": match(curve.costs, curve.qualities, True),
+            "cost_to_match_best_points": match(curve.costs, curve.qualities, False),
+            "apgr": None,
+            "cpt50": None,
+            "cpt80": None,
+        }
+        if pair_info is not None and curve.pair_fraction is not None:
+            args = (curve.pair_fraction, curve.pair_qualities, pair_info["strong_quality"], pair_info["weak_quality"])
+            entry["apgr"] = metrics.apgr(*args)
+            entry["cpt50"], entry["cpt80"] = (metrics.cpt(*args, level) for level in CPT_LEVELS)
+        entry["prediction_quality"] = curve.prediction_quality
+        entry["info"] = curve.info
+        entry["points"] = {
+            curve.param_name: curve.params.tolist(),
+            "cost": curve.costs.tolist(),
+            "quality": curve.qualities.tolist(),
+        }
+        if curve.pair_fraction is not None:
+            entry["pair_points"] = {"strong_fraction": curve.pair_fraction.tolist(), "quality": curve.pair_qualities.tolist()}
+        return entry
+
+    results = {
+        "data": {
+            "n_prompts": truth.n_prompts,
+            "models": truth.models,
+            "missing_scores": truth.missing_scores,
+            "missing_costs": truth.missing_costs,
+            "dropped_models": truth.dropped_models,
+            "quality": "true score of the chosen model; missing scores count as wrong (0)",
+            "cost": "true dollars: the data's input and output token counts times its price table "
+            "(missing token counts: the model's mean)",
+            "prices": truth.prices,
+        },
+        "aiq_max_cost": max_cost,
+        "best_single": {"model": truth.models[best], "quality": best_quality, "cost": best_cost},
+        "single_models": {
+            m: {"quality": float(mean_quality[j]), "cost": float(mean_cost[j])} for j, m in enumerate(truth.models)
+        },
+        "zero_router": {
+            "aiq": metrics.aiq(mean_cost, mean_quality, max_cost),
+            "quality_mu0": best_quality,
+            "cost_to_match_best": 1.0,
+            "hull": dict(zip(("cost", "quality"), (a.tolist() for a in metrics.upper_hull(mean_cost, mean_quality)))),
+        },
+        "oracle": {
+            "quality": float(oracle.qualities[oracle.top]),
+            "cost": float(oracle.costs[oracle.top]),
+            "cost_fraction_of_best": float(oracle.costs[oracle.top]) / best_cost,
+            "aiq": metrics.aiq(oracle.costs, oracle.qualities, max_cost),
+            "aiq_point": metrics.aiq(oracle.costs[oracle.top : oracle.top + 1], oracle.qualities[oracle.top : oracle.top + 1], max_cost),
+            "quality_mu0": float(oracle.qualities[oracle.top]),
+            "cost_to_match_best": match(oracle.costs, oracle.qualities, True),
+            "points": {"mu": oracle.params.tolist(), "cost": oracle.costs.tolist(), "quality": oracle.qualities.tolist()},
+            "definition": "per prompt the cheapest model with the best true score; `aiq` sweeps μ with "
+            "true scores and costs (the ceiling curve), `aiq_point` is the single μ=0 point",
+        },
+        "pair": pair_info,
+        "routers": {},
+        "baselines": {},
+    }
+    if pair_info is not None:
+        results["pair"]["definition"] = (
+            "RouteLLM's APGR and CPT with cost measured as the fraction of prompts sent to the strong model; "
+            "multi-model routers are restricted to the pair (allowed=[strong, weak]) for these figures"
+        )
+    for curve in curves:
+        section = "routers" if curve.kind == "router" else "baselines"
+        results[section][curve.name] = describe(curve)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The results as a fixed-width text table for the terminal."""
+    header = f"{'name':<28} {'AIQ':>6} {'q(μ=0)':>7} {'$ μ=0':>9} {'match':>7} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'AUROC':>6}"
+    lines = [header, "-" * len(header)]
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    def row(name, entry):
+        prediction = entry.get("prediction_quality") or {}
+        lines.append(
+            f"{name:<28.28} {fmt(entry.get('aiq'), '6.4f')} {fmt(entry.get('quality_mu0'), '7.4f')} "
+            f"{fmt(entry.get('cost_mu0', entry.get('cost')), '9.6f')} {fmt(entry.get('cost_to_match_best'), '7.1%')} "
+            f"{fmt(entry.get('apgr'), '6.3f')} {fmt(entry.get('cpt50'), '6.1%')} {fmt(entry.get('cpt80'), '6.1%')} "
+            f"{fmt(prediction.get('mean_auroc'), '6.3f')}"
+        )
+
+    for name, entry in results["routers"].items():
+        row(name, entry)
+    for name, entry in results["baselines"].items():
+        row(name, entry)
+    row("zero router (single models)", results["zero_router"])
+    row("oracle", results["oracle"])
+    best = results["best_single"]
+    lines.append(
+        f"best single model: {best['model']} quality {best['quality']:.4f} at ${best['cost']:.6f}/prompt; "
+        f"'match' = cost to reach its quality as a fraction of its cost"
+    )
+    if results.get("pair"):
+        lines.append(f"APGR/CPT pair: strong {results['pair']['strong']}, weak {results['pair']['weak']}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path) -> Path:
+    """Write results as JSON (refusing to replace a directory); returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name such as {path / 'results.json'}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of `carrot evaluate` / `python -m training.evaluate`."""
+    parser.add_argument("router", nargs="+", help="router folder(s) (or Hub ids) to evaluate")
+    parser.add_argument("--data", default=None, help="routing data source (default: the packaged RouterBench zero-shot data)")
+    parser.add_argument("--split", default="test", help="split to evaluate on (default: test)")
+    parser.add_argument("--mu-steps", type=int, default=DEFAULT_MU_STEPS, help="number of μ values in [0, 1] (default: 101)")
+    parser.add_argument("--pair", default=None, help="strong,weak models for APGR/CPT (default: best model, best model at ≤10%% of its cost)")
+    parser.add_argument("--intersect", action="store_true", help="evaluate on the models shared by router and data")
+    parser.add_argument("--drop-unscored", action="store_true", help="leave out models with no observed score")
+    parser.add_argument("--use-data-prices", action="store_true", help="route with the data's prices when they differ from the router's")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--plot", default=None, help="write the cost–quality curves as a PNG here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `carrot evaluate`: load router(s) and data, evaluate, print the table, write JSON / PNG."""
+    from carrot_hub.data import load_routing_table
+    from carrot_hub.modeling_carrot import CarrotRouter
+
+    from training.baselines import no_training_baselines
+
+    if args.mu_steps < 2:
+        raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}.")
+    source = args.data
+    if source is None:
+        from carrot_hub.default import DEFAULT_DATA_DIR
+
+        source = str(DEFAULT_DATA_DIR)
+    table = load_routing_table(source, split=args.split, progress=not args.quiet)
+    pair = None
+    if args.pair:
+        parts = [p.strip() for p in args.pair.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
+        pair = (parts[0], parts[1])
+    mu_grid = np.linspace(0, 1, args.mu_steps)
+    options = dict(
+        on_model_mismatch="intersect" if args.intersect else "raise",
+        on_unscored_model="drop" if args.drop_unscored else "raise",
+        on_price_mismatch="table" if args.use_data_prices else "raise",
+    )
+    curves, truth = [], None
+    names = _unique_names(args.router)
+    for name, source_router in zip(names, args.router):
+        router = CarrotRouter.from_pretrained(source_router)
+        table_for_router, _ = align_models(router.config.candidate_models, table, options["on_model_mismatch"])
+        router_truth = ground_truth(table_for_router, on_unscored_model=options["on_unscored_model"])
+        if truth is not None and router_truth.models != truth.models:
+            raise ValueError("The routers evaluated together must route over the same models; evaluate them one by one.")
+        truth = router_truth
+        pair = pair or default_pair(truth)
+        curve, truth = router_curve(router, table, mu_grid, pair=pair, name=name, progress=not args.quiet, **options)
+        curves.append(curve)
+    results = summarize([*curves, *no_training_baselines(truth, pair)], truth, pair)
+    results["data"]["source"], results["data"]["split"] = str(source), args.split
+    print(format_table(results))
+    if args.out:
+        print(f"results written to {write_json(results, args.out)}")
+    if args.plot:
+        from training.plots import plot_curves
+
+        print(f"curves drawn in {plot_curves(results, args.plot)}")
+    return 0
+
+
+def _unique_names(sources: Sequence[str]) -> list[str]:
+    names, seen = [], {}
+    for source in sources:
+        base = Path(str(source).rstrip("/")).name or str(source)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_evaluate_arguments(argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_evaluate(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
