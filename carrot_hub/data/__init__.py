@@ -2,6 +2,7 @@
 
 from .loading import load_routing_table
 from .logs import convert_routing_logs, read_routing_logs
+from .publishing import HubAuthError, check_dataset_folder, push_routing_dataset
 from .prices import read_prices_file, validate_prices, write_prices_file
 from .routing_table import RoutingTable
 from .sources import RoutingSourceError
@@ -10,13 +11,16 @@ from .validation import RoutingDataError, discover_model_columns
 from .writing import dataset_card, write_sprout_dataset
 
 __all__ = [
+    "HubAuthError",
     "RoutingDataError",
     "RoutingSourceError",
     "RoutingTable",
+    "check_dataset_folder",
     "convert_routing_logs",
     "dataset_card",
     "discover_model_columns",
     "load_routing_table",
+    "push_routing_dataset",
     "read_prices_file",
     "read_routing_logs",
     "split_indices",
