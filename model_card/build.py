@@ -286,7 +286,7 @@ def build_model_card(
         "baselines": _baseline_rows(results) if results else [],
         "eval_split": (results or {}).get("split") or "test",
         "eval_dataset_name": (results or {}).get("dataset_name") or (results or {}).get("dataset") or "the evaluation data",
-        "eval_n_prompts": (results or {}).get("n_prompts"),
+        "eval_n_prompts": (results or {}).get("n_prompts") or ((results or {}).get("data") or {}).get("n_prompts"),
         "eval_prices_note": (results or {}).get("prices_note"),
         "plot_filename": plot_filename,
         "training_data": training_data,
