@@ -1,7 +1,6 @@
 """load_routing_table on small local files in SPROUT's layout; one test per kind of bad input."""
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from .data_files import MODELS, PRICES, sprout_rows, write_jsonl, write_parquet, write_prices
 
@@ -165,4 +164,3 @@ def test_bad_arguments(sprout_folder):
     with pytest.raises(ValueError, match="price"):
         load_routing_table(write_parquet(sprout_rows(2), sprout_folder.parent / "x" / "a.parquet"),
                            prices={MODELS[0]: {"input": -1, "output": 1}})
-    assert pa is not None
