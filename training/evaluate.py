@@ -577,9 +577,18 @@ def write_json(results: dict, path) -> Path:
         raise ValueError(f"--out {path} is a folder; give a file name such as {path / 'results.json'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False))
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=False, default=_jsonable))
     tmp.replace(path)
     return path
+
+
+def _jsonable(value):
+    """JSON fallback for numpy / torch values and paths found in training reports."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # ------------------------------------------------------------------------------ command line
