@@ -48,6 +48,7 @@ class HubRecorder:
     def __init__(self, monkeypatch, token="hf_test_token"):
         self.calls = []
         self.operations = []
+        self.contents = {}
         recorder = self
 
         def create_repo(api, repo_id, **kwargs):
@@ -61,6 +62,8 @@ class HubRecorder:
             operations = list(operations)
             recorder.calls.append(("create_commit", repo_id, kwargs))
             recorder.operations.extend(operations)
+            for op in operations:  # read now, as the Hub client would: staging folders may vanish after
+                recorder.contents[op.path_in_repo] = recorder._read(op)
             return {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"}
 
         def forbidden(api, *args, **kwargs):
@@ -78,7 +81,10 @@ class HubRecorder:
         return {op.path_in_repo for op in self.operations}
 
     def content(self, name: str) -> bytes:
-        (op,) = [op for op in self.operations if op.path_in_repo == name]
+        return self.contents[name]
+
+    @staticmethod
+    def _read(op) -> bytes:
         source = op.path_or_fileobj
         if isinstance(source, (str, Path)):
             return Path(source).read_bytes()
