@@ -30,7 +30,10 @@ def main(argv=None) -> int:
         return 2
     try:
         tables = convert_routerbench(args.source, args.output, args.prices, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except FileExistsError:
+        print(f"error: {args.output} is not empty; pass --overwrite to replace its data files, or choose --output", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     report = {}
