@@ -344,7 +344,7 @@ def set_prices(
     Returns:
         The output folder, or the [`PublishResult`] when `repo_id` is given.
     """
-    source = Path(router_folder)
+    source = local_router_folder(router_folder)
     files = router_files(source)
     config = CarrotConfig.from_pretrained(source)
     if isinstance(prices, Mapping):
@@ -382,6 +382,20 @@ def set_prices(
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def local_router_folder(source: str | os.PathLike) -> Path:
+    """A local folder as is; a Hub id is downloaded (to the Hub cache) and its snapshot folder returned."""
+    path = Path(source)
+    if path.exists() or os.sep in str(source) and str(source).count("/") != 1:
+        return path
+    repo_id = check_repo_id(str(source))
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="model"))
+    except Exception as error:  # offline, missing repo, no access: one line says which
+        raise PublishError(f"{source} is neither a local folder nor a downloadable Hub router ({str(error).splitlines()[0]}).") from None
+
+
 def _write_repriced(source, files, target: Path, config, new_prices, recorded_on, card_date) -> list[str]:
     """Copy the router with a new price table into `target` (weights byte for byte); return the changes."""
     from model_card import build_model_card
@@ -413,7 +427,11 @@ def _write_repriced(source, files, target: Path, config, new_prices, recorded_on
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of `carrot publish`."""
-    parser.add_argument("router_folder", help="a router folder written by save_pretrained / carrot train")
+    parser.add_argument(
+        "router_folder",
+        help="a router folder written by save_pretrained / carrot train, or a converted routing data set "
+        "folder (data/*.parquet + README.md + prices.json), which goes to a dataset repo",
+    )
     parser.add_argument("repo_id", help="Hub repo to publish to, e.g. your-name/my-router (created if missing)")
     parser.add_argument("--eval-results", help="evaluation JSON from `carrot evaluate` (metrics go into the card)")
     parser.add_argument("--plot", help="cost–quality PNG from `carrot evaluate` (uploaded and shown in the card)")
@@ -427,7 +445,23 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def _is_dataset_folder(folder: Path) -> bool:
+    return not (folder / "config.json").exists() and any((folder / "data").glob("*.parquet"))
+
+
 def run_publish(args: argparse.Namespace) -> int:
+    folder = Path(args.router_folder)
+    if _is_dataset_folder(folder):
+        # A converted routing data set (SPROUT layout): the data module owns its checks and card.
+        from .data.publishing import push_routing_dataset
+
+        check_repo_id(args.repo_id)
+        info = push_routing_dataset(
+            folder, args.repo_id, token=args.token, private=args.private,
+            commit_message=args.commit_message, revision=args.revision,
+        )
+        print(f"Published the routing data set {folder} to datasets/{args.repo_id}: {getattr(info, 'commit_url', info)}")
+        return 0
     result = publish_router(
         args.router_folder,
         args.repo_id,
@@ -489,6 +523,7 @@ __all__ = [
     "router_files",
     "require_token",
     "set_prices",
+    "local_router_folder",
     "validate_new_prices",
     "add_publish_arguments",
     "run_publish",

@@ -274,3 +274,33 @@ def test_hub_refusal_is_one_clear_line(saved_knn_router, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", refuse)
     with pytest.raises(PublishError, match="write access"):
         publish_router(saved_knn_router, "someone-else/tiny-router", check_weights=False)
+
+
+def test_cli_entry_points(saved_knn_router, hub, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    parser = publishing.add_publish_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([str(saved_knn_router), "someone/tiny-router", "--private", "--revision", "v2"])
+    assert publishing.run_publish(args) == 0
+    assert "model.safetensors" in capsys.readouterr().out and hub.calls[0][2]["private"] is True
+    # a converted routing data set goes to the data module's dataset push
+    dataset = tmp_path / "dataset"
+    (dataset / "data").mkdir(parents=True)
+    (dataset / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    pushed = []
+    import carrot_hub.data.publishing as data_publishing
+
+    monkeypatch.setattr(data_publishing, "push_routing_dataset", lambda folder, repo_id, **kw: pushed.append(repo_id) or "ok")
+    assert publishing.run_publish(parser.parse_args([str(dataset), "someone/routing-data"])) == 0
+    assert pushed == ["someone/routing-data"]
+
+
+def test_hub_source_that_cannot_be_downloaded(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(PublishError, match="neither a local folder nor a downloadable Hub router"):
+        publishing.local_router_folder("someone/not-here")
