@@ -1,0 +1,142 @@
+"""CARROT-KNN: a memory of the training prompts' embeddings, with k chosen by cross-validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from carrot_hub.building import default_cost_scale, fit_knn, new_router
+
+from .embeddings import embed_table
+from .prepare import check_training_table, training_data_label
+
+DEFAULT_K_GRID = (4, 8, 16, 32, 64, 128)
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffle of `range(n)` cut into `folds` near-equal held-out index arrays."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2 for cross-validation, got {folds}.")
+    if n < folds:
+        raise ValueError(f"Cannot cut {n} prompts into {folds} folds: use fewer folds or more data.")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+def masked_brier(quality: torch.Tensor, scores: torch.Tensor) -> float:
+    """Mean squared error of predicted quality `(n, n_models)` against scores (NaN = missing) over observed cells."""
+    observed = ~torch.isnan(scores)
+    return float(((quality - torch.nan_to_num(scores)) ** 2)[observed].mean())
+
+
+def masked_log_token_mse(log_tokens: torch.Tensor, output_tokens: torch.Tensor) -> float:
+    """MSE of predicted log(1 + tokens) `(n, n_models)` against observed output tokens (NaN = missing)."""
+    observed = ~torch.isnan(output_tokens)
+    target = torch.log1p(torch.nan_to_num(output_tokens).clamp(min=0))
+    return float(((log_tokens - target) ** 2)[observed].mean())
+
+
+def cross_validate_k(router, embeddings: torch.Tensor, table, k_grid, folds: int = 5, seed: int = 0) -> dict:
+    """
+    Score every k of `k_grid` by `folds`-fold cross-validation on `table`: the router's kNN memory
+    is filled with the other folds and predicts the held-out one.
+
+    Args:
+        router: a kNN `CarrotRouter` whose memory is overwritten.
+        embeddings: `(n, hidden)` embeddings of `table`'s prompts.
+
+    Returns:
+        `{"k_grid", "brier", "log_token_mse"}`, each score list aligned with `k_grid` (mean over folds,
+        weighted by held-out size).
+    """
+    scores = torch.as_tensor(table.scores, dtype=torch.float32)
+    output_tokens = torch.as_tensor(table.output_tokens, dtype=torch.float32)
+    n = embeddings.shape[0]
+    brier = np.zeros(len(k_grid))
+    token_mse = np.zeros(len(k_grid))
+    for held_out in fold_indices(n, folds, seed):
+        kept = np.setdiff1d(np.arange(n), held_out)
+        router.predictor.fill(embeddings[kept], scores[kept], output_tokens[kept])
+        with torch.no_grad():
+            for column, k in enumerate(k_grid):
+                quality, log_tokens = router.predictor(embeddings[held_out], k=int(k))
+                weight = len(held_out) / n
+                brier[column] += weight * masked_brier(quality, scores[held_out])
+                token_mse[column] += weight * masked_log_token_mse(log_tokens, output_tokens[held_out])
+    return {"k_grid": [int(k) for k in k_grid], "brier": brier.tolist(), "log_token_mse": token_mse.tolist()}
+
+
+def train_knn_router(
+    train_table,
+    k_grid=DEFAULT_K_GRID,
+    folds: int = 5,
+    seed: int = 0,
+    encoder: str | None = None,
+    embeddings: torch.Tensor | None = None,
+    cost_scale: float | None = None,
+    drop_unscored_models: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    **config_fields,
+):
+    """
+    Train CARROT-KNN on `train_table`.
+
+    k is the value of `k_grid` with the lowest cross-validated Brier score of the quality
+    predictions (mean squared error against the observed 0/1 or [0, 1] scores); the token error is
+    reported next to it. The final memory holds every training prompt.
+
+    Args:
+        train_table: a `RoutingTable` with prices.
+        k_grid: the candidate values of k (values above the memory size act as the memory size).
+        folds, seed: the cross-validation folds and their seeded shuffle.
+        encoder: folder or Hub id of a BERT-family encoder (default all-MiniLM-L6-v2).
+        embeddings: `(n_prompts, hidden)` precomputed with this encoder and the same prompt cutting
+            (see `training.embeddings.embed_table`); computed when None.
+        cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
+        drop_unscored_models: leave out candidates whose scores are all missing instead of failing.
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
+
+    Returns:
+        `(router, report)`: the kNN `CarrotRouter` and a JSON-serialisable dict with the grid, the
+        scores and the chosen k.
+    """
+    train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
+    k_grid = sorted({int(k) for k in k_grid})
+    if not k_grid or k_grid[0] < 1:
+        raise ValueError(f"k_grid must hold positive integers, got {k_grid}.")
+    cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
+    router = new_router(
+        train_table.models,
+        train_table.prices,
+        encoder=encoder,
+        predictor_kind="knn",
+        cost_scale=cost_scale,
+        training_data=training_data_label(train_table),
+        **config_fields,
+    )
+    if embeddings is None:
+        embeddings = embed_table(router, train_table, cache_dir=cache_dir, progress=progress)
+    embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+    if embeddings.shape[0] != len(train_table):
+        raise ValueError(
+            f"embeddings has {embeddings.shape[0]} rows but the table has {len(train_table)} prompts."
+        )
+    cv = cross_validate_k(router, embeddings, train_table, k_grid, folds=folds, seed=seed)
+    best = int(np.argmin(cv["brier"]))
+    best_k = cv["k_grid"][best]
+    router.config.knn_k = best_k
+    router.predictor.k = best_k
+    fit_knn(router, embeddings, train_table)
+    report = {
+        "predictor_kind": "knn",
+        "n_train_prompts": len(train_table),
+        "candidate_models": list(train_table.models),
+        "cost_scale": cost_scale,
+        "cv_folds": folds,
+        "cv_seed": seed,
+        "cv_criterion": "brier",
+        **cv,
+        "k": best_k,
+    }
+    return router, report

@@ -1,0 +1,57 @@
+"""Checks a routing table must pass before any router is trained on it, and the shared set-up."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def check_training_table(table, drop_unscored_models: bool = False):
+    """
+    Return `table` fit for training, or raise `ValueError` with a one-line reason.
+
+    A router needs at least two candidates, a price for each, and for each candidate at least one
+    observed score and one observed output-token count. A candidate with no observed score is an
+    error naming it (a router cannot learn anything about it), unless `drop_unscored_models` is
+    True, in which case it is dropped with a warning.
+    """
+    if len(table) == 0:
+        raise ValueError("The routing table has no prompts: there is nothing to train on.")
+    unscored = [m for m, seen in zip(table.models, (~np.isnan(table.scores)).any(axis=0)) if not seen]
+    if unscored and drop_unscored_models:
+        logger.warning("Dropping candidates with no observed score: %s", ", ".join(unscored))
+        table = table.select_models([m for m in table.models if m not in unscored])
+    elif unscored:
+        raise ValueError(
+            f"Every score of {', '.join(map(repr, unscored))} is missing: the router cannot learn when "
+            "it is right. Add its results, remove it from the data, or pass drop_unscored_models=True "
+            "(--drop-unscored-models) to leave it out."
+        )
+    if len(table.models) < 2:
+        raise ValueError(
+            f"Routing needs at least two candidate models; this table has {len(table.models)} "
+            f"({', '.join(table.models) or 'none'}). Add results of another model."
+        )
+    no_tokens = [m for m, seen in zip(table.models, (~np.isnan(table.output_tokens)).any(axis=0)) if not seen]
+    if no_tokens:
+        raise ValueError(
+            f"Every output-token count of {', '.join(map(repr, no_tokens))} is missing: the router cannot "
+            "predict its cost. Add the token counts (or the responses) to the data."
+        )
+    if table.prices is None:
+        raise ValueError("The routing table has no price table: give prices {model: {'input': $/M, 'output': $/M}}.")
+    unpriced = [m for m in table.models if m not in table.prices]
+    if unpriced:
+        raise ValueError(f"The price table has no entry for {', '.join(map(repr, unpriced))}.")
+    return table
+
+
+def training_data_label(table) -> str | None:
+    """What the router card calls the training data: the table's source and split when known."""
+    source = table.metadata.get("source") if isinstance(table.metadata, dict) else None
+    if source and table.split:
+        return f"{source} ({table.split})"
+    return source or table.split

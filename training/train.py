@@ -1,0 +1,169 @@
+"""`carrot train` / `python -m training.train`: routing data in, router folder out.
+
+    python -m training.train --data carrot_hub/default_data/routerbench-0shot --split train \\
+        --kind knn --out routers/rb-knn
+    accelerate launch -m training.train --data ... --kind finetune --out routers/rb-ft   # GPUs
+
+Data is read only through `carrot_hub.data.load_routing_table` (a local folder, files, or a Hub id,
+`--streaming` for large Hub data sets). The router folder is written atomically and never over an
+existing router unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+KINDS = ("knn", "mlp", "finetune")
+
+
+def _k_grid(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `train` options to `parser` (used by `carrot train` and by this module's `main`)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="routing data: local SPROUT-layout folder, files, or Hub id")
+    data.add_argument("--split", default="train", help="split to train on (default: train)")
+    data.add_argument("--validation-split", help="split for early stopping / validation (default: held out of --split)")
+    data.add_argument("--streaming", action="store_true", help="stream the data set (Hub data sets)")
+    data.add_argument("--drop-unscored-models", action="store_true",
+                      help="leave out candidates whose scores are all missing (default: stop with an error)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--kind", choices=KINDS, default="knn", help="predictor kind (default: knn)")
+    out.add_argument("--out", required=True, help="router folder to write")
+    out.add_argument("--overwrite", action="store_true", help="replace a router already in --out")
+    model = parser.add_argument_group("model")
+    model.add_argument("--encoder", help="folder or Hub id of a BERT-family encoder (default: all-MiniLM-L6-v2)")
+    model.add_argument("--max-prompt-tokens", type=int, help="prompt tokens kept before encoding (default: 256)")
+    model.add_argument("--truncation-side", choices=("left", "right"),
+                       help="which end of a long prompt to keep: 'left' keeps the end (default: the config's)")
+    model.add_argument("--cost-scale", type=float, help="dollars per quality point at mu=0.5 (default: from the data)")
+    model.add_argument("--seed", type=int, default=0)
+    knn = parser.add_argument_group("knn")
+    knn.add_argument("--k-grid", type=_k_grid, default=(4, 8, 16, 32, 64, 128), help="k values tried (default: 4,...,128)")
+    knn.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    heads = parser.add_argument_group("mlp / finetune")
+    heads.add_argument("--hidden", type=int, default=256, help="hidden width of the heads (default: 256)")
+    heads.add_argument("--dropout", type=float, default=0.1)
+    heads.add_argument("--lr", type=float, help="learning rate (mlp: heads, default 1e-3; finetune: encoder, default 3e-5)")
+    heads.add_argument("--weight-decay", type=float, default=1e-2)
+    heads.add_argument("--max-epochs", type=int, help="mlp: epoch limit (default 300); finetune: epochs (default 3)")
+    heads.add_argument("--patience", type=int, default=20, help="mlp: early-stopping patience in epochs")
+    heads.add_argument("--ensemble", type=int, default=1, help="mlp: seeds averaged into one set of heads")
+    heads.add_argument("--batch-size", type=int, help="training batch size (default: mlp 64, finetune 16)")
+    heads.add_argument("--checkpoint-every", type=int, default=100, help="finetune: optimizer steps between checkpoints")
+    heads.add_argument("--max-steps", type=int, help="finetune: stop after this many optimizer steps")
+    heads.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="finetune (default: bf16/fp16 on GPU, no on CPU)")
+    heads.add_argument("--embeddings-cache", help="folder caching prompt embeddings between runs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _config_fields(args) -> dict:
+    fields = {}
+    if args.max_prompt_tokens is not None:
+        fields["max_prompt_tokens"] = args.max_prompt_tokens
+    if args.truncation_side is not None:
+        fields["truncation_side"] = args.truncation_side
+    return fields
+
+
+def run_train(args) -> int:
+    """Train the router `args` describe and write it to `args.out`; returns the exit code (0)."""
+    from carrot_hub.data import load_routing_table
+
+    from .output import check_output_dir, save_router_atomically
+
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail before any work
+    progress = not args.no_progress
+    started = time.time()
+    table = load_routing_table(args.data, split=args.split, streaming=args.streaming, progress=progress)
+    table.metadata.setdefault("source", str(args.data))
+    validation = None
+    if args.validation_split:
+        validation = load_routing_table(args.data, split=args.validation_split, streaming=args.streaming, progress=progress)
+    common = dict(
+        seed=args.seed,
+        encoder=args.encoder,
+        cost_scale=args.cost_scale,
+        drop_unscored_models=args.drop_unscored_models,
+        cache_dir=args.embeddings_cache,
+        progress=progress,
+        **_config_fields(args),
+    )
+    if args.kind == "knn":
+        from .knn import train_knn_router
+
+        router, report = train_knn_router(table, k_grid=args.k_grid, folds=args.folds, **common)
+    elif args.kind == "mlp":
+        from .heads import train_heads_router
+
+        router, report = train_heads_router(
+            table,
+            validation_table=validation,
+            hidden=args.hidden,
+            dropout=args.dropout,
+            lr=args.lr or 1e-3,
+            weight_decay=args.weight_decay,
+            max_epochs=args.max_epochs or 300,
+            patience=args.patience,
+            ensemble=args.ensemble,
+            batch_size=args.batch_size or 64,
+            **common,
+        )
+    else:
+        from .finetune import train_finetuned_router
+
+        router, report = train_finetuned_router(
+            table,
+            args.out,
+            validation_table=validation,
+            hidden=args.hidden,
+            dropout=args.dropout,
+            encoder_lr=args.lr or 3e-5,
+            weight_decay=args.weight_decay,
+            epochs=args.max_epochs or 3,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size or 16,
+            checkpoint_every=args.checkpoint_every,
+            mixed_precision=args.mixed_precision,
+            overwrite=args.overwrite,
+            **common,
+        )
+    report["data"] = {"source": str(args.data), "split": args.split, "n_prompts": len(table)}
+    report["seconds"] = round(time.time() - started, 1)
+    if args.kind != "finetune":  # the fine-tuning loop saves its own router (on the main process only)
+        save_router_atomically(router, args.out, overwrite=args.overwrite, extra_json={"training_report.json": report})
+    summary = {k: report[k] for k in ("predictor_kind", "k", "best_validation_loss", "steps") if k in report}
+    print(f"wrote {args.out} ({args.kind}, {len(table.models)} candidates, {len(table)} prompts) {json.dumps(summary)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_train_arguments(argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0]))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except KeyboardInterrupt:
+        print("training.train: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as error:
+        if args.debug:
+            raise
+        print(f"training.train: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2 if isinstance(error, (ValueError, FileExistsError)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
