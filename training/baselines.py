@@ -292,6 +292,7 @@ def trained_baselines(
     mu_grid: np.ndarray,
     cost_scale: float,
     seed: int = 0,
+    mf_epochs: int = 30,
 ) -> list[CostQualityCurve]:
     """
     Reference CARROT-KNN, the RouterBench rule and RouteLLM MF, trained on the training split's
@@ -327,7 +328,7 @@ def trained_baselines(
     routerbench.prediction_quality = knn.prediction_quality
     curves = [knn, routerbench]
     if pair is not None:
-        model, mf_info = train_mf(train_embeddings, train_truth, seed=seed)
+        model, mf_info = train_mf(train_embeddings, train_truth, epochs=mf_epochs, seed=seed)
         curves.append(mf_curve(model, test_embeddings, test_truth, pair, info={**mf_info, "strong": pair[0], "weak": pair[1]}))
     return curves
 

@@ -179,8 +179,8 @@ def decide_all(
     """
     from carrot_hub.modeling_carrot import choose_candidates
 
-    quality = torch.as_tensor(np.asarray(quality), dtype=torch.float64)
-    cost = torch.as_tensor(np.asarray(cost), dtype=torch.float64)
+    quality = torch.tensor(np.asarray(quality, dtype=np.float64))  # a copy: inputs may be read-only views
+    cost = torch.tensor(np.asarray(cost, dtype=np.float64))
     mask = None
     if allowed_columns is not None:
         mask = torch.zeros(quality.shape[1], dtype=torch.bool)

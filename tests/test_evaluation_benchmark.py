@@ -1,0 +1,69 @@
+"""Evaluation on the real packaged RouterBench data: a small slice by default, the whole benchmark when slow."""
+
+import json
+
+import numpy as np
+import pytest
+
+from carrot_hub.building import default_cost_scale, fit_knn, new_router
+from carrot_hub.data import load_routing_table
+from carrot_hub.default import DEFAULT_DATA_DIR
+from training.baselines import trained_baselines
+from training.benchmark import main as benchmark_main
+from training.evaluate import evaluate_router, ground_truth, router_curve, summarize
+
+
+@pytest.fixture(scope="module")
+def real_slice():
+    """40 real training prompts in a kNN router, 20 real test prompts (spread over all tasks)."""
+    train = load_routing_table(str(DEFAULT_DATA_DIR), split="train")
+    test = load_routing_table(str(DEFAULT_DATA_DIR), split="test")
+    train = train.subset(np.arange(0, len(train), len(train) // 40)[:40])
+    test = test.subset(np.arange(0, len(test), len(test) // 20)[:20])
+    router = new_router(train.models, train.prices, knn_k=8, cost_scale=default_cost_scale(train))
+    train_embeddings = router.encode(train.prompts).embeddings
+    fit_knn(router, train_embeddings, train)
+    test_embeddings = router.encode(test.prompts).embeddings
+    return router, train, test, train_embeddings, test_embeddings
+
+
+def test_real_slice_router_and_baselines(real_slice):
+    router, train, test, train_embeddings, test_embeddings = real_slice
+    results = evaluate_router(router, test, mu_grid=np.linspace(0, 1, 11), embeddings=test_embeddings)
+    entry = results["routers"]["carrot"]
+    costs = entry["points"]["cost"]
+    assert costs[-1] < costs[0]  # μ = 1 is cheaper than μ = 0
+    assert results["oracle"]["quality"] >= results["best_single"]["quality"]
+    assert results["oracle"]["aiq"] >= entry["aiq"] and results["oracle"]["aiq"] >= results["zero_router"]["aiq"]
+    assert 0 < results["zero_router"]["aiq"] <= 1
+    json.dumps(results, allow_nan=False)
+
+    truth = ground_truth(test)
+    pair = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
+    curve, _ = router_curve(router, test, np.linspace(0, 1, 11), embeddings=test_embeddings, pair=pair, name="knn")
+    baselines = trained_baselines(train_embeddings, ground_truth(train), test_embeddings, truth, pair, np.linspace(0, 1, 11), 0.005, mf_epochs=3)
+    results = summarize([curve, *baselines], truth, pair)
+    assert results["pair"]["strong"] == pair[0]
+    for entry in [results["routers"]["knn"], *results["baselines"].values()]:
+        assert 0 <= entry["apgr"] <= 1 and 0 <= entry["cpt50"] <= entry["cpt80"] <= 1
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end(tmp_path):
+    out, plot = tmp_path / "results.json", tmp_path / "curves.png"
+    code = benchmark_main(
+        ["--out", str(out), "--plot", str(plot), "--kinds", "knn,mlp", "--cache-dir", str(tmp_path / "cache"),
+         "--routers-dir", str(tmp_path / "routers"), "--quiet"]
+    )
+    assert code == 0
+    results = json.loads(out.read_text())
+    for name in ("carrot-knn", "carrot-mlp"):
+        assert {"aiq", "quality_mu0", "cost_to_match_best"} <= set(results["routers"][name])
+    assert {"carrot-knn-reference", "routerbench", "routellm-mf", "random"} <= set(results["baselines"])
+    # The figures quoted for this data (all-MiniLM-L6-v2, missing = wrong).
+    assert results["zero_router"]["aiq"] == pytest.approx(0.805, abs=0.005)
+    assert results["best_single"]["model"] == "gpt-4-1106-preview"
+    assert (tmp_path / "routers" / "knn" / "model.safetensors").is_file()
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    # A second run into the same folder is refused without --overwrite.
+    assert benchmark_main(["--out", str(out), "--kinds", "knn", "--routers-dir", str(tmp_path / "routers"), "--quiet"]) == 2
