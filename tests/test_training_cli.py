@@ -1,0 +1,66 @@
+"""`python -m training.train` / `carrot train`: data through load_routing_table, router folder out."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from carrot_hub.data import write_sprout_dataset
+from tests.conftest import make_tiny_table
+from training.train import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sprout_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "tiny"
+    train = make_tiny_table(n_repeats=3)
+    write_sprout_dataset({"train": train}, folder)
+    unscored = make_tiny_table(n_repeats=3)
+    unscored.scores[:, 2] = np.nan
+    unscored.split = "train"
+    write_sprout_dataset({"train": unscored}, folder.parent / "unscored")
+    return folder
+
+
+def test_knn_then_refuse_then_overwrite(sprout_folder, tmp_path, capsys):
+    out = tmp_path / "router"
+    args = ["--data", str(sprout_folder), "--kind", "knn", "--k-grid", "2,4", "--folds", "3", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["k"] in (2, 4) and report["data"]["n_prompts"] == 18
+    router = AutoModel.from_pretrained(out)
+    assert router.config.candidate_models == make_tiny_table().models
+    before = (out / "model.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "already holds a router" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main([*args, "--overwrite", "--k-grid", "3"]) == 0
+    assert json.loads((out / "training_report.json").read_text())["k"] == 3
+
+
+def test_mlp_with_truncation_options(sprout_folder, tmp_path):
+    out = tmp_path / "mlp"
+    assert main(["--data", str(sprout_folder), "--kind", "mlp", "--hidden", "8", "--max-epochs", "3",
+                 "--max-prompt-tokens", "16", "--out", str(out), "--no-progress"]) == 0
+    router = AutoModel.from_pretrained(out)
+    assert router.config.predictor_kind == "mlp" and router.config.max_prompt_tokens == 16
+
+
+def test_unscored_model_is_an_error_or_dropped_on_request(sprout_folder, tmp_path, capsys):
+    data = str(sprout_folder.parent / "unscored")
+    out = tmp_path / "r"
+    assert main(["--data", data, "--kind", "knn", "--out", str(out), "--no-progress"]) == 2
+    assert "'small-model'" in capsys.readouterr().err and not out.exists()
+    assert main(["--data", data, "--kind", "knn", "--k-grid", "2", "--folds", "2", "--out", str(out),
+                 "--drop-unscored-models", "--no-progress"]) == 0
+    assert AutoModel.from_pretrained(out).config.candidate_models == ["big-model", "mid-model"]
