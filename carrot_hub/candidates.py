@@ -340,7 +340,7 @@ def _rebuild(router: CarrotRouter, config: CarrotConfig, state: dict) -> CarrotR
 
 def save_derived_router(router: CarrotRouter, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save a derived router and its model card into a new folder (never over a non-empty one unless asked)."""
-    from model_card import build_model_card
+    from model_card.build import build_model_card
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:

@@ -172,7 +172,7 @@ def publish_router(
     Returns:
         A [`PublishResult`] (files sent with their sizes, the card, the Hub's commit info).
     """
-    from model_card import build_model_card, load_eval_results
+    from model_card.build import build_model_card, load_eval_results
 
     folder = Path(router_folder)
     repo_id = check_repo_id(repo_id)
@@ -398,7 +398,7 @@ def local_router_folder(source: str | os.PathLike) -> Path:
 
 def _write_repriced(source, files, target: Path, config, new_prices, recorded_on, card_date) -> list[str]:
     """Copy the router with a new price table into `target` (weights byte for byte); return the changes."""
-    from model_card import build_model_card
+    from model_card.build import build_model_card
 
     raw = json.loads((source / "config.json").read_text(encoding="utf-8"))
     names = config.candidate_models

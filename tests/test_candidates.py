@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 from carrot_hub.building import new_router
 from carrot_hub.candidates import MIN_ROWS, CandidateError, add_candidate, remove_candidate
 from carrot_hub.data import RoutingTable
-from model_card import build_model_card
+from model_card.build import build_model_card
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
 

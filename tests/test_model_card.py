@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
 from carrot_hub import CarrotConfig
-from model_card import build_model_card
+from model_card.build import build_model_card
 from model_card.build import TEMPLATE_PATH
 
 EVAL = {
