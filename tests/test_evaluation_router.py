@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tests.conftest import make_tiny_table
 from training import metrics
 from training.evaluate import evaluate_router, ground_truth, main
 
@@ -109,7 +110,8 @@ def test_prices_must_match(knn_router, tiny_table):
 def test_command_line(tmp_path, saved_knn_router, tiny_table, capsys):
     from carrot_hub.data.writing import write_sprout_dataset
 
-    data = write_sprout_dataset({"test": replace(tiny_table, split="test")}, tmp_path / "data")
+    splits = {"train": make_tiny_table(n_repeats=2, seed=1), "test": replace(tiny_table, split="test")}
+    data = write_sprout_dataset(splits, tmp_path / "data")
     out, plot = tmp_path / "r.json", tmp_path / "c.png"
     code = main([str(saved_knn_router), "--data", str(data), "--mu-steps", "5", "--out", str(out), "--plot", str(plot), "--quiet"])
     assert code == 0
@@ -119,5 +121,8 @@ def test_command_line(tmp_path, saved_knn_router, tiny_table, capsys):
     assert set(results["routers"]) == {saved_knn_router.name}
     assert {"zero_router", "oracle", "best_single"} <= set(results)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code = main([str(saved_knn_router), "--data", str(data), "--mu-steps", "5", "--baselines", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert {"carrot-knn-reference", "routerbench", "routellm-mf", "random"} == set(json.loads(out.read_text())["baselines"])
     assert main([str(saved_knn_router), "--data", str(data), "--plot", str(tmp_path / "c.jpg"), "--quiet"]) == 2
     assert "PNG" in capsys.readouterr().err

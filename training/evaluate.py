@@ -604,6 +604,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--intersect", action="store_true", help="evaluate on the models shared by router and data")
     parser.add_argument("--drop-unscored", action="store_true", help="leave out models with no observed score")
     parser.add_argument("--use-data-prices", action="store_true", help="route with the data's prices when they differ from the router's")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also train and evaluate the reference CARROT-KNN, RouterBench and RouteLLM-MF baselines on --train-split",
+    )
+    parser.add_argument("--train-split", default="train", help="split the --baselines are trained on (default: train)")
+    parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the cost–quality curves as a PNG here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -639,10 +646,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         on_unscored_model="drop" if args.drop_unscored else "raise",
         on_price_mismatch="table" if args.use_data_prices else "raise",
     )
-    curves, truth = [], None
+    curves, truth, first_router = [], None, None
     names = _unique_names(args.router)
     for name, source_router in zip(names, args.router):
         router = CarrotRouter.from_pretrained(source_router)
+        if first_router is None:
+            first_router = router
         table_for_router, _ = align_models(router.config.candidate_models, table, options["on_model_mismatch"])
         router_truth = ground_truth(table_for_router, on_unscored_model=options["on_unscored_model"])
         if truth is not None and router_truth.models != truth.models:
@@ -651,6 +660,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         pair = pair or default_pair(truth)
         curve, truth = router_curve(router, table, mu_grid, pair=pair, name=name, progress=not args.quiet, **options)
         curves.append(curve)
+    if args.baselines:
+        curves.extend(_trained_baselines_for(first_router, source, table, truth, pair, mu_grid, args))
     results = summarize([*curves, *no_training_baselines(truth, pair)], truth, pair)
     results["data"]["source"], results["data"]["split"] = str(source), args.split
     print(format_table(results))
@@ -661,6 +672,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         print(f"curves drawn in {plot_curves(results, args.plot)}")
     return 0
+
+
+def _trained_baselines_for(router, source, test_table, truth: GroundTruth, pair, mu_grid, args) -> list:
+    """The trained baselines, on embeddings of the router's encoder (computed once, cached with --cache-dir)."""
+    from carrot_hub.data import load_routing_table
+
+    from training.baselines import trained_baselines
+    from training.embeddings import embed_table
+
+    train = load_routing_table(source, split=args.train_split, progress=not args.quiet)
+    missing = [m for m in truth.models if m not in train.models]
+    if missing:
+        raise ValueError(f"The --train-split {args.train_split!r} lacks models {missing}; the baselines cannot be trained.")
+    train_truth = ground_truth(train.select_models(truth.models))
+    train_embeddings = embed_table(router, train, cache_dir=args.cache_dir, progress=not args.quiet)
+    test_embeddings = embed_table(router, test_table, cache_dir=args.cache_dir, progress=not args.quiet)
+    return trained_baselines(train_embeddings, train_truth, test_embeddings, truth, pair, mu_grid, float(router.config.cost_scale))
 
 
 def _unique_names(sources: Sequence[str]) -> list[str]:
