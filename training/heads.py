@@ -167,12 +167,15 @@ def train_heads_router(
             (their mean in logit space); the saved width is `ensemble × hidden`.
         token_loss_weight: weight of the log-token MSE next to the quality BCE.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
-        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`; `truncation_side`
+            defaults to `"left"` here: long prompts keep their end, where a few-shot prompt's question is).
 
     Returns:
         `(router, report)`: an `"mlp"` `CarrotRouter` and a JSON-serialisable training report.
     """
     train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
+    # Few-shot prompts share a long prefix; their own question is at the end.
+    config_fields.setdefault("truncation_side", "left")
     if ensemble < 1:
         raise ValueError(f"ensemble must be at least 1, got {ensemble}.")
     cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)

@@ -95,13 +95,16 @@ def train_knn_router(
             (see `training.embeddings.embed_table`); computed when None.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
         drop_unscored_models: leave out candidates whose scores are all missing instead of failing.
-        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`; `truncation_side`
+            defaults to `"left"` here: long prompts keep their end, where a few-shot prompt's question is).
 
     Returns:
         `(router, report)`: the kNN `CarrotRouter` and a JSON-serialisable dict with the grid, the
         scores and the chosen k.
     """
     train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
+    # Few-shot prompts share a long prefix; their own question is at the end.
+    config_fields.setdefault("truncation_side", "left")
     k_grid = sorted({int(k) for k in k_grid})
     if not k_grid or k_grid[0] < 1:
         raise ValueError(f"k_grid must hold positive integers, got {k_grid}.")

@@ -46,7 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model.add_argument("--encoder", help="folder or Hub id of a BERT-family encoder (default: all-MiniLM-L6-v2)")
     model.add_argument("--max-prompt-tokens", type=int, help="prompt tokens kept before encoding (default: 256)")
     model.add_argument("--truncation-side", choices=("left", "right"),
-                       help="which end of a long prompt to keep: 'left' keeps the end (default: the config's)")
+                       help="which end of a long prompt to keep: left keeps the end, where a few-shot prompt's question is (default: left)")
     model.add_argument("--cost-scale", type=float, help="dollars per quality point at mu=0.5 (default: from the data)")
     model.add_argument("--seed", type=int, default=0)
     knn = parser.add_argument_group("knn")
