@@ -173,14 +173,19 @@ def predicted_cost(
 
 def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: float) -> torch.Tensor:
     """
-    CARROT's objective (1 − μ)·quality − μ·cost / cost_scale.
+    CARROT's objective (1 − μ)·quality − μ·cost / cost_scale, in float32.
 
     `quality`, `cost`: `(batch, n_models)`; `mu`: a float, or a tensor of shape `(n_mu,)` for a sweep,
     in which case the result is `(n_mu, batch, n_models)`.
     """
-    if isinstance(mu, torch.Tensor) and mu.ndim == 1:
-        mu = mu.to(quality.dtype)[:, None, None]
-    return (1 - mu) * quality - mu * (cost / cost_scale)
+    # Written as quality − μ·(quality + cost / cost_scale): one fused multiply-add per μ, and the
+    # same arithmetic for a single μ and for a sweep, so both give bit-identical utilities.
+    quality = quality.float()
+    penalty = quality + (cost / cost_scale).float()
+    mu = torch.as_tensor(mu, dtype=torch.float32, device=quality.device)
+    if mu.ndim == 1:
+        mu = mu[:, None, None]
+    return torch.addcmul(quality, mu, penalty, value=-1)
 
 
 def choose_candidates(
