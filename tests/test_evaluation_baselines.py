@@ -75,7 +75,7 @@ def test_reference_predictions_recover_the_structure(splits):
 
 def test_mf_learns_who_wins(splits):
     (train, train_emb), (test, test_emb) = splits
-    model, info = train_mf(train_emb, ground_truth(train), epochs=40, lr=1e-2)
+    model, info = train_mf(train_emb, ground_truth(train), epochs=40, batch_size=256, lr=1e-2)
     truth = ground_truth(test)
     curve = mf_curve(model, test_emb, truth, ("strong", "weak"))
     with torch.no_grad():

@@ -21,7 +21,9 @@ Baselines evaluated next to CARROT on the same test split, all from prompt embed
 - `routellm-mf`: RouteLLM's matrix factorisation between a strong and a weak model: model
   embeddings v_m and a projection P of the prompt embedding e_x, score s(m, x) = w·(v_m ⊙ P e_x),
   P(a beats b | x) = σ(s(a, x) − s(b, x)), trained with BCE on pairwise wins from the training split
-  (every pair of models whose scores differ on a prompt; ties dropped). A prompt goes to the
+  (every pair of models on every prompt: the better score wins; on a tie the cheaper model wins,
+  since paying more bought nothing — dropping ties instead leaves the score blind to prompts that
+  the weak model handles, and made MF worse than random routing on this data). A prompt goes to the
   strong model when P(strong beats weak) ≥ threshold; sweeping the threshold gives the curve.
 """
 
@@ -116,14 +118,22 @@ def _kfold(n: int, folds: int) -> list[np.ndarray]:
     return [np.arange(edges[i], edges[i + 1]) for i in range(folds)]
 
 
-def knn_cv_pick(embeddings: torch.Tensor, targets: np.ndarray, k_grid: Sequence[int] = REFERENCE_K_GRID, folds: int = 5) -> tuple[int, dict]:
+def knn_cv_pick(
+    embeddings: torch.Tensor, targets: np.ndarray, k_grid: Sequence[int] = REFERENCE_K_GRID, folds: int = 5, seed: int = 0
+) -> tuple[int, dict]:
     """
     The reference's `tune_n_neighbors(task='regression')`: mean 5-fold R² per k, best k.
     `embeddings (n, hidden)`, `targets (n, t)`. Returns `(k, {k: mean R²})`.
+
+    The reference's folds are unshuffled, but its training split came out of a shuffled
+    `train_test_split`; our tables are often grouped by task, so the rows are put in a seeded
+    random order first (unshuffled folds of task-grouped rows would each hold out whole tasks).
     """
     n = embeddings.shape[0]
     if n < folds:
         raise ValueError(f"k-NN cross-validation needs at least {folds} training prompts, got {n}.")
+    order = np.random.default_rng(seed).permutation(n)
+    embeddings, targets = embeddings[torch.as_tensor(order)], targets[order]
     scores = {k: [] for k in k_grid}
     for held_out in _kfold(n, folds):
         train = np.setdiff1d(np.arange(n), held_out)
@@ -145,7 +155,12 @@ def knn_regress(train_embeddings: torch.Tensor, targets: np.ndarray, test_embedd
 
 
 def reference_knn_predictions(
-    train_embeddings, train_truth: GroundTruth, test_embeddings, k_grid: Sequence[int] = REFERENCE_K_GRID, folds: int = 5
+    train_embeddings,
+    train_truth: GroundTruth,
+    test_embeddings,
+    k_grid: Sequence[int] = REFERENCE_K_GRID,
+    folds: int = 5,
+    seed: int = 0,
 ) -> dict:
     """
     The reference CARROT-KNN's predictions for the test prompts: quality `(n_test, m)` (scores with
@@ -157,8 +172,8 @@ def reference_knn_predictions(
     scores = train_truth.scores
     cost_mean, cost_std = train_truth.cost.mean(0, keepdims=True), train_truth.cost.std(0, keepdims=True)
     standardised = (train_truth.cost - cost_mean) / np.where(cost_std > 0, cost_std, 1.0)
-    k_quality, quality_cv = knn_cv_pick(train_embeddings, scores, k_grid, folds)
-    k_cost, cost_cv = knn_cv_pick(train_embeddings, standardised, k_grid, folds)
+    k_quality, quality_cv = knn_cv_pick(train_embeddings, scores, k_grid, folds, seed)
+    k_cost, cost_cv = knn_cv_pick(train_embeddings, standardised, k_grid, folds, seed)
     quality = knn_regress(train_embeddings, scores, test_embeddings, k_quality)
     cost = cost_mean + np.where(cost_std > 0, cost_std, 1.0) * knn_regress(train_embeddings, standardised, test_embeddings, k_cost)
     return {
@@ -193,19 +208,24 @@ def train_mf(
     train_embeddings,
     train_truth: GroundTruth,
     dim: int = 128,
-    epochs: int = 30,
-    batch_size: int = 256,
-    lr: float = 3e-4,
+    epochs: int = 10,
+    batch_size: int = 1024,
+    lr: float = 3e-3,
     weight_decay: float = 1e-5,
     noise: float = 0.05,
     val_fraction: float = 0.1,
     seed: int = 0,
+    ties: str = "cheaper",
 ) -> tuple[MatrixFactorization, dict]:
     """
-    Train RouteLLM's MF on pairwise wins (model a's score > model b's on a prompt; ties dropped),
-    with RouteLLM's Gaussian noise on the prompt embedding, keeping the weights of the best
-    validation loss (a held-out 10% of the prompts).
+    Train RouteLLM's MF on pairwise wins (model a's score > model b's on a prompt; on a tie the
+    model with the lower mean training cost wins, or `ties="drop"` leaves ties out), with
+    RouteLLM's Gaussian noise on the prompt embedding, keeping the weights of the best validation
+    loss (a held-out 10% of the prompts). RouteLLM's lr 3e-4 / batch 64 / 100 epochs are scaled to
+    larger batches and fewer epochs to keep the run short on a CPU.
     """
+    if ties not in ("cheaper", "drop"):
+        raise ValueError(f"ties must be 'cheaper' or 'drop', not {ties!r}.")
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.as_tensor(train_embeddings, dtype=torch.float32)
     scores = torch.as_tensor(train_truth.scores)
@@ -214,12 +234,21 @@ def train_mf(
     n_val = max(1, int(n * val_fraction))
     split = {"val": permutation[:n_val], "train": permutation[n_val:]}
 
+    mean_cost = torch.as_tensor(train_truth.cost.mean(0))
+
     def pairs(rows):
         a, b = torch.triu_indices(n_models, n_models, offset=1)
         diff = scores[rows][:, a] - scores[rows][:, b]  # (rows, n_pairs)
-        row_index, pair_index = torch.nonzero(diff != 0, as_tuple=True)
-        winner = torch.where(diff[row_index, pair_index] > 0, a[pair_index], b[pair_index])
-        loser = torch.where(diff[row_index, pair_index] > 0, b[pair_index], a[pair_index])
+        if ties == "cheaper":
+            a_cheaper = (mean_cost[a] <= mean_cost[b])[None, :].expand_as(diff)
+            a_wins = (diff > 0) | ((diff == 0) & a_cheaper)
+            row_index, pair_index = torch.nonzero(torch.ones_like(diff, dtype=torch.bool), as_tuple=True)
+        else:
+            a_wins = diff > 0
+            row_index, pair_index = torch.nonzero(diff != 0, as_tuple=True)
+        a_won = a_wins[row_index, pair_index]
+        winner = torch.where(a_won, a[pair_index], b[pair_index])
+        loser = torch.where(a_won, b[pair_index], a[pair_index])
         return rows[row_index], winner, loser
 
     train_pairs, val_pairs = pairs(split["train"]), pairs(split["val"])
@@ -292,7 +321,7 @@ def trained_baselines(
     mu_grid: np.ndarray,
     cost_scale: float,
     seed: int = 0,
-    mf_epochs: int = 30,
+    mf_epochs: int = 10,
 ) -> list[CostQualityCurve]:
     """
     Reference CARROT-KNN, the RouterBench rule and RouteLLM MF, trained on the training split's
@@ -300,7 +329,7 @@ def trained_baselines(
     """
     if train_truth.models != test_truth.models:
         raise ValueError(f"Train and test models differ: {train_truth.models} vs {test_truth.models}.")
-    reference = reference_knn_predictions(train_embeddings, train_truth, test_embeddings)
+    reference = reference_knn_predictions(train_embeddings, train_truth, test_embeddings, seed=seed)
     info = {key: reference[key] for key in ("k_quality", "k_cost", "cv_r2_quality", "cv_r2_cost")}
     info["cost_multiplier"] = REFERENCE_COST_MULTIPLIER
     knn = curve_from_predictions(
