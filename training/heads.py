@@ -62,6 +62,23 @@ def fit_heads(
         `{"best_epoch", "epochs_run", "best_validation_loss", "validation_quality_bce",
         "validation_log_token_mse", "history"}`.
     """
+    threads = torch.get_num_threads()
+    # The heads are tiny (batches of 64 × 384): one thread is as fast as many, and orders of
+    # magnitude faster when other processes share the cores (thread spin-waiting).
+    torch.set_num_threads(1)
+    try:
+        return _fit_heads(
+            heads, train_embeddings, train_scores, train_tokens, validation_embeddings, validation_scores,
+            validation_tokens, seed, max_epochs, patience, lr, weight_decay, batch_size, token_loss_weight, progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_heads(
+    heads, train_embeddings, train_scores, train_tokens, validation_embeddings, validation_scores,
+    validation_tokens, seed, max_epochs, patience, lr, weight_decay, batch_size, token_loss_weight, progress,
+) -> dict:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
