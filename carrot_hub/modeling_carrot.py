@@ -483,11 +483,11 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     # ---------------------------------------------------------------------------------- routing
 
-    @torch.inference_mode()
     def encode(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptEncoding:
         """
         Tokenize and embed prompts. They are tokenized once, sorted by length so that each batch
-        pads little, and returned in input order: embeddings `(batch, hidden)`.
+        pads little, encoded under inference mode, and returned in input order: embeddings
+        `(batch, hidden)`, as ordinary tensors (usable to train heads on).
         """
         prompts = check_prompts(prompts)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -503,7 +503,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         for start in tqdm(starts, desc="encoding prompts", unit="batch", disable=not progress):
             rows = order[start : start + batch_size]
             input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], pad_id)
-            batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
+            with torch.inference_mode():
+                batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
             embeddings[torch.tensor(rows)] = batch_embeddings.float().cpu()
         return PromptEncoding(embeddings, torch.tensor(input_tokens, dtype=torch.float32), truncated)
 
