@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -229,7 +230,8 @@ def test_debug_shows_traceback(tmp_path, capsys):
 
 
 def test_console_script_routes_stdin_and_reports_errors(saved_knn_router, tmp_path):
-    done = subprocess.run(["carrot", "route", "--model", str(saved_knn_router), "--format", "jsonl", "--mu", "0.2"],
+    console_script = str(Path(sys.executable).with_name("carrot"))  # installed beside this interpreter
+    done = subprocess.run([console_script, "route", "--model", str(saved_knn_router), "--format", "jsonl", "--mu", "0.2"],
                           input="\n".join(TINY_PROMPTS) + "\n", capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [r["index"] for r in records(done.stdout)] == list(range(len(TINY_PROMPTS)))
