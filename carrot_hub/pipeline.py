@@ -6,7 +6,7 @@
 >>> router = pipeline("llm-routing", model="path/to/router")
 >>> router("Prove that √2 is irrational.", mu=0.3)
 {'model': 'gpt-4-1106-preview', 'quality': 0.91, 'cost': 0.0052, ..., 'predictions': {...}}
->>> router(["hi", "Write a quicksort in C."], mu=0.7, prices={"claude-v2": {"input": 3, "output": 15}}, batch_size=32)
+>>> router(["hi", "Write a quicksort in C."], mu=0.7, prices={"<candidate name>": {"input": 3, "output": 15}}, batch_size=32)
 [{...}, {...}]
 ```
 
