@@ -52,14 +52,23 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------ option types
 
 
-def _mu(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1] (0 = best quality, 1 = cheapest), got {text}")
-    return value
+def _unit_interval(meaning: str = ""):
+    """An argparse type for a number in [0, 1]; `meaning` explains the ends in the error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"must be in [0, 1]{meaning}, got {text}")
+        return value
+
+    return parse
+
+
+_mu = _unit_interval(" (0 = best quality, 1 = cheapest)")
+_quality = _unit_interval()
 
 
 def _dollars(text: str) -> float:
@@ -79,16 +88,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _quality(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 

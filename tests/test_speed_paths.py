@@ -2,7 +2,6 @@
 
 import threading
 
-import pytest
 import torch
 
 from carrot_hub.modeling_carrot import choose_candidates, predicted_cost

@@ -10,7 +10,7 @@ from carrot_hub.modeling_carrot import CarrotMLPHeads
 from tests.conftest import make_tiny_table
 from training.embeddings import embed_table
 from training.heads import merge_heads, split_train_validation, train_heads_router
-from training.knn import cross_validate_k, fold_indices, train_knn_router
+from training.knn import fold_indices, train_knn_router
 from training.output import save_router_atomically
 
 

@@ -16,7 +16,6 @@ bounds it, and `--router NAME=FOLDER` adds routers trained elsewhere (e.g. fine-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -12,15 +12,13 @@ import copy
 
 import numpy as np
 import torch
-from torch import nn
 
-from carrot_hub.building import default_cost_scale, new_router
 from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.modeling_carrot import CarrotMLPHeads, carrot_loss
 from transformers.utils.logging import tqdm
 
 from .embeddings import embed_table
-from .prepare import check_training_table, training_data_label
+from .prepare import check_training_table, new_training_router
 
 
 def split_train_validation(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,20 +189,15 @@ def train_heads_router(
         `(router, report)`: an `"mlp"` `CarrotRouter` and a JSON-serialisable training report.
     """
     train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
-    # Few-shot prompts share a long prefix; their own question is at the end.
-    config_fields.setdefault("truncation_side", "left")
     if ensemble < 1:
         raise ValueError(f"ensemble must be at least 1, got {ensemble}.")
-    cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
-    router = new_router(
-        train_table.models,
-        train_table.prices,
+    router = new_training_router(
+        train_table,
+        "mlp",
         encoder=encoder,
-        predictor_kind="mlp",
         cost_scale=cost_scale,
         head_hidden_size=hidden * ensemble,
         head_dropout=dropout,
-        training_data=training_data_label(train_table),
         **config_fields,
     )
     if embeddings is None:
@@ -262,7 +255,7 @@ def train_heads_router(
         "n_validation_prompts": int(n_validation),
         "validation": "given table" if validation_table is not None else f"seeded {validation_fraction:.0%} of train",
         "candidate_models": list(train_table.models),
-        "cost_scale": cost_scale,
+        "cost_scale": router.config.cost_scale,
         "hidden": hidden,
         "ensemble": ensemble,
         "dropout": dropout,

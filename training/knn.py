@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from carrot_hub.building import default_cost_scale, fit_knn, new_router
+from carrot_hub.building import fit_knn
 
 from .embeddings import embed_table
-from .prepare import check_training_table, training_data_label
+from .prepare import check_training_table, new_training_router
 
 DEFAULT_K_GRID = (4, 8, 16, 32, 64, 128)
 
@@ -103,21 +103,10 @@ def train_knn_router(
         scores and the chosen k.
     """
     train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
-    # Few-shot prompts share a long prefix; their own question is at the end.
-    config_fields.setdefault("truncation_side", "left")
     k_grid = sorted({int(k) for k in k_grid})
     if not k_grid or k_grid[0] < 1:
         raise ValueError(f"k_grid must hold positive integers, got {k_grid}.")
-    cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
-    router = new_router(
-        train_table.models,
-        train_table.prices,
-        encoder=encoder,
-        predictor_kind="knn",
-        cost_scale=cost_scale,
-        training_data=training_data_label(train_table),
-        **config_fields,
-    )
+    router = new_training_router(train_table, "knn", encoder=encoder, cost_scale=cost_scale, **config_fields)
     if embeddings is None:
         embeddings = embed_table(router, train_table, cache_dir=cache_dir, progress=progress)
     embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
@@ -135,7 +124,7 @@ def train_knn_router(
         "predictor_kind": "knn",
         "n_train_prompts": len(train_table),
         "candidate_models": list(train_table.models),
-        "cost_scale": cost_scale,
+        "cost_scale": router.config.cost_scale,
         "cv_folds": folds,
         "cv_seed": seed,
         "cv_criterion": "brier",

@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from carrot_hub.building import default_cost_scale, new_router
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,3 +57,22 @@ def training_data_label(table) -> str | None:
     if source and table.split:
         return f"{source} ({table.split})"
     return source or table.split
+
+
+def new_training_router(train_table, predictor_kind: str, encoder=None, cost_scale=None, **config_fields):
+    """
+    A fresh router for a checked `train_table`: its candidates and prices, `cost_scale` derived from
+    the table unless given, and long prompts cut on the left unless told otherwise (few-shot prompts
+    share a long prefix; their own question is at the end).
+    """
+    config_fields.setdefault("truncation_side", "left")
+    cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
+    return new_router(
+        train_table.models,
+        train_table.prices,
+        encoder=encoder,
+        predictor_kind=predictor_kind,
+        cost_scale=cost_scale,
+        training_data=training_data_label(train_table),
+        **config_fields,
+    )
