@@ -16,6 +16,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from .precision import ENCODER_DTYPE_CHOICES
+
 PROG = "carrot"
 
 # Subcommands provided by other modules: name -> (module, add_arguments, run, help).
@@ -118,6 +120,9 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per encoder pass (default: 64)")
     speed.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    speed.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
+                       help="the encoder's dtype: auto = bfloat16 on CPUs with bf16 units (about 2x faster, "
+                            "~99%% of decisions unchanged), else float32; float32 = the same decisions everywhere")
     speed.add_argument("--chunk-size", type=_positive_int, default=4096,
                        help="prompts read and routed at a time; bounds memory on large inputs (default: 4096)")
     speed.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -233,15 +238,20 @@ def _report(command, error, code: int, debug: bool, prefix_type: bool = False) -
 # ----------------------------------------------------------------------------- shared steps
 
 
-def load_router(spec: str | None, progress: bool = True):
-    """A router from a folder, a Hub id, or (None) the embedded default router; `Failure` if unavailable."""
+def load_router(spec: str | None, progress: bool = True, dtype: str = "float32"):
+    """
+    A router from a folder, a Hub id, or (None) the embedded default router, its encoder in `dtype`
+    (see `carrot_hub.precision`); `Failure` if unavailable.
+    """
     from .modeling_carrot import CarrotRouter
+    from .precision import resolve_encoder_dtype
 
+    dtype = resolve_encoder_dtype(dtype)
     if spec is None:
         from . import default_router
 
         try:
-            return default_router(progress=progress)
+            return default_router(progress=progress, dtype=dtype)
         except Exception as error:
             raise Failure(f"Cannot build the embedded default router: {_first_line(error)}") from error
     path = Path(spec).expanduser()
@@ -250,7 +260,7 @@ def load_router(spec: str | None, progress: bool = True):
             raise Failure(f"{spec} is not a router folder: it has no config.json.")
         try:
             with _quiet_loading():
-                return CarrotRouter.from_pretrained(path)
+                return CarrotRouter.from_pretrained(path, dtype=dtype)
         except Exception as error:
             raise Failure(f"Cannot load the router in {spec}: {_first_line(error)}") from error
     if not _HUB_ID.match(spec):
@@ -258,7 +268,7 @@ def load_router(spec: str | None, progress: bool = True):
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
         with _quiet_loading():
-            return CarrotRouter.from_pretrained(spec)
+            return CarrotRouter.from_pretrained(spec, dtype=dtype)
     except Exception as error:
         if offline:
             raise Failure(
@@ -381,7 +391,7 @@ def run_route(args) -> int:
     error, count = None, 0
     part = part_path(output, shard.rank, shard.world_size) if shard.distributed else None
     try:
-        router = load_router(args.model, progress=shard.is_main and not args.no_progress)
+        router = load_router(args.model, progress=shard.is_main and not args.no_progress, dtype=args.dtype)
         _check_router_options(router, args, prices, allowed)
         if part is not None:
             with open(part, "w", encoding="utf-8") as handle:
@@ -540,7 +550,7 @@ def run_calibrate(args) -> int:
         raise Failure(str(error)) from None
     if not prompts:
         raise UsageError(f"No prompts in {source.name}.")
-    router = load_router(args.model, progress=not args.no_progress)
+    router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype)
     _check_router_options(router, args, prices, allowed)
     started = time.perf_counter()
     predictions = router.predict(prompts, batch_size=args.batch_size,

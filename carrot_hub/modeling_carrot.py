@@ -369,11 +369,16 @@ class CarrotRouter(CarrotPreTrainedModel):
     ```
     """
 
+    # `from_pretrained(..., dtype=torch.bfloat16)` halves the encoder; the predictor (kNN memory
+    # or heads) stays float32 so that neighbour search and quality estimates keep their precision.
+    _keep_in_fp32_modules_strict = ["predictor"]
+
     def __init__(self, config: CarrotConfig):
         super().__init__(config)
         encoder_config = dict(config.encoder_config or {"model_type": "bert"})
         model_type = encoder_config.pop("model_type", "bert")
-        for key in ("architectures", "transformers_version", "auto_map", "_name_or_path"):
+        # The encoder's own saved dtype is dropped so that it follows `from_pretrained(dtype=...)`.
+        for key in ("architectures", "transformers_version", "auto_map", "_name_or_path", "dtype", "torch_dtype"):
             encoder_config.pop(key, None)
         self.encoder = AutoModel.from_config(
             AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False
@@ -390,9 +395,11 @@ class CarrotRouter(CarrotPreTrainedModel):
     # ----------------------------------------------------------------------------------- tensors
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """`(batch, seq)` token ids → `(batch, hidden)` L2-normalised mean-pooled embeddings."""
+        """`(batch, seq)` token ids → `(batch, hidden)` float32 L2-normalised mean-pooled embeddings."""
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(mean_pool(hidden_states, attention_mask), p=2, dim=-1)
+        # Pool in float32 whatever the encoder runs in (bfloat16 halves CPU latency where the CPU has
+        # bf16 units), so the predictor, kept in float32, always sees float32 embeddings.
+        return F.normalize(mean_pool(hidden_states.float(), attention_mask), p=2, dim=-1)
 
     def predict_from_embeddings(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -403,6 +410,11 @@ class CarrotRouter(CarrotPreTrainedModel):
         if self.config.predictor_kind == "mlp":
             quality = torch.sigmoid(quality)
         return quality, self._tokens_from_log(log_tokens)
+
+    @property
+    def predictor_dtype(self) -> torch.dtype:
+        """The dtype of the kNN memory or the heads: float32, even when the encoder runs in bfloat16."""
+        return next(iter([*self.predictor.parameters(), *self.predictor.buffers()])).dtype
 
     def _raw_predictions(self, embeddings):
         return self.predictor(embeddings)
@@ -520,7 +532,7 @@ class CarrotRouter(CarrotPreTrainedModel):
         n_models = self.config.num_candidates
         quality, output_tokens = [torch.zeros(0, n_models)], [torch.zeros(0, n_models)]
         for start in range(0, encoding.embeddings.shape[0], batch_size):
-            chunk = encoding.embeddings[start : start + batch_size].to(self.device, self.dtype)
+            chunk = encoding.embeddings[start : start + batch_size].to(self.device, self.predictor_dtype)
             chunk_quality, chunk_tokens = self.predict_from_embeddings(chunk)
             quality.append(chunk_quality.float().cpu())
             output_tokens.append(chunk_tokens.float().cpu())

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import carrot_hub  # noqa: E402
 from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
 from carrot_hub.modeling_carrot import PromptEncoding, choose_candidates, pad_batch, predicted_cost  # noqa: E402
+from carrot_hub.precision import ENCODER_DTYPE_CHOICES, resolve_encoder_dtype  # noqa: E402
 
 
 def load_prompts() -> list[str]:
@@ -65,6 +66,20 @@ def time_route(router, prompts, batch_size) -> float:
     return time.perf_counter() - started
 
 
+def one_prompt_latency(router, sample: list[str]) -> tuple[float, float]:
+    """Median and 95th-percentile milliseconds of `router.route(prompt)`, one prompt at a time."""
+    for prompt in sample[:10]:
+        router.route(prompt)
+    latencies = []
+    for prompt in sample:
+        started = time.perf_counter()
+        router.route(prompt)
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
+    return statistics.median(latencies), p95
+
+
 def tile(tensor: torch.Tensor, n: int) -> torch.Tensor:
     repeats = -(-n // tensor.shape[0])
     return tensor.repeat(repeats, *([1] * (tensor.ndim - 1)))[:n]
@@ -77,14 +92,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of route() and the encoder (best kept)")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts (quick runs)")
+    parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
+                        help="encoder dtype, as `carrot route --dtype` (default: auto)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    router = carrot_hub.default_router()
+    encoder_dtype = str(resolve_encoder_dtype(args.dtype)).removeprefix("torch.")
+    router = carrot_hub.default_router(dtype=args.dtype)
     prompts = load_prompts()[: args.limit]
     n = len(prompts)
     print(f"router: {router.config.predictor_kind}, {router.config.num_candidates} candidates, "
-          f"memory {router.config.knn_memory_size}; {n} RouterBench prompts; torch threads {torch.get_num_threads()}; "
+          f"memory {router.config.knn_memory_size}, encoder in {encoder_dtype}, prompts cut to "
+          f"{router.config.max_prompt_tokens} tokens; {n} RouterBench prompts; torch threads {torch.get_num_threads()}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)
 
     # 1. route() against the bare encoder on the same batches. Interleaved passes, best of each,
@@ -102,20 +121,18 @@ def main(argv=None) -> dict:
     print(f"route()              : {route_pps:8.1f} prompts/s  (best of {args.repeats}: {min(route_times):.2f} s)")
     print(f"route / encoder      : {ratio:.3f}   (target ≥ 0.9)")
 
-    # 2. One-prompt latency, end to end through route().
+    # 2. One-prompt latency, end to end through route(); float32's beside it when "auto" chose bfloat16.
     step = max(1, n // args.latency_samples)
     sample = prompts[::step][: args.latency_samples]
-    for prompt in sample[:10]:
-        router.route(prompt)
-    latencies = []
-    for prompt in sample:
-        started = time.perf_counter()
-        router.route(prompt)
-        latencies.append((time.perf_counter() - started) * 1000)
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
-    print(f"one-prompt latency   : p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(latencies)} prompts (target p50 < 25 ms)")
+    p50, p95 = one_prompt_latency(router, sample)
+    print(f"one-prompt latency   : p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(sample)} prompts, "
+          f"encoder in {encoder_dtype} (target p50 < 25 ms)")
+    float32_p50 = float32_p95 = None
+    if encoder_dtype != "float32":
+        float32_router = carrot_hub.default_router(dtype="float32")
+        float32_p50, float32_p95 = one_prompt_latency(float32_router, sample)
+        del float32_router
+        print(f"  same, float32      : p50 {float32_p50:.1f} ms, p95 {float32_p95:.1f} ms")
 
     # 3. Routing from precomputed embeddings (kNN / heads + decision, no encoder), on 10,000 prompts.
     encoding = router.encode(prompts, batch_size=args.batch_size)
@@ -157,8 +174,12 @@ def main(argv=None) -> dict:
         "encoder_prompts_per_s": round(encoder_pps, 1),
         "route_prompts_per_s": round(route_pps, 1),
         "route_vs_encoder_ratio": round(ratio, 4),
+        "encoder_dtype": encoder_dtype,
+        "max_prompt_tokens": router.config.max_prompt_tokens,
         "latency_p50_ms": round(p50, 2),
         "latency_p95_ms": round(p95, 2),
+        "latency_p50_ms_float32": None if float32_p50 is None else round(float32_p50, 2),
+        "latency_p95_ms_float32": None if float32_p95 is None else round(float32_p95, 2),
         "from_embeddings_prompts_per_s": round(embedded_pps, 0),
         "decide_10k_x_1000_s": round(sweep_s, 4),
         "reprice_10k_ms": round(reprice_s * 1000, 2),
