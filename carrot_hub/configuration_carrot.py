@@ -66,7 +66,7 @@ class CarrotConfig(PretrainedConfig):
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
-        max_prompt_tokens: int = 256,
+        max_prompt_tokens: int = 128,
         truncation_side: str = "right",
         encoder_name: str | None = None,
         quality_target: str = "probability correct",

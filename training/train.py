@@ -16,6 +16,10 @@ import json
 import sys
 import time
 
+from carrot_hub.building import DEFAULT_MAX_PROMPT_TOKENS
+
+from .knn import DEFAULT_K_GRID
+
 KINDS = ("knn", "mlp", "finetune")
 
 
@@ -44,13 +48,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     out.add_argument("--overwrite", action="store_true", help="replace a router already in --out")
     model = parser.add_argument_group("model")
     model.add_argument("--encoder", help="folder or Hub id of a BERT-family encoder (default: all-MiniLM-L6-v2)")
-    model.add_argument("--max-prompt-tokens", type=int, help="prompt tokens kept before encoding (default: 256)")
+    model.add_argument("--max-prompt-tokens", type=int, help=f"prompt tokens kept before encoding (default: {DEFAULT_MAX_PROMPT_TOKENS})")
     model.add_argument("--truncation-side", choices=("left", "right"),
                        help="which end of a long prompt to keep: left keeps the end, where a few-shot prompt's question is (default: left)")
     model.add_argument("--cost-scale", type=float, help="dollars per quality point at mu=0.5 (default: from the data)")
     model.add_argument("--seed", type=int, default=0)
     knn = parser.add_argument_group("knn")
-    knn.add_argument("--k-grid", type=_k_grid, default=(4, 8, 16, 32, 64, 128), help="k values tried (default: 4,...,128)")
+    knn.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID,
+                     help=f"k values tried (default: {','.join(map(str, DEFAULT_K_GRID))})")
     knn.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     heads = parser.add_argument_group("mlp / finetune")
     heads.add_argument("--hidden", type=int, default=256, help="hidden width of the heads (default: 256)")
