@@ -1,7 +1,13 @@
 """Speed paths of the router: predictions reused across μ and prices, many μ at once, thread safety."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+import pytest
 import torch
 
 from carrot_hub.modeling_carrot import choose_candidates, predicted_cost
@@ -75,3 +81,21 @@ def test_predict_encoded_needs_no_encoder(knn_router, monkeypatch):
     predictions = knn_router.predict_encoded(encoding, batch_size=4)
     torch.testing.assert_close(predictions.quality, expected.quality)
     assert knn_router.decide(predictions, mu=0.4).models == knn_router.decide(expected, mu=0.4).models
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_and_reports_every_figure(tmp_path):
+    """`scripts/bench_speed.py` on a slice of the real prompts: the JSON line holds the issue's figures."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py"
+    env = {**os.environ, "CARROT_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), "--limit", "96", "--latency-samples", "8", "--repeats", "1", "--dtype", "auto"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["n_prompts"] == 96 and figures["max_prompt_tokens"] == 128
+    for key in ("route_vs_encoder_ratio", "latency_p50_ms", "decide_10k_x_1000_s", "from_embeddings_prompts_per_s"):
+        assert figures[key] > 0, key
+    assert figures["encoder_dtype"] in ("float32", "bfloat16")
+    assert (figures["latency_p50_ms_float32"] is None) == (figures["encoder_dtype"] == "float32")
