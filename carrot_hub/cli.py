@@ -121,7 +121,7 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per encoder pass (default: 64)")
     speed.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     speed.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
-                       help="the encoder's dtype: auto = bfloat16 on CPUs with bf16 units (about 2x faster, "
+                       help="the encoder's dtype: auto = bfloat16 on CPUs with bf16 units (about 1.5x faster, "
                             "~99%% of decisions unchanged), else float32; float32 = the same decisions everywhere")
     speed.add_argument("--chunk-size", type=_positive_int, default=4096,
                        help="prompts read and routed at a time; bounds memory on large inputs (default: 4096)")

@@ -43,7 +43,7 @@ def default_router(
     (seconds with the shipped embeddings) into `cache_dir`; later calls load it.
 
     `dtype` is the encoder's: `"auto"` runs it in bfloat16 where the CPU has bfloat16 units (about
-    twice as fast, ~99% of decisions unchanged), else float32; `"float32"` gives the same decisions
+    1.5 times as fast, ~99% of decisions unchanged), else float32; `"float32"` gives the same decisions
     on every machine. See `carrot_hub.precision`.
     """
     encoder_dtype = resolve_encoder_dtype(dtype)
