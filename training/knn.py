@@ -9,6 +9,8 @@ from carrot_hub.building import fit_knn
 from carrot_hub.modeling_carrot import predicted_cost
 
 from .embeddings import embed_table
+from .evaluate import count_input_tokens, decide_all, ground_truth
+from .metrics import aiq
 from .prepare import check_training_table, new_training_router
 
 DEFAULT_K_GRID = (4, 8, 16, 32, 64, 128, 192, 256, 384, 512)
@@ -56,9 +58,6 @@ def cross_validate_k(
         out-of-fold AIQ of routing (max cost: the dearest single model), the Brier score of the
         quality predictions and the squared error of log(1 + output tokens), over observed cells.
     """
-    from training.evaluate import count_input_tokens, decide_all, ground_truth
-    from training.metrics import aiq
-
     scores = torch.as_tensor(table.scores, dtype=torch.float32)
     output_tokens = torch.as_tensor(table.output_tokens, dtype=torch.float32)
     n, n_models = scores.shape
