@@ -42,8 +42,9 @@ class CarrotConfig(PretrainedConfig):
         head_dropout (`float`): dropout of the MLP heads during training.
         encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it).
         max_prompt_tokens (`int`): prompts are truncated to this many tokens before encoding.
-        truncation_side (`str`): `"right"` keeps a long prompt's beginning, `"left"` its end (where
-            the question of a few-shot prompt is).
+        truncation_side (`str`): `"left"` (the default) keeps a long prompt's end, where a prompt's
+            question usually is; `"right"` keeps its beginning. Few-shot prompts share a long prefix:
+            cut on the right, all prompts of one task would embed the same.
         encoder_name (`str`, *optional*): Hub id of the pretrained encoder (the card's `base_model`).
         quality_target (`str`): what predicted quality means, e.g. `"probability correct"`.
         training_data (`str`, *optional*): where the training prompts came from (for the card).
@@ -67,7 +68,7 @@ class CarrotConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
         max_prompt_tokens: int = 128,
-        truncation_side: str = "right",
+        truncation_side: str = "left",
         encoder_name: str | None = None,
         quality_target: str = "probability correct",
         training_data: str | None = None,

@@ -23,8 +23,6 @@ from .precision import resolve_encoder_dtype
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
 DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
 DEFAULT_KNN_K = 128  # picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split: `python -m training.train --kind knn`
-# Few-shot prompts share a long prefix and end with the question: keep the end.
-DEFAULT_TRUNCATION_SIDE = "left"
 _CACHE_VERSION = "v4"
 
 
@@ -87,7 +85,6 @@ def new_default_router():
         table.prices,
         predictor_kind="knn",
         knn_k=DEFAULT_KNN_K,
-        truncation_side=DEFAULT_TRUNCATION_SIDE,
         max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS,
         cost_scale=default_cost_scale(table),
         prices_recorded_on=table.metadata.get("prices_recorded_on"),

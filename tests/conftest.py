@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,6 +49,15 @@ def make_tiny_table(n_repeats: int = 1, seed: int = 0) -> RoutingTable:
         prices={m: dict(p) for m, p in TINY_PRICES.items()},
         split="train",
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training on tiny batches: one thread is faster and immune to other processes on the machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -134,12 +134,12 @@ def test_bad_max_cost_is_refused(knn_router, max_cost):
 
 
 def test_left_truncation_keeps_the_end_of_a_long_prompt(knn_router):
-    knn_router.config.truncation_side = "left"
+    before, knn_router.config.truncation_side = knn_router.config.truncation_side, "left"
     try:
         shared_prefix = " ".join(["an example question with its answer"] * 100)
         ids, _, truncated = knn_router._tokenize([f"{shared_prefix} final question about cats"])
     finally:
-        knn_router.config.truncation_side = "right"
+        knn_router.config.truncation_side = before
     tokenizer = knn_router.tokenizer
     assert truncated == [True] and len(ids[0]) == knn_router.config.max_prompt_tokens
     assert ids[0][0] == tokenizer.cls_token_id and ids[0][-1] == tokenizer.sep_token_id

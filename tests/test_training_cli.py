@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModel
 
 from carrot_hub.data import write_sprout_dataset
@@ -12,12 +11,7 @@ from tests.conftest import make_tiny_table
 from training.train import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

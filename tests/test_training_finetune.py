@@ -11,17 +11,11 @@ from tests.conftest import make_tiny_table
 from training.finetune import checkpoint_dir_for, latest_checkpoint, train_finetuned_router
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 class Interrupted(Exception):
     pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batches: one thread is faster and immune to other processes on the machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SETTINGS = dict(

@@ -14,13 +14,7 @@ from training.knn import fold_indices, train_knn_router
 from training.output import save_router_atomically
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batches: one thread is faster and immune to other processes on the machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

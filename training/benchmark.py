@@ -132,9 +132,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     timings, reports, curves = {}, {}, []
 
     started = time.perf_counter()
-    # The same prompt cut as the trained routers (see training.prepare), so that every router and
-    # baseline works from the same embeddings and differs only in its method.
-    base = new_router(train.models, train.prices, encoder=args.encoder, truncation_side="left")
+    # Cut like the trained routers, so that every router and baseline works from the same
+    # embeddings and differs only in its method.
+    base = new_router(train.models, train.prices, encoder=args.encoder)
     train_embeddings = embed_table(base, train, cache_dir=args.cache_dir, progress=progress)
     test_embeddings = embed_table(base, test, cache_dir=args.cache_dir, progress=progress)
     timings["embed"] = time.perf_counter() - started

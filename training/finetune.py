@@ -160,8 +160,7 @@ def train_finetuned_router(
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
         overwrite: replace a router already in `output_dir`.
         on_step: optional `callable(step)` after each optimizer step (and its checkpoint).
-        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`; `truncation_side`
-            defaults to `"left"` here: long prompts keep their end, where a few-shot prompt's question is).
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
         `(router, report)`.
@@ -169,7 +168,6 @@ def train_finetuned_router(
     from accelerate import Accelerator
 
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
-    config_fields.setdefault("truncation_side", "left")  # keep the question of few-shot prompts
     train_table = check_training_table(train_table, drop_unscored_models=drop_unscored_models)
     if init_heads not in ("frozen", "random"):
         raise ValueError(f"init_heads must be 'frozen' or 'random', got {init_heads!r}.")

@@ -182,8 +182,7 @@ def train_heads_router(
             (their mean in logit space); the saved width is `ensemble × hidden`.
         token_loss_weight: weight of the log-token MSE next to the quality BCE.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
-        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`; `truncation_side`
-            defaults to `"left"` here: long prompts keep their end, where a few-shot prompt's question is).
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
         `(router, report)`: an `"mlp"` `CarrotRouter` and a JSON-serialisable training report.

@@ -126,8 +126,7 @@ def train_knn_router(
             (see `training.embeddings.embed_table`); computed when None.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
         drop_unscored_models: leave out candidates whose scores are all missing instead of failing.
-        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`; `truncation_side`
-            defaults to `"left"` here: long prompts keep their end, where a few-shot prompt's question is).
+        config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
         `(router, report)`: the kNN `CarrotRouter` and a JSON-serialisable dict with the grid, the

@@ -62,10 +62,8 @@ def training_data_label(table) -> str | None:
 def new_training_router(train_table, predictor_kind: str, encoder=None, cost_scale=None, **config_fields):
     """
     A fresh router for a checked `train_table`: its candidates and prices, `cost_scale` derived from
-    the table unless given, and long prompts cut on the left unless told otherwise (few-shot prompts
-    share a long prefix; their own question is at the end).
+    the table unless given.
     """
-    config_fields.setdefault("truncation_side", "left")
     cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
     return new_router(
         train_table.models,
