@@ -24,8 +24,8 @@ PROG = "carrot"
 EXTERNAL_COMMANDS = {
     "train": ("training.train", "add_train_arguments", "run_train", "train a router on routing data"),
     "evaluate": ("training.evaluate", "add_evaluate_arguments", "run_evaluate", "evaluate a router against baselines"),
-    "publish": ("carrot_hub.publishing", "add_publish_arguments", "run_publish", "push a router to the Hub"),
-    "set-prices": ("carrot_hub.publishing", "add_set_prices_arguments", "run_set_prices",
+    "publish": ("carrot_hub.router_publishing", "add_publish_arguments", "run_publish", "push a router to the Hub"),
+    "set-prices": ("carrot_hub.router_publishing", "add_set_prices_arguments", "run_set_prices",
                    "change a saved router's price table"),
     "add-model": ("carrot_hub.candidates", "add_add_model_arguments", "run_add_model",
                   "add a candidate LLM to a router"),

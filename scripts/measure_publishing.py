@@ -28,7 +28,7 @@ from carrot_hub.candidates import add_candidate
 from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
 from carrot_hub.modeling_carrot import CarrotRouter, PromptEncoding
-from carrot_hub.publishing import publish_router, set_prices
+from carrot_hub.router_publishing import publish_router, set_prices
 
 MUS = (0.0, 0.1, 0.3, 0.5)
 
@@ -87,7 +87,7 @@ def main() -> int:
     plot = os.environ.get("CARROT_EVAL_PLOT")
     with mock.patch("huggingface_hub.HfApi.create_repo"), mock.patch(
         "huggingface_hub.HfApi.create_commit", create_commit
-    ), mock.patch("carrot_hub.publishing.get_token", lambda: "hf_captured"):
+    ), mock.patch("carrot_hub.router_publishing.get_token", lambda: "hf_captured"):
         result = publish_router(
             folder, "carrot-llm-routing/carrot-knn-routerbench-0shot", eval_results=eval_json, plot=plot,
             encoder_id="sentence-transformers/all-MiniLM-L6-v2", datasets=["withmartian/routerbench"],

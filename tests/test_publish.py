@@ -13,8 +13,8 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 
-import carrot_hub.publishing as publishing
-from carrot_hub.publishing import PublishError, publish_router
+import carrot_hub.router_publishing as publishing
+from carrot_hub.router_publishing import PublishError, publish_router
 
 ROUTER_FILES = {
     "config.json",
@@ -288,7 +288,7 @@ def test_cli_entry_points(saved_knn_router, hub, tmp_path, monkeypatch, capsys):
     (dataset / "data").mkdir(parents=True)
     (dataset / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
     pushed = []
-    import carrot_hub.data.publishing as data_publishing
+    import carrot_hub.data.dataset_publishing as data_publishing
 
     monkeypatch.setattr(data_publishing, "push_routing_dataset", lambda folder, repo_id, **kw: pushed.append(repo_id) or "ok")
     assert publishing.run_publish(parser.parse_args([str(dataset), "someone/routing-data"])) == 0

@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from carrot_hub.modeling_carrot import CarrotRouter
-from carrot_hub.publishing import PublishError, set_prices
+from carrot_hub.router_publishing import PublishError, set_prices
 
 from .test_publish import HubRecorder
 

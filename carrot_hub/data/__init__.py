@@ -2,7 +2,7 @@
 
 from .loading import load_routing_table
 from .logs import convert_routing_logs, read_routing_logs
-from .publishing import HubAuthError, check_dataset_folder, push_routing_dataset
+from .dataset_publishing import HubAuthError, check_dataset_folder, push_routing_dataset
 from .prices import read_prices_file, validate_prices, write_prices_file
 from .routing_table import RoutingTable
 from .sources import RoutingSourceError

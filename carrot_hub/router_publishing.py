@@ -453,7 +453,7 @@ def run_publish(args: argparse.Namespace) -> int:
     folder = Path(args.router_folder)
     if _is_dataset_folder(folder):
         # A converted routing data set (SPROUT layout): the data module owns its checks and card.
-        from .data.publishing import push_routing_dataset
+        from .data.dataset_publishing import push_routing_dataset
 
         check_repo_id(args.repo_id)
         info = push_routing_dataset(
