@@ -27,9 +27,9 @@ EXTERNAL_COMMANDS = {
     "publish": ("carrot_hub.router_publishing", "add_publish_arguments", "run_publish", "push a router to the Hub"),
     "set-prices": ("carrot_hub.router_publishing", "add_set_prices_arguments", "run_set_prices",
                    "change a saved router's price table"),
-    "add-model": ("carrot_hub.candidates", "add_add_model_arguments", "run_add_model",
+    "add-model": ("training.candidates", "add_add_model_arguments", "run_add_model",
                   "add a candidate LLM to a router"),
-    "remove-model": ("carrot_hub.candidates", "add_remove_model_arguments", "run_remove_model",
+    "remove-model": ("training.candidates", "add_remove_model_arguments", "run_remove_model",
                      "remove a candidate LLM from a router"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import carrot_hub
 from carrot_hub.building import fit_knn
-from carrot_hub.candidates import add_candidate
+from training.candidates import add_candidate
 from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
 from carrot_hub.modeling_carrot import CarrotRouter, PromptEncoding

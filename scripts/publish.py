@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from carrot_hub import candidates  # noqa: E402
+from training import candidates  # noqa: E402
 from carrot_hub import router_publishing as publishing  # noqa: E402
 
 COMMANDS = {

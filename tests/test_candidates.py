@@ -6,7 +6,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from carrot_hub.building import new_router
-from carrot_hub.candidates import MIN_ROWS, CandidateError, add_candidate, remove_candidate
+from training.candidates import MIN_ROWS, CandidateError, add_candidate, remove_candidate
 from carrot_hub.data import RoutingTable
 from model_card.build import build_model_card
 

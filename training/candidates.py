@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .configuration_carrot import CarrotConfig, check_price
-from .modeling_carrot import CarrotKNNMemory, CarrotRouter
+from carrot_hub.configuration_carrot import CarrotConfig, check_price
+from carrot_hub.modeling_carrot import CarrotKNNMemory, CarrotRouter
 
 # Fewer observed prompts than this give estimates too noisy to route with: a kNN mean over k=32
 # neighbours needs many more rows than k to be local, and a regression head needs a validation split.
@@ -370,7 +370,7 @@ def add_add_model_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 
 def run_add_model(args: argparse.Namespace) -> int:
-    from .data import load_routing_table
+    from carrot_hub.data import load_routing_table
 
     router = CarrotRouter.from_pretrained(args.router)
     table = load_routing_table(args.data, split=args.split, progress=True)
