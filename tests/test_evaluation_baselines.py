@@ -10,13 +10,13 @@ from training.baselines import (
     knn_cv_pick,
     knn_regress,
     mf_curve,
-    oracle_curve,
     random_mixing_curve,
     reference_knn_predictions,
     train_mf,
     trained_baselines,
 )
-from training.evaluate import ground_truth, summarize
+from training.curves import ground_truth, oracle_curve
+from training.evaluate import summarize
 
 MODELS = ["strong", "weak", "cheap"]
 PRICES = {"strong": {"input": 10.0, "output": 30.0}, "weak": {"input": 1.0, "output": 1.0}, "cheap": {"input": 0.1, "output": 0.1}}

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training import metrics
-from training.evaluate import CostQualityCurve, GroundTruth, curve_from_predictions, decide_all
+from training.curves import CostQualityCurve, GroundTruth, curve_from_predictions, decide_all
 
 REFERENCE_K_GRID = tuple(2**i for i in range(1, 10))
 REFERENCE_COST_MULTIPLIER = 100.0
@@ -68,21 +68,6 @@ def random_mixing_curve(truth: GroundTruth, n_points: int = 101, pair: tuple[str
         curve.pair_fraction = p.copy()
         curve.pair_qualities = (1 - p) * mean_quality[weak] + p * mean_quality[strong]
     return curve
-
-
-def oracle_curve(truth: GroundTruth, n_points: int = 201) -> CostQualityCurve:
-    """
-    The oracle swept over μ with TRUE scores and costs (cost scale: the best model's mean cost);
-    μ = 0 is the oracle proper: per prompt the cheapest model with the best true score.
-    """
-    mean_cost, mean_quality = truth.cost.mean(0), truth.scores.mean(0)
-    scale = float(mean_cost[metrics.best_single_model(mean_quality, mean_cost)]) or 1.0
-    mu = np.linspace(0, 1, n_points)
-    choices = decide_all(truth.scores, truth.cost, mu, scale)
-    # μ = 0 ties between equally correct models must go to the cheapest one.
-    choices[0] = metrics.oracle_choice(truth.scores, truth.cost)
-    costs, qualities = truth.realised(choices)
-    return CostQualityCurve("oracle", "oracle", "mu", mu, costs, qualities, top=0)
 
 
 def no_training_baselines(truth: GroundTruth, pair: tuple[str, str] | None = None) -> list[CostQualityCurve]:
@@ -364,7 +349,6 @@ def trained_baselines(
 
 __all__ = [
     "random_mixing_curve",
-    "oracle_curve",
     "no_training_baselines",
     "knn_cv_pick",
     "knn_regress",

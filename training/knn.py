@@ -9,7 +9,8 @@ from carrot_hub.building import fit_knn
 from carrot_hub.modeling_carrot import predicted_cost
 
 from .embeddings import embed_table
-from .evaluate import count_input_tokens, decide_all, ground_truth
+from .curves import decide_all, ground_truth
+from .evaluate import count_input_tokens
 from .metrics import aiq
 from .prepare import check_training_table, new_training_router
 
