@@ -112,4 +112,5 @@ def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
         torch.as_tensor(table.output_tokens, dtype=torch.float32),
     )
     router.config.knn_memory_size = int(embeddings.shape[0])
+    router.config.knn_remembered_rows = 0
     return router

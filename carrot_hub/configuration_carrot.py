@@ -10,6 +10,8 @@ from typing import Any
 from transformers import PretrainedConfig
 
 PREDICTOR_KINDS = ("knn", "mlp")
+# Rows `remember()` may add beyond the training rows when `knn_memory_cap` is None.
+DEFAULT_MAX_REMEMBERED_ROWS = 100_000
 
 
 class CarrotConfig(PretrainedConfig):
@@ -37,7 +39,13 @@ class CarrotConfig(PretrainedConfig):
         default_mu (`float`): μ used when `route()` is called without one.
         predictor_kind (`str`): `"knn"` (CARROT-KNN) or `"mlp"` (learned heads).
         knn_k (`int`): neighbours averaged by the kNN predictor.
-        knn_memory_size (`int`): number of training prompts stored by the kNN predictor.
+        knn_memory_size (`int`): number of prompts stored by the kNN predictor (training and remembered).
+        knn_memory_cap (`int`, *optional*): the most rows the kNN memory keeps when `remember()` grows
+            it; None (the default) allows the training rows plus `DEFAULT_MAX_REMEMBERED_ROWS` more.
+            Eviction: remembered rows go first, oldest first; training rows only when the cap is below
+            their number (then their oldest make room for the newly remembered rows).
+        knn_remembered_rows (`int`): how many of the memory's rows, its last ones in arrival order,
+            were added by `remember()` (served traffic) rather than by training.
         head_hidden_size (`int`): width of the hidden layer of the MLP heads.
         head_dropout (`float`): dropout of the MLP heads during training.
         encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it).
@@ -64,6 +72,8 @@ class CarrotConfig(PretrainedConfig):
         predictor_kind: str = "knn",
         knn_k: int = 32,
         knn_memory_size: int = 0,
+        knn_memory_cap: int | None = None,
+        knn_remembered_rows: int = 0,
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
@@ -85,6 +95,8 @@ class CarrotConfig(PretrainedConfig):
         self.predictor_kind = predictor_kind
         self.knn_k = int(knn_k)
         self.knn_memory_size = int(knn_memory_size)
+        self.knn_memory_cap = None if knn_memory_cap is None else int(knn_memory_cap)
+        self.knn_remembered_rows = int(knn_remembered_rows)
         self.head_hidden_size = int(head_hidden_size)
         self.head_dropout = float(head_dropout)
         self.encoder_config = dict(encoder_config or {})
@@ -133,6 +145,13 @@ class CarrotConfig(PretrainedConfig):
         check_mu(self.default_mu)
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
+        if self.knn_memory_cap is not None and self.knn_memory_cap < 1:
+            raise ValueError(f"knn_memory_cap must be at least 1 row (or None), got {self.knn_memory_cap}.")
+        if not 0 <= self.knn_remembered_rows <= max(self.knn_memory_size, 0):
+            raise ValueError(
+                f"knn_remembered_rows must be between 0 and knn_memory_size ({self.knn_memory_size}), "
+                f"got {self.knn_remembered_rows}."
+            )
         if self.truncation_side not in ("left", "right"):
             raise ValueError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}.")
         if self.max_prompt_tokens < 2:

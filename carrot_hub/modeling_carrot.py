@@ -18,7 +18,7 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as transformers_logging
 from transformers.utils.logging import tqdm
 
-from .configuration_carrot import CarrotConfig, check_mu, check_price
+from .configuration_carrot import DEFAULT_MAX_REMEMBERED_ROWS, CarrotConfig, check_mu, check_price
 
 DOLLARS_PER_MILLION = 1e6
 
@@ -256,6 +256,7 @@ class CarrotKNNMemory(nn.Module):
         super().__init__()
         n_memory, n_models = config.knn_memory_size, config.num_candidates
         self.k = config.knn_k
+        self._rows_lock = threading.Lock()
         self.register_buffer("embeddings", torch.zeros(n_memory, embedding_size))
         self.register_buffer("quality", torch.zeros(n_memory, n_models))
         self.register_buffer("quality_observed", torch.zeros(n_memory, n_models))
@@ -268,19 +269,90 @@ class CarrotKNNMemory(nn.Module):
         Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
         `(n, n_models)` with NaN for missing cells.
         """
-        self.embeddings = embeddings.detach().float().clone()
-        self.quality = torch.nan_to_num(quality.float(), nan=0.0)
-        self.quality_observed = (~torch.isnan(quality)).float()
-        self.log_output_tokens = torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0))
-        self.output_tokens_observed = (~torch.isnan(output_tokens)).float()
+        self._set_rows(
+            embeddings.detach().float().clone(),
+            torch.nan_to_num(quality.float(), nan=0.0),
+            (~torch.isnan(quality)).float(),
+            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
+            (~torch.isnan(output_tokens)).float(),
+        )
+
+    def _set_rows(self, embeddings, quality, quality_observed, log_output_tokens, output_tokens_observed) -> None:
+        # All five buffers change together under the lock, and `forward` reads them together under it,
+        # so a prediction made while `remember()` grows the memory sees either the old or the new rows.
+        with self._rows_lock:
+            self.embeddings = embeddings
+            self.quality = quality
+            self.quality_observed = quality_observed
+            self.log_output_tokens = log_output_tokens
+            self.output_tokens_observed = output_tokens_observed
+
+    def _rows(self) -> tuple[torch.Tensor, ...]:
+        with self._rows_lock:
+            return (self.embeddings, self.quality, self.quality_observed, self.log_output_tokens, self.output_tokens_observed)
+
+    @torch.no_grad()
+    def append(
+        self,
+        embeddings: torch.Tensor,
+        quality: torch.Tensor,
+        output_tokens: torch.Tensor,
+        n_remembered: int,
+        cap: int,
+    ) -> tuple[int, int]:
+        """
+        Add rows after the existing ones and evict down to `cap` rows.
+
+        Args:
+            embeddings: `(n_new, hidden)` L2-normalised.
+            quality, output_tokens: `(n_new, n_models)`, NaN where the cell is not observed.
+            n_remembered: how many existing rows (the last ones) were remembered rather than trained on.
+            cap: the most rows to keep.
+
+        Eviction when over `cap`: remembered rows go first, oldest first (earlier remembered rows,
+        then the oldest of the new ones). Training rows go only when the cap is below their number:
+        then the oldest training rows make room for the new rows.
+
+        Returns:
+            `(n_remembered, n_evicted)` after the change: the new rows count as remembered.
+        """
+        old = self._rows()
+        device = old[0].device
+        n_old = old[0].shape[0]
+        n_training, n_new = n_old - n_remembered, embeddings.shape[0]
+        excess = max(0, n_old + n_new - cap)
+        drop_remembered = min(excess, n_remembered)
+        rest = excess - drop_remembered
+        if cap >= n_training:  # training rows stay; the oldest of the new rows go
+            drop_training, drop_new = 0, rest
+        else:  # the cap is below the training rows: the oldest of them make room for what was just learned
+            drop_training = min(rest, n_training)
+            drop_new = rest - drop_training
+        kept_old = torch.cat(
+            [torch.arange(drop_training, n_training), torch.arange(n_training + drop_remembered, n_old)]
+        ).to(device)
+        new = (
+            embeddings.float(),
+            torch.nan_to_num(quality.float(), nan=0.0),
+            (~torch.isnan(quality)).float(),
+            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
+            (~torch.isnan(output_tokens)).float(),
+        )
+        rows = [
+            torch.cat([current[kept_old], added[drop_new:].to(current.device, current.dtype)], 0).contiguous()
+            for current, added in zip(old, new)
+        ]
+        self._set_rows(*rows)
+        return n_remembered - drop_remembered + n_new - drop_new, excess
 
     def forward(self, embeddings: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
-        similarity = embeddings.to(self.embeddings.dtype) @ self.embeddings.T  # (batch, n_memory)
+        memory, quality, quality_observed, log_output_tokens, output_tokens_observed = self._rows()
+        similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
         k = k or self.k
         return (
-            self._neighbour_mean(similarity, self.quality, self.quality_observed, k),
-            self._neighbour_mean(similarity, self.log_output_tokens, self.output_tokens_observed, k),
+            self._neighbour_mean(similarity, quality, quality_observed, k),
+            self._neighbour_mean(similarity, log_output_tokens, output_tokens_observed, k),
         )
 
     @staticmethod
@@ -390,6 +462,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             self.predictor = CarrotMLPHeads(config, hidden)
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
+        self._remember_lock = threading.Lock()
         self.post_init()
 
     # ----------------------------------------------------------------------------------- tensors
@@ -642,6 +715,73 @@ class CarrotRouter(CarrotPreTrainedModel):
             over_budget=over_budget.tolist(),
         )
 
+    # ----------------------------------------------------------------------------- kNN memory
+
+    def remember(
+        self,
+        prompts: Sequence[str] | str,
+        model: str | Sequence[str],
+        scores: Sequence[float] | float,
+        output_tokens: Sequence[float | None] | float | None = None,
+        batch_size: int = 64,
+    ) -> dict:
+        """
+        Add observed cells to a kNN router's memory, without retraining: each prompt joins the memory
+        as a new row where only its model's cell is observed (the other candidates' cells stay
+        unobserved, so their predictions ignore the row). Later predictions for that model count the
+        new rows among its neighbours. `save_pretrained` keeps them.
+
+        Memory is bounded by `config.knn_memory_cap` (None: the training rows plus
+        `DEFAULT_MAX_REMEMBERED_ROWS`); past it the oldest remembered rows are evicted first, training
+        rows only when the cap is below their number (see [`CarrotKNNMemory.append`]). Memory costs
+        4·(hidden + 4·n_models) bytes per row (1.7 kB for all-MiniLM-L6-v2 and 11 candidates).
+
+        Args:
+            prompts: `n` prompts (a single string counts as one).
+            model: the candidate that answered, one name for all prompts or one per prompt.
+            scores: `n` observed qualities in [0, 1] (a single number for a single prompt).
+            output_tokens: `n` observed output-token counts ≥ 0; None (or a None entry) leaves the
+                token cell unobserved.
+            batch_size: prompts encoded per forward pass.
+
+        Returns:
+            `{"added", "evicted", "memory_size", "remembered_rows"}`.
+        """
+        if self.config.predictor_kind != "knn":
+            raise TypeError(
+                "remember() grows a kNN router's memory; this router predicts with MLP heads, which would need "
+                "fine-tuning on the new cells. Train a router on the outcome log instead (carrot train --data LOG_DIR), "
+                "or serve a kNN router."
+            )
+        prompts = check_prompts(prompts)
+        n = len(prompts)
+        models = [model] * n if isinstance(model, str) else list(model) if isinstance(model, Sequence) else None
+        if models is None or len(models) != n:
+            raise ValueError(f"model must be one candidate name or one per prompt ({n}), got {model!r:.80}.")
+        columns = [self._candidate_index(name, what="remember()") for name in models]
+        scores = _observed_values(scores, n, "scores", upper=1.0)
+        tokens = [None] * n if output_tokens is None else _observed_values(output_tokens, n, "output_tokens", allow_none=True)
+        memory = self.predictor
+        if n == 0:
+            return {"added": 0, "evicted": 0, "memory_size": self.config.knn_memory_size,
+                    "remembered_rows": self.config.knn_remembered_rows}
+        embeddings = self.encode(prompts, batch_size=batch_size).embeddings
+        n_models = self.config.num_candidates
+        quality = torch.full((n, n_models), math.nan)
+        token_cells = torch.full((n, n_models), math.nan)
+        rows = torch.arange(n)
+        quality[rows, torch.tensor(columns)] = torch.tensor(scores, dtype=torch.float32)
+        token_cells[rows, torch.tensor(columns)] = torch.tensor([math.nan if t is None else t for t in tokens])
+        with self._remember_lock:  # two concurrent calls must not both grow the same old memory
+            cap = self.config.knn_memory_cap
+            if cap is None:
+                cap = self.config.knn_memory_size - self.config.knn_remembered_rows + DEFAULT_MAX_REMEMBERED_ROWS
+            remembered, evicted = memory.append(embeddings, quality, token_cells, self.config.knn_remembered_rows, cap)
+            self.config.knn_memory_size = int(memory.embeddings.shape[0])
+            self.config.knn_remembered_rows = int(remembered)
+        return {"added": n, "evicted": int(evicted), "memory_size": self.config.knn_memory_size,
+                "remembered_rows": self.config.knn_remembered_rows}
+
     # ----------------------------------------------------------------------------------- prices
 
     def resolve_prices(self, overrides: Mapping | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -760,6 +900,27 @@ def check_prompts(prompts) -> list[str]:
         if not prompt.strip():
             raise ValueError(f"prompt {position} is empty: there is nothing to route. Remove it or give it text.")
     return prompts
+
+
+def _observed_values(values, n: int, what: str, upper: float | None = None, allow_none: bool = False) -> list:
+    """`n` finite numbers ≥ 0 (and ≤ `upper`), None allowed when `allow_none`; a one-line error otherwise."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool) and n == 1:
+        values = [values]
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(values, "tolist"):
+        raise ValueError(f"{what} must be a list of {n} numbers, got {type(values).__name__}.")
+    values = list(values.tolist() if hasattr(values, "tolist") else values)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} values for {n} prompts; give one per prompt.")
+    bound = f"in [0, {upper:g}]" if upper is not None else "≥ 0"
+    for position, value in enumerate(values):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (upper is not None and value > upper):
+            raise ValueError(f"{what}[{position}] is {value!r}; it must be a finite number {bound}.")
+    return [None if value is None else float(value) for value in values]
 
 
 def _parse_price_entry(name: str, price) -> tuple[float | None, float | None]:

@@ -125,7 +125,7 @@ def add_candidate(
 
     state = {key: value.detach().clone() for key, value in router.state_dict().items()}
     if config.predictor_kind == "knn":
-        state.update(_knn_add(router.predictor, new_embeddings, quality, output_tokens))
+        state.update(_knn_add(router.predictor, new_embeddings, quality, output_tokens, config.knn_remembered_rows))
         memory_size = state["predictor.embeddings"].shape[0]
         detail = f"kNN memory {config.knn_memory_size} → {memory_size} prompts"
     else:
@@ -150,19 +150,28 @@ def add_candidate(
 
 
 @torch.no_grad()
-def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens) -> dict[str, torch.Tensor]:
-    """New memory buffers: old rows + new rows; old cells of the new column and new cells of old columns unobserved."""
+def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens, n_remembered: int = 0) -> dict[str, torch.Tensor]:
+    """
+    New memory buffers: old rows + new rows; old cells of the new column and new cells of old columns
+    unobserved. The new rows are training rows: they go before the `n_remembered` rows that
+    `remember()` added (the memory keeps remembered rows last, see `CarrotKNNMemory.append`).
+    """
     n_old, n_models = memory.quality.shape
     n_new = embeddings.shape[0]
+    n_training = n_old - n_remembered
     old_pad, new_pad = torch.zeros(n_old, 1), torch.zeros(n_new, n_models)
     tokens_observed = (~torch.isnan(output_tokens)).float()[:, None]
     log_tokens = torch.log1p(torch.nan_to_num(output_tokens, nan=0.0).clamp(min=0))[:, None]
 
     def stack(old, new_column):
-        return torch.cat([torch.cat([old, old_pad], 1), torch.cat([new_pad, new_column], 1)], 0).contiguous()
+        old = torch.cat([old, old_pad], 1)
+        return torch.cat([old[:n_training], torch.cat([new_pad, new_column], 1), old[n_training:]], 0).contiguous()
 
+    old_embeddings = memory.embeddings
     return {
-        "predictor.embeddings": torch.cat([memory.embeddings, embeddings.float()], 0).contiguous(),
+        "predictor.embeddings": torch.cat(
+            [old_embeddings[:n_training], embeddings.float(), old_embeddings[n_training:]], 0
+        ).contiguous(),
         "predictor.quality": stack(memory.quality, quality[:, None].float()),
         "predictor.quality_observed": stack(memory.quality_observed, torch.ones(n_new, 1)),
         "predictor.log_output_tokens": stack(memory.log_output_tokens, log_tokens),
@@ -275,12 +284,14 @@ def remove_candidate(router: CarrotRouter, name: str, parent: str | None = None)
         memory = router.predictor
         observed = (memory.quality_observed[:, keep] > 0) | (memory.output_tokens_observed[:, keep] > 0)
         rows = observed.any(1).nonzero().squeeze(1)
+        remembered_rows = int((rows >= memory_size - config.knn_remembered_rows).sum())
         for buffer in ("quality", "quality_observed", "log_output_tokens", "output_tokens_observed"):
             state[f"predictor.{buffer}"] = getattr(memory, buffer)[rows][:, keep].contiguous()
         state["predictor.embeddings"] = memory.embeddings[rows].contiguous()
         memory_size = int(rows.numel())
         detail = f"kNN memory {config.knn_memory_size} → {memory_size} prompts"
     else:
+        remembered_rows = config.knn_remembered_rows
         index = len(router.predictor.quality) - 1
         for prefix in ("predictor.quality", "predictor.log_output_tokens"):
             for part in ("weight", "bias"):
@@ -293,6 +304,7 @@ def remove_candidate(router: CarrotRouter, name: str, parent: str | None = None)
         input_price_per_million=[config.input_price_per_million[i] for i in keep],
         output_price_per_million=[config.output_price_per_million[i] for i in keep],
         knn_memory_size=memory_size,
+        knn_remembered_rows=remembered_rows,
         parent=parent,
         description=f"removed candidate {name}; {detail}",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -31,6 +32,17 @@ def _read_batches(dataset, split, streaming, on_error, batch_size, progress):
     return validator, parts
 
 
+def _outcome_log_folder(source):
+    """The folder, when `source` is the outcome log of a `carrot serve` gateway (see `outcome_logs`)."""
+    from pathlib import Path
+
+    from .outcome_logs import is_outcome_log
+
+    if isinstance(source, (str, os.PathLike)) and is_outcome_log(Path(source).expanduser()):
+        return Path(source).expanduser()
+    return None
+
+
 def load_routing_table(
     source,
     split: str = "train",
@@ -46,7 +58,9 @@ def load_routing_table(
     Args:
         source: a Hub dataset repo id (e.g. `"CARROT-LLM-Routing/SPROUT"`), a local folder that
             `datasets.load_dataset` reads (parquet/jsonl files, a README with configs), or one or more
-            `.parquet` / `.jsonl` file paths. All go through `datasets.load_dataset`.
+            `.parquet` / `.jsonl` file paths. All go through `datasets.load_dataset`. The outcome-log
+            folder of a `carrot serve` gateway is read by `read_routing_logs` (served requests joined
+            with their feedback; one split, "train").
         split: which split to read.
         streaming: read an `IterableDataset` batch by batch, never holding the raw rows whole
             (for the Hub; works on local copies too).
@@ -66,6 +80,16 @@ def load_routing_table(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    outcome_log = _outcome_log_folder(source)
+    if outcome_log is not None:
+        from .logs import read_routing_logs
+
+        if split != "train":
+            raise RoutingDataError(
+                f"{outcome_log} is a gateway's outcome log, which has one split, 'train' (not {split!r}); "
+                "cut a validation split with carrot_hub.data.split_table."
+            )
+        return read_routing_logs(outcome_log, on_error=on_error, prices=prices, split=split)
     # A throw-away cache for local sources (see open_dataset); Hub datasets use the normal cache.
     with tempfile.TemporaryDirectory(prefix="carrot-hub-data-") as cache_dir:
         dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)

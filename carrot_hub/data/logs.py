@@ -9,6 +9,9 @@ Each line is one JSON object:
 row per prompt (grouped by `prompt_id`, else by the prompt text) and one column per model, models in the
 order they first appear. A (prompt, model) pair with no record is a missing cell (NaN), counted in
 `table.metadata["missing_cells"]`; pass `require_all_models=True` to treat it as an error instead.
+
+The outcome-log folder a `carrot serve` gateway writes (JSONL shards of served requests and their
+feedback, see `carrot_hub.data.outcome_logs`) is read the same way: pass the folder instead of a file.
 """
 
 from __future__ import annotations
@@ -68,22 +71,81 @@ def read_routing_logs(
     require_all_models: bool = False,
 ) -> RoutingTable:
     """
-    Read a JSONL log file (see module docstring) into a RoutingTable `(n_prompts, n_models)`.
+    Read a JSONL log file (see module docstring), or the outcome-log folder of a `carrot serve`
+    gateway (see `carrot_hub.data.outcome_logs`), into a RoutingTable `(n_prompts, n_models)`.
 
     on_error="raise" stops at the first bad line, naming its line number; "skip" leaves bad lines out,
     warns with their count and lists them (`{"line", "reason"}`) in `table.metadata["skipped"]`.
+    For an outcome log, a `prices.json` in the folder wins over `prices`; what the gateway served but
+    cannot be a cell (unanswered requests, prompts not logged, no usage) is counted in
+    `table.metadata["outcome_log"]`.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
     path = Path(path)
+    if path.is_dir():
+        return _read_outcome_log_table(path, on_error, prices, split, require_all_models)
     if not path.is_file():
         raise FileNotFoundError(f"No such log file: {path}.")
+    return _pivot_records(_jsonl_lines(path), path, path.name, on_error, prices, split, require_all_models, {})
+
+
+def _jsonl_lines(path: Path):
+    """`(line number, parsed record or the JSONDecodeError)` for each non-blank line of a JSONL file."""
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield line_number, error
+
+
+def _read_outcome_log_table(folder: Path, on_error, prices, split, require_all_models) -> RoutingTable:
+    from .outcome_logs import is_outcome_log, outcome_log_records
+    from .prices import PRICES_FILENAME, read_prices_file
+
+    if not is_outcome_log(folder):
+        raise FileNotFoundError(
+            f"{folder} is a folder but holds no outcome-log shards (outcomes-*.jsonl); pass a JSONL log file "
+            "or the folder `carrot serve --log-dir` writes."
+        )
+    records, summary = outcome_log_records(folder)
+    if summary["bad_lines"] and on_error == "raise":
+        first = summary["bad_lines"][0]
+        raise RoutingDataError(
+            f"{folder} {first['line']}: {first['reason']}. Fix the line, or pass on_error='skip' to leave bad lines out."
+        )
+    if (folder / PRICES_FILENAME).is_file():
+        prices = read_prices_file(folder / PRICES_FILENAME)["prices"]
+    if not records:
+        raise RoutingDataError(
+            f"{folder} holds no served request that can become routing data ({summary['served']} served: "
+            f"{summary['not_answered']} not answered, {summary['without_prompt']} without their prompt "
+            f"(--no-prompt-log), {summary['without_usage']} without token usage)."
+        )
+    entries = ((f"record {number}", record) for number, record in enumerate(records, start=1))
+    table = _pivot_records(entries, folder, folder.name, on_error, prices, split, require_all_models, summary)
+    if summary["bad_lines"]:
+        table.metadata["skipped"] = list(summary["bad_lines"]) + table.metadata["skipped"]
+        warnings.warn(
+            f"Skipped {len(summary['bad_lines'])} bad lines of the outcome log {folder}: "
+            + "; ".join(f"{s['line']} ({s['reason']})" for s in summary["bad_lines"][:3])
+            + ". The full list is in table.metadata['skipped'].",
+            stacklevel=3,
+        )
+    return table
+
+
+def _pivot_records(entries, path: Path, name: str, on_error, prices, split, require_all_models, outcome_summary) -> RoutingTable:
+    """Pivot `(line, record or JSONDecodeError)` entries into a RoutingTable (one row per prompt)."""
     skipped: list[dict] = []
 
-    def bad(line_number: int, reason: str):
+    def bad(line_number, reason: str):
         if on_error == "raise":
             raise RoutingDataError(
-                f"{path.name} line {line_number}: {reason}. Fix the line, or pass on_error='skip' to leave bad lines out."
+                f"{name} line {line_number}: {reason}. Fix the line, or pass on_error='skip' to leave bad lines out."
             )
         skipped.append({"line": line_number, "reason": reason})
 
@@ -92,38 +154,33 @@ def read_routing_logs(
     models: dict[str, int] = {}
     cells: dict[tuple[int, int], tuple[float, float, float, int]] = {}
     n_lines = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            n_lines += 1
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                bad(line_number, f"not valid JSON ({error.msg})")
-                continue
-            problem = _check_record(record)
-            if problem:
-                bad(line_number, problem)
-                continue
-            prompt_id = record.get("prompt_id")
-            prompt_id = str(prompt_id) if prompt_id is not None else "sha1-" + hashlib.sha1(record["prompt"].encode()).hexdigest()[:16]
-            row = rows.get(prompt_id)
-            if row is None:
-                row = rows[prompt_id] = len(prompts)
-                prompts.append(record["prompt"])
-                ids.append(prompt_id)
-                tasks.append("" if record.get("task") is None else str(record["task"]))
-            elif prompts[row] != record["prompt"]:
-                bad(line_number, f"prompt_id {prompt_id!r} was used earlier for a different prompt")
-                continue
-            column = models.setdefault(record["model"], len(models))
-            if (row, column) in cells:
-                bad(line_number, f"a second record for prompt {prompt_id!r} and model {record['model']!r} "
-                                 f"(first on line {cells[(row, column)][3]})")
-                continue
-            score = np.nan if record["score"] is None else float(record["score"])
-            cells[(row, column)] = (score, float(record["input_tokens"]), float(record["output_tokens"]), line_number)
+    for line_number, record in entries:
+        n_lines += 1
+        if isinstance(record, json.JSONDecodeError):
+            bad(line_number, f"not valid JSON ({record.msg})")
+            continue
+        problem = _check_record(record)
+        if problem:
+            bad(line_number, problem)
+            continue
+        prompt_id = record.get("prompt_id")
+        prompt_id = str(prompt_id) if prompt_id is not None else "sha1-" + hashlib.sha1(record["prompt"].encode()).hexdigest()[:16]
+        row = rows.get(prompt_id)
+        if row is None:
+            row = rows[prompt_id] = len(prompts)
+            prompts.append(record["prompt"])
+            ids.append(prompt_id)
+            tasks.append("" if record.get("task") is None else str(record["task"]))
+        elif prompts[row] != record["prompt"]:
+            bad(line_number, f"prompt_id {prompt_id!r} was used earlier for a different prompt")
+            continue
+        column = models.setdefault(record["model"], len(models))
+        if (row, column) in cells:
+            bad(line_number, f"a second record for prompt {prompt_id!r} and model {record['model']!r} "
+                             f"(first on line {cells[(row, column)][3]})")
+            continue
+        score = np.nan if record["score"] is None else float(record["score"])
+        cells[(row, column)] = (score, float(record["input_tokens"]), float(record["output_tokens"]), line_number)
     if not cells:
         raise RoutingDataError(f"{path} holds no valid records ({n_lines} lines read).")
 
@@ -135,9 +192,12 @@ def read_routing_logs(
     if require_all_models and no_record.any():
         row, column = np.argwhere(no_record)[0]
         raise RoutingDataError(
-            f"{path.name}: prompt {ids[row]!r} has no record for model {list(models)[column]!r} "
+            f"{name}: prompt {ids[row]!r} has no record for model {list(models)[column]!r} "
             f"({int(no_record.sum())} such pairs); log every model on every prompt or drop require_all_models."
         )
+    metadata = {"source": str(path), "records_read": n_lines, "skipped": skipped, "missing_cells": int(no_record.sum())}
+    if outcome_summary:
+        metadata["outcome_log"] = {key: value for key, value in outcome_summary.items() if key != "bad_lines"}
     table = RoutingTable(
         prompts=prompts,
         prompt_ids=ids,
@@ -148,16 +208,15 @@ def read_routing_logs(
         output_tokens=output_tokens,
         prices=None if prices is None else validate_prices(prices),
         split=split,
-        metadata={"source": str(path), "records_read": n_lines, "skipped": skipped,
-                  "missing_cells": int(no_record.sum())},
+        metadata=metadata,
     )
     if skipped:
         warnings.warn(
-            f"Skipped {len(skipped)} of {n_lines} lines of {path.name}: "
+            f"Skipped {len(skipped)} of {n_lines} lines of {name}: "
             + "; ".join(f"line {s['line']} ({s['reason']})" for s in skipped[:3])
             + (" ..." if len(skipped) > 3 else "")
             + ". The full list is in table.metadata['skipped'].",
-            stacklevel=2,
+            stacklevel=3,
         )
     return table
 

@@ -1,0 +1,312 @@
+"""The outcome log: what a gateway served, and the labels its users give back, as local JSONL shards.
+
+Layout (read back by `carrot_hub.data.outcome_logs`, hence by `load_routing_table`, `read_routing_logs`
+and `carrot train`):
+
+    LOG_DIR/
+      prices.json                                   the router's price table (when the gateway gives it)
+      outcomes-20261128T090000Z-4242-a1b2c3-000000.jsonl   one shard per writer process and rotation
+      outcomes-20261128T100000Z-4242-a1b2c3-000001.jsonl
+
+Every served request appends one `{"type": "served", ...}` line; `feedback()` appends one
+`{"type": "feedback", "request_id", "score", "time"}` line. Nothing is rewritten: labels are joined to
+their requests when the log is read (the latest label of a request wins).
+
+Concurrency: each `OutcomeLog` writes its own shard (file names carry the process id and a random
+token, and are created with `O_EXCL`), so worker processes never share a file; within a process a lock
+serialises writers, and each record is one `write()` of one whole line to an `O_APPEND` descriptor. A
+reader never sees half a record: an unterminated last line is left out until it is complete.
+
+Durability (`fsync`): `"rotate"` (default) hands each line to the operating system at once (a crash
+of the gateway process loses nothing) and forces shards to disk when they are rotated or closed (a
+power cut can lose the records of the open shard still in the OS cache); `"always"` forces every
+line to disk (slower: one disk flush per request); `"never"` leaves flushing to the OS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from carrot_hub.data.outcome_logs import (
+    FEEDBACK,
+    SERVED,
+    SHARD_PREFIX,
+    SHARD_SUFFIX,
+    answered,
+    read_shard_lines,
+    shard_paths,
+)
+from carrot_hub.data.prices import PRICES_FILENAME, validate_prices
+
+FSYNC_POLICIES = ("rotate", "always", "never")
+
+
+class UnknownRequestError(KeyError):
+    """Feedback names a request id that the outcome log has no served record of."""
+
+    def __init__(self, request_id, folder):
+        self.request_id = request_id
+        super().__init__(request_id)
+        self.message = (
+            f"No served request with id {request_id!r} in the outcome log {folder}: send the id from the "
+            "x-carrot-request-id header of a response this gateway gave."
+        )
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument only
+        return self.message
+
+
+def check_score(score) -> float:
+    """A feedback score as a float, or `ValueError` if it is not a number in [0, 1]."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ValueError(f"score must be a number in [0, 1] (e.g. 1 for a good answer, 0 for a bad one), got {score!r}.")
+    score = float(score)
+    if not (0.0 <= score <= 1.0):  # also rejects NaN
+        raise ValueError(f"score must be in [0, 1] (e.g. 1 for a good answer, 0 for a bad one), got {score!r}.")
+    return score
+
+
+def _jsonable(value):
+    """Plain JSON values: tensors and numpy scalars via `.tolist()`, non-finite floats as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)
+
+
+class _ServedIndex:
+    """
+    request id → (shard, byte offset) of its served record, over every shard in the folder (other
+    processes' too: feedback may reach another worker than the one that served). Refreshed
+    incrementally: each shard is read from where the last refresh stopped.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.positions: dict[Path, int] = {}
+        self.where: dict[str, tuple[Path, int]] = {}
+
+    def refresh(self) -> None:
+        for path in shard_paths(self.folder):
+            start = self.positions.get(path, 0)
+            try:
+                if path.stat().st_size <= start:
+                    continue
+                lines, end = read_shard_lines(path, start)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            for offset, _, text in lines:
+                if f'"{SERVED}"' not in text:
+                    continue
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("type") == SERVED and isinstance(record.get("request_id"), str):
+                    self.where[record["request_id"]] = (path, offset)
+            self.positions[path] = end
+
+    def lookup(self, request_id: str) -> dict | None:
+        if request_id not in self.where:
+            self.refresh()
+        found = self.where.get(request_id)
+        if found is None:
+            return None
+        path, offset = found
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                return json.loads(handle.readline())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+
+class OutcomeLog:
+    """
+    Append-only log of served requests and their feedback, as rotating JSONL shards in `folder`.
+
+    Args:
+        folder: the log folder (created if needed). Several processes may share it.
+        log_prompts: keep the routed text (the default: it is what makes the log routing data); when
+            False only its SHA-256 is written (`prompt_sha256`), and the log can count and price the
+            traffic but not train on it.
+        max_shard_bytes: start a new shard once the current one reaches this size.
+        max_shard_seconds: start a new shard once the current one is this old (None: no time limit).
+        fsync: `"rotate"`, `"always"` or `"never"` (see the module docstring).
+        prices: the router's price table `{model: {"input": $/M, "output": $/M}}`, written to
+            `prices.json` so that the log loads as routing data with its costs.
+        prices_recorded_on: the date of that price table.
+    """
+
+    def __init__(
+        self,
+        folder,
+        log_prompts: bool = True,
+        max_shard_bytes: int = 64 * 2**20,
+        max_shard_seconds: float | None = 3600.0,
+        fsync: str = "rotate",
+        prices: Mapping | None = None,
+        prices_recorded_on: str | None = None,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}.")
+        if not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}.")
+        if max_shard_seconds is not None and not (max_shard_seconds > 0):
+            raise ValueError(f"max_shard_seconds must be positive or None, got {max_shard_seconds!r}.")
+        self.folder = Path(folder).expanduser()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"The outcome log {self.folder} exists and is not a folder; choose another --log-dir.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log_prompts = bool(log_prompts)
+        self.max_shard_bytes = max_shard_bytes
+        self.max_shard_seconds = max_shard_seconds
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._token = secrets.token_hex(3)
+        self._sequence = 0
+        self._shard: Path | None = None
+        self._shard_bytes = 0
+        self._shard_opened = 0.0
+        self._closed = False
+        self._index = _ServedIndex(self.folder)
+        if prices is not None:
+            self._write_prices(validate_prices(prices), prices_recorded_on)
+
+    # ------------------------------------------------------------------------------- writing
+
+    @property
+    def shard(self) -> Path | None:
+        """The shard this process writes to now (None before the first record)."""
+        return self._shard
+
+    def record(self, record: Mapping) -> None:
+        """
+        Append one served request. `record` holds at least `request_id` (str) and `model` (the chosen
+        candidate, or None when no upstream answered); `time` defaults to now. The gateway also gives
+        `prompt`, `mu`, `predicted_quality`, `predicted_output_tokens`, `predicted_cost`, `usage`
+        (`prompt_tokens`, `completion_tokens`), `realised_cost`, `latency_s`, `ttfb_s`, `fallbacks`,
+        `status` ("ok" when the answer reached the client) and `route_on`.
+        """
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record must be a mapping, got {type(record).__name__}.")
+        request_id = record.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"record needs a non-empty string request_id, got {request_id!r}.")
+        model = record.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ValueError(f"record's model must be a candidate name or None, got {model!r}.")
+        line = {"type": SERVED, **_jsonable(dict(record))}
+        line["type"] = SERVED
+        line.setdefault("time", time.time())
+        if not self.log_prompts and "prompt" in line:
+            prompt = line.pop("prompt")
+            if isinstance(prompt, str):
+                line["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        self._append(line)
+
+    def feedback(self, request_id: str, score: float) -> dict:
+        """
+        Attach a quality label in [0, 1] to a served request: appends a feedback record and returns
+        the served record it labels (as logged; with `prompt` unless prompts are not logged).
+
+        Raises:
+            ValueError: `score` is not a number in [0, 1], or the request was not answered.
+            UnknownRequestError (a `KeyError`): no served record has this id (in any shard of the folder).
+        """
+        score = check_score(score)
+        if not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}.")
+        with self._index_lock:  # not the write lock: serving goes on while the index is read
+            served = self._index.lookup(request_id)
+        if served is None:
+            raise UnknownRequestError(request_id, self.folder)
+        if not answered(served):
+            raise ValueError(
+                f"Request {request_id!r} was not answered (status {served.get('status')!r}): there is no answer to score."
+            )
+        self._append({"type": FEEDBACK, "request_id": request_id, "score": score, "time": time.time()})
+        return served
+
+    def _append(self, line: dict) -> None:
+        data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"The outcome log {self.folder} is closed; nothing more can be written.")
+            if os.getpid() != self._pid:  # a forked child: never write to the parent's shard
+                self._pid, self._fd, self._shard, self._token = os.getpid(), None, None, secrets.token_hex(3)
+            if self._fd is not None and self._should_rotate(len(data)):
+                self._close_shard()
+            if self._fd is None:
+                self._open_shard()
+            view = memoryview(data)
+            while view:  # a regular-file write is whole in practice; loop in case it is not
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._shard_bytes += len(data)
+            if self.fsync == "always":
+                os.fsync(self._fd)
+
+    def _should_rotate(self, incoming: int) -> bool:
+        if self._shard_bytes and self._shard_bytes + incoming > self.max_shard_bytes:
+            return True
+        return self.max_shard_seconds is not None and time.time() - self._shard_opened >= self.max_shard_seconds
+
+    def _open_shard(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        while True:
+            name = f"{SHARD_PREFIX}{stamp}-{self._pid}-{self._token}-{self._sequence:06d}{SHARD_SUFFIX}"
+            self._sequence += 1
+            try:
+                self._fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                break
+            except FileExistsError:
+                continue
+        self._shard, self._shard_bytes, self._shard_opened = self.folder / name, 0, time.time()
+
+    def _close_shard(self) -> None:
+        if self._fd is None:
+            return
+        if self.fsync != "never":
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    def _write_prices(self, prices: dict, recorded_on: str | None) -> None:
+        """prices.json, replaced atomically (concurrent workers write the same table)."""
+        document = {"recorded_on": recorded_on, "source": "the router served by carrot serve", "prices": prices}
+        target = self.folder / PRICES_FILENAME
+        temporary = self.folder / f".{PRICES_FILENAME}.{os.getpid()}.{secrets.token_hex(3)}.tmp"
+        temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, target)
+
+    def close(self) -> None:
+        """Force the open shard to disk (unless `fsync="never"`) and close it. Idempotent."""
+        with self._lock:
+            if os.getpid() == self._pid:
+                self._close_shard()
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
