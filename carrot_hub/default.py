@@ -26,10 +26,15 @@ DEFAULT_KNN_K = 128  # picked by 5-fold out-of-fold routing AIQ over 4…512 on 
 _CACHE_VERSION = "v4"
 
 
+def cache_root() -> Path:
+    """Where carrot_hub keeps what it builds once (the default router, converted models):
+    $CARROT_HUB_CACHE, else ~/.cache/carrot_hub."""
+    return Path(os.environ.get("CARROT_HUB_CACHE") or Path.home() / ".cache" / "carrot_hub")
+
+
 def default_cache_dir() -> Path:
-    """Where the default router is built: $CARROT_HUB_CACHE, else ~/.cache/carrot_hub."""
-    root = os.environ.get("CARROT_HUB_CACHE") or Path.home() / ".cache" / "carrot_hub"
-    return Path(root) / f"default-router-{_CACHE_VERSION}"
+    """Where the default router is built: `cache_root()/default-router-<version>`."""
+    return cache_root() / f"default-router-{_CACHE_VERSION}"
 
 
 def default_router(
