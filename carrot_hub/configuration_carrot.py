@@ -5,6 +5,7 @@ standard library and transformers.
 """
 
 import math
+import numbers
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -12,6 +13,12 @@ from transformers import PretrainedConfig
 PREDICTOR_KINDS = ("knn", "mlp")
 # Rows `remember()` may add beyond the training rows when `knn_memory_cap` is None.
 DEFAULT_MAX_REMEMBERED_ROWS = 100_000
+# No LLM costs anywhere near a thousand dollars per token; a price above this is a typo (or an
+# attack on the arithmetic: prices near float32's limit would overflow the utility).
+MAX_PRICE_PER_MILLION = 1e9
+# The utility is compared in float32; a cost scale below float32's smallest normal number would
+# turn every cost into an infinite penalty.
+MIN_COST_SCALE = 2.0**-126
 
 
 class CarrotConfig(PretrainedConfig):
@@ -86,11 +93,18 @@ class CarrotConfig(PretrainedConfig):
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
-        n_models = len(self.candidate_models)
-        self.input_price_per_million = [float(p) for p in (input_price_per_million or [0.0] * n_models)]
-        self.output_price_per_million = [float(p) for p in (output_price_per_million or [0.0] * n_models)]
+        for field, prices in (("input_price_per_million", input_price_per_million),
+                              ("output_price_per_million", output_price_per_million)):
+            if prices is None and self.candidate_models:
+                # A missing table must not silently price every candidate at $0.
+                raise ValueError(
+                    f"The router config (config.json) lists candidate_models but no {field}: every "
+                    "candidate needs its prices. Restore config.json, or set them with `carrot set-prices`."
+                )
+        self.input_price_per_million = list(input_price_per_million or [])
+        self.output_price_per_million = list(output_price_per_million or [])
         self.prices_recorded_on = prices_recorded_on
-        self.cost_scale = float(cost_scale)
+        self.cost_scale = cost_scale
         self.default_mu = float(default_mu)
         self.predictor_kind = predictor_kind
         self.knn_k = int(knn_k)
@@ -105,7 +119,7 @@ class CarrotConfig(PretrainedConfig):
         self.encoder_name = encoder_name
         self.quality_target = quality_target
         self.training_data = training_data
-        self.output_tokens_floor = float(output_tokens_floor)
+        self.output_tokens_floor = output_tokens_floor
         super().__init__(**kwargs)
         self.validate_router_fields()
 
@@ -136,12 +150,18 @@ class CarrotConfig(PretrainedConfig):
                     f"{field} has {len(values)} entries but there are {len(names)} candidate_models; "
                     "give one price per candidate, in the same order."
                 )
-            for name, value in zip(names, values):
-                check_price(value, f"{field} of {name!r}")
+            setattr(self, field, [check_price(value, f"{field} of {name!r}") for name, value in zip(names, values)])
         if self.predictor_kind not in PREDICTOR_KINDS:
             raise ValueError(f"predictor_kind must be one of {PREDICTOR_KINDS}, got {self.predictor_kind!r}.")
-        if not (math.isfinite(self.cost_scale) and self.cost_scale > 0):
-            raise ValueError(f"cost_scale must be a finite positive number of dollars, got {self.cost_scale!r}.")
+        self.cost_scale = check_number(self.cost_scale, "cost_scale", "a number of US dollars per prompt")
+        if not (math.isfinite(self.cost_scale) and self.cost_scale >= MIN_COST_SCALE):
+            raise ValueError(
+                f"cost_scale must be a finite positive number of dollars (at least {MIN_COST_SCALE:.3g}), "
+                f"got {self.cost_scale!r}."
+            )
+        self.output_tokens_floor = check_number(self.output_tokens_floor, "output_tokens_floor", "a number of tokens")
+        if not (math.isfinite(self.output_tokens_floor) and self.output_tokens_floor >= 0):
+            raise ValueError(f"output_tokens_floor must be a finite number of tokens ≥ 0, got {self.output_tokens_floor!r}.")
         check_mu(self.default_mu)
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")
@@ -156,23 +176,57 @@ class CarrotConfig(PretrainedConfig):
             raise ValueError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}.")
         if self.max_prompt_tokens < 2:
             raise ValueError(f"max_prompt_tokens must be at least 2, got {self.max_prompt_tokens}.")
+        check_max_prompt_tokens(self.max_prompt_tokens, self.encoder_config)
+
+
+def check_max_prompt_tokens(max_prompt_tokens: int, encoder_config: dict) -> None:
+    """Raise `ValueError` when `max_prompt_tokens` exceeds the encoder's positions (`max_position_embeddings`)."""
+    position_limit = encoder_config.get("max_position_embeddings")
+    if isinstance(position_limit, int) and max_prompt_tokens > position_limit:
+        raise ValueError(
+            f"max_prompt_tokens = {max_prompt_tokens} is more than the encoder can read: it has "
+            f"{position_limit} positions (max_position_embeddings). Use at most {position_limit}."
+        )
+
+
+def check_number(value, what: str, meaning: str = "a number") -> float:
+    """
+    Return `value` as a float if it is a real number (Python's or numpy's, e.g. `np.float32(0.3)`,
+    or a one-element tensor), else raise `ValueError` naming `what`. Booleans are not numbers here.
+    """
+    if type(value).__name__ in ("bool", "bool_") or isinstance(value, (str, bytes)):
+        raise ValueError(f"{what} must be {meaning}, got {value!r} ({type(value).__name__}).")
+    if not isinstance(value, numbers.Real):
+        try:
+            value = float(value)  # e.g. a one-element tensor
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be {meaning}, got {value!r} ({type(value).__name__}).") from None
+    return float(value)
 
 
 def check_mu(mu) -> float:
     """Return μ as a float, or raise `ValueError` if it is not a number in [0, 1]."""
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) and not hasattr(mu, "__float__"):
-        raise ValueError(f"mu must be a number in [0, 1], got {mu!r} ({type(mu).__name__}).")
-    value = float(mu)
+    value = check_number(mu, "mu", "a number in [0, 1]")
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise ValueError(f"mu must be in [0, 1] (0 = best quality, 1 = cheapest), got {value!r}.")
     return value
 
 
 def check_price(value, what: str) -> float:
-    """Return a price as a float, or raise `ValueError` naming `what` if it is not finite and ≥ 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} must be a number of US dollars per million tokens, got {value!r}.")
-    value = float(value)
+    """Return a price as a float, or raise `ValueError` naming `what` if it is not finite, ≥ 0 and sane."""
+    value = check_number(value, what, "a number of US dollars per million tokens")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite price ≥ 0 in US dollars per million tokens, got {value!r}.")
+    if value > MAX_PRICE_PER_MILLION:
+        raise ValueError(
+            f"{what} is {value:g} US dollars per million tokens, more than any LLM costs "
+            f"(the limit is {MAX_PRICE_PER_MILLION:g}); prices are in $ per million tokens."
+        )
     return value
+
+
+def check_positive_int(value, what: str) -> int:
+    """Return `value` as an int if it is a positive integer (Python's or numpy's), else raise `ValueError`."""
+    if type(value).__name__ in ("bool", "bool_") or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}.")
+    return int(value)

@@ -6,7 +6,9 @@ torch, numpy, transformers, the standard library and its sibling (relative impor
 """
 
 import math
+import os
 import threading
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,9 +20,27 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as transformers_logging
 from transformers.utils.logging import tqdm
 
-from .configuration_carrot import DEFAULT_MAX_REMEMBERED_ROWS, CarrotConfig, check_mu, check_price
+from .configuration_carrot import (
+    DEFAULT_MAX_REMEMBERED_ROWS,
+    CarrotConfig,
+    check_mu,
+    check_number,
+    check_positive_int,
+    check_price,
+)
 
 DOLLARS_PER_MILLION = 1e6
+# Prompts are tokenized this many at a time: the tokenizer's output for a whole list of long
+# prompts takes gigabytes (50,000 prompts of 400 words: ~4 GB), one chunk only a few hundred MB.
+TOKENIZE_CHUNK_PROMPTS = 1024
+# A prompt is counted as at least one input token per this many UTF-8 bytes. The encoder's
+# tokenizer collapses some text (a word longer than 100 characters becomes one [UNK]; zero-width
+# and control characters are dropped) that the candidate LLMs still charge for, so its count alone
+# could be gamed. Ordinary text never reaches the bound: RouterBench prompts average 4.3 bytes per
+# WordPiece token and the densest has 6.6, so their counts stay the tokenizer's exact ones.
+MAX_BYTES_PER_TOKEN = 8
+# Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
+_NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
 @dataclass
@@ -67,12 +87,15 @@ class PromptPredictions:
         output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
         input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
         truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+        candidate_models (`list[str]`, *optional*): the candidates of the router that made them, in
+            column order (so that another router cannot mistake them for its own).
     """
 
     quality: torch.Tensor
     output_tokens: torch.Tensor
     input_tokens: torch.Tensor
     truncated: list[bool] = field(default_factory=list)
+    candidate_models: list[str] | None = None
 
     def __len__(self) -> int:
         return self.quality.shape[0]
@@ -180,8 +203,11 @@ def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: fl
     """
     # Written as quality − μ·(quality + cost / cost_scale): one fused multiply-add per μ, and the
     # same arithmetic for a single μ and for a sweep, so both give bit-identical utilities.
+    # The cost term is divided in float64 and capped at float32's largest number: an astronomical
+    # cost is then the worst finite penalty instead of inf, and μ = 0 never meets 0·inf = NaN.
     quality = quality.float()
-    penalty = quality + (cost / cost_scale).float()
+    largest = torch.finfo(torch.float32).max
+    penalty = quality + (cost.double() / cost_scale).clamp(max=largest).float()
     mu = torch.as_tensor(mu, dtype=torch.float32, device=quality.device)
     if mu.ndim == 1:
         mu = mu[:, None, None]
@@ -221,7 +247,14 @@ def choose_candidates(
         cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
         fallback = F.one_hot(cheapest, n_models).bool()
         feasible = torch.where(over_budget[:, None], fallback, within)
-    utility = carrot_utility(quality, cost, mu, cost_scale).masked_fill(~feasible, -math.inf)
+    utility = carrot_utility(quality, cost, mu, cost_scale)
+    if torch.isnan(utility).any():  # argmax would pick the NaN column: never decide on it
+        row = int(torch.isnan(utility).flatten(0, -2).any(-1).nonzero()[0]) % cost.shape[0]
+        raise ValueError(
+            f"The predictions for prompt {row} are not numbers (quality {quality[row].tolist()}, cost "
+            f"{cost[row].tolist()}): the router's weights or the predictions passed in are corrupted."
+        )
+    utility = utility.masked_fill(~feasible, -math.inf)
     return utility.argmax(dim=-1), utility, over_budget
 
 
@@ -241,6 +274,15 @@ class CarrotMLPHeads(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(batch, hidden)` → quality logits `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
         return self.quality(embeddings), self.log_output_tokens(embeddings)
+
+
+def _check_finite_rows(embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
+    """Raise `ValueError` before NaN or infinite values enter a kNN memory (NaN cells mean "not observed")."""
+    if not bool(torch.isfinite(embeddings).all()):
+        raise ValueError("The kNN memory's embeddings hold NaN or infinite values; encode the prompts again.")
+    for name, values in (("quality", quality), ("output_tokens", output_tokens)):
+        if bool(torch.isinf(values).any()):
+            raise ValueError(f"The kNN memory's {name} hold infinite values; a missing cell is NaN, not inf.")
 
 
 class CarrotKNNMemory(nn.Module):
@@ -267,8 +309,9 @@ class CarrotKNNMemory(nn.Module):
     def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
         """
         Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
-        `(n, n_models)` with NaN for missing cells.
+        `(n, n_models)` with NaN for missing cells (infinities are refused).
         """
+        _check_finite_rows(embeddings, quality, output_tokens)
         self._set_rows(
             embeddings.detach().float().clone(),
             torch.nan_to_num(quality.float(), nan=0.0),
@@ -316,6 +359,7 @@ class CarrotKNNMemory(nn.Module):
         Returns:
             `(n_remembered, n_evicted)` after the change: the new rows count as remembered.
         """
+        _check_finite_rows(embeddings, quality, output_tokens)
         old = self._rows()
         device = old[0].device
         n_old = old[0].shape[0]
@@ -394,15 +438,42 @@ class CarrotPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except Exception as error:
             explained = _explain_load_error(error, pretrained_model_name_or_path)
             if explained is error:
                 raise
             raise explained from error
-        model.check_consistency(source=str(pretrained_model_name_or_path))
-        return model
+        source = str(pretrained_model_name_or_path)
+        check_predictor_weights(model, info, source)
+        model.check_consistency(source=source)
+        if isinstance(model, CarrotRouter):
+            model.tokenizer  # a router without its tokenizer fails here, not at the first route()
+        return (model, info) if wants_info else model
+
+
+def check_predictor_weights(model, loading_info: dict, source: str) -> None:
+    """
+    Raise `ValueError` when model.safetensors lacks the predictor `config.predictor_kind` names
+    (transformers would otherwise initialise it afresh: every prediction the same meaningless value).
+    """
+    expected = [key for key in model.state_dict() if key.startswith("predictor.")]
+    missing = [key for key in loading_info.get("missing_keys", ()) if key.startswith("predictor.")]
+    unexpected = [key for key in loading_info.get("unexpected_keys", ()) if key.startswith("predictor.")]
+    if not missing or (not unexpected and len(missing) < len(expected)):
+        return
+    found = {"predictor.embeddings": "knn", "predictor.quality.0.weight": "mlp"}
+    saved_kind = next((kind for key, kind in found.items() if key in unexpected), None)
+    saved = f"the weights hold a {saved_kind!r} predictor" if saved_kind else "the weights hold no such predictor"
+    raise ValueError(
+        f"The router at {source}: config.json says predictor_kind={model.config.predictor_kind!r} but "
+        f"model.safetensors lacks {missing[0]!r} ({len(missing)} predictor weights missing; {saved}). "
+        "Restore the config.json saved with these weights."
+    )
 
 
 def _explain_load_error(error: Exception, source) -> Exception:
@@ -545,8 +616,10 @@ class CarrotRouter(CarrotPreTrainedModel):
                         # would ask again about the router's own auto_map in config.json.
                         verbosity = transformers_logging.get_verbosity()
                         transformers_logging.set_verbosity_error()  # silences a config-type notice
+                        if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "tokenizer.json")):
+                            raise OSError(f"{os.path.join(source, 'tokenizer.json')} does not exist")
                         try:
-                            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+                            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
                         finally:
                             transformers_logging.set_verbosity(verbosity)
                     except Exception as error:
@@ -554,7 +627,23 @@ class CarrotRouter(CarrotPreTrainedModel):
                             f"This router has no tokenizer (looked in {source!r}: {error}). Save one next "
                             "to config.json (router.set_tokenizer(tok); router.save_pretrained(folder))."
                         ) from error
+                    self._check_tokenizer(tokenizer, source)
+                    self._tokenizer = tokenizer
         return self._tokenizer
+
+    def _check_tokenizer(self, tokenizer, source) -> None:
+        """Raise `OSError` when the tokenizer's vocabulary cannot be the encoder's (wrong or empty tokenizer.json)."""
+        vocab_size = getattr(self.encoder.config, "vocab_size", None)
+        if not isinstance(vocab_size, int):
+            return
+        # A tokenizer a little smaller than the embedding table is normal (padded tables); one with a
+        # few special tokens only, or with ids beyond the table, would route on unknown tokens.
+        if not vocab_size // 2 <= len(tokenizer) <= vocab_size:
+            raise OSError(
+                f"The tokenizer of the router at {source!r} (tokenizer.json) has {len(tokenizer)} tokens but "
+                f"its encoder embeds {vocab_size}: it is not the encoder's tokenizer. Save the encoder's "
+                "tokenizer with the router (router.set_tokenizer(tok); router.save_pretrained(folder))."
+            )
 
     def set_tokenizer(self, tokenizer) -> None:
         """Attach the tokenizer of the encoder; `save_pretrained` saves it next to the weights."""
@@ -571,28 +660,38 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def encode(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptEncoding:
         """
-        Tokenize and embed prompts. They are tokenized once, sorted by length so that each batch
+        Tokenize and embed prompts. They are tokenized `TOKENIZE_CHUNK_PROMPTS` at a time (memory
+        stays flat however many prompts are given), each chunk sorted by length so that each batch
         pads little, encoded under inference mode, and returned in input order: embeddings
         `(batch, hidden)`, as ordinary tensors (usable to train heads on).
         """
         prompts = check_prompts(prompts)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = check_positive_int(batch_size, "batch_size")
         hidden = self.encoder.config.hidden_size
-        if not prompts:
-            return PromptEncoding(torch.zeros(0, hidden), torch.zeros(0), [])
-        token_ids, input_tokens, truncated = self._tokenize(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
         embeddings = torch.empty(len(prompts), hidden)
+        input_tokens = torch.empty(len(prompts))
+        truncated = []
         pad_id = self.tokenizer.pad_token_id or 0
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="encoding prompts", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], pad_id)
-            with torch.inference_mode():
-                batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
-            embeddings[torch.tensor(rows)] = batch_embeddings.float().cpu()
-        return PromptEncoding(embeddings, torch.tensor(input_tokens, dtype=torch.float32), truncated)
+        n_batches = sum(
+            math.ceil(min(TOKENIZE_CHUNK_PROMPTS, len(prompts) - start) / batch_size)
+            for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)
+        )
+        bar = tqdm(total=n_batches, desc="encoding prompts", unit="batch", disable=not progress)
+        for offset in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS):
+            chunk = prompts[offset : offset + TOKENIZE_CHUNK_PROMPTS]
+            token_ids, counts, chunk_truncated = self._tokenize(chunk)
+            order = sorted(range(len(chunk)), key=lambda i: len(token_ids[i]))
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], pad_id)
+                with torch.inference_mode():
+                    batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
+                embeddings[torch.tensor(rows) + offset] = batch_embeddings.float().cpu()
+                bar.update(1)
+            input_tokens[offset : offset + len(chunk)] = torch.tensor(counts, dtype=torch.float32)
+            truncated.extend(chunk_truncated)
+        bar.close()
+        return PromptEncoding(embeddings, input_tokens, truncated)
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
@@ -611,10 +710,15 @@ class CarrotRouter(CarrotPreTrainedModel):
             quality.append(chunk_quality.float().cpu())
             output_tokens.append(chunk_tokens.float().cpu())
         return PromptPredictions(
-            torch.cat(quality), torch.cat(output_tokens), encoding.input_tokens, list(encoding.truncated)
+            torch.cat(quality), torch.cat(output_tokens), encoding.input_tokens, list(encoding.truncated),
+            candidate_models=list(self.config.candidate_models),
         )
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+        """
+        Prompts → token ids cut to `max_prompt_tokens` (special tokens included), input token
+        counts (untruncated, at least one per `MAX_BYTES_PER_TOKEN` UTF-8 bytes), truncated flags.
+        """
         tokenizer = self.tokenizer
         max_length = self.config.max_prompt_tokens
         # The tokenizer's padding/truncation state is shared; concurrent calls must not interleave.
@@ -623,8 +727,8 @@ class CarrotRouter(CarrotPreTrainedModel):
             n_special = tokenizer.num_special_tokens_to_add(pair=False)
         token_ids, input_tokens, truncated = [], [], []
         keep_end = self.config.truncation_side == "left"
-        for ids in encoded:
-            input_tokens.append(len(ids) - n_special)
+        for prompt, ids in zip(prompts, encoded):
+            input_tokens.append(max(len(ids) - n_special, math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
             if len(ids) > max_length:
                 if keep_end:  # keep the opening special token and the last tokens (the question)
                     ids = ids[:1] + ids[-(max_length - 1) :]
@@ -684,14 +788,36 @@ class CarrotRouter(CarrotPreTrainedModel):
         input_prices, output_prices = self.resolve_prices(prices)
         allowed_mask = self.resolve_allowed(allowed)
         if max_cost is not None:
-            if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)):
-                raise ValueError(f"max_cost must be a number of US dollars per prompt, got {max_cost!r}.")
+            max_cost = check_number(max_cost, "max_cost", "a number of US dollars per prompt")
             if not math.isfinite(max_cost) or max_cost < 0:
                 raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
-            max_cost = float(max_cost)
         return mu, input_prices, output_prices, allowed_mask, max_cost
 
+    def _check_predictions(self, predictions: PromptPredictions) -> None:
+        """Raise `ValueError` when `predictions` were not made by a router with these candidates."""
+        names = self.config.candidate_models
+        made_for = predictions.candidate_models
+        if made_for is not None and list(made_for) != list(names):
+            raise ValueError(
+                f"These predictions were made by a router with candidates {list(made_for)}, not this "
+                f"router's {list(names)}: call predict() on this router."
+            )
+        batch = predictions.quality.shape[0] if predictions.quality.ndim == 2 else -1
+        shapes_agree = (
+            predictions.quality.shape == (batch, len(names))
+            and predictions.output_tokens.shape == (batch, len(names))
+            and predictions.input_tokens.shape == (batch,)
+        )
+        if not shapes_agree:
+            raise ValueError(
+                f"The predictions have quality {tuple(predictions.quality.shape)}, output_tokens "
+                f"{tuple(predictions.output_tokens.shape)} and input_tokens {tuple(predictions.input_tokens.shape)}; "
+                f"this router needs (batch, {len(names)}), (batch, {len(names)}) and (batch,): "
+                "were they made by another router? Call predict() on this router."
+            )
+
     def _decide(self, predictions, mu, input_prices, output_prices, allowed_mask, max_cost) -> RoutingDecision:
+        self._check_predictions(predictions)
         cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
         indices, utility, over_budget = choose_candidates(
             predictions.quality, cost, mu, self.config.cost_scale, allowed_mask, max_cost
@@ -842,7 +968,10 @@ class CarrotRouter(CarrotPreTrainedModel):
     # ------------------------------------------------------------------------------ consistency
 
     def check_consistency(self, source: str = "this router") -> None:
-        """Raise `ValueError` if the weights' number of candidates differs from the config's price table."""
+        """
+        Raise `ValueError` if the weights' number of candidates differs from the config's price table,
+        or if the predictor's weights (kNN memory or heads) hold NaN or infinite values.
+        """
         n_models = self.config.num_candidates
         if isinstance(self.predictor, CarrotKNNMemory):
             width = self.predictor.quality.shape[1]
@@ -853,6 +982,12 @@ class CarrotRouter(CarrotPreTrainedModel):
                 f"The router at {source} predicts {width} candidates but its config lists {n_models} "
                 f"({', '.join(self.config.candidate_models)}). The price table must match the heads."
             )
+        for name, tensor in self.predictor.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"The router at {source}: model.safetensors holds NaN or infinite values in predictor.{name}; "
+                    "its predictions would not be numbers. Save or download the router again."
+                )
 
 
 def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is_logits: bool) -> torch.Tensor:
@@ -887,8 +1022,13 @@ def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
+def prompt_has_content(prompt: str) -> bool:
+    """Whether `prompt` holds anything but whitespace, separators, control and zero-width characters."""
+    return any(unicodedata.category(character) not in _NO_CONTENT_CATEGORIES for character in prompt)
+
+
 def check_prompts(prompts) -> list[str]:
-    """Return prompts as a list of non-empty strings, or raise naming the first bad position."""
+    """Return prompts as a list of strings with content, or raise naming the first bad position."""
     if isinstance(prompts, str):
         return [prompts]
     if prompts is None or not isinstance(prompts, Sequence):
@@ -897,8 +1037,11 @@ def check_prompts(prompts) -> list[str]:
     for position, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt {position} is a {type(prompt).__name__}, not a string: {prompt!r:.80}")
-        if not prompt.strip():
-            raise ValueError(f"prompt {position} is empty: there is nothing to route. Remove it or give it text.")
+        if not prompt_has_content(prompt):
+            raise ValueError(
+                f"prompt {position} is empty (nothing but whitespace, control or zero-width characters): "
+                "there is nothing to route. Remove it or give it text."
+            )
     return prompts
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .modeling_carrot import CarrotRouter, PromptPredictions
+from .modeling_carrot import CarrotRouter, PromptPredictions, check_prompts
 
 TASK = "llm-routing"
 
@@ -58,6 +58,7 @@ class LLMRoutingPipeline(Pipeline):
         """One prompt → input_ids and attention_mask `(1, seq)`, input_tokens `(1,)`, truncated `(1,)`."""
         if not isinstance(prompt, str):
             raise TypeError(f"llm-routing routes strings, got {type(prompt).__name__}: {prompt!r:.80}")
+        check_prompts([prompt])  # the same rules as route(): an empty prompt is refused
         token_ids, input_tokens, truncated = self.model._tokenize([prompt])
         ids = torch.tensor([token_ids[0]], dtype=torch.long)
         return {
@@ -84,6 +85,7 @@ class LLMRoutingPipeline(Pipeline):
             output_tokens=model_outputs["output_tokens"].reshape(1, -1),
             input_tokens=model_outputs["input_tokens"].reshape(1),
             truncated=[bool(model_outputs["truncated"].reshape(-1)[0])],
+            candidate_models=list(self.model.config.candidate_models),
         )
         decision = self.model.decide(predictions, mu=mu, prices=prices, allowed=allowed, max_cost=max_cost)
         record = decision.to_records()[0]
