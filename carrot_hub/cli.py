@@ -16,6 +16,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import BadInputError
 from .precision import ENCODER_DTYPE_CHOICES
 
 PROG = "carrot"
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except UsageError as error:
+    except (UsageError, BadInputError) as error:  # bad options, files, lines or rows
         return _report(command, error, 2, debug)
     except Failure as error:
         return _report(command, error, 1, debug)

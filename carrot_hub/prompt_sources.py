@@ -12,13 +12,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import BadInputError
+
 TEXT_SUFFIXES = (".txt", ".text", ".prompts")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class InputError(ValueError):
+class _NotMine:
+    """The marker readers yield for a record that belongs to another process (not parsed)."""
+
+    def __repr__(self) -> str:
+        return "NOT_MINE"
+
+
+NOT_MINE = _NotMine()  # a prompt can be None (a null in JSON or parquet): that one is bad input
+
+
+class InputError(BadInputError):
     """The prompts given cannot be read as asked (a usage error: the user can fix the input or option)."""
 
 
@@ -78,11 +90,11 @@ class PromptSource:
         for index, (where, prompt) in enumerate(reader(rank, world_size)):
             if index % world_size != rank:
                 continue
-            if prompt is None:  # the reader skipped parsing a row another process owns
+            if prompt is NOT_MINE:  # the reader skipped parsing a row another process owns
                 continue
             yield index, _check_prompt(prompt, where, self)
 
-    # Readers yield (where, prompt) for every record; they may yield prompt=None for rows that
+    # Readers yield (where, prompt) for every record; they may yield prompt=NOT_MINE for rows that
     # belong to another process when parsing them would be wasted work.
 
     def _iter_list(self, rank, world_size):
@@ -90,28 +102,34 @@ class PromptSource:
             yield f"prompt {position + 1}", prompt
 
     def _iter_text_lines(self, lines):
-        for number, line in enumerate(lines, start=1):
+        for number, line in lines:
             line = line.rstrip("\r\n")
             if line.strip():  # blank lines separate nothing: skip them
                 yield f"line {number}", line
 
     def _iter_text(self, rank, world_size):
-        with _open_text(self.location) as handle:
-            yield from self._iter_text_lines(handle)
+        with _open_binary(self.location) as handle:
+            yield from self._iter_text_lines(_utf8_lines(handle, self.location))
 
     def _iter_stdin(self, rank, world_size):
-        yield from self._iter_text_lines(sys.stdin)
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            raise InputError(
+                "Standard input is closed, so there are no prompts to read: pipe them in "
+                "(`cat prompts.txt | carrot route -`) or pass them as arguments or with --file."
+            )
+        yield from self._iter_text_lines(_utf8_lines(getattr(stdin, "buffer", stdin), "standard input"))
 
     def _iter_jsonl(self, rank, world_size):
         record_index = 0
-        with _open_text(self.location) as handle:
-            for number, line in enumerate(handle, start=1):
+        with _open_binary(self.location) as handle:
+            for number, line in _utf8_lines(handle, self.location):
                 if not line.strip():
                     continue
                 mine = record_index % world_size == rank
                 record_index += 1
                 if not mine:
-                    yield f"line {number}", None
+                    yield f"line {number}", NOT_MINE
                     continue
                 try:
                     record = json.loads(line)
@@ -229,20 +247,42 @@ def _existing_file(name: str) -> str:
     return str(path)
 
 
-def _open_text(location: str):
+def _open_binary(location: str):
     try:
-        return open(location, encoding="utf-8")
+        return open(location, "rb")
     except OSError as error:
         raise InputError(f"Cannot read {location}: {error.strerror or error}.") from None
 
 
+def _utf8_lines(handle, name: str) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of a binary (or text) handle, each line decoded as UTF-8 (a leading BOM dropped)."""
+    for number, line in enumerate(handle, start=1):
+        if isinstance(line, str):
+            yield number, line
+            continue
+        try:
+            yield number, line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"{name} line {number} is not UTF-8 text (byte {line[error.start:error.start + 1]!r} at "
+                f"column {error.start + 1}); save the file as UTF-8."
+            ) from None
+
+
 def _check_prompt(prompt, where: str, source: PromptSource) -> str:
+    from .modeling_carrot import prompt_has_content
+
+    if prompt is None:
+        raise InputError(f"{source.name} {where}: the prompt is null; remove the row or give it text.")
     if not isinstance(prompt, str):
         raise InputError(
             f"{source.name} {where}: the prompt is a {type(prompt).__name__}, not a string ({prompt!r:.60})."
         )
-    if not prompt.strip():
-        raise InputError(f"{source.name} {where}: the prompt is empty; remove the row or give it text.")
+    if not prompt_has_content(prompt):
+        raise InputError(
+            f"{source.name} {where}: the prompt is empty (nothing but whitespace, control or zero-width "
+            "characters); remove the row or give it text."
+        )
     return prompt
 
 

@@ -58,3 +58,14 @@ def test_unscored_model_is_an_error_or_dropped_on_request(sprout_folder, tmp_pat
     assert main(["--data", data, "--kind", "knn", "--k-grid", "2", "--folds", "2", "--out", str(out),
                  "--drop-unscored-models", "--no-progress"]) == 0
     assert AutoModel.from_pretrained(out).config.candidate_models == ["big-model", "mid-model"]
+
+
+def test_max_prompt_tokens_beyond_the_encoder_is_a_usage_error(sprout_folder, tmp_path, capsys):
+    from carrot_hub.cli import main as carrot
+
+    out = tmp_path / "r"
+    args = ["--data", str(sprout_folder), "--max-prompt-tokens", "600", "--out", str(out), "--no-progress"]
+    assert carrot(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "--max-prompt-tokens" in err and "512 positions" in err and len(err.strip().splitlines()) == 1
+    assert main(args) == 2 and not out.exists()

@@ -83,6 +83,29 @@ def _config_fields(args) -> dict:
     return fields
 
 
+def _check_max_prompt_tokens(args) -> None:
+    """`--max-prompt-tokens` beyond the encoder's positions fails here, before the data is read."""
+    if args.max_prompt_tokens is None:
+        return
+    from transformers import AutoConfig
+
+    from carrot_hub.building import default_encoder_path
+    from carrot_hub.configuration_carrot import check_max_prompt_tokens
+    from carrot_hub.errors import BadInputError
+
+    if args.max_prompt_tokens < 2:
+        raise BadInputError(f"--max-prompt-tokens must be at least 2, got {args.max_prompt_tokens}.")
+    encoder = args.encoder or default_encoder_path()
+    try:
+        encoder_config = AutoConfig.from_pretrained(encoder).to_dict()
+    except Exception:  # an encoder that cannot be read fails later with its own message
+        return
+    try:
+        check_max_prompt_tokens(args.max_prompt_tokens, encoder_config)
+    except ValueError as error:
+        raise BadInputError(f"--max-prompt-tokens: {error}") from None
+
+
 def run_train(args) -> int:
     """Train the router `args` describe and write it to `args.out`; returns the exit code (0)."""
     from carrot_hub.data import load_routing_table
@@ -90,6 +113,7 @@ def run_train(args) -> int:
     from .output import check_output_dir, save_router_atomically
 
     check_output_dir(args.out, overwrite=args.overwrite)  # fail before any work
+    _check_max_prompt_tokens(args)
     progress = not args.no_progress
     started = time.time()
     table = load_routing_table(args.data, split=args.split, streaming=args.streaming, progress=progress)

@@ -19,11 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..errors import BadInputError
+
 MODEL_FIELDS = ("score", "num_input_tokens", "num_output_tokens")
 PROMPT_COLUMN, KEY_COLUMN, TASK_COLUMN = "prompt", "key", "dataset"
 
 
-class RoutingDataError(ValueError):
+class RoutingDataError(BadInputError):
     """Routing data that does not have the SPROUT layout or holds an invalid value."""
 
 
