@@ -93,16 +93,9 @@ class CarrotConfig(PretrainedConfig):
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
-        for field, prices in (("input_price_per_million", input_price_per_million),
-                              ("output_price_per_million", output_price_per_million)):
-            if prices is None and self.candidate_models:
-                # A missing table must not silently price every candidate at $0.
-                raise ValueError(
-                    f"The router config (config.json) lists candidate_models but no {field}: every "
-                    "candidate needs its prices. Restore config.json, or set them with `carrot set-prices`."
-                )
-        self.input_price_per_million = list(input_price_per_million or [])
-        self.output_price_per_million = list(output_price_per_million or [])
+        n_models = len(self.candidate_models)
+        self.input_price_per_million = list(input_price_per_million or [0.0] * n_models)
+        self.output_price_per_million = list(output_price_per_million or [0.0] * n_models)
         self.prices_recorded_on = prices_recorded_on
         self.cost_scale = cost_scale
         self.default_mu = float(default_mu)
@@ -122,6 +115,19 @@ class CarrotConfig(PretrainedConfig):
         self.output_tokens_floor = output_tokens_floor
         super().__init__(**kwargs)
         self.validate_router_fields()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """As `PretrainedConfig.from_dict`, refusing a saved config whose price table is missing."""
+        if config_dict.get("candidate_models"):
+            for field in ("input_price_per_million", "output_price_per_million"):
+                if config_dict.get(field) is None and kwargs.get(field) is None:
+                    # Left out, the table would default to $0 for every candidate: silently free.
+                    raise ValueError(
+                        f"The router's config.json lists candidate_models but has no {field}: every "
+                        "candidate needs its prices. Restore config.json, or set the prices with `carrot set-prices`."
+                    )
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def num_candidates(self) -> int:

@@ -201,3 +201,28 @@ def test_split_table(tiny_table):
     parts = split_table(tiny_table, 0.5, seed=0, stratify_by_task=True)
     assert len(parts["validation"]) == 3 and sorted(parts["validation"].tasks) == ["code", "commonsense", "science"]
     assert parts["train"].split == "train" and parts["validation"].metadata["split_from"]["seed"] == 0
+
+
+@pytest.mark.parametrize("text", ["Infinity", "-Infinity", "NaN", "1e400", "1" + "0" * 400])
+def test_logs_token_counts_that_are_not_finite_name_their_line_and_can_be_skipped(tmp_path, text):
+    lines = [json.dumps(r) for r in _log_lines()[:4]]
+    lines[2] = lines[2].replace('"output_tokens": 3', f'"output_tokens": {text}')
+    assert text in lines[2]
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RoutingDataError, match=r"log.jsonl line 3: output_tokens .* is not a non-negative integer"):
+        read_routing_logs(path)
+    with pytest.warns(UserWarning, match="Skipped 1 of 4 lines"):
+        table = read_routing_logs(path, on_error="skip")
+    assert table.metadata["skipped"][0]["line"] == 3 and np.isfinite(np.nan_to_num(table.output_tokens)).all()
+
+
+def test_logs_line_that_is_not_utf8_is_named_and_can_be_skipped(tmp_path):
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in _log_lines()[:3]]
+    lines[1] = json.dumps({**_log_lines()[1], "prompt": "caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(RoutingDataError, match="log.jsonl line 2: not UTF-8 text"):
+        read_routing_logs(path)
+    with pytest.warns(UserWarning, match="Skipped 1 of 3 lines"):
+        read_routing_logs(path, on_error="skip")

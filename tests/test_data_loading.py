@@ -164,3 +164,57 @@ def test_bad_arguments(sprout_folder):
     with pytest.raises(ValueError, match="price"):
         load_routing_table(write_parquet(sprout_rows(2), sprout_folder.parent / "x" / "a.parquet"),
                            prices={MODELS[0]: {"input": -1, "output": 1}})
+
+
+# ------------------------------------------- files datasets cannot read: name the file and line
+
+
+def _read_error(source, **options) -> str:
+    with pytest.raises(RoutingDataError) as raised:
+        load_routing_table(source, **options)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_empty_and_unreadable_files_are_named(tmp_path, streaming):
+    empty_jsonl = tmp_path / "empty.jsonl"
+    empty_jsonl.write_text("\n")
+    message = _read_error(str(empty_jsonl), streaming=streaming)
+    assert str(empty_jsonl) in message and "no rows" in message
+    for name, content in (("empty.parquet", b""), ("binary.parquet", b"\x00\x01 not parquet" * 50)):
+        (tmp_path / name).write_bytes(content)
+        assert f"{tmp_path / name} is not a readable parquet file" in _read_error(str(tmp_path / name), streaming=streaming)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_malformed_or_non_utf8_jsonl_line_is_named(tmp_path, streaming):
+    path = write_jsonl(sprout_rows(4), tmp_path / "a.jsonl")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:2], lines[2][:-7], lines[3]]) + "\n")
+    assert f"{path} line 3 is not valid JSON" in _read_error(str(path), streaming=streaming)
+    path.write_bytes(b"\n".join([lines[0].encode(), lines[1].replace("Question", "Qu\u00e9stion").encode("latin-1")]) + b"\n")
+    assert f"{path} line 2 is not UTF-8 text" in _read_error(str(path), streaming=streaming)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_files_with_different_model_columns_are_named(tmp_path, streaming):
+    first = write_parquet(sprout_rows(3), tmp_path / "data" / "train-0.parquet")
+    rows = sprout_rows(3)
+    for row in rows:
+        row["key"] += "-b"
+        row["another-model"] = dict(row[MODELS[0]])
+    second = write_parquet(rows, tmp_path / "data" / "train-1.parquet")
+    message = _read_error([str(first), str(second)], streaming=streaming)
+    assert f"{second} has columns ['another-model'] that train-0.parquet lacks" in message
+
+
+def test_text_score_and_numeric_prompt_name_their_row_and_can_be_skipped(tmp_path):
+    rows = sprout_rows(5)
+    rows[1][MODELS[0]]["score"] = "high"
+    rows[3]["prompt"] = 42
+    path = write_jsonl(rows, tmp_path / "a.jsonl")
+    assert "Row 1 (key 'gpqa-1'): 'openai-gpt-4o-mini'.score = 'high' is not a number" in _read_error(str(path))
+    with pytest.warns(UserWarning, match="Skipped 2 of 5 rows"):
+        table = load_routing_table(str(path), on_error="skip")
+    assert [s["row"] for s in table.metadata["skipped"]] == [1, 3]
+    assert "prompt is not text" in table.metadata["skipped"][1]["reason"] and len(table) == 3

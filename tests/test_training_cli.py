@@ -69,3 +69,13 @@ def test_max_prompt_tokens_beyond_the_encoder_is_a_usage_error(sprout_folder, tm
     err = capsys.readouterr().err
     assert "--max-prompt-tokens" in err and "512 positions" in err and len(err.strip().splitlines()) == 1
     assert main(args) == 2 and not out.exists()
+
+
+def test_unreadable_data_is_a_usage_error_naming_the_file(tmp_path, capsys):
+    from carrot_hub.cli import main as carrot
+
+    data = tmp_path / "routing.jsonl"
+    data.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    assert carrot(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(f"carrot train: error: {data} line 2 is not valid JSON")

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .prices import validate_prices
 from .routing_table import RoutingTable
-from .sources import open_dataset
+from .sources import RoutingSourceError, explain_unreadable, open_dataset
 from .validation import RoutingDataError, RowValidator, decode_json_columns, discover_model_columns
 
 
@@ -25,7 +25,8 @@ def _read_batches(dataset, split, streaming, on_error, batch_size, progress):
     for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
         if validator is None:
             # Features may be unknown before the first batch (streamed JSON); the batch schema is exact.
-            validator = RowValidator(discover_model_columns(decode_json_columns(batch).schema), on_error=on_error)
+            # Values of the wrong type in it are set aside here and reported by row by the validator.
+            validator = RowValidator(discover_model_columns(decode_json_columns(batch, {}).schema), on_error=on_error)
         parts.append(validator(batch))
         bar.update(batch.num_rows)
     bar.close()
@@ -92,8 +93,14 @@ def load_routing_table(
         return read_routing_logs(outcome_log, on_error=on_error, prices=prices, split=split)
     # A throw-away cache for local sources (see open_dataset); Hub datasets use the normal cache.
     with tempfile.TemporaryDirectory(prefix="carrot-hub-data-") as cache_dir:
-        dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
-        validator, parts = _read_batches(dataset, split, streaming, on_error, batch_size, progress)
+        description = str(source)
+        try:
+            dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
+            validator, parts = _read_batches(dataset, split, streaming, on_error, batch_size, progress)
+        except (RoutingDataError, RoutingSourceError):
+            raise
+        except Exception as error:  # datasets' own errors name no file, line or column: find them
+            raise explain_unreadable(source, description, error) from error
     if validator is None:
         raise RoutingDataError(f"Split {split!r} of {description} has no rows.")
 

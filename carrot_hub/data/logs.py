@@ -33,6 +33,17 @@ from .validation import RoutingDataError
 REQUIRED_KEYS = ("prompt", "model", "score", "input_tokens", "output_tokens")
 
 
+def _finite(value) -> float | None:
+    """`value` as a finite float, or None for non-numbers, booleans, NaN, ±Infinity and 1e400-sized numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)  # an integer of 400 digits overflows here
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _check_record(record) -> str | None:
     """The problem with one parsed record, or None."""
     if not isinstance(record, dict):
@@ -49,14 +60,14 @@ def _check_record(record) -> str | None:
         return "model must be a non-empty string"
     score = record["score"]
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            return f"score {score!r} is not a number"
+        if _finite(score) is None:
+            return f"score {score!r:.40} is not a number"
         if not 0 <= score <= 1:
             return f"score {score!r} is outside [0, 1]"
     for key in ("input_tokens", "output_tokens"):
-        value = record[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
-            return f"{key} {value!r} is not a non-negative integer"
+        value = _finite(record[key])
+        if value is None or value < 0 or value != int(value):
+            return f"{key} {record[key]!r:.40} is not a non-negative integer"
     for key in ("prompt_id", "task"):
         if record.get(key) is not None and not isinstance(record[key], (str, int)):
             return f"{key} must be a string"
@@ -91,14 +102,17 @@ def read_routing_logs(
 
 
 def _jsonl_lines(path: Path):
-    """`(line number, parsed record or the JSONDecodeError)` for each non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    """
+    `(line number, parsed record, or the JSONDecodeError / UnicodeDecodeError)` for each non-blank
+    line of a JSONL file; each line is decoded on its own, so a line that is not UTF-8 is one bad line.
+    """
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as error:
+                yield line_number, json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 yield line_number, error
 
 
@@ -158,6 +172,10 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
         n_lines += 1
         if isinstance(record, json.JSONDecodeError):
             bad(line_number, f"not valid JSON ({record.msg})")
+            continue
+        if isinstance(record, UnicodeDecodeError):
+            bad(line_number, f"not UTF-8 text (byte {record.object[record.start:record.start + 1]!r} "
+                             f"at column {record.start + 1})")
             continue
         problem = _check_record(record)
         if problem:

@@ -102,6 +102,90 @@ def open_dataset(source, split: str, streaming: bool, cache_dir: str | None = No
     return dataset, _hub_prices(repo_id), repo_id
 
 
+def local_data_files(source) -> list[Path]:
+    """The parquet / JSONL files a local `source` (files, or a folder) reads from, in name order; [] for a Hub id."""
+    paths = [Path(p).expanduser() for p in source] if isinstance(source, (list, tuple)) else [Path(source).expanduser()]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS
+                            and p.name != PRICES_FILENAME and not any(part.startswith(".") for part in p.parts))
+        elif path.is_file():
+            files.append(path)
+    return files
+
+
+def explain_unreadable(source, description: str, error: BaseException):
+    """
+    The `RoutingDataError` to raise when `datasets` failed to read `source`: the file (and line,
+    or columns) at fault when one of the local files is empty, not parquet, not UTF-8, not JSON
+    Lines, or has other columns than the first file; else the library's message with the source.
+    """
+    from .validation import RoutingDataError
+
+    columns_seen: tuple[Path, list[str]] | None = None
+    all_empty = True
+    files = local_data_files(source)
+    for path in files:
+        problem, columns = _file_problem(path)
+        if problem:
+            return RoutingDataError(f"{path} {problem}.")
+        if columns is None:  # empty
+            continue
+        all_empty = False
+        if columns_seen is None:
+            columns_seen = (path, columns)
+        elif set(columns) != set(columns_seen[1]):
+            first, first_columns = columns_seen
+            extra = [c for c in columns if c not in first_columns]
+            lacking = [c for c in first_columns if c not in columns]
+            differences = "; ".join(
+                part for part in (f"has columns {extra} that {first.name} lacks" if extra else "",
+                                  f"lacks columns {lacking} that {first.name} has" if lacking else "") if part
+            )
+            return RoutingDataError(
+                f"{path} {differences}: every file of a split must have the same model columns."
+            )
+    if files and all_empty:  # e.g. an empty JSONL file, which datasets reads as a StopIteration
+        return RoutingDataError(f"{description} holds no rows: {', '.join(str(p) for p in files)} empty.")
+    text = str(error).strip()
+    detail = text.splitlines()[0] if text else type(error).__name__
+    return RoutingDataError(f"Cannot read the routing data {description}: {type(error).__name__}: {detail}")
+
+
+def _file_problem(path: Path) -> tuple[str | None, list[str] | None]:
+    """`(problem, columns)` of one data file: a problem text, or None and its columns (None when it is empty)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as error:  # empty, truncated, or not parquet at all
+            text = str(error).strip()
+            return f"is not a readable parquet file ({text.splitlines()[0] if text else type(error).__name__})", None
+        return None, (parquet.schema_arrow.names if parquet.metadata.num_rows else None)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        import json
+
+        columns = None
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                except UnicodeDecodeError as error:
+                    return f"line {number} is not UTF-8 text (byte {raw[error.start:error.start + 1]!r})", None
+                except ValueError as error:
+                    return f"line {number} is not valid JSON ({getattr(error, 'msg', error)})", None
+                if not isinstance(record, dict):
+                    return f"line {number} is a JSON {type(record).__name__}, not an object (one row per line)", None
+                if columns is None:
+                    columns = list(record)
+        return None, columns
+    return None, []
+
+
 def _hub_prices(repo_id: str) -> dict | None:
     """The repo's prices.json when it has one (None when absent or unreachable)."""
     try:

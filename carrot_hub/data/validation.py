@@ -36,28 +36,81 @@ def _is_json_column(kind: pa.DataType) -> bool:
     return getattr(kind, "extension_name", None) == "arrow.json"
 
 
-def decode_json_columns(batch: pa.Table) -> pa.Table:
+def _json_value(text):
+    """A JSON cell's value (`datasets` hands JSON-typed cells over as their JSON text)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _number_or_problem(value, where: str) -> tuple[float | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"{where} = {value!r:.40} is not a number"
+    try:
+        return float(value), None
+    except OverflowError:  # an integer of hundreds of digits
+        return None, f"{where} = {value!r:.40} is not a finite number"
+
+
+def decode_json_columns(batch: pa.Table, problems: dict[int, list[str]] | None = None, offset: int = 0) -> pa.Table:
     """
-    `datasets` stores a JSON column whose objects do not all have the same keys as JSON text
-    (`extension<arrow.json>`), e.g. when one model cell lacks a field. Model cells among them are turned
-    back into `{score, num_input_tokens, num_output_tokens}` structs, a lacking field as null, so that
-    row validation can name the row.
+    `datasets` stores a JSON column whose values do not all have one type as JSON text
+    (`extension<arrow.json>`): a model column where one cell lacks a field or holds text, a model
+    cell's field where one row holds text, a prompt column where one prompt is a number. They are
+    turned back into `{score, num_input_tokens, num_output_tokens}` structs of numbers and a text
+    prompt column. A value of the wrong type becomes null and, when `problems` is given, is listed
+    under its row (`{row_in_batch: [reason, ...]}`) for row validation to report or skip; without
+    `problems`, the first one raises `RoutingDataError` naming its row (`offset` + row in batch).
     """
+
+    def report(row: int, reason: str) -> None:
+        if problems is None:
+            raise RoutingDataError(f"Row {offset + row}: {reason}.")
+        problems.setdefault(row, []).append(reason)
+
     for index, column in enumerate(batch.schema):
-        if not _is_json_column(column.type) or column.name == PROMPT_COLUMN:
+        if column.name == PROMPT_COLUMN:
+            if _is_json_column(column.type):  # a number among the prompts: null, reported by row validation
+                prompts = [_json_value(text) for text in batch.column(index).to_pylist()]
+                prompts = [p if isinstance(p, str) else None for p in prompts]
+                batch = batch.set_column(index, column.name, pa.array(prompts, type=pa.string()))
             continue
-        cells = [None if text is None else json.loads(text) for text in batch.column(index).to_pylist()]
-        if not any(isinstance(c, dict) and set(c) & set(MODEL_FIELDS) for c in cells):
+        if _is_json_column(column.type):
+            cells = [_json_value(text) for text in batch.column(index).to_pylist()]
+            if not any(isinstance(c, dict) and set(c) & set(MODEL_FIELDS) for c in cells):
+                continue
+        elif pa.types.is_struct(column.type) and any(
+            _is_json_column(column.type.field(i).type) for i in range(column.type.num_fields)
+        ):
+            json_fields = {column.type.field(i).name for i in range(column.type.num_fields)
+                           if _is_json_column(column.type.field(i).type)}
+            cells = [
+                None if cell is None else {k: _json_value(v) if k in json_fields else v for k, v in cell.items()}
+                for cell in batch.column(index).to_pylist()
+            ]
+        else:
             continue
-        bad = [i for i, c in enumerate(cells) if c is not None and not isinstance(c, dict)]
-        if bad:
-            raise RoutingDataError(f"Model column {column.name!r} holds {cells[bad[0]]!r} in a row; cells must be objects.")
-        values = [None if c is None else {name: c.get(name) for name in MODEL_FIELDS} for c in cells]
-        try:
-            decoded = pa.array(values, type=_CELL_TYPE)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise RoutingDataError(f"Model column {column.name!r} holds a non-numeric value ({error}).") from None
-        batch = batch.set_column(index, column.name, decoded)
+        values = []
+        for row, cell in enumerate(cells):
+            if cell is None:
+                values.append(None)
+                continue
+            if not isinstance(cell, dict):
+                report(row, f"model column {column.name!r} holds {cell!r:.40}, not an object")
+                values.append(None)
+                continue
+            decoded = {}
+            for name in MODEL_FIELDS:
+                decoded[name], problem = _number_or_problem(cell.get(name), f"{column.name!r}.{name}")
+                if problem:
+                    report(row, problem)
+            values.append(decoded)
+        batch = batch.set_column(index, column.name, pa.array(values, type=_CELL_TYPE))
     return batch
 
 
@@ -142,14 +195,15 @@ class RowValidator:
         self.rows_read = 0
 
     def __call__(self, batch: pa.Table) -> BatchArrays:
-        batch = decode_json_columns(batch)
+        problems: dict[int, list[str]] = {}
+        batch = decode_json_columns(batch, problems)
         n = batch.num_rows
         offset = self.rows_read
         self.rows_read += n
         missing = [m for m in self.models if m not in batch.column_names]
         if missing:
             raise RoutingDataError(f"Rows from {offset} on lack the model columns {missing} present earlier in the data.")
-        reasons: list[list[str]] = [[] for _ in range(n)]
+        reasons: list[list[str]] = [list(problems.get(i, ())) for i in range(n)]
 
         prompts = _as_text(batch.column(PROMPT_COLUMN).combine_chunks())
         keys = (
