@@ -34,6 +34,8 @@ EXTERNAL_COMMANDS = {
                      "remove a candidate LLM from a router"),
     "logs": ("carrot_hub.data.outcome_log_publishing", "add_logs_arguments", "run_logs",
              "push a carrot serve outcome log to a Hub dataset repo (carrot logs push LOG_DIR REPO_ID)"),
+    "serve": ("carrot_hub.serving.command", "add_serve_arguments", "run_serve",
+              "an OpenAI-compatible gateway that routes each request to an LLM"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DETAIL_LIMIT = 10  # the table shows every candidate's predictions for inputs up to this many prompts

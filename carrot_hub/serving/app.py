@@ -1,0 +1,485 @@
+"""The OpenAI-compatible routing gateway: a Starlette app around a CARROT router and its upstreams.
+
+    POST /v1/chat/completions   model "carrot" | "carrot:<mu>" | a candidate; stream true/false
+    GET  /v1/models             the virtual "carrot" model and the callable candidates
+    POST /v1/feedback           {request_id, score}: a quality label for a served request
+    GET  /health, GET /metrics  liveness; Prometheus metrics
+
+A routed request is encoded with its neighbours in time (`RoutingBatcher`, off the event loop),
+then sent to the chosen upstream; if that upstream fails before the first byte reaches the client
+(connection error, timeout, 429, 5xx), the next candidate by utility that is allowed and within
+`max_cost` is tried, up to `max_fallbacks` times. A failure in the middle of a stream ends the
+stream with an `error` event: an answer cannot switch models half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import anyio
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..configuration_carrot import check_mu
+from .batching import RoutedChoice, RoutingBatcher, RoutingOptions, empty_predictions
+from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
+from .metrics import GatewayMetrics
+from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
+
+logger = logging.getLogger("carrot_hub.serving")
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DOLLARS_PER_MILLION = 1e6
+
+
+@dataclass
+class GatewaySettings:
+    """How the gateway serves. `api_key`: the bearer token clients must send (None: no check)."""
+
+    route_on: str = "last-user"
+    max_fallbacks: int = 2
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    api_key: str | None = None
+    route_window_s: float = 0.002
+    route_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.route_on not in ROUTE_ON:
+            raise ValueError(f"route_on must be one of {ROUTE_ON}, got {self.route_on!r}.")
+        if self.max_fallbacks < 0:
+            raise ValueError(f"max_fallbacks must be ≥ 0, got {self.max_fallbacks}.")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}.")
+
+
+@dataclass
+class _Served:
+    """What happened to one request, for its headers and its outcome-log record."""
+
+    request_id: str
+    started: float
+    chat: ChatRequest
+    choice: RoutedChoice | None
+    prices: dict
+    model: str | None = None
+    fallbacks: list | None = None
+    status: str = "ok"
+    usage: dict | None = None
+    ttfb_s: float | None = None
+    error: str | None = None
+
+
+class Gateway:
+    """The app's state and handlers; `app` is the Starlette application."""
+
+    def __init__(self, router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,
+                 outcome_log=None, learner=None):
+        self.router = router
+        self.upstreams = upstreams
+        self.settings = settings or GatewaySettings()
+        self.outcome_log = outcome_log
+        self.learner = learner
+        self.metrics = GatewayMetrics()
+        self.candidates = list(router.config.candidate_models)
+        unknown = [name for name in upstreams.names if name not in self.candidates]
+        if unknown:
+            raise ValueError(f"Upstreams {unknown} are not candidates of the router "
+                             f"(known: {', '.join(self.candidates)}).")
+        self.callable = [name for name in self.candidates if name in upstreams]
+        # Candidates without an upstream are never chosen: routing is restricted to these.
+        self._all_callable = len(self.callable) == len(self.candidates)
+        self.default_prices = router.config.prices
+        self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
+                                      on_batch=self.metrics.observe_batch)
+        self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
+        self._pending_records: dict[str, asyncio.Future] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._guard(self.chat_completions), methods=["POST"]),
+                Route("/v1/models", self._guard(self.list_models), methods=["GET"]),
+                Route("/v1/feedback", self._guard(self.feedback), methods=["POST"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self._guard(self.prometheus), methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+        self.app.state.gateway = self
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        yield
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish pending log writes, then close the upstream clients, the batcher, the learner and the log."""
+        if self._pending_records:
+            await asyncio.gather(*self._pending_records.values(), return_exceptions=True)
+        await self.batcher.aclose()
+        await self.upstreams.aclose()
+        self._log_writer.shutdown(wait=True)
+        if self.learner is not None:
+            self.learner.close()
+        if self.outcome_log is not None:
+            self.outcome_log.close()
+
+    def _guard(self, handler):
+        """Bearer-token check (when a gateway key is set) and OpenAI-format errors around a handler."""
+
+        async def guarded(request: Request):
+            try:
+                self._check_key(request)
+                return await handler(request)
+            except RequestError as error:
+                self.metrics.rejected.labels(str(error.status)).inc()
+                return JSONResponse(error.to_json(), status_code=error.status)
+
+        return guarded
+
+    def _check_key(self, request: Request) -> None:
+        expected = self.settings.api_key
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise RequestError("Missing or wrong gateway key: send `Authorization: Bearer $CARROT_API_KEY`.",
+                               status=401, code="invalid_api_key")
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = RequestError(f"The request body is larger than the gateway's limit of {limit} bytes.",
+                                 status=413, code="request_too_large")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise RequestError("The client disconnected while sending the request.") from None
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------------------------ endpoints
+
+    async def health(self, request: Request):
+        return JSONResponse({"status": "ok", "candidates": self.callable})
+
+    async def prometheus(self, request: Request):
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    async def list_models(self, request: Request):
+        created = 0
+        data = [{"id": VIRTUAL_MODEL, "object": "model", "created": created, "owned_by": "carrot_hub",
+                 "description": "routed by CARROT with the router's default mu; 'carrot:<mu>' sets mu in [0, 1]",
+                 "default_mu": self.router.config.default_mu}]
+        for name in self.callable:
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "carrot_hub-upstream"})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def feedback(self, request: Request):
+        body = parse_json_body(await self._read_body(request))
+        request_id, score = body.get("request_id"), body.get("score")
+        if not isinstance(request_id, str) or not request_id:
+            raise RequestError("`request_id` must be the x-carrot-request-id of a served request.", param="request_id")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise RequestError(f"`score` must be a number in [0, 1], got {score!r}.", param="score")
+        if self.outcome_log is None:
+            raise RequestError("This gateway keeps no outcome log, so it cannot take feedback.", status=503)
+        pending = self._pending_records.get(request_id)
+        if pending is not None:  # the record may still be on its way to disk
+            await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        try:
+            record = await loop.run_in_executor(self._log_writer, self.outcome_log.feedback, request_id, float(score))
+        except KeyError:
+            raise RequestError(f"No served request has the id {request_id!r}.", status=404, param="request_id",
+                               code="unknown_request_id") from None
+        except ValueError as error:
+            raise RequestError(str(error), param="score") from None
+        if self.learner is not None:
+            # The learner grows the router's memory: on the routing thread, never beside an encoder pass.
+            await self.batcher.run_exclusive(self.learner.on_feedback, request_id, float(score), record)
+        return JSONResponse({"request_id": request_id, "score": float(score), "status": "recorded"})
+
+    async def chat_completions(self, request: Request):
+        started = time.perf_counter()
+        chat = parse_chat_request(parse_json_body(await self._read_body(request)), self.callable, self.settings.route_on)
+        request_id = f"carrot-{uuid.uuid4().hex}"
+        choice, prices = None, self.default_prices
+        if chat.pinned is None:
+            options = self._routing_options(chat.options)
+            try:
+                choice = await self.batcher.route(chat.routed_text, options)
+            except (ValueError, TypeError) as error:
+                raise RequestError(str(error), param="carrot") from None
+            prices = choice.prices
+            self.metrics.routed.labels(choice.chosen.name).inc()
+            order = [candidate.name for candidate in choice.ranked][: 1 + self.settings.max_fallbacks]
+        else:
+            if chat.options != RoutingOptions():
+                prices = await self._check_options_for_pinned(chat.options)
+            order = [chat.pinned]
+        served = _Served(request_id, started, chat, choice, prices, fallbacks=[])
+        if chat.stream:
+            return await self._stream(served, order)
+        return await self._complete(served, order)
+
+    # ------------------------------------------------------------------------------ routing
+
+    def _routing_options(self, options: RoutingOptions) -> RoutingOptions:
+        """Check the request's options cheaply here; restrict the choice to candidates with an upstream."""
+        if options.mu is not None:
+            try:
+                check_mu(options.mu)
+            except ValueError as error:
+                raise RequestError(str(error), param="carrot.mu") from None
+        if options.max_cost is not None and options.max_cost < 0:
+            raise RequestError(f"max_cost must be a finite number of dollars ≥ 0, got {options.max_cost!r}.",
+                               param="carrot.max_cost")
+        if options.allowed is not None:
+            try:
+                self.router.resolve_allowed(list(options.allowed))  # route()'s own check of the names
+            except ValueError as error:
+                raise RequestError(str(error), param="carrot.allowed") from None
+            allowed = tuple(name for name in options.allowed if name in self.upstreams)
+            if not allowed:
+                raise RequestError(
+                    f"carrot.allowed ({', '.join(options.allowed)}) names no candidate this gateway can call. "
+                    f"Callable candidates: {', '.join(self.callable)}.", param="carrot.allowed")
+        else:
+            allowed = None if self._all_callable else tuple(self.callable)
+        return RoutingOptions(mu=options.mu, prices=options.prices, allowed=allowed, max_cost=options.max_cost)
+
+    async def _check_options_for_pinned(self, options: RoutingOptions) -> dict:
+        """A pinned request's options still get route()'s checks; returns the prices in force."""
+        try:
+            decision = await self.batcher.run_exclusive(
+                self.router.decide, empty_predictions(len(self.candidates)), options.mu, options.prices,
+                list(options.allowed) if options.allowed is not None else None, options.max_cost)
+        except (ValueError, TypeError) as error:
+            raise RequestError(str(error), param="carrot") from None
+        return decision.prices
+
+    # ------------------------------------------------------------------------------ answers
+
+    def _headers(self, served: _Served) -> dict:
+        estimate = served.choice.estimate(served.model) if served.choice and served.model else None
+        return {
+            "x-carrot-request-id": served.request_id,
+            "x-carrot-model": served.model or "",
+            "x-carrot-mu": "none" if served.choice is None else f"{served.choice.mu:g}",
+            "x-carrot-predicted-quality": "none" if estimate is None else f"{estimate.quality:.6g}",
+            "x-carrot-predicted-cost": "none" if estimate is None else f"{estimate.cost:.6g}",
+            "x-carrot-fallbacks": ",".join(served.fallbacks or []),
+        }
+
+    def _failed(self, served: _Served, failure: UpstreamFailure) -> None:
+        served.fallbacks.append(failure.name)
+        reason = failure.reason.split(" (")[0]
+        self.metrics.fallbacks.labels(failure.name, reason).inc()
+        logger.warning("upstream %s failed for %s: %s", failure.name, served.request_id,
+                       self.upstreams.redact(failure.reason))
+
+    def _all_failed(self, served: _Served, failures: list[UpstreamFailure]) -> JSONResponse:
+        served.status = "upstream_error"
+        served.model = failures[-1].name if failures else None
+        served.fallbacks = served.fallbacks[:-1]  # the last one tried is the record's model
+        reasons = "; ".join(f"{f.name}: {f.reason}" for f in failures)
+        served.error = self.upstreams.redact(reasons)
+        status = failures[-1].status if failures and failures[-1].status in (429, 500, 502, 503, 504) else 502
+        if status == 502 and failures and failures[-1].reason.startswith("timeout"):
+            status = 504
+        error = RequestError(f"Every candidate tried failed ({served.error}).", status=status,
+                             code="upstream_failed", type_="upstream_error")
+        headers = self._headers(served)
+        self._finish(served)
+        return JSONResponse(error.to_json(), status_code=status, headers=headers)
+
+    def _rejected(self, served: _Served, rejected: UpstreamRejected) -> Response:
+        served.status, served.model = "client_error", rejected.name
+        served.error = f"HTTP {rejected.status}"
+        headers = self._headers(served)
+        self._finish(served)
+        return Response(rejected.body, status_code=rejected.status, media_type=rejected.content_type, headers=headers)
+
+    async def _complete(self, served: _Served, order: list[str]) -> Response:
+        failures = []
+        for name in order:
+            try:
+                answer = await self.upstreams[name].complete(served.chat.payload)
+            except UpstreamFailure as failure:
+                failures.append(failure)
+                self._failed(served, failure)
+                continue
+            except UpstreamRejected as rejected:
+                return self._rejected(served, rejected)
+            served.model = name
+            answer["model"] = name
+            served.usage = _usage(answer.get("usage"))
+            served.ttfb_s = time.perf_counter() - served.started
+            headers = self._headers(served)
+            self._finish(served)
+            return JSONResponse(answer, headers=headers)
+        return self._all_failed(served, failures)
+
+    async def _stream(self, served: _Served, order: list[str]) -> Response:
+        failures = []
+        for name in order:
+            try:
+                stream = await self.upstreams[name].open_stream(served.chat.payload)
+            except UpstreamFailure as failure:
+                failures.append(failure)
+                self._failed(served, failure)
+                continue
+            except UpstreamRejected as rejected:
+                return self._rejected(served, rejected)
+            served.model = name
+            return EventSourceResponse(self._relay(served, stream), headers=self._headers(served), sep="\n",
+                                       ping=15)
+        return self._all_failed(served, failures)
+
+    async def _relay(self, served: _Served, stream):
+        """Relay the upstream's events with `model` set to the candidate; an error event if it breaks."""
+        finished = False
+        try:
+            data = stream.first_data
+            served.ttfb_s = time.perf_counter() - served.started
+            while True:
+                if data == "[DONE]":
+                    finished = True
+                    yield {"data": "[DONE]"}
+                    return
+                out = self._rewrite_chunk(served, data)
+                if out is not None:
+                    yield {"data": out}
+                try:
+                    data = await anext(stream.events)
+                except StopAsyncIteration:
+                    finished = True
+                    yield {"data": "[DONE]"}
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            served.status, served.error = "stream_error", "the client disconnected"
+            raise
+        except Exception as error:  # noqa: BLE001  (the upstream broke mid-stream)
+            served.status = "stream_error"
+            served.error = self.upstreams.redact(f"{type(error).__name__}: {str(error)[:200]}")
+            logger.warning("stream from %s broke for %s: %s", served.model, served.request_id, served.error)
+            message = (f"The upstream {served.model} failed in the middle of the answer ({type(error).__name__}); "
+                       "the stream ends here. Retry the request.")
+            yield {"data": json.dumps({"error": {"message": message, "type": "upstream_error", "param": None,
+                                                 "code": "stream_interrupted"}})}
+        finally:
+            if not finished and served.status == "ok":
+                served.status = "stream_error"
+            self._finish(served)
+            with anyio.CancelScope(shield=True):  # also when the client left and the task is cancelled
+                await stream.aclose()
+
+    def _rewrite_chunk(self, served: _Served, data: str) -> str | None:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return data
+        if not isinstance(chunk, dict):
+            return data
+        if "model" in chunk:
+            chunk["model"] = served.model
+        if chunk.get("usage"):
+            served.usage = _usage(chunk["usage"])
+            if not served.chat.client_wants_usage:
+                if not chunk.get("choices"):
+                    return None  # the usage-only chunk the gateway asked for, not the client
+                chunk.pop("usage")
+        return json.dumps(chunk)
+
+    # ------------------------------------------------------------------------------ outcome
+
+    def _finish(self, served: _Served) -> None:
+        """Count the request in the metrics and queue its outcome-log record."""
+        latency = time.perf_counter() - served.started
+        model = served.model or "none"
+        stream = "true" if served.chat.stream else "false"
+        self.metrics.requests.labels(model, served.status).inc()
+        self.metrics.latency.labels(stream).observe(latency)
+        if served.ttfb_s is not None:
+            self.metrics.ttfb.labels(stream).observe(served.ttfb_s)
+        realised = _realised_cost(served.usage, served.prices.get(served.model)) if served.model else None
+        if realised is not None:
+            self.metrics.spend.labels(model).inc(realised)
+        if served.usage:
+            self.metrics.tokens.labels(model, "prompt").inc(served.usage.get("prompt_tokens") or 0)
+            self.metrics.tokens.labels(model, "completion").inc(served.usage.get("completion_tokens") or 0)
+        if self.outcome_log is None:
+            return
+        estimate = served.choice.estimate(served.model) if served.choice and served.model else None
+        record = {
+            "request_id": served.request_id,
+            "time": time.time(),
+            "prompt": served.chat.routed_text,
+            "model": served.model,
+            "mu": served.choice.mu if served.choice else None,
+            "predicted_quality": estimate.quality if estimate else None,
+            "predicted_output_tokens": estimate.output_tokens if estimate else None,
+            "predicted_cost": estimate.cost if estimate else None,
+            "usage": served.usage,
+            "realised_cost": realised,
+            "latency_s": latency,
+            "ttfb_s": served.ttfb_s,
+            "fallbacks": list(served.fallbacks or []),
+            "status": served.status,
+            "route_on": self.settings.route_on,
+            "pinned": served.chat.pinned is not None,
+            "stream": served.chat.stream,
+        }
+        if served.error:
+            record["error"] = served.error
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._log_writer, self._write_record, record)
+        self._pending_records[served.request_id] = future
+        future.add_done_callback(lambda _: self._pending_records.pop(served.request_id, None))
+
+    def _write_record(self, record: dict) -> None:
+        try:
+            self.outcome_log.record(record)
+        except OSError as error:
+            logger.error("could not write the outcome record of %s: %s", record["request_id"], error)
+            raise
+
+
+def _usage(usage) -> dict | None:
+    if not isinstance(usage, Mapping):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
+def _realised_cost(usage: dict | None, price: dict | None) -> float | None:
+    if not usage or not price:
+        return None
+    return (usage["prompt_tokens"] * price["input"] + usage["completion_tokens"] * price["output"]) / DOLLARS_PER_MILLION
+
+
+def create_app(router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,
+               outcome_log=None, learner=None) -> Starlette:
+    """The gateway's ASGI app (its `Gateway` is `app.state.gateway`)."""
+    return Gateway(router, upstreams, settings, outcome_log, learner).app

@@ -1,0 +1,162 @@
+"""`carrot serve`: the OpenAI-compatible routing gateway under uvicorn.
+
+Start-up problems are one line and exit code 2: an unreadable or wrong upstreams file, an upstream
+naming a model the router does not know, an unset API-key variable, a port in use, or a non-loopback
+address without a gateway key (`CARROT_API_KEY`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import os
+import socket
+import sys
+
+from ..cli import Failure, UsageError, _positive_int, load_router
+from ..precision import ENCODER_DTYPE_CHOICES
+from .chat_request import ROUTE_ON
+
+GATEWAY_KEY_ENV = "CARROT_API_KEY"
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `carrot serve`."""
+    parser.add_argument("router", nargs="?", help="router folder or Hub id (default: the embedded default router)")
+    parser.add_argument("--upstreams", required=True,
+                        help="YAML/JSON file mapping candidate names to {base_url, model, api_key_env, timeout, "
+                             "max_concurrency}")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help=f"address to bind (default 127.0.0.1; any other needs ${GATEWAY_KEY_ENV})")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--route-on", choices=ROUTE_ON, default="last-user",
+                        help="what the router reads: the last user message (default) or the whole conversation")
+    parser.add_argument("--max-fallbacks", type=int, default=2,
+                        help="other candidates tried when the chosen upstream fails before answering (default 2)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
+                        help="larger request bodies are refused with HTTP 413 (default 4 MiB)")
+    parser.add_argument("--route-window-ms", type=float, default=2.0,
+                        help="how long the first request of a routing batch waits for others (default 2 ms)")
+    parser.add_argument("--route-batch-size", type=_positive_int, default=64,
+                        help="most prompts routed in one encoder pass (default 64)")
+    parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
+                        help="the encoder's dtype (default auto: bfloat16 on CPUs with bf16 units)")
+    parser.add_argument("--threads", type=_positive_int, help="torch CPU threads for routing (default: torch's choice)")
+    parser.add_argument("--log-dir", default="carrot-logs",
+                        help="folder of the outcome log: one record per served request (default ./carrot-logs)")
+    parser.add_argument("--no-prompt-log", action="store_true",
+                        help="keep only a hash of the routed text in the outcome log")
+    parser.add_argument("--access-log", action="store_true", help="print one line per HTTP request")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (127.0.0.0/8, ::1) or `localhost`."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket bound to (host, port); `UsageError` (exit 2) when the port is taken."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0…65535, got {port}.")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise UsageError(f"Port {port} on {host} is already in use: stop what listens there, "
+                             "or pick another --port.") from None
+        raise UsageError(f"Cannot bind {host}:{port}: {error.strerror or error}.") from None
+    return sock
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`carrot serve`: see the module docstring and `carrot serve --help`."""
+    try:
+        import sse_starlette, starlette, uvicorn, httpx_sse, prometheus_client  # noqa: F401, E401
+    except ImportError as error:
+        raise Failure(f"carrot serve needs the gateway's packages ({error.name} is missing): "
+                      "pip install 'carrot_hub[serve]'.") from None
+    from .upstreams import UpstreamConfigError, UpstreamPool, check_candidates, check_keys, read_upstreams_file
+
+    if args.max_fallbacks < 0:
+        raise UsageError(f"--max-fallbacks must be ≥ 0, got {args.max_fallbacks}.")
+    if not (args.route_window_ms >= 0 and args.route_window_ms < 1000):
+        raise UsageError(f"--route-window-ms must be in [0, 1000), got {args.route_window_ms}.")
+    try:
+        specs = read_upstreams_file(args.upstreams)
+        check_keys(specs)
+    except UpstreamConfigError as error:
+        raise UsageError(str(error)) from None
+    gateway_key = os.environ.get(GATEWAY_KEY_ENV) or None
+    if not is_loopback(args.host) and gateway_key is None:
+        raise UsageError(f"Refusing to serve on {args.host} without a gateway key: set {GATEWAY_KEY_ENV} "
+                         "(clients then send it as a bearer token), or bind 127.0.0.1.")
+    sock = bind_socket(args.host, args.port)
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        router = load_router(args.router, progress=True, dtype=args.dtype)
+        try:
+            check_candidates(specs, router.config.candidate_models)
+        except UpstreamConfigError as error:
+            raise UsageError(str(error)) from None
+        return _serve(router, UpstreamPool(specs), sock, args, gateway_key)
+    finally:
+        sock.close()
+
+
+def _open_outcome_log(args):
+    try:
+        from .outcome_log import OutcomeLog
+    except ImportError:  # the outcome log lands separately; serve without it meanwhile
+        print("carrot serve: warning: no outcome log available in this install; requests are not recorded.",
+              file=sys.stderr)
+        return None
+    try:
+        return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"Cannot open the outcome log in {args.log_dir}: {error}") from None
+
+
+def _serve(router, upstreams, sock, args, gateway_key) -> int:
+    import uvicorn
+
+    from .app import Gateway, GatewaySettings
+
+    settings = GatewaySettings(
+        route_on=args.route_on,
+        max_fallbacks=args.max_fallbacks,
+        max_body_bytes=args.max_body_bytes,
+        api_key=gateway_key,
+        route_window_s=args.route_window_ms / 1000,
+        route_batch_size=args.route_batch_size,
+    )
+    outcome_log = _open_outcome_log(args)
+    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"carrot serve: {len(gateway.callable)} candidates ({', '.join(gateway.callable)}) on "
+          f"http://{shown}:{port}/v1" + (f"; outcome log in {args.log_dir}" if outcome_log else "")
+          + ("; gateway key required" if gateway_key else ""), file=sys.stderr, flush=True)
+    config = uvicorn.Config(gateway.app, log_level="warning", access_log=args.access_log, lifespan="on",
+                            timeout_graceful_shutdown=10)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C: a normal stop
+        pass
+    print("carrot serve: stopped", file=sys.stderr)
+    return 0

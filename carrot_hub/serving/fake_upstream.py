@@ -1,0 +1,174 @@
+"""An in-process fake OpenAI-compatible upstream for fast tests and the gateway benchmark.
+
+It speaks the chat-completions schema (JSON and SSE streaming, usage, `stream_options`), answers
+after a fixed latency, and fails on demand: a share of requests at random (seeded), or the next N
+requests, with one of `FAILURE_KINDS`:
+
+- `"500"`, `"502"`, `"503"`, `"429"`, `"400"`, `"401"`, `"422"`: that HTTP status with an OpenAI error body;
+- `"timeout"`: holds the request `hang_s` seconds before answering;
+- `"drop"`: sends the response headers, then drops the connection before any body;
+- `"midstream"`: a stream sends two chunks, then drops the connection (a plain answer drops at once).
+
+It remembers what it received (`received`: bodies and Authorization headers) for tests to inspect.
+Answers are not language: the content is `"<model> says: "` followed by numbered words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+FAILURE_KINDS = ("500", "502", "503", "429", "400", "401", "422", "timeout", "drop", "midstream")
+
+
+@dataclass
+class FakeUpstreamConfig:
+    """How the fake behaves. `api_key`: the bearer it expects (None accepts anything)."""
+
+    model: str = "fake-model"
+    latency_s: float = 0.0
+    reply_words: int = 8
+    chunk_words: int = 2
+    failure_rate: float = 0.0
+    failure: str = "500"
+    hang_s: float = 30.0
+    api_key: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.failure not in FAILURE_KINDS:
+            raise ValueError(f"failure must be one of {FAILURE_KINDS}, got {self.failure!r}.")
+
+
+@dataclass
+class FakeUpstream:
+    """The fake's state: its config, scripted failures, and what it received."""
+
+    config: FakeUpstreamConfig = field(default_factory=FakeUpstreamConfig)
+    received: list[dict] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+    requests: int = 0
+    failures: int = 0
+
+    def __post_init__(self):
+        self._scripted: list[str] = []
+        self._lock = threading.Lock()
+        self._random = random.Random(self.config.seed)
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ])
+
+    def fail_next(self, kind: str, count: int = 1) -> None:
+        """The next `count` requests fail with `kind` (see `FAILURE_KINDS`)."""
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"kind must be one of {FAILURE_KINDS}, got {kind!r}.")
+        with self._lock:
+            self._scripted.extend([kind] * count)
+
+    def _next_failure(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self._scripted:
+                kind = self._scripted.pop(0)
+            elif self.config.failure_rate and self._random.random() < self.config.failure_rate:
+                kind = self.config.failure
+            else:
+                return None
+            self.failures += 1
+            return kind
+
+    async def _models(self, request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": self.config.model, "object": "model",
+                                                         "owned_by": "fake"}]})
+
+    async def _chat(self, request: Request):
+        body = await request.json()
+        authorization = request.headers.get("authorization")
+        self.received.append(body)
+        self.authorizations.append(authorization)
+        config = self.config
+        if config.api_key is not None and authorization != f"Bearer {config.api_key}":
+            # Like some providers, the message quotes the key it was given.
+            given = (authorization or "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {given}.", "invalid_api_key")
+        failure = self._next_failure()
+        if failure == "timeout":
+            await asyncio.sleep(config.hang_s)
+        elif failure is not None and failure.isdigit():
+            return _error(int(failure), f"injected failure {failure}", "injected")
+        if config.latency_s:
+            await asyncio.sleep(config.latency_s)
+        words = [f"w{i}" for i in range(config.reply_words)]
+        prompt_tokens = sum(len(_text(m).split()) for m in body.get("messages", []))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        if failure == "drop" or (failure == "midstream" and not body.get("stream")):
+            return StreamingResponse(_dropping([]), media_type="text/event-stream")
+        if not body.get("stream"):
+            return JSONResponse({
+                "id": completion_id, "object": "chat.completion", "created": created, "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"{config.model} says: " + " ".join(words)}}],
+                "usage": usage,
+            })
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks = [_chunk(completion_id, created, body.get("model"), {"role": "assistant", "content": ""})]
+        step = max(1, config.chunk_words)
+        for start in range(0, len(words), step):
+            chunks.append(_chunk(completion_id, created, body.get("model"),
+                                 {"content": " ".join(words[start:start + step]) + " "}))
+        chunks.append(_chunk(completion_id, created, body.get("model"), {}, finish_reason="stop"))
+        if include_usage:
+            chunks.append({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                           "model": body.get("model"), "choices": [], "usage": usage})
+        if failure == "midstream":
+            return StreamingResponse(_dropping([f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:2]]),
+                                     media_type="text/event-stream")
+        return EventSourceResponse(_events(chunks), sep="\n", ping=600)
+
+
+def _text(message) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _chunk(completion_id, created, model, delta, finish_reason=None) -> dict:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+async def _events(chunks):
+    for chunk in chunks:
+        yield {"data": json.dumps(chunk)}
+    yield {"data": "[DONE]"}
+
+
+async def _dropping(frames: list[bytes]):
+    """Send `frames`, then fail: uvicorn aborts the response, the client sees a broken connection."""
+    for frame in frames:
+        yield frame
+    await asyncio.sleep(0.01)
+    raise ConnectionAbortedError("injected connection drop")
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    kind = "rate_limit_error" if status == 429 else ("server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)

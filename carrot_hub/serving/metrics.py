@@ -1,0 +1,45 @@
+"""Prometheus metrics of the gateway, on a registry of its own (so that several apps in one process
+do not collide). `GET /metrics` serves `GatewayMetrics.render()`."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class GatewayMetrics:
+    """Counters and histograms: requests, chosen models, fallbacks, realised spend, latency, routing batches."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("carrot_requests", "Chat completions served, by answering model and status",
+                                ["model", "status"], registry=r)
+        self.routed = Counter("carrot_routed", "Routing decisions, by the model the router chose", ["model"], registry=r)
+        self.fallbacks = Counter("carrot_fallbacks", "Upstream failures that led to trying another candidate",
+                                 ["model", "reason"], registry=r)
+        self.spend = Counter("carrot_spend_dollars", "Realised spend in US dollars (upstream usage x prices in force)",
+                             ["model"], registry=r)
+        self.tokens = Counter("carrot_tokens", "Tokens reported by the upstreams", ["model", "kind"], registry=r)
+        self.latency = Histogram("carrot_request_latency_seconds", "Time from request to the end of the answer",
+                                 ["stream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram("carrot_time_to_first_byte_seconds", "Time from request to the first byte of the answer",
+                              ["stream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.routing_seconds = Histogram("carrot_routing_batch_seconds", "Time to route one batch (encoder + decision)",
+                                         buckets=ROUTING_BUCKETS, registry=r)
+        self.routing_batch = Histogram("carrot_routing_batch_size", "Prompts routed together in one batch",
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.rejected = Counter("carrot_rejected_requests", "Requests refused before any upstream call, by HTTP status",
+                                ["status"], registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.routing_batch.observe(size)
+        self.routing_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

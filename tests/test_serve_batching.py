@@ -1,0 +1,119 @@
+"""Batched routing off the event loop: batches form, answers match `router.route`, bad options stay per request."""
+
+import asyncio
+import time
+
+import pytest
+
+from carrot_hub.serving.batching import RoutingBatcher, RoutingOptions, route_batch
+from tests.conftest import TINY_PROMPTS
+
+
+def test_route_batch_matches_route_per_prompt(knn_router):
+    options = [RoutingOptions(), RoutingOptions(mu=0.0), RoutingOptions(mu=1.0),
+               RoutingOptions(mu=0.3, allowed=("mid-model", "small-model")),
+               RoutingOptions(mu=0.0, max_cost=1e-5), RoutingOptions(prices={"small-model": {"input": 99.0}})]
+    prompts = TINY_PROMPTS[: len(options)]
+    choices = route_batch(knn_router, prompts, options)
+    for prompt, option, choice in zip(prompts, options, choices):
+        decision = knn_router.route([prompt], mu=option.mu, prices=option.prices,
+                                    allowed=list(option.allowed) if option.allowed else None, max_cost=option.max_cost)
+        assert choice.chosen.name == decision.models[0]
+        assert choice.mu == decision.mu
+        assert choice.chosen.quality == pytest.approx(float(decision.chosen_quality[0]), abs=1e-6)
+        assert choice.chosen.cost == pytest.approx(float(decision.chosen_cost[0]), rel=1e-5)
+        # Fallbacks: every allowed candidate within max_cost, best utility first.
+        finite = [(float(u), name) for name, u in zip(decision.candidate_models, decision.utility[0])
+                  if u != float("-inf")]
+        assert [c.name for c in choice.ranked] == [name for _, name in sorted(finite, key=lambda x: -x[0])]
+    assert [c.name for c in choices[3].ranked] <= ["mid-model", "small-model"]
+
+
+def test_bad_options_fail_only_their_own_request(knn_router):
+    results = route_batch(knn_router, TINY_PROMPTS[:3],
+                          [RoutingOptions(), RoutingOptions(prices={"gpt-17": {"input": 1.0}}), RoutingOptions(mu=1.0)])
+    assert isinstance(results[1], ValueError) and "Known candidates" in str(results[1])
+    assert results[0].chosen.name and results[2].chosen.name == "small-model"
+
+
+def test_concurrent_requests_are_routed_together(knn_router):
+    sizes = []
+
+    async def main():
+        batcher = RoutingBatcher(knn_router, window_s=0.05, max_batch=64, on_batch=lambda n, s: sizes.append(n))
+        try:
+            choices = await asyncio.gather(*(batcher.route(p, RoutingOptions(mu=1.0)) for p in TINY_PROMPTS))
+        finally:
+            await batcher.aclose()
+        return choices
+
+    choices = asyncio.run(main())
+    assert sizes == [len(TINY_PROMPTS)]
+    assert {c.chosen.name for c in choices} == {"small-model"}
+
+
+def test_batches_are_capped_and_requests_arriving_during_a_batch_wait_for_the_next():
+    sizes = []
+
+    def slow_route(router, prompts, options):
+        time.sleep(0.05)
+        return [f"choice for {p}" for p in prompts]
+
+    async def main():
+        batcher = RoutingBatcher(None, window_s=0.0, max_batch=4, route_fn=slow_route,
+                                 on_batch=lambda n, s: sizes.append(n))
+        first = asyncio.ensure_future(batcher.route("a", RoutingOptions()))
+        await asyncio.sleep(0.01)  # the first batch (of one) is running
+        rest = await asyncio.gather(*(batcher.route(str(i), RoutingOptions()) for i in range(6)))
+        await batcher.aclose()
+        return await first, rest
+
+    first, rest = asyncio.run(main())
+    assert first == "choice for a" and rest == [f"choice for {i}" for i in range(6)]
+    assert sizes == [1, 4, 2]
+
+
+def test_routing_never_blocks_the_event_loop():
+    def blocking_route(router, prompts, options):
+        time.sleep(0.3)  # a slow encoder pass, holding its thread
+        return ["done"] * len(prompts)
+
+    async def main():
+        batcher = RoutingBatcher(None, window_s=0.0, route_fn=blocking_route)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        result = await batcher.route("x", RoutingOptions())
+        ticking.cancel()
+        await batcher.aclose()
+        return result, ticks
+
+    result, ticks = asyncio.run(main())
+    assert result == "done"
+    assert ticks >= 15  # the loop kept running while the batch was routed
+
+
+def test_a_failing_batch_fails_its_requests_not_the_batcher():
+    calls = []
+
+    def flaky_route(router, prompts, options):
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            raise RuntimeError("encoder exploded")
+        return ["ok"] * len(prompts)
+
+    async def main():
+        batcher = RoutingBatcher(None, window_s=0.0, route_fn=flaky_route)
+        with pytest.raises(RuntimeError, match="exploded"):
+            await batcher.route("x", RoutingOptions())
+        second = await batcher.route("y", RoutingOptions())
+        await batcher.aclose()
+        return second
+
+    assert asyncio.run(main()) == "ok"
