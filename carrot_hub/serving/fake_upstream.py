@@ -172,3 +172,38 @@ async def _dropping(frames: list[bytes]):
 def _error(status: int, message: str, code: str) -> JSONResponse:
     kind = "rate_limit_error" if status == 429 else ("server_error" if status >= 500 else "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
+
+
+def main(argv=None) -> int:
+    """`python -m carrot_hub.serving.fake_upstream --port 0 --latency-ms 50`: serve a fake on loopback
+    until interrupted; prints `fake upstream on http://127.0.0.1:PORT/v1` once listening."""
+    import argparse
+    import signal
+
+    from .local_server import LocalServer
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model", default="fake-model")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--reply-words", type=int, default=8)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--failure", choices=FAILURE_KINDS, default="500")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    fake = FakeUpstream(FakeUpstreamConfig(model=args.model, latency_s=args.latency_ms / 1000,
+                                           reply_words=args.reply_words, failure_rate=args.failure_rate,
+                                           failure=args.failure, seed=args.seed))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalServer(fake.app, port=args.port, backlog=4096) as server:
+        print(f"fake upstream on {server.base_url}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Benchmark of `carrot serve` on loopback: overhead, throughput, fallback under failures, a soak.
+
+    python scripts/bench_gateway.py [--router FOLDER] [--soak 10000] [--max-seconds 900]
+
+Starts, on 127.0.0.1 only, two fake OpenAI-compatible upstreams answering in a fixed 50 ms (one of
+them failing 30% of its requests with HTTP 503) and the gateway itself (`carrot serve`, its own
+process, with an outcome log), then measures with real RouterBench test prompts:
+
+- overhead: time to first byte (streamed requests) through the gateway minus directly to the fake,
+  p50 and p99, at 1 and 64 concurrent clients; routed (`model: carrot`) and pinned (no routing);
+- throughput with 64 clients when routing is the bottleneck (requests/s, mean routing batch, the
+  share of the wall time the routing thread was busy);
+- with two upstreams, one failing 30%: the share of requests answered, and how many fell back;
+- a soak of N requests: the gateway's RSS after warm-up, its peak and at the end, and whether the
+  outcome log holds one record per request.
+
+Every loop is bounded in count and time (`--max-seconds` for the whole run). The last line of the
+output is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+
+def start_process(command: list[str], pattern: str, env: dict, timeout_s: float, stream: str = "stdout"):
+    """Start a server process and wait for the line announcing its URL."""
+    process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipe = process.stdout if stream == "stdout" else process.stderr
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = pipe.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        found = re.search(pattern, line)
+        if found:
+            # Keep draining the pipe so that the server never blocks on a full one.
+            threading.Thread(target=lambda: [None for _ in pipe], daemon=True).start()
+            return process, found.group(1)
+    process.kill()
+    raise RuntimeError(f"{command[2:4]} did not start:\n{''.join(seen)[-2000:]}")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 60) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+async def load(url: str, bodies, concurrency: int, total: int, deadline: Deadline, headers=None):
+    """
+    `concurrency` clients sending `total` requests between them (bodies cycled); returns per request
+    (status, ttfb seconds, whether it fell back, chosen model).
+    """
+    results = []
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def worker():
+            for index in counter:
+                if deadline.passed():
+                    return
+                body = bodies[index % len(bodies)]
+                started = time.perf_counter()
+                ttfb = None
+                async with client.stream("POST", url, json=body, headers=headers) as response:
+                    async for _ in response.aiter_raw():
+                        if ttfb is None:
+                            ttfb = time.perf_counter() - started
+                results.append((response.status_code, ttfb, bool(response.headers.get("x-carrot-fallbacks")),
+                                response.headers.get("x-carrot-model")))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+def percentiles(values) -> dict:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(values):
+        return {"p50_ms": None, "p99_ms": None, "n": 0}
+    return {"p50_ms": round(float(np.percentile(values, 50)) * 1000, 2),
+            "p99_ms": round(float(np.percentile(values, 99)) * 1000, 2), "n": int(len(values))}
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+def count_records(log_dir: Path) -> int | None:
+    """Records in the outcome log, read with the log's own reader when it has one."""
+    try:
+        from carrot_hub.serving import outcome_log
+    except ImportError:
+        return None
+    for reader in ("read_records", "iter_records", "load_records"):
+        if hasattr(outcome_log, reader):
+            return sum(1 for _ in getattr(outcome_log, reader)(log_dir))
+    return None
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--router", help="router folder (default: the embedded default router)")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="the fake upstreams' fixed latency")
+    parser.add_argument("--requests-c1", type=int, default=100, help="requests per path at 1 client")
+    parser.add_argument("--requests-c64", type=int, default=640, help="requests per path at 64 clients")
+    parser.add_argument("--failure-requests", type=int, default=1000)
+    parser.add_argument("--soak", type=int, default=10_000, help="requests in the soak")
+    parser.add_argument("--max-seconds", type=float, default=900, help="bound on the whole run")
+    parser.add_argument("--threads", type=int, help="torch threads of the gateway")
+    args = parser.parse_args(argv)
+    deadline = Deadline(args.max_seconds)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("CARROT_API_KEY", None)
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next((DEFAULT_DATA_DIR / "data").glob("test-*.parquet")), columns=["prompt"])
+    prompts = [p for p in table.column("prompt").to_pylist() if p and p.strip()]
+    random.Random(0).shuffle(prompts)
+
+    fake_command = [sys.executable, "-m", "carrot_hub.serving.fake_upstream", "--port", "0",
+                    "--latency-ms", str(args.latency_ms)]
+    healthy, healthy_url = start_process(fake_command + ["--model", "fake-healthy"], r"on (http://\S+/v1)", env, 60)
+    failing, failing_url = start_process(fake_command + ["--model", "fake-failing", "--failure-rate", "0.3",
+                                                         "--failure", "503", "--seed", "1"],
+                                         r"on (http://\S+/v1)", env, 60)
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    cheap, mid, strong = "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"
+    upstreams = {cheap: {"base_url": healthy_url, "model": "fake-healthy"},
+                 mid: {"base_url": healthy_url, "model": "fake-healthy"},
+                 strong: {"base_url": failing_url, "model": "fake-failing"}}
+    (work / "upstreams.json").write_text(json.dumps(upstreams))
+    command = [sys.executable, "-m", "carrot_hub.cli", "serve", *([args.router] if args.router else []),
+               "--upstreams", str(work / "upstreams.json"), "--port", "0", "--log-dir", str(work / "log")]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    gateway, gateway_url = start_process(command, r"on (http://\S+/v1)", env, 300, stream="stderr")
+    gateway_ps = psutil.Process(gateway.pid)
+    summary = {"latency_ms_upstream": args.latency_ms, "cpu_count": os.cpu_count()}
+    try:
+        healthy_only = {"allowed": [cheap, mid]}
+        routed = [{"model": "carrot", "stream": True, "carrot": {**healthy_only, "mu": random.Random(i).random()},
+                   "messages": [{"role": "user", "content": p}]} for i, p in enumerate(prompts)]
+        pinned = [{"model": cheap, "stream": True, "messages": [{"role": "user", "content": p}]} for p in prompts]
+        direct = [{"model": "fake-healthy", "stream": True, "messages": [{"role": "user", "content": p}]}
+                  for p in prompts]
+        chat = "/chat/completions"
+
+        # Warm-up (first encoder passes, connection pools).
+        asyncio.run(load(gateway_url + chat, routed[-64:], 8, 64, deadline))
+
+        overhead = {}
+        for clients, count in ((1, args.requests_c1), (64, args.requests_c64)):
+            runs = {
+                "direct": asyncio.run(load(healthy_url + chat, direct, clients, count, deadline)),
+                "pinned": asyncio.run(load(gateway_url + chat, pinned, clients, count, deadline)),
+            }
+            started = time.perf_counter()
+            runs["routed"] = asyncio.run(load(gateway_url + chat, routed, clients, count, deadline))
+            routed_seconds = time.perf_counter() - started
+            stats = {name: percentiles([r[1] for r in results if r[0] == 200]) for name, results in runs.items()}
+            entry = {"ttfb": stats}
+            for path in ("routed", "pinned"):
+                for q in ("p50_ms", "p99_ms"):
+                    if stats[path][q] is not None and stats["direct"][q] is not None:
+                        entry[f"overhead_{path}_{q}"] = round(stats[path][q] - stats["direct"][q], 2)
+            entry["routed_requests_per_s"] = round(len(runs["routed"]) / routed_seconds, 1)
+            overhead[f"clients_{clients}"] = entry
+            print(f"overhead at {clients} client(s): {json.dumps(entry)}", flush=True)
+        summary["overhead"] = overhead
+
+        # Throughput when routing is the bottleneck: 64 clients, routed requests, routing stats from /metrics.
+        before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+        started = time.perf_counter()
+        results = asyncio.run(load(gateway_url + chat, routed, 64, max(args.requests_c64, 1000), deadline))
+        wall = time.perf_counter() - started
+        after = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+        busy = metric_sum(after, "carrot_routing_batch_seconds_sum") - metric_sum(before, "carrot_routing_batch_seconds_sum")
+        batches = metric_sum(after, "carrot_routing_batch_size_count") - metric_sum(before, "carrot_routing_batch_size_count")
+        routed_n = metric_sum(after, "carrot_routing_batch_size_sum") - metric_sum(before, "carrot_routing_batch_size_sum")
+        summary["throughput"] = {
+            "requests_per_s": round(len(results) / wall, 1), "requests": len(results),
+            "ok": sum(r[0] == 200 for r in results),
+            "mean_routing_batch": round(routed_n / batches, 1) if batches else None,
+            "routing_thread_busy_share": round(busy / wall, 3),
+        }
+        print(f"throughput: {json.dumps(summary['throughput'])}", flush=True)
+
+        # Two upstreams, one failing 30% of its requests with HTTP 503.
+        failing_pair = [{**body, "carrot": {"allowed": [strong, cheap], "mu": body["carrot"]["mu"] / 2}}
+                        for body in routed]
+        results = asyncio.run(load(gateway_url + chat, failing_pair, 16, args.failure_requests, deadline))
+        answered = sum(r[0] == 200 for r in results)
+        summary["failures"] = {
+            "requests": len(results), "answered_share": round(answered / max(1, len(results)), 4),
+            "fell_back": sum(r[2] for r in results),
+            "answered_by": {m: sum(r[3] == m for r in results if r[0] == 200) for m in (strong, cheap)},
+        }
+        print(f"one upstream failing 30%: {json.dumps(summary['failures'])}", flush=True)
+
+        # Soak: RSS sampled every 0.5 s; records counted after a clean shutdown.
+        metrics_before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+        served_before = metric_sum(metrics_before, "carrot_requests_total")
+        samples, stop_sampling = [], threading.Event()
+
+        def sample():
+            while not stop_sampling.wait(0.5):
+                samples.append((time.perf_counter(), gateway_ps.memory_info().rss))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        warm = min(1000, args.soak // 10)
+        asyncio.run(load(gateway_url + chat, routed, 64, warm, deadline))
+        rss_start = gateway_ps.memory_info().rss
+        sampler.start()
+        started = time.perf_counter()
+        results = asyncio.run(load(gateway_url + chat, routed, 64, args.soak - warm, deadline))
+        soak_wall = time.perf_counter() - started
+        stop_sampling.set()
+        sampler.join()
+        rss_end = gateway_ps.memory_info().rss
+        rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
+        served_total = metric_sum(httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text, "carrot_requests_total")
+        summary["soak"] = {
+            "requests": warm + len(results), "ok": sum(r[0] == 200 for r in results) + warm,
+            "seconds": round(soak_wall, 1), "rss_mb_start": round(rss_start / 2**20, 1),
+            "rss_mb_peak": round(rss_peak / 2**20, 1), "rss_mb_end": round(rss_end / 2**20, 1),
+            "rss_growth": round(rss_end / rss_start - 1, 4),
+            "served_in_soak": int(served_total - served_before),
+        }
+    finally:
+        code = stop_process(gateway)
+        stop_process(healthy)
+        stop_process(failing)
+    summary["gateway_exit_code"] = code
+    if "soak" in summary:
+        served = int(served_total)
+        records = count_records(work / "log")
+        summary["soak"]["requests_served_total"] = served
+        summary["soak"]["log_records"] = records
+        summary["soak"]["records_equal_requests"] = None if records is None else records == served
+    summary["work_dir"] = str(work)
+    summary["learn_aiq"] = "measured by gw-loop's own script (not provided as a function on main)"
+    summary["timed_out"] = deadline.passed()
+    return summary
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
