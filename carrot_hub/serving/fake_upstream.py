@@ -9,7 +9,7 @@ requests, with one of `FAILURE_KINDS`:
 - `"drop"`: sends the response headers, then drops the connection before any body;
 - `"midstream"`: a stream sends two chunks, then drops the connection (a plain answer drops at once).
 
-It remembers what it received (`received`: bodies and Authorization headers) for tests to inspect.
+It remembers what it last received (`received`: bodies; `authorizations`: headers) for tests to inspect.
 Answers are not language: the content is `"<model> says: "` followed by numbered words.
 """
 
@@ -21,6 +21,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from sse_starlette import EventSourceResponse
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+RECEIVED_KEPT = 1000
 FAILURE_KINDS = ("500", "502", "503", "429", "400", "401", "422", "timeout", "drop", "midstream")
 
 
@@ -56,8 +58,9 @@ class FakeUpstream:
     """The fake's state: its config, scripted failures, and what it received."""
 
     config: FakeUpstreamConfig = field(default_factory=FakeUpstreamConfig)
-    received: list[dict] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
+    # The last RECEIVED_KEPT bodies and Authorization headers (bounded: the fake also serves soaks).
+    received: deque = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
+    authorizations: deque = field(default_factory=lambda: deque(maxlen=RECEIVED_KEPT))
     requests: int = 0
     failures: int = 0
 
