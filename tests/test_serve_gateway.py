@@ -9,7 +9,10 @@ import openai
 import pytest
 
 from tests.conftest import TINY_MODELS
-from tests.serve_fixtures import MemoryLog, fake_upstreams, running_gateway, upstream_entries
+from carrot_hub.data.outcome_logs import read_outcome_log
+from carrot_hub.modeling_carrot import CarrotRouter
+from carrot_hub.serving.outcome_log import OutcomeLog
+from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
 
@@ -21,8 +24,8 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def served(knn_router_session, upstreams):
-    log = MemoryLog()
+def served(knn_router_session, upstreams, tmp_path_factory):
+    log = OutcomeLog(tmp_path_factory.mktemp("outcomes"))
     with running_gateway(knn_router_session, upstream_entries(upstreams, timeout=2.0), log=log,
                          route_window_s=0.001) as (gateway, server):
         yield gateway, server, log
@@ -44,9 +47,9 @@ def no_leftover_failures(upstreams):
 
 def record_of(log, response):
     request_id = response.headers["x-carrot-request-id"]
-    matches = [r for r in log.records if r["request_id"] == request_id]
-    assert len(matches) == 1, f"expected one record for {request_id}"
-    return matches[0]
+    records = served_records(log)
+    assert request_id in records, f"no record for {request_id}"
+    return records[request_id]
 
 
 def wait_records(gateway):
@@ -146,8 +149,8 @@ def test_non_streaming_with_the_openai_sdk_extra_body(served):
     assert completion.choices[0].message.content.startswith("big-model-upstream-id says:")
 
 
-def test_route_on_conversation_routes_the_whole_conversation(knn_router, upstreams):
-    log = MemoryLog()
+def test_route_on_conversation_routes_the_whole_conversation(knn_router, upstreams, tmp_path):
+    log = OutcomeLog(tmp_path)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which planet is red?"},
                 {"role": "assistant", "content": "Mars."}, {"role": "user", "content": [{"type": "text", "text": "Why?"}]}]
     with running_gateway(knn_router, upstream_entries(upstreams), log=log, route_on="conversation") as (gateway, server):
@@ -197,8 +200,8 @@ def test_connection_refused_falls_back(knn_router, upstreams):
     assert response.headers["x-carrot-fallbacks"] == "big-model"
 
 
-def test_max_fallbacks_bounds_the_tries(knn_router, upstreams):
-    log = MemoryLog()
+def test_max_fallbacks_bounds_the_tries(knn_router, upstreams, tmp_path):
+    log = OutcomeLog(tmp_path)
     for fake, _ in upstreams.values():
         fake.fail_next("503", 2)
     with running_gateway(knn_router, upstream_entries(upstreams), log=log, max_fallbacks=1) as (gateway, server):
@@ -298,13 +301,13 @@ def test_candidates_without_an_upstream_are_never_chosen(knn_router, upstreams):
 def test_bad_requests_get_openai_errors_and_leave_the_log_alone(served, client, body, status, needle):
     gateway, _, log = served
     wait_records(gateway)
-    before = len(log.records)
+    before = served_records(log)
     response = client.post("chat/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status
     error = response.json()["error"]
     assert needle in error["message"] and error["type"] == "invalid_request_error"
     wait_records(gateway)
-    assert len(log.records) == before
+    assert served_records(log) == before
 
 
 def test_body_size_limit(knn_router, upstreams):
@@ -321,21 +324,45 @@ def test_body_size_limit(knn_router, upstreams):
         assert response.status_code == 413
 
 
-def test_feedback(served, client):
+def test_feedback(served, client, upstreams):
     gateway, _, log = served
     response = client.post("chat/completions", json={"model": "carrot", "messages": USER})
     request_id = response.headers["x-carrot-request-id"]
     # Sent at once: the record may still be on its way to the log; the gateway waits for it.
     ok = client.post("feedback", json={"request_id": request_id, "score": 1})
     assert ok.status_code == 200 and ok.json()["request_id"] == request_id
-    assert (request_id, 1.0) in log.labels
     unknown = client.post("feedback", json={"request_id": "carrot-nope", "score": 0.5})
     assert unknown.status_code == 404 and "carrot-nope" in unknown.json()["error"]["message"]
     for score in (1.5, -0.1, "good", None, True):
         bad = client.post("feedback", json={"request_id": request_id, "score": score})
         assert bad.status_code == 400 and "[0, 1]" in bad.json()["error"]["message"]
     assert client.post("feedback", content=b"{oops").status_code == 400
-    assert len(log.labels) == 1
+    # A request no upstream answered has nothing to score.
+    for fake, _ in upstreams.values():
+        fake.fail_next("503")
+    failed = client.post("chat/completions", json={"model": "carrot:0", "messages": USER})
+    assert failed.status_code == 503
+    refused = client.post("feedback", json={"request_id": failed.headers["x-carrot-request-id"], "score": 1})
+    assert refused.status_code == 400 and "not answered" in refused.json()["error"]["message"]
+    labels = read_outcome_log(log.folder).labels
+    assert labels == {request_id: (1.0, labels[request_id][1])}
+
+
+def test_learn_applies_feedback_to_the_router(saved_knn_router, upstreams, tmp_path):
+    from carrot_hub.serving.learning import OnlineLearner
+
+    router = CarrotRouter.from_pretrained(saved_knn_router)  # its own copy: learning grows it
+    rows = router.config.knn_memory_size
+    learner = OnlineLearner(router, tmp_path / "learned", every=0)
+    with running_gateway(router, upstream_entries(upstreams), log=OutcomeLog(tmp_path / "log"),
+                         learner=learner) as (gateway, server):
+        response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:1", "messages": USER})
+        label = httpx.post(server.base_url + "/feedback",
+                           json={"request_id": response.headers["x-carrot-request-id"], "score": 0.0})
+        assert label.status_code == 200
+        assert learner.stats["learned"] == 1
+    # Shutting the gateway down saved the grown router as a new folder.
+    assert learner.saved and CarrotRouter.from_pretrained(learner.saved[-1]).config.knn_memory_size == rows + 1
 
 
 # ----------------------------------------------------------------------------------- security
@@ -355,9 +382,9 @@ def test_gateway_key_is_checked_as_a_bearer_token(knn_router, upstreams):
         assert client.chat.completions.create(model="carrot", messages=USER).model in TINY_MODELS
 
 
-def test_upstream_keys_never_leave_the_gateway(knn_router, caplog):
+def test_upstream_keys_never_leave_the_gateway(knn_router, caplog, tmp_path):
     secret = "sk-very-secret-0123456789"
-    log = MemoryLog()
+    log = OutcomeLog(tmp_path)
     with fake_upstreams(TINY_MODELS, api_key="the-right-key") as upstreams:
         entries = upstream_entries(upstreams, api_key_env="TEST_UPSTREAM_KEY")
         with caplog.at_level(logging.DEBUG):
@@ -371,7 +398,7 @@ def test_upstream_keys_never_leave_the_gateway(knn_router, caplog):
         sent = [fake.authorizations[-1] for fake, _ in upstreams.values()]
     assert sent == [f"Bearer {secret}"] * 3  # the key does reach the upstreams...
     assert response.status_code == 502 and pinned.status_code == 502
-    for text in (response.text, str(response.headers), pinned.text, caplog.text, json.dumps(log.records), metrics):
+    for text in (response.text, str(response.headers), pinned.text, caplog.text, *(p.read_text() for p in tmp_path.iterdir()), metrics):
         assert secret not in text  # ...and nothing else
     assert "***" in response.text
 

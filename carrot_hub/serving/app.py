@@ -103,6 +103,7 @@ class Gateway:
         self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
                                       on_batch=self.metrics.observe_batch)
         self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
+        self._learning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-learning")
         self._pending_records: dict[str, asyncio.Future] = {}
         self.app = Starlette(
             routes=[
@@ -130,6 +131,7 @@ class Gateway:
         await self.batcher.aclose()
         await self.upstreams.aclose()
         self._log_writer.shutdown(wait=True)
+        self._learning.shutdown(wait=True)
         if self.learner is not None:
             self.learner.close()
         if self.outcome_log is not None:
@@ -208,14 +210,15 @@ class Gateway:
         loop = asyncio.get_running_loop()
         try:
             record = await loop.run_in_executor(self._log_writer, self.outcome_log.feedback, request_id, float(score))
-        except KeyError:
-            raise RequestError(f"No served request has the id {request_id!r}.", status=404, param="request_id",
+        except KeyError as error:
+            raise RequestError(str(error) if str(error).startswith("No ") else
+                               f"No served request has the id {request_id!r}.", status=404, param="request_id",
                                code="unknown_request_id") from None
-        except ValueError as error:
-            raise RequestError(str(error), param="score") from None
+        except ValueError as error:  # e.g. the request was not answered: nothing to score
+            raise RequestError(str(error), param="request_id") from None
         if self.learner is not None:
-            # The learner grows the router's memory: on the routing thread, never beside an encoder pass.
-            await self.batcher.run_exclusive(self.learner.on_feedback, request_id, float(score), record)
+            # Off the event loop (it encodes the prompt); the router's memory is swapped under its own lock.
+            await loop.run_in_executor(self._learning, self.learner.on_feedback, request_id, float(score), record)
         return JSONResponse({"request_id": request_id, "score": float(score), "status": "recorded"})
 
     async def chat_completions(self, request: Request):

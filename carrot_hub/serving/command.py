@@ -48,6 +48,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="folder of the outcome log: one record per served request (default ./carrot-logs)")
     parser.add_argument("--no-prompt-log", action="store_true",
                         help="keep only a hash of the routed text in the outcome log")
+    parser.add_argument("--learn", action="store_true",
+                        help="apply each feedback label to the kNN router's memory as it arrives, saving the grown "
+                             "router as a new folder under --learn-dir every --learn-every labels and on shutdown")
+    parser.add_argument("--learn-dir", default="carrot-learned",
+                        help="folder for the grown routers (default ./carrot-learned; never the router's own folder)")
+    parser.add_argument("--learn-every", type=int, default=500,
+                        help="save the grown router after this many labels (0: only on shutdown; default 500)")
     parser.add_argument("--access-log", action="store_true", help="print one line per HTTP request")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
@@ -92,6 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_fallbacks < 0:
         raise UsageError(f"--max-fallbacks must be ≥ 0, got {args.max_fallbacks}.")
+    if args.learn_every < 0:
+        raise UsageError(f"--learn-every must be ≥ 0, got {args.learn_every}.")
     if not (args.route_window_ms >= 0 and args.route_window_ms < 1000):
         raise UsageError(f"--route-window-ms must be in [0, 1000), got {args.route_window_ms}.")
     try:
@@ -119,17 +128,25 @@ def run_serve(args: argparse.Namespace) -> int:
         sock.close()
 
 
-def _open_outcome_log(args):
+def _open_outcome_log(args, router):
+    from .outcome_log import OutcomeLog
+
     try:
-        from .outcome_log import OutcomeLog
-    except ImportError:  # the outcome log lands separately; serve without it meanwhile
-        print("carrot serve: warning: no outcome log available in this install; requests are not recorded.",
-              file=sys.stderr)
-        return None
-    try:
-        return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log)
+        return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log, prices=router.config.prices,
+                          prices_recorded_on=router.config.prices_recorded_on)
     except (OSError, ValueError) as error:
         raise UsageError(f"Cannot open the outcome log in {args.log_dir}: {error}") from None
+
+
+def _open_learner(args, router):
+    if not args.learn:
+        return None
+    from .learning import OnlineLearner
+
+    try:
+        return OnlineLearner(router, args.learn_dir, every=args.learn_every)
+    except (TypeError, ValueError, OSError) as error:
+        raise UsageError(f"--learn: {error}") from None
 
 
 def _serve(router, upstreams, sock, args, gateway_key) -> int:
@@ -145,12 +162,14 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         route_window_s=args.route_window_ms / 1000,
         route_batch_size=args.route_batch_size,
     )
-    outcome_log = _open_outcome_log(args)
-    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log)
+    learner = _open_learner(args, router)
+    outcome_log = _open_outcome_log(args, router)
+    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log, learner=learner)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"carrot serve: {len(gateway.callable)} candidates ({', '.join(gateway.callable)}) on "
-          f"http://{shown}:{port}/v1" + (f"; outcome log in {args.log_dir}" if outcome_log else "")
+          f"http://{shown}:{port}/v1; outcome log in {args.log_dir}"
+          + (f"; learning from feedback into {args.learn_dir}" if learner else "")
           + ("; gateway key required" if gateway_key else ""), file=sys.stderr, flush=True)
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=args.access_log, lifespan="on",
                             timeout_graceful_shutdown=10)
