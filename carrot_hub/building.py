@@ -113,4 +113,23 @@ def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
     )
     router.config.knn_memory_size = int(embeddings.shape[0])
     router.config.knn_remembered_rows = 0
+    fit_support_and_prior(router, table)
+    return router
+
+
+def fit_support_and_prior(router: CarrotRouter, table, embeddings=None, **support_options) -> CarrotRouter:
+    """
+    Give a trained router its support statistics ([`CarrotRouter.fit_support`]: the kNN memory,
+    or `embeddings (n, hidden)` of the table's prompts for other routers) and each candidate's prior
+    quality (its mean observed score on `table`), with an identity calibration and no shrinkage:
+    training replaces these with maps and a shrinkage fitted out of fold (`carrot_hub.reliability`).
+    """
+    import numpy as np
+
+    router.fit_support(embeddings, **support_options)
+    with np.errstate(all="ignore"):
+        prior = np.nan_to_num(np.nanmean(np.asarray(table.scores, dtype=np.float64), axis=0), nan=0.5)
+    n_models = router.config.num_candidates
+    identity = torch.tensor([0.0, 1.0]).repeat(n_models, 1)
+    router.set_calibration(identity, identity.clone(), torch.as_tensor(prior, dtype=torch.float32), method="identity")
     return router

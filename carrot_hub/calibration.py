@@ -62,7 +62,7 @@ class Calibrator:
         if len(predictions) == 0:
             raise ValueError("There are no prompts to calibrate on.")
         options = router._resolve_options(None, prices, allowed, max_cost)
-        _, input_prices, output_prices, allowed_mask, max_cost = options
+        _, input_prices, output_prices, allowed_mask, max_cost = options[:5]  # spend under the "predict" ood policy
         cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
         return cls(
             predictions.quality.float(), cost.float(), float(router.config.cost_scale),

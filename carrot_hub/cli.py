@@ -147,6 +147,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_common_options(route)
     _add_routing_options(route)
     route.add_argument("--mu", type=_mu, help="quality/cost trade-off in [0, 1] (default: the router's default_mu)")
+    route.add_argument("--ood", metavar="POLICY",
+                        help="prompts out of distribution (low support): predict (route on predictions), prior "
+                             "(route on each candidate's prior quality) or model:NAME (send them to NAME); "
+                             "default: the router's ood_policy")
     route.add_argument("--format", choices=("table", "jsonl"),
                        help="output format (default: table on the terminal, jsonl with --output)")
     route.add_argument("--output", help="write the output to this file (atomically; required under accelerate launch)")
@@ -343,7 +347,7 @@ def _allowed(values: list[str] | None) -> list[str] | None:
 def _check_router_options(router, args, prices, allowed) -> None:
     """Validate prices / allowed / max_cost against the router's candidates (exit 2 on error)."""
     try:
-        router._resolve_options(getattr(args, "mu", None), prices, allowed, args.max_cost)
+        router._resolve_options(getattr(args, "mu", None), prices, allowed, args.max_cost, getattr(args, "ood", None))
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -494,7 +498,7 @@ def _route_stream(router, source, args, prices, allowed, shard, handle, fmt: str
 
 def _route_chunk(router, indices, prompts, args, prices, allowed, handle, fmt, detailed) -> int:
     decision = router.route(prompts, mu=getattr(args, "mu", None), prices=prices, allowed=allowed,
-                            max_cost=args.max_cost, batch_size=args.batch_size)
+                            max_cost=args.max_cost, batch_size=args.batch_size, ood=getattr(args, "ood", None))
     if fmt == "jsonl":
         lines = []
         for index, record in zip(indices, decision.to_records()):
@@ -510,29 +514,41 @@ def _route_chunk(router, indices, prompts, args, prices, allowed, handle, fmt, d
 
 
 def _write_table_header(handle, detailed: bool) -> None:
-    handle.write(f"{'#':>5}  {'chosen model':<34} {'quality':>7} {'cost $':>10} {'in tok':>6}  prompt\n")
+    handle.write(f"{'#':>5}  {'chosen model':<34} {'quality':>7} {'cost $':>10} {'in tok':>6} {'support':>7}  prompt\n")
 
 
 def _write_table_rows(handle, indices, prompts, decision, detailed: bool) -> None:
     for row, (index, prompt) in enumerate(zip(indices, prompts)):
         column = int(decision.model_indices[row])
         flags = (" [truncated]" if decision.truncated[row] else "") + (
-            " [over budget]" if decision.over_budget[row] else "")
+            " [over budget]" if decision.over_budget[row] else "") + _ood_flag(decision, row)
+        support = float(decision.support[row])
+        support_text = "?" if math.isnan(support) else f"{support:.3f}"
         text = " ".join(prompt.split())
         text = text if len(text) <= 60 else text[:57] + "..."
         handle.write(
             f"{index:>5}  {decision.models[row]:<34} {float(decision.quality[row, column]):>7.3f} "
-            f"{float(decision.cost[row, column]):>10.6f} {int(decision.input_tokens[row]):>6}  {text}{flags}\n"
+            f"{float(decision.cost[row, column]):>10.6f} {int(decision.input_tokens[row]):>6} {support_text:>7}  {text}{flags}\n"
         )
         if detailed:
-            handle.write(f"{'':>7}{'candidate':<34} {'quality':>7} {'cost $':>10} {'out tok':>7}\n")
+            handle.write(f"{'':>7}{'candidate':<34} {'quality':>7} {'band':>13} {'cost $':>10} {'out tok':>7}\n")
             for col, name in enumerate(decision.candidate_models):
                 mark = "*" if col == column else ("x" if not math.isfinite(float(decision.utility[row, col])) else " ")
                 handle.write(
                     f"{'':>5}{mark} {name:<34} {float(decision.quality[row, col]):>7.3f} "
+                    f"{float(decision.quality_low[row, col]):>6.3f}-{float(decision.quality_high[row, col]):<6.3f} "
                     f"{float(decision.cost[row, col]):>10.6f} {float(decision.output_tokens[row, col]):>7.0f}\n"
                 )
             handle.write("\n")
+
+
+def _ood_flag(decision, row: int) -> str:
+    """The table's note on a prompt out of distribution: flagged, and what the ood policy did."""
+    if decision.in_distribution[row] is not False:
+        return ""
+    if decision.ood_applied[row]:
+        return f" [out of distribution: {decision.ood_policy}]"
+    return " [out of distribution]"
 
 
 # -------------------------------------------------------------------------------- calibrate

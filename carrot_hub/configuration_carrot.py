@@ -64,6 +64,26 @@ class CarrotConfig(PretrainedConfig):
         quality_target (`str`): what predicted quality means, e.g. `"probability correct"`.
         training_data (`str`, *optional*): where the training prompts came from (for the card).
         output_tokens_floor (`float`): smallest output-token prediction (tokens are never negative).
+        support_k (`int`): a prompt's similarity to the training prompts is the mean cosine
+            similarity of its `support_k` most similar training prompts.
+        support_reference_size (`int`): number of stored leave-one-out similarities of the training
+            prompts (the reference `support` is measured against); 0 for a router saved before
+            support existed, whose support is reported as unknown.
+        support_memory_size (`int`): training-prompt embeddings kept for support by routers without
+            a kNN memory (MLP heads, fine-tuned); 0 for kNN routers, which use their memory.
+        support_threshold (`float`): a prompt is in distribution when its support is above this:
+            0.01 flags prompts less similar to the training data than 99% of the training prompts
+            are to the others (and so about 1% of prompts like the training ones). Chosen on the
+            training data.
+        ood_policy (`str`): what `route()` does with prompts out of distribution: `"predict"` (route
+            on the predicted quality), `"prior"` (route on each candidate's prior quality) or
+            `"model:<name>"` (send them to that candidate).
+        calibration_knots (`int`): knots of the per-candidate calibration map of predicted quality
+            (piecewise linear, monotone); 0 when the router has none.
+        calibration_method (`str`, *optional*): how that map was fitted (`"isotonic"`, `"platt"` or
+            `"identity"`), for the card.
+        shrink_floor (`float`): weight of the calibrated prediction (against the candidate's prior)
+            at support 0; the weight rises linearly to 1 at `support_threshold`.
     """
 
     model_type = "carrot"
@@ -90,6 +110,14 @@ class CarrotConfig(PretrainedConfig):
         quality_target: str = "probability correct",
         training_data: str | None = None,
         output_tokens_floor: float = 0.0,
+        support_k: int = 8,
+        support_reference_size: int = 0,
+        support_memory_size: int = 0,
+        support_threshold: float = 0.01,
+        ood_policy: str = "predict",
+        calibration_knots: int = 0,
+        calibration_method: str | None = None,
+        shrink_floor: float = 1.0,
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
@@ -113,6 +141,14 @@ class CarrotConfig(PretrainedConfig):
         self.quality_target = quality_target
         self.training_data = training_data
         self.output_tokens_floor = output_tokens_floor
+        self.support_k = int(support_k)
+        self.support_reference_size = int(support_reference_size)
+        self.support_memory_size = int(support_memory_size)
+        self.support_threshold = float(support_threshold)
+        self.ood_policy = ood_policy
+        self.calibration_knots = int(calibration_knots)
+        self.calibration_method = calibration_method
+        self.shrink_floor = float(shrink_floor)
         super().__init__(**kwargs)
         self.validate_router_fields()
 
@@ -183,6 +219,26 @@ class CarrotConfig(PretrainedConfig):
         if self.max_prompt_tokens < 2:
             raise ValueError(f"max_prompt_tokens must be at least 2, got {self.max_prompt_tokens}.")
         check_max_prompt_tokens(self.max_prompt_tokens, self.encoder_config)
+        self.validate_reliability_fields()
+
+    @property
+    def has_support(self) -> bool:
+        """Whether the router stores what `support` needs (routers saved before it existed do not)."""
+        return self.support_reference_size > 0
+
+    def validate_reliability_fields(self) -> None:
+        """Raise `ValueError` naming the field when the support / calibration / ood fields are invalid."""
+        if self.support_k < 1:
+            raise ValueError(f"support_k must be at least 1, got {self.support_k}.")
+        if self.support_reference_size < 0 or self.support_memory_size < 0:
+            raise ValueError("support_reference_size and support_memory_size must be ≥ 0.")
+        if not 0.0 <= self.support_threshold <= 1.0:
+            raise ValueError(f"support_threshold must be in [0, 1], got {self.support_threshold!r}.")
+        if not 0.0 <= self.shrink_floor <= 1.0:
+            raise ValueError(f"shrink_floor must be in [0, 1], got {self.shrink_floor!r}.")
+        if self.calibration_knots == 1 or self.calibration_knots < 0:
+            raise ValueError(f"calibration_knots must be 0 (none) or at least 2, got {self.calibration_knots}.")
+        check_ood_policy(self.ood_policy, self.candidate_models)
 
 
 def check_max_prompt_tokens(max_prompt_tokens: int, encoder_config: dict) -> None:
@@ -216,6 +272,29 @@ def check_mu(mu) -> float:
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise ValueError(f"mu must be in [0, 1] (0 = best quality, 1 = cheapest), got {value!r}.")
     return value
+
+
+OOD_POLICIES = ("predict", "prior", "model:<candidate name>")
+
+
+def check_ood_policy(policy, candidate_models) -> str:
+    """
+    Return `policy` if it is `"predict"`, `"prior"` or `"model:<name>"` with `name` a candidate;
+    else raise `ValueError` saying which values are accepted.
+    """
+    if policy in ("predict", "prior"):
+        return policy
+    if isinstance(policy, str) and policy.startswith("model:"):
+        name = policy[len("model:") :]
+        if name not in candidate_models:
+            raise ValueError(
+                f"ood policy {policy!r} names {name!r}, which is not a candidate of this router. "
+                f"Known candidates: {', '.join(candidate_models)}."
+            )
+        return policy
+    raise ValueError(
+        f"ood policy must be 'predict', 'prior' or 'model:<candidate name>', got {policy!r}."
+    )
 
 
 def check_price(value, what: str) -> float:

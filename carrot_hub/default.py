@@ -23,7 +23,7 @@ from .precision import resolve_encoder_dtype
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
 DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
 DEFAULT_KNN_K = 128  # picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split: `python -m training.train --kind knn`
-_CACHE_VERSION = "v4"
+_CACHE_VERSION = "v5"  # v5: support and prior quality stored with the router
 
 
 def cache_root() -> Path:

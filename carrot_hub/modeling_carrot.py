@@ -24,6 +24,7 @@ from .configuration_carrot import (
     DEFAULT_MAX_REMEMBERED_ROWS,
     CarrotConfig,
     check_mu,
+    check_ood_policy,
     check_number,
     check_positive_int,
     check_price,
@@ -41,6 +42,7 @@ TOKENIZE_CHUNK_PROMPTS = 1024
 MAX_BYTES_PER_TOKEN = 8
 # Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
 _NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+logger = transformers_logging.get_logger(__name__)
 
 
 @dataclass
@@ -89,6 +91,10 @@ class PromptPredictions:
         truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
         candidate_models (`list[str]`, *optional*): the candidates of the router that made them, in
             column order (so that another router cannot mistake them for its own).
+        support (`torch.FloatTensor` of shape `(batch,)`, *optional*): how well the training prompts
+            cover each prompt, in [0, 1] (see [`CarrotReliability`]); NaN where unknown.
+        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`, *optional*): a
+            band around `quality` that widens as support falls.
     """
 
     quality: torch.Tensor
@@ -96,6 +102,9 @@ class PromptPredictions:
     input_tokens: torch.Tensor
     truncated: list[bool] = field(default_factory=list)
     candidate_models: list[str] | None = None
+    support: torch.Tensor | None = None
+    quality_low: torch.Tensor | None = None
+    quality_high: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.quality.shape[0]
@@ -121,6 +130,15 @@ class RoutingDecision:
         truncated (`list[bool]`): prompts cut to the router's maximum length before encoding.
         over_budget (`list[bool]`): prompts for which no allowed candidate fitted `max_cost`; the
             cheapest allowed candidate was chosen instead.
+        support (`torch.FloatTensor` of shape `(batch,)`): where each prompt's similarity to the
+            training prompts falls among the training prompts' own leave-one-out similarities
+            (0.02 = less similar than 98% of them); NaN = unknown (a router saved before support).
+        in_distribution (`list[bool | None]`): support above `config.support_threshold`; None = unknown.
+        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`): a band around
+            `quality` that widens as support falls (equal to `quality` when support is unknown).
+        ood_policy (`str`): the policy used for prompts out of distribution.
+        ood_applied (`list[bool]`): prompts the policy changed the rule for (out of distribution
+            under `"prior"` or `"model:<name>"`).
     """
 
     models: list[str]
@@ -135,6 +153,25 @@ class RoutingDecision:
     prices: dict
     truncated: list[bool]
     over_budget: list[bool]
+    support: torch.Tensor | None = None
+    in_distribution: list | None = None
+    quality_low: torch.Tensor | None = None
+    quality_high: torch.Tensor | None = None
+    ood_policy: str = "predict"
+    ood_applied: list[bool] | None = None
+
+    def __post_init__(self):
+        n = len(self.models)
+        if self.support is None:
+            self.support = torch.full((n,), math.nan)
+        if self.in_distribution is None:
+            self.in_distribution = [None] * n
+        if self.quality_low is None:
+            self.quality_low = self.quality
+        if self.quality_high is None:
+            self.quality_high = self.quality
+        if self.ood_applied is None:
+            self.ood_applied = [False] * n
 
     def __len__(self) -> int:
         return len(self.models)
@@ -153,15 +190,22 @@ class RoutingDecision:
         """One plain dict per prompt (JSON-serialisable)."""
         records = []
         for row, chosen in enumerate(self.models):
+            support = float(self.support[row])
             records.append(
                 {
                     "model": chosen,
                     "truncated": self.truncated[row],
                     "over_budget": self.over_budget[row],
                     "input_tokens": int(self.input_tokens[row]),
+                    "support": None if math.isnan(support) else support,
+                    "in_distribution": self.in_distribution[row],
+                    "ood_policy": self.ood_policy,
+                    "ood_applied": self.ood_applied[row],
                     "predictions": {
                         name: {
                             "quality": float(self.quality[row, col]),
+                            "quality_low": float(self.quality_low[row, col]),
+                            "quality_high": float(self.quality_high[row, col]),
                             "output_tokens": float(self.output_tokens[row, col]),
                             "cost": float(self.cost[row, col]),
                         }
@@ -418,6 +462,109 @@ class CarrotKNNMemory(nn.Module):
         return (gathered * usable).sum(2) / counts.clamp(min=1)
 
 
+def top_k_mean_similarity(
+    embeddings: torch.Tensor, memory: torch.Tensor, k: int, exclude_self: bool = False, chunk_size: int = 1024
+) -> torch.Tensor:
+    """
+    Mean cosine similarity of each row of `embeddings (n, hidden)` to its `k` most similar rows of
+    `memory (n_memory, hidden)` (both L2-normalised) → `(n,)`. With `exclude_self`, `embeddings` is
+    `memory` itself and each row leaves itself out (its leave-one-out similarity).
+    """
+    n_memory = memory.shape[0]
+    k = max(1, min(int(k), n_memory - (1 if exclude_self else 0)))
+    out = torch.empty(embeddings.shape[0], dtype=torch.float32)
+    for start in range(0, embeddings.shape[0], chunk_size):
+        chunk = embeddings[start : start + chunk_size].to(memory.dtype)
+        similarity = chunk @ memory.T
+        if exclude_self:
+            rows = torch.arange(chunk.shape[0])
+            similarity[rows, rows + start] = -math.inf
+        out[start : start + chunk.shape[0]] = similarity.topk(k, dim=1).values.mean(1).float().cpu()
+    return out
+
+
+def interpolate_monotone(values: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
+    """
+    Per-column piecewise-linear map: `values (batch, n_models)`, knots `(n_models, n_knots)` sorted
+    along the last axis → `(batch, n_models)`; flat beyond the first and last knots.
+    """
+    x = values.T.contiguous().to(knots_x.dtype)  # (n_models, batch)
+    n_knots = knots_x.shape[1]
+    right = torch.searchsorted(knots_x, x).clamp(1, n_knots - 1)
+    x0, x1 = knots_x.gather(1, right - 1), knots_x.gather(1, right)
+    y0, y1 = knots_y.gather(1, right - 1), knots_y.gather(1, right)
+    width = x1 - x0
+    t = torch.where(width > 0, (x - x0) / width.clamp(min=1e-12), torch.ones_like(x)).clamp(0, 1)
+    return (y0 + t * (y1 - y0)).T
+
+
+class CarrotReliability(nn.Module):
+    """
+    What the router knows about how far to trust its own predictions.
+
+    **Support.** A prompt's similarity to the training prompts is the mean cosine similarity of its
+    `support_k` most similar training prompts (the kNN memory, or `support_embeddings` for routers
+    without one). Its support is the fraction of the training prompts whose own leave-one-out
+    similarity (to the other training prompts) is at most that: 0.02 = less similar to the training
+    data than 98% of the training prompts are to each other. For prompts like the training ones it
+    is about uniform on [0, 1]; a prompt is in distribution when it is above `support_threshold`.
+    The reference distribution is stored, so support stays defined when a kNN memory grows.
+
+    **Calibrated, support-aware quality.** Per candidate, a monotone piecewise-linear map
+    (`calibration_x` → `calibration_y`, fitted on out-of-fold predictions at training time) turns the
+    predictor's quality into a calibrated one. Out of distribution the prediction is not to be
+    trusted, so it moves toward the candidate's prior quality (its mean score on the training
+    data): quality = prior + w · (calibrated − prior) with w = floor + (1 − floor) · min(1, support /
+    threshold). In distribution (support ≥ threshold) w = 1 and decisions use the calibrated
+    prediction only. The floor is fitted at training time on prompts of tasks held out of the
+    training data (least squares; see `carrot_hub.reliability`). The band `[quality_low,
+    quality_high]` is quality ± (w · spread_in + (1 − w) · spread_out): `spread_in` is the
+    out-of-fold calibration error in distribution, `spread_out` how far a held-out task's mean
+    quality fell from the prior.
+
+    Buffers:
+        reference (`(n_reference,)`): sorted leave-one-out similarities (or their quantiles).
+        support_embeddings (`(n_support, hidden)`): only for routers without a kNN memory.
+        calibration_x, calibration_y (`(n_models, n_knots)`): the calibration maps' knots.
+        prior (`(n_models,)`): each candidate's mean training score.
+        spread_in, spread_out (`(n_models,)`): half-widths of the band in and out of distribution.
+    """
+
+    def __init__(self, config: CarrotConfig, embedding_size: int):
+        super().__init__()
+        n_models, n_knots = config.num_candidates, max(config.calibration_knots, 2)
+        self.register_buffer("reference", torch.zeros(config.support_reference_size))
+        if config.support_memory_size > 0:
+            self.register_buffer("support_embeddings", torch.zeros(config.support_memory_size, embedding_size))
+        else:
+            self.support_embeddings = None
+        self.register_buffer("calibration_x", torch.linspace(0, 1, n_knots).repeat(n_models, 1))
+        self.register_buffer("calibration_y", torch.linspace(0, 1, n_knots).repeat(n_models, 1))
+        self.register_buffer("prior", torch.full((n_models,), 0.5))
+        self.register_buffer("spread_in", torch.zeros(n_models))
+        self.register_buffer("spread_out", torch.zeros(n_models))
+
+    def support(self, embeddings: torch.Tensor, memory: torch.Tensor, k: int) -> torch.Tensor:
+        """`(batch, hidden)` embeddings and the training prompts' `(n, hidden)` → support `(batch,)` in [0, 1]."""
+        similarity = top_k_mean_similarity(embeddings, memory, k).to(self.reference.device)
+        below = torch.searchsorted(self.reference, similarity.to(self.reference.dtype), right=True)
+        return below.float() / self.reference.shape[0]
+
+    def adjust(
+        self, quality: torch.Tensor, support: torch.Tensor, threshold: float, floor: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Raw predicted quality `(batch, n_models)` and support `(batch,)` → calibrated quality moved
+        toward the prior as support falls, and its band: three `(batch, n_models)` tensors.
+        """
+        calibrated = interpolate_monotone(quality.float(), self.calibration_x, self.calibration_y)
+        trust = support.float().clamp(0, 1) / threshold if threshold > 0 else torch.ones_like(support.float())
+        weight = (floor + (1.0 - floor) * trust.clamp(max=1.0))[:, None]  # (batch, 1)
+        adjusted = self.prior[None, :] + weight * (calibrated - self.prior[None, :])
+        half_width = weight * self.spread_in[None, :] + (1.0 - weight) * self.spread_out[None, :]
+        return adjusted, (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
+
+
 class CarrotPreTrainedModel(PreTrainedModel):
     config_class = CarrotConfig
     base_model_prefix = "carrot"
@@ -453,6 +600,11 @@ class CarrotPreTrainedModel(PreTrainedModel):
         model.check_consistency(source=source)
         if isinstance(model, CarrotRouter):
             model.tokenizer  # a router without its tokenizer fails here, not at the first route()
+        if not model.config.has_support:
+            logger.warning(
+                f"The router at {source} was saved before routers measured support: it routes "
+                "as before, with support and in_distribution reported as unknown; retrain it to get them."
+            )
         return (model, info) if wants_info else model
 
 
@@ -514,7 +666,7 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     # `from_pretrained(..., dtype=torch.bfloat16)` halves the encoder; the predictor (kNN memory
     # or heads) stays float32 so that neighbour search and quality estimates keep their precision.
-    _keep_in_fp32_modules_strict = ["predictor"]
+    _keep_in_fp32_modules_strict = ["predictor", "reliability"]
 
     def __init__(self, config: CarrotConfig):
         super().__init__(config)
@@ -531,6 +683,8 @@ class CarrotRouter(CarrotPreTrainedModel):
             self.predictor = CarrotKNNMemory(config, hidden)
         else:
             self.predictor = CarrotMLPHeads(config, hidden)
+        # Routers saved before support existed have none: they route as before, support unknown.
+        self.reliability = CarrotReliability(config, hidden) if config.has_support else None
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
         self._remember_lock = threading.Lock()
@@ -548,12 +702,142 @@ class CarrotRouter(CarrotPreTrainedModel):
     def predict_from_embeddings(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         `(batch, hidden)` embeddings → quality `(batch, n_models)` in [0, 1] and output tokens
-        `(batch, n_models)` ≥ 0, without the encoder (for precomputed embeddings).
+        `(batch, n_models)` ≥ 0, without the encoder (for precomputed embeddings). Quality is the
+        calibrated, support-aware one that `route()` uses (see [`CarrotReliability`]).
         """
+        quality, output_tokens, _, _, _ = self.predict_with_support(embeddings)
+        return quality, output_tokens
+
+    def predict_raw(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictor's own quality and output tokens `(batch, n_models)`, before calibration and support."""
         quality, log_tokens = self._raw_predictions(embeddings)
         if self.config.predictor_kind == "mlp":
             quality = torch.sigmoid(quality)
         return quality, self._tokens_from_log(log_tokens)
+
+    def predict_with_support(self, embeddings: torch.Tensor):
+        """
+        `(batch, hidden)` embeddings → `(quality, output_tokens, support, quality_low, quality_high)`:
+        quality, band and tokens `(batch, n_models)`, support `(batch,)` (NaN when the router has no
+        support statistics, i.e. was saved before they existed).
+        """
+        quality, output_tokens = self.predict_raw(embeddings)
+        if self.reliability is None:
+            support = torch.full((embeddings.shape[0],), math.nan, device=quality.device)
+            return quality, output_tokens, support, quality, quality
+        support = self.reliability.support(embeddings, self.support_memory, self.config.support_k).to(quality.device)
+        quality, low, high = self.reliability.adjust(
+            quality, support, self.config.support_threshold, self.config.shrink_floor
+        )
+        return quality, output_tokens, support, low, high
+
+    @property
+    def support_memory(self) -> torch.Tensor:
+        """The training prompts' embeddings `(n, hidden)` support is measured against (a kNN router's memory)."""
+        if self.reliability is not None and self.reliability.support_embeddings is not None:
+            return self.reliability.support_embeddings
+        if isinstance(self.predictor, CarrotKNNMemory):
+            return self.predictor.embeddings
+        raise ValueError("This router keeps no training-prompt embeddings; call fit_support(embeddings) first.")
+
+    @torch.no_grad()
+    def fit_support(
+        self,
+        embeddings: torch.Tensor | None = None,
+        k: int | None = None,
+        threshold: float | None = None,
+        max_reference: int = 4096,
+        max_memory: int = 20000,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """
+        Store what `support` needs: the training prompts' leave-one-out similarities (sorted, or
+        `max_reference` quantiles of them). A kNN router measures against its memory; other routers
+        keep `embeddings (n, hidden)` of their training prompts (a seeded sample of `max_memory` rows
+        when there are more). Calibration already set is kept. Returns the leave-one-out
+        similarities `(n,)`.
+        """
+        if isinstance(self.predictor, CarrotKNNMemory):
+            memory, kept = self.predictor.embeddings.float(), 0
+        else:
+            if embeddings is None:
+                raise ValueError("fit_support needs the training prompts' embeddings for a router without a kNN memory.")
+            memory = torch.as_tensor(embeddings, dtype=torch.float32).detach().clone()
+            if memory.shape[0] > max_memory:
+                rows = torch.randperm(memory.shape[0], generator=torch.Generator().manual_seed(seed))[:max_memory]
+                memory = memory[rows.sort().values]
+            kept = memory.shape[0]
+        if memory.shape[0] < 2:
+            raise ValueError("Support needs at least two training prompts.")
+        k = int(k or self.config.support_k)
+        similarity = top_k_mean_similarity(memory, memory, k, exclude_self=True)
+        reference = similarity.sort().values
+        if reference.shape[0] > max_reference:
+            levels = (torch.arange(max_reference, dtype=torch.float64) + 0.5) / max_reference
+            reference = torch.quantile(similarity.double(), levels).float()
+        previous = self.reliability
+        self.config.support_k = k
+        self.config.support_reference_size = int(reference.shape[0])
+        self.config.support_memory_size = int(kept)
+        if threshold is not None:
+            self.config.support_threshold = float(threshold)
+        self.config.validate_reliability_fields()
+        device = self.predictor_device
+        self.reliability = CarrotReliability(self.config, memory.shape[1]).to(device)
+        self.reliability.reference = reference.to(device)
+        if kept:
+            self.reliability.support_embeddings = memory.to(device)
+        if previous is not None:
+            for name in ("calibration_x", "calibration_y", "prior", "spread_in", "spread_out"):
+                setattr(self.reliability, name, getattr(previous, name).clone())
+        return similarity
+
+    @torch.no_grad()
+    def set_calibration(
+        self,
+        calibration_x: torch.Tensor,
+        calibration_y: torch.Tensor,
+        prior: torch.Tensor,
+        spread_in: torch.Tensor | None = None,
+        spread_out: torch.Tensor | None = None,
+        method: str = "isotonic",
+        shrink_floor: float | None = None,
+    ) -> None:
+        """
+        Set the per-candidate calibration maps (knots `(n_models, n_knots)`, sorted by x), the prior
+        quality `(n_models,)` and the band's half-widths `(n_models,)` (see [`CarrotReliability`]).
+        Needs support first ([`fit_support`]).
+        """
+        if self.reliability is None:
+            raise ValueError("Fit support (router.fit_support(...)) before setting the calibration.")
+        n_models = self.config.num_candidates
+        calibration_x = torch.as_tensor(calibration_x, dtype=torch.float32)
+        calibration_y = torch.as_tensor(calibration_y, dtype=torch.float32)
+        if calibration_x.shape != calibration_y.shape or calibration_x.ndim != 2 or calibration_x.shape[0] != n_models:
+            raise ValueError(f"calibration knots must both be (n_models={n_models}, n_knots) tensors.")
+        if calibration_x.shape[1] < 2:
+            raise ValueError("A calibration map needs at least two knots.")
+        device = self.predictor_device
+        zeros = torch.zeros(n_models)
+        values = {
+            "calibration_x": calibration_x,
+            "calibration_y": calibration_y,
+            "prior": torch.as_tensor(prior, dtype=torch.float32).reshape(n_models),
+            "spread_in": zeros.clone() if spread_in is None else torch.as_tensor(spread_in, dtype=torch.float32).reshape(n_models),
+            "spread_out": zeros.clone() if spread_out is None else torch.as_tensor(spread_out, dtype=torch.float32).reshape(n_models),
+        }
+        for name, value in values.items():
+            setattr(self.reliability, name, value.contiguous().to(device))
+        self.config.calibration_knots = int(calibration_x.shape[1])
+        self.config.calibration_method = method
+        if shrink_floor is not None:
+            self.config.shrink_floor = float(shrink_floor)
+        self.config.validate_reliability_fields()
+
+    @property
+    def predictor_device(self) -> torch.device:
+        tensors = [*self.predictor.parameters(), *self.predictor.buffers()]
+        return tensors[0].device if tensors else torch.device("cpu")
 
     @property
     def predictor_dtype(self) -> torch.dtype:
@@ -703,15 +987,16 @@ class CarrotRouter(CarrotPreTrainedModel):
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:
         """Predictions from precomputed embeddings (no encoder pass), in chunks of `batch_size`."""
         n_models = self.config.num_candidates
-        quality, output_tokens = [torch.zeros(0, n_models)], [torch.zeros(0, n_models)]
+        parts = [[torch.zeros(0, n_models)], [torch.zeros(0, n_models)], [torch.zeros(0)], [torch.zeros(0, n_models)], [torch.zeros(0, n_models)]]
         for start in range(0, encoding.embeddings.shape[0], batch_size):
             chunk = encoding.embeddings[start : start + batch_size].to(self.device, self.predictor_dtype)
-            chunk_quality, chunk_tokens = self.predict_from_embeddings(chunk)
-            quality.append(chunk_quality.float().cpu())
-            output_tokens.append(chunk_tokens.float().cpu())
+            for part, value in zip(parts, self.predict_with_support(chunk)):
+                part.append(value.float().cpu())
+        quality, output_tokens, support, low, high = (torch.cat(part) for part in parts)
         return PromptPredictions(
-            torch.cat(quality), torch.cat(output_tokens), encoding.input_tokens, list(encoding.truncated),
+            quality, output_tokens, encoding.input_tokens, list(encoding.truncated),
             candidate_models=list(self.config.candidate_models),
+            support=support, quality_low=low, quality_high=high,
         )
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
@@ -748,6 +1033,7 @@ class CarrotRouter(CarrotPreTrainedModel):
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
         batch_size: int = 64,
+        ood: str | None = None,
     ) -> RoutingDecision:
         """
         Choose a candidate LLM for every prompt.
@@ -762,14 +1048,19 @@ class CarrotRouter(CarrotPreTrainedModel):
             max_cost: exclude candidates whose predicted cost in dollars exceeds it; a prompt for
                 which none fits gets its cheapest allowed candidate, flagged in `over_budget`.
             batch_size: prompts encoded per forward pass.
+            ood: what to do with prompts out of distribution (support at or below
+                `config.support_threshold`): `"predict"` routes on the predicted quality, `"prior"`
+                on each candidate's prior quality, `"model:<name>"` sends them to that candidate
+                (it must be allowed); defaults to `config.ood_policy`. `decision.ood_applied` says
+                which prompts it changed.
 
         Returns:
             A [`RoutingDecision`].
         """
         prompts = check_prompts(prompts)
-        mu, input_prices, output_prices, allowed_mask, max_cost = self._resolve_options(mu, prices, allowed, max_cost)
+        options = self._resolve_options(mu, prices, allowed, max_cost, ood)
         predictions = self.predict(prompts, batch_size=batch_size)
-        return self._decide(predictions, mu, input_prices, output_prices, allowed_mask, max_cost)
+        return self._decide(predictions, *options)
 
     def decide(
         self,
@@ -778,12 +1069,25 @@ class CarrotRouter(CarrotPreTrainedModel):
         prices: Mapping | None = None,
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
+        ood: str | None = None,
     ) -> RoutingDecision:
         """Like [`route`], from predictions already made by [`predict`]: changing μ or prices needs no re-encoding."""
-        options = self._resolve_options(mu, prices, allowed, max_cost)
+        options = self._resolve_options(mu, prices, allowed, max_cost, ood)
         return self._decide(predictions, *options)
 
-    def _resolve_options(self, mu, prices, allowed, max_cost):
+    def resolve_ood(self, ood: str | None, allowed_mask: torch.Tensor | None = None) -> str:
+        """The ood policy in force (`config.ood_policy` when None), checked against the candidates and `allowed`."""
+        policy = check_ood_policy(self.config.ood_policy if ood is None else ood, self.config.candidate_models)
+        if policy.startswith("model:") and allowed_mask is not None:
+            name = policy[len("model:") :]
+            if not bool(allowed_mask[self.config.candidate_models.index(name)]):
+                raise ValueError(
+                    f"ood policy {policy!r} sends prompts out of distribution to {name!r}, which `allowed` excludes. "
+                    "Allow it, or pass another ood policy ('predict', 'prior' or 'model:<an allowed candidate>')."
+                )
+        return policy
+
+    def _resolve_options(self, mu, prices, allowed, max_cost, ood=None):
         mu = check_mu(self.config.default_mu if mu is None else mu)
         input_prices, output_prices = self.resolve_prices(prices)
         allowed_mask = self.resolve_allowed(allowed)
@@ -791,7 +1095,8 @@ class CarrotRouter(CarrotPreTrainedModel):
             max_cost = check_number(max_cost, "max_cost", "a number of US dollars per prompt")
             if not math.isfinite(max_cost) or max_cost < 0:
                 raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
-        return mu, input_prices, output_prices, allowed_mask, max_cost
+        ood = self.resolve_ood(ood, allowed_mask)
+        return mu, input_prices, output_prices, allowed_mask, max_cost, ood
 
     def _check_predictions(self, predictions: PromptPredictions) -> None:
         """Raise `ValueError` when `predictions` were not made by a router with these candidates."""
@@ -816,12 +1121,33 @@ class CarrotRouter(CarrotPreTrainedModel):
                 "were they made by another router? Call predict() on this router."
             )
 
-    def _decide(self, predictions, mu, input_prices, output_prices, allowed_mask, max_cost) -> RoutingDecision:
+    def _decide(
+        self, predictions, mu, input_prices, output_prices, allowed_mask, max_cost, ood="predict"
+    ) -> RoutingDecision:
         self._check_predictions(predictions)
         cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
+        n = len(predictions)
+        support = predictions.support if predictions.support is not None else torch.full((n,), math.nan)
+        known = ~torch.isnan(support)
+        out_of_distribution = known & (support <= self.config.support_threshold)
+        applied = torch.zeros(n, dtype=torch.bool)
+        quality = predictions.quality
+        if ood == "prior" and self.reliability is not None and bool(out_of_distribution.any()):
+            prior = self.reliability.prior.to(quality.device, quality.dtype)[None, :]
+            quality = torch.where(out_of_distribution[:, None], prior, quality)
+            applied = out_of_distribution
         indices, utility, over_budget = choose_candidates(
-            predictions.quality, cost, mu, self.config.cost_scale, allowed_mask, max_cost
+            quality, cost, mu, self.config.cost_scale, allowed_mask, max_cost
         )
+        if ood.startswith("model:") and bool(out_of_distribution.any()):
+            column = self.config.candidate_models.index(ood[len("model:") :])
+            indices = torch.where(out_of_distribution, torch.full_like(indices, column), indices)
+            if max_cost is not None:
+                over_budget = torch.where(out_of_distribution, cost[:, column] > max_cost, over_budget)
+            applied = out_of_distribution
+        in_distribution = [
+            None if not is_known else not is_out for is_known, is_out in zip(known.tolist(), out_of_distribution.tolist())
+        ]
         names = self.config.candidate_models
         return RoutingDecision(
             models=[names[i] for i in indices.tolist()],
@@ -839,6 +1165,12 @@ class CarrotRouter(CarrotPreTrainedModel):
             },
             truncated=list(predictions.truncated),
             over_budget=over_budget.tolist(),
+            support=support,
+            in_distribution=in_distribution,
+            quality_low=predictions.quality_low,
+            quality_high=predictions.quality_high,
+            ood_policy=ood,
+            ood_applied=applied.tolist(),
         )
 
     # ----------------------------------------------------------------------------- kNN memory
@@ -988,6 +1320,11 @@ class CarrotRouter(CarrotPreTrainedModel):
                     f"The router at {source}: model.safetensors holds NaN or infinite values in predictor.{name}; "
                     "its predictions would not be numbers. Save or download the router again."
                 )
+        if self.reliability is not None and self.reliability.prior.shape[0] != n_models:
+            raise ValueError(
+                f"The router at {source} has calibration for {self.reliability.prior.shape[0]} candidates but its "
+                f"config lists {n_models}. Add or remove candidates with `carrot add-model` / `carrot remove-model`."
+            )
 
 
 def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is_logits: bool) -> torch.Tensor:
@@ -1088,6 +1425,7 @@ __all__ = [
     "CarrotRouter",
     "CarrotPreTrainedModel",
     "CarrotRouterOutput",
+    "CarrotReliability",
     "RoutingDecision",
     "PromptPredictions",
     "PromptEncoding",

@@ -10,7 +10,7 @@
 [{...}, {...}]
 ```
 
-μ, prices, allowed and max_cost are call arguments (or pipeline-construction defaults); they only
+μ, prices, allowed, max_cost and ood (the policy for prompts out of distribution) are call arguments (or pipeline-construction defaults); they only
 enter `postprocess`, so the encoder's work is the same for every setting. For the fastest bulk
 routing (one call, prompts sorted by length), use `CarrotRouter.route` directly.
 """
@@ -40,17 +40,20 @@ class LLMRoutingPipeline(Pipeline):
             raise TypeError(f"The llm-routing pipeline needs a CarrotRouter, got {type(model).__name__}.")
         super().__init__(model=model, tokenizer=tokenizer or model.tokenizer, **kwargs)
 
-    def _sanitize_parameters(self, mu=None, prices=None, allowed=None, max_cost=None, **kwargs):
+    def _sanitize_parameters(self, mu=None, prices=None, allowed=None, max_cost=None, ood=None, **kwargs):
         if kwargs:
-            raise TypeError(f"llm-routing got unexpected arguments {sorted(kwargs)}; it takes mu, prices, allowed, max_cost.")
+            raise TypeError(
+                f"llm-routing got unexpected arguments {sorted(kwargs)}; it takes mu, prices, allowed, max_cost, ood."
+            )
         postprocess = {}
-        for name, value in (("mu", mu), ("prices", prices), ("allowed", allowed), ("max_cost", max_cost)):
+        for name, value in (("mu", mu), ("prices", prices), ("allowed", allowed), ("max_cost", max_cost), ("ood", ood)):
             if value is not None:
                 postprocess[name] = value
         if postprocess:
             # Fail at call time with the router's own message, before any prompt is encoded.
             self.model._resolve_options(
-                postprocess.get("mu"), postprocess.get("prices"), postprocess.get("allowed"), postprocess.get("max_cost")
+                postprocess.get("mu"), postprocess.get("prices"), postprocess.get("allowed"), postprocess.get("max_cost"),
+                postprocess.get("ood"),
             )
         return {}, {}, postprocess
 
@@ -69,25 +72,31 @@ class LLMRoutingPipeline(Pipeline):
         }
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Padded batch → quality and output_tokens `(batch, n_models)`, plus the per-prompt extras."""
+        """Padded batch → quality, its band and output_tokens `(batch, n_models)`, support `(batch,)`, the extras."""
         embeddings = self.model.embed(model_inputs["input_ids"], model_inputs["attention_mask"])
-        quality, output_tokens = self.model.predict_from_embeddings(embeddings)
+        quality, output_tokens, support, low, high = self.model.predict_with_support(embeddings)
         return {
             "quality": quality.float(),
             "output_tokens": output_tokens.float(),
+            "support": support.float(),
+            "quality_low": low.float(),
+            "quality_high": high.float(),
             "input_tokens": model_inputs["input_tokens"],
             "truncated": model_inputs["truncated"],
         }
 
-    def postprocess(self, model_outputs, mu=None, prices=None, allowed=None, max_cost=None) -> dict:
+    def postprocess(self, model_outputs, mu=None, prices=None, allowed=None, max_cost=None, ood=None) -> dict:
         predictions = PromptPredictions(
             quality=model_outputs["quality"].reshape(1, -1),
             output_tokens=model_outputs["output_tokens"].reshape(1, -1),
             input_tokens=model_outputs["input_tokens"].reshape(1),
             truncated=[bool(model_outputs["truncated"].reshape(-1)[0])],
             candidate_models=list(self.model.config.candidate_models),
+            support=model_outputs["support"].reshape(1),
+            quality_low=model_outputs["quality_low"].reshape(1, -1),
+            quality_high=model_outputs["quality_high"].reshape(1, -1),
         )
-        decision = self.model.decide(predictions, mu=mu, prices=prices, allowed=allowed, max_cost=max_cost)
+        decision = self.model.decide(predictions, mu=mu, prices=prices, allowed=allowed, max_cost=max_cost, ood=ood)
         record = decision.to_records()[0]
         chosen = record["predictions"][record["model"]]
         return {"model": record["model"], "quality": chosen["quality"], "cost": chosen["cost"], "mu": decision.mu,

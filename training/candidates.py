@@ -132,6 +132,8 @@ def add_candidate(
         state.update(_mlp_add(router, new_embeddings, quality, output_tokens, seed))
         memory_size = config.knn_memory_size
         detail = "new output row of each head fitted on frozen features; other weights unchanged"
+    if router.reliability is not None:
+        state.update(_reliability_add(router.reliability, quality))
     source = table.split and f"{table.split} split" or "a routing table"
     description = (
         f"added candidate {name} (${input_price:g} / ${output_price:g} per M tokens) from {len(rows)} prompts "
@@ -176,6 +178,22 @@ def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens, n_reme
         "predictor.quality_observed": stack(memory.quality_observed, torch.ones(n_new, 1)),
         "predictor.log_output_tokens": stack(memory.log_output_tokens, log_tokens),
         "predictor.output_tokens_observed": stack(memory.output_tokens_observed, tokens_observed),
+    }
+
+
+@torch.no_grad()
+def _reliability_add(reliability, quality) -> dict[str, torch.Tensor]:
+    """The newcomer's reliability rows: no calibration (identity), its mean score as prior, the others' mean spreads."""
+    n_knots = reliability.calibration_x.shape[1]
+    identity = torch.linspace(0, 1, n_knots)[None, :]
+    observed = quality[~torch.isnan(quality)].float()
+    prior = observed.mean() if observed.numel() else torch.tensor(0.5)
+    return {
+        "reliability.calibration_x": torch.cat([reliability.calibration_x, identity], 0).contiguous(),
+        "reliability.calibration_y": torch.cat([reliability.calibration_y, identity], 0).contiguous(),
+        "reliability.prior": torch.cat([reliability.prior, prior.reshape(1)]).contiguous(),
+        "reliability.spread_in": torch.cat([reliability.spread_in, reliability.spread_in.mean().reshape(1)]).contiguous(),
+        "reliability.spread_out": torch.cat([reliability.spread_out, reliability.spread_out.mean().reshape(1)]).contiguous(),
     }
 
 
@@ -298,6 +316,13 @@ def remove_candidate(router: CarrotRouter, name: str, parent: str | None = None)
                 key = f"{prefix}.{index}.{part}"
                 state[key] = state[key][keep].contiguous()
         detail = "its output row removed from each head"
+    if router.reliability is not None:
+        for buffer in ("calibration_x", "calibration_y", "prior", "spread_in", "spread_out"):
+            state[f"reliability.{buffer}"] = getattr(router.reliability, buffer)[keep].contiguous()
+    ood_policy = config.ood_policy
+    if ood_policy == f"model:{name}":
+        ood_policy = "predict"
+        detail += f"; its ood policy {config.ood_policy!r} fell back to 'predict'"
     new_config = _derived_config(
         router,
         candidate_models=[config.candidate_models[i] for i in keep],
@@ -305,6 +330,7 @@ def remove_candidate(router: CarrotRouter, name: str, parent: str | None = None)
         output_price_per_million=[config.output_price_per_million[i] for i in keep],
         knn_memory_size=memory_size,
         knn_remembered_rows=remembered_rows,
+        ood_policy=ood_policy,
         parent=parent,
         description=f"removed candidate {name}; {detail}",
     )

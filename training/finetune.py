@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers.utils.logging import tqdm
 
-from carrot_hub.building import default_cost_scale, new_router
+from carrot_hub.building import default_cost_scale, fit_support_and_prior, new_router
 from carrot_hub.modeling_carrot import pad_batch
 
 from .heads import split_train_validation, train_heads_router
@@ -299,6 +299,9 @@ def train_finetuned_router(
 
     accelerator.wait_for_everyone()
     router = accelerator.unwrap_model(model).float().cpu().eval()
+    # Support is measured in the fine-tuned encoder's space: embed the training prompts once more.
+    fit_embeddings = router.encode(list(fit_table.prompts), batch_size=64, progress=progress and accelerator.is_main_process)
+    fit_support_and_prior(router, fit_table, embeddings=fit_embeddings.embeddings)
     report = {
         "predictor_kind": "mlp",
         "encoder_fine_tuned": True,

@@ -13,6 +13,7 @@ import copy
 import numpy as np
 import torch
 
+from carrot_hub.building import fit_support_and_prior
 from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.modeling_carrot import CarrotMLPHeads, carrot_loss
 from transformers.utils.logging import tqdm
@@ -248,6 +249,7 @@ def train_heads_router(
         members.append(heads)
     router.predictor = merge_heads(members, router.config, embedding_size) if ensemble > 1 else members[0]
     router.eval()
+    fit_support_and_prior(router, train_table, embeddings=embeddings)
     report = {
         "predictor_kind": "mlp",
         "n_train_prompts": int(fit_data[0].shape[0]),
