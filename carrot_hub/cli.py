@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, BadInputError) as error:  # bad options, files, lines or rows
+    except (UsageError, BadInputError, FileExistsError) as error:  # bad options, files, rows; a destination to keep
         return _report(command, error, 2, debug)
     except Failure as error:
         return _report(command, error, 1, debug)
@@ -233,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(command, error, code: int, debug: bool, prefix_type: bool = False) -> int:
+    from .hub_checks import redact
+
     if debug and isinstance(error, BaseException):
         traceback.print_exc()
     text = str(error).strip() or type(error).__name__
-    text = " ".join(text.split())  # one line
+    text = redact(" ".join(text.split()))  # one line, and never a Hub token
     if prefix_type and not isinstance(error, (OSError, ValueError)):
         text = f"{type(error).__name__}: {text}"
     where = f"{PROG} {command}" if command in ("route", "calibrate", *EXTERNAL_COMMANDS) else PROG
@@ -379,7 +381,8 @@ def _first_line(error: BaseException) -> str:
 def run_route(args) -> int:
     """`carrot route`: see the module docstring and `carrot route --help`."""
     from .prompt_sources import InputError, SourceUnavailableError
-    from .sharding import ProcessGroup, atomic_output, merge_parts, part_path, remove_parts, shard_from_env
+    from .atomic_writing import atomic_file
+    from .sharding import ProcessGroup, merge_parts, part_path, remove_parts, shard_from_env
 
     shard = shard_from_env()
     fmt = args.format or ("jsonl" if args.output else "table")
@@ -390,6 +393,7 @@ def run_route(args) -> int:
     output = Path(args.output).expanduser() if args.output else None
     if output is not None and output.is_dir():
         raise UsageError(f"--output {args.output} is a folder; give a file name.")
+    _refuse_output_over_input(output, args)
     source = _source(args)
     prices = read_prices(args.prices)
     allowed = _allowed(args.allowed)
@@ -406,7 +410,7 @@ def run_route(args) -> int:
             with open(part, "w", encoding="utf-8") as handle:
                 count = _route_stream(router, source, args, prices, allowed, shard, handle, "jsonl")
         elif output is not None:
-            with atomic_output(output) as handle:
+            with atomic_file(output) as handle:
                 count = _route_stream(router, source, args, prices, allowed, shard, handle, fmt)
                 if count == 0:
                     raise InputError(f"No prompts in {source.name}.")
@@ -449,6 +453,19 @@ def run_route(args) -> int:
     if not output.exists():
         raise Failure("The merged output was not written (the main process failed).")
     return 0
+
+
+def _refuse_output_over_input(output: Path | None, args) -> None:
+    """`--output` naming the prompts' own file would replace the prompts with the decisions: refuse."""
+    if output is None or not output.exists():
+        return
+    for option in ("file", "jsonl", "parquet", "input"):
+        source = getattr(args, option, None)
+        if source and Path(source).expanduser().is_file() and os.path.samefile(source, output):
+            raise UsageError(
+                f"--output {args.output} is the input file (--{option}): writing there would replace your "
+                "prompts. Choose another output file."
+            )
 
 
 def _as_cli_error(error) -> Exception:

@@ -8,13 +8,12 @@ otherwise it encodes the 2,225 prompts itself (minutes on two CPU cores, with a 
 """
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic_writing import atomic_folder
 from .building import DEFAULT_MAX_PROMPT_TOKENS, default_cost_scale, fit_knn, new_router
 from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
@@ -51,13 +50,17 @@ def default_router(
     """
     encoder_dtype = resolve_encoder_dtype(dtype)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if not (folder / "model.safetensors").is_file():
+    if not _is_built(folder):
         build_default_router(folder, progress=progress)
     return CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
 
 
 def build_default_router(folder: Path, progress: bool = True, use_shipped_embeddings: bool = True) -> Path:
-    """Build the default router into `folder` atomically (a temporary folder moved into place)."""
+    """
+    Build the default router into `folder`: in a private temporary folder, published with one atomic
+    move. Several processes may build at once: the first to publish wins, the others use its folder
+    (a published folder is never deleted or replaced while others may be loading it).
+    """
     if progress:
         print(f"Building the default CARROT router into {folder} (once)...", file=sys.stderr)
     router, table = new_default_router()
@@ -68,16 +71,21 @@ def build_default_router(folder: Path, progress: bool = True, use_shipped_embedd
         embeddings = router.encode(table.prompts, batch_size=32, progress=progress).embeddings
     fit_knn(router, embeddings, table)
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+    if _is_built(folder):  # another process finished while this one was fitting
+        return folder
+    # An existing folder without a router (left by an older, non-atomic build) is replaced as a whole.
     try:
-        router.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_folder(folder, replace=folder.exists()) as staging:
+            router.save_pretrained(staging)
+    except FileExistsError:
+        if not _is_built(folder):
+            raise
+        # Another process published the same router first: use its folder (ours is discarded).
     return folder
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
 def new_default_router():

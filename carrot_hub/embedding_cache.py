@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .atomic_writing import atomic_path
 
 
 def encoder_fingerprint(router) -> str:
@@ -59,16 +60,8 @@ def load_embeddings(path: str | os.PathLike, key: str) -> torch.Tensor | None:
 
 def save_embeddings(path: str | os.PathLike, embeddings: torch.Tensor, key: str) -> None:
     """Write `(n, hidden)` embeddings with their key, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".embeddings-", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({"embeddings": embeddings.float().contiguous()}, staging, metadata={"key": key})
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    with atomic_path(path) as staging:
+        save_file({"embeddings": embeddings.float().contiguous()}, str(staging), metadata={"key": key})
 
 
 def encode_with_cache(

@@ -7,11 +7,12 @@ file that is renamed over the output. If any process fails, no output file is le
 """
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic_writing import atomic_file
 
 
 @dataclass
@@ -75,33 +76,6 @@ def part_path(output: Path, rank: int, world_size: int) -> Path:
     return output.parent / f".{output.name}.part-{rank:05d}-of-{world_size:05d}"
 
 
-@contextmanager
-def atomic_output(output: Path) -> Iterator:
-    """
-    A text handle whose content replaces `output` only if the block finishes; on error the
-    temporary file is removed and an existing `output` is left untouched.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            yield handle
-        os.chmod(handle.name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(handle.name, output)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(handle.name)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def merge_parts(parts: list[Path], output: Path, check_line: Callable[[str, int], None] | None = None) -> int:
     """
     Interleave `parts` (part r holds records r, r + W, r + 2W, …) into `output` atomically; returns
@@ -110,7 +84,7 @@ def merge_parts(parts: list[Path], output: Path, check_line: Callable[[str, int]
     handles = [open(part, encoding="utf-8") for part in parts]
     count = 0
     try:
-        with atomic_output(output) as out:
+        with atomic_file(output) as out:
             while True:
                 line = handles[count % len(handles)].readline()
                 if not line:

@@ -161,3 +161,66 @@ def test_bad_removals(knn_router):
     assert single.config.candidate_models == ["small-model"]
     with pytest.raises(CandidateError, match="only candidate"):
         remove_candidate(single, "small-model")
+
+
+# ------------------------------------------------------------------- interrupted saves (issue 15.1)
+
+_SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+from carrot_hub.modeling_carrot import CarrotRouter
+
+def half_then_wait(self, directory, *args, **kwargs):
+    (Path(directory) / "config.json").write_text('{"half": ')  # killed in the middle of writing
+    Path(sys.argv[1]).write_text("saving")
+    time.sleep(120)
+
+CarrotRouter.save_pretrained = half_then_wait
+from carrot_hub.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _interrupt_remove_model(source, output, signal_number, tmp_path, overwrite):
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / f"saving-{signal_number}"
+    args = ["remove-model", str(source), "mid-model", "--output", str(output)] + (["--overwrite"] if overwrite else [])
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(marker), *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal_number)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_interrupted_derived_router_save_keeps_the_source_and_never_blocks_a_rerun(saved_knn_router, tmp_path, signal_name):
+    import shutil
+    import signal
+
+    from carrot_hub.cli import main
+    from carrot_hub.modeling_carrot import CarrotRouter
+
+    source = tmp_path / "router"
+    shutil.copytree(saved_knn_router, source)
+    weights = (source / "model.safetensors").read_bytes()
+    signal_number = getattr(signal, signal_name)
+    # --output equal to the source with --overwrite: the original must survive the interruption
+    _interrupt_remove_model(source, source, signal_number, tmp_path, overwrite=True)
+    assert (source / "model.safetensors").read_bytes() == weights
+    assert CarrotRouter.from_pretrained(source).config.candidate_models == TINY_MODELS
+    # a new folder: nothing half-written is left at the destination, so the rerun just works
+    _interrupt_remove_model(source, tmp_path / "smaller", signal_number, tmp_path, overwrite=False)
+    assert not (tmp_path / "smaller").exists()
+    assert main(["remove-model", str(source), "mid-model", "--output", str(tmp_path / "smaller")]) == 0
+    assert main(["remove-model", str(source), "mid-model", "--output", str(source), "--overwrite"]) == 0
+    assert CarrotRouter.from_pretrained(source).config.candidate_models == ["big-model", "small-model"]
+    assert CarrotRouter.from_pretrained(tmp_path / "smaller").config.candidate_models == ["big-model", "small-model"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the killed writer's staging swept
+    assert (source / "README.md").is_file()  # save_pretrained writes the card: the folder is a Hub repo

@@ -242,3 +242,15 @@ def test_module_entry_point_bad_mu(saved_knn_router):
                            "--mu", "2", "hi"], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 2
     assert_one_line_error(done.stderr, "--mu")
+
+
+def test_output_equal_to_the_input_file_is_refused(tmp_path, capsys):
+    """`carrot route --file p.txt --output p.txt` would replace the prompts with decisions (issue 15.3)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    before = prompts.read_text()
+    for option in ("--file", "--input"):
+        code, out, err = run(["route", option, prompts, "--output", tmp_path / "." / "prompts.txt"], capsys)
+        assert code == 2
+        assert_one_line_error(err, "is the input file", "prompts")
+    assert prompts.read_text() == before

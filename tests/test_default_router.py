@@ -49,3 +49,47 @@ def test_default_router_routes_by_mu(default_folder):
     assert cheapest.model_indices.tolist() == cheapest.cost.argmin(1).tolist()
     assert best.chosen_cost.sum() > cheapest.chosen_cost.sum()
     assert best.chosen_quality.mean() > cheapest.chosen_quality.mean()
+
+
+_RACER = """
+import json, sys, time
+from pathlib import Path
+import carrot_hub.default as default
+
+barrier, count, folder = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+fit = default.fit_knn
+
+def fit_then_wait(*args, **kwargs):  # every process publishes at the same moment
+    fit(*args, **kwargs)
+    (barrier / str(__import__("os").getpid())).touch()
+    deadline = time.time() + 300
+    while len(list(barrier.iterdir())) < count and time.time() < deadline:
+        time.sleep(0.05)
+
+default.fit_knn = fit_then_wait
+router = default.default_router(cache_dir=folder, progress=False, dtype="float32")
+print(json.dumps(router.route(["Write a python function to check whether a number is prime."], mu=0.0).models))
+"""
+
+
+@pytest.mark.slow  # four processes load the encoder and data: about 2 minutes on two shared cores
+def test_processes_building_the_cache_at_once_all_succeed(tmp_path):
+    """Four processes build the default router into one empty cache at once (issue 15.13): one
+    publishes its folder with an atomic move, the others use it; none crashes, nothing is left over."""
+    import json
+    import subprocess
+    import sys
+
+    barrier, folder, count = tmp_path / "barrier", tmp_path / "cache" / "default-router", 4
+    barrier.mkdir()
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(barrier), str(count), str(folder)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    outputs = [racer.communicate(timeout=600) for racer in racers]
+    for racer, (out, err) in zip(racers, outputs):
+        assert racer.returncode == 0, err[-2000:]
+    assert len({out.strip().splitlines()[-1] for out, _ in outputs}) == 1  # all route with the same router
+    assert CarrotRouter.from_pretrained(folder).config.knn_memory_size == 2225
+    assert [p.name for p in folder.parent.iterdir()] == ["default-router"]

@@ -79,3 +79,18 @@ def test_unreadable_data_is_a_usage_error_naming_the_file(tmp_path, capsys):
     assert carrot(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(f"carrot train: error: {data} line 2 is not valid JSON")
+
+
+def test_overwrite_never_empties_a_folder_that_holds_no_router(sprout_folder, tmp_path, capsys, monkeypatch):
+    """`carrot train --out . --overwrite` in a working directory must not delete it (issue 15.3)."""
+    from carrot_hub.cli import main as carrot
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(work)
+    code = carrot(["train", "--data", str(sprout_folder), "--kind", "knn", "--k-grid", "2", "--folds", "3",
+                   "--out", ".", "--overwrite", "--no-progress"])
+    assert code == 2
+    assert "holds no router" in capsys.readouterr().err
+    assert (work / "thesis.tex").read_text() == "years of work"

@@ -36,8 +36,10 @@ def test_refuses_existing_router_unless_overwrite(knn_router, tmp_path):
 def test_refuses_non_empty_folder_and_file(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty"):
-        check_output_dir(tmp_path / "notes")
+    for overwrite in (False, True):  # --overwrite replaces only a router folder, never other files
+        with pytest.raises(FileExistsError, match="not empty and holds no router"):
+            check_output_dir(tmp_path / "notes", overwrite=overwrite)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
         check_output_dir(tmp_path / "afile", overwrite=True)

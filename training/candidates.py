@@ -31,6 +31,8 @@ from torch.nn import functional as F
 from carrot_hub.configuration_carrot import CarrotConfig, check_price
 from carrot_hub.modeling_carrot import CarrotKNNMemory, CarrotRouter
 
+from .output import save_router_atomically
+
 # Fewer observed prompts than this give estimates too noisy to route with: a kNN mean over k=32
 # neighbours needs many more rows than k to be local, and a regression head needs a validation split.
 MIN_ROWS = 50
@@ -377,15 +379,15 @@ def _rebuild(router: CarrotRouter, config: CarrotConfig, state: dict) -> CarrotR
 
 
 def save_derived_router(router: CarrotRouter, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a derived router and its model card into a new folder (never over a non-empty one unless asked)."""
-    from model_card.build import build_model_card
-
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise CandidateError(f"{folder} is not empty; choose a new folder or pass --overwrite.")
-    router.save_pretrained(folder)
-    (folder / "README.md").write_text(build_model_card(router), encoding="utf-8")
-    return folder
+    """
+    Save a derived router (and its model card) the way training saves one: whole or not at all
+    (temporary folder, then one move), so that `--output` equal to the source router with
+    `--overwrite` never leaves it half-written, and never over a folder that holds no router.
+    """
+    try:
+        return save_router_atomically(router, folder, overwrite=overwrite)
+    except FileExistsError as error:
+        raise CandidateError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------- CLI

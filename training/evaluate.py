@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from carrot_hub.atomic_writing import atomic_file
 from training import metrics
 from training.baselines import no_training_baselines, trained_baselines
 from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
@@ -396,10 +397,9 @@ def write_json(results: dict, path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a file name such as {path / 'results.json'}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False, default=_jsonable))
-    tmp.replace(path)
+    text = json.dumps(results, indent=2, allow_nan=False, default=_jsonable)
+    with atomic_file(path) as handle:
+        handle.write(text)
     return path
 
 
