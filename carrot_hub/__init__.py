@@ -19,8 +19,11 @@ from .building import new_router  # noqa: E402
 from .data import load_routing_table  # noqa: E402
 from .default import default_router  # noqa: E402
 from .pipeline import register_pipeline as _register_pipeline  # noqa: E402
+from .router_publishing import install_router_hooks as _install_router_hooks  # noqa: E402
 
 _register_pipeline()  # pipeline("llm-routing", model=...)
+# save_pretrained writes the CARROT model card; push_to_hub sends it (modeling_carrot.py cannot import us).
+_install_router_hooks()
 
 __all__ = [
     "CarrotConfig",

@@ -933,12 +933,40 @@ class CarrotRouter(CarrotPreTrainedModel):
         """Attach the tokenizer of the encoder; `save_pretrained` saves it next to the weights."""
         self._tokenizer = tokenizer
 
+    # Filled in by the carrot_hub package when it is imported; this file travels to the Hub alone and
+    # imports nothing from it. `model_card_writer(router, folder)` writes the CARROT model card
+    # (README.md) next to the weights; `hub_publisher(router, repo_id, **options)` sends the router
+    # and that card in one commit. Without the package both stay None and transformers' own
+    # `save_pretrained` / `push_to_hub` apply.
+    model_card_writer = None
+    hub_publisher = None
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save config, weights, remote code (`auto_map`) and the tokenizer into `save_directory`."""
+        """
+        Save config, weights, remote code (`auto_map`) and the tokenizer into `save_directory`, and,
+        with carrot_hub installed, the model card (README.md): the folder is a complete Hub repo.
+        """
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.tokenizer.save_pretrained(save_directory)
+            if self.model_card_writer is not None:
+                self.model_card_writer(self, save_directory)
         return result
+
+    def push_to_hub(self, repo_id: str, **options):
+        """
+        Publish the router to the Hub in one commit. With carrot_hub installed this sends the CARROT
+        model card with it (candidates, dated prices, μ, usage, limitations) and accepts
+        `eval_results=` (a `carrot evaluate` JSON, path or dict: model-index metrics in the card) and
+        `plot=` (its cost–quality PNG), besides transformers' options (commit_message, private,
+        token, revision, create_pr, tags); see `carrot_hub.router_publishing.push_router`.
+        """
+        if self.hub_publisher is not None:
+            return self.hub_publisher(self, repo_id, **options)
+        extra = sorted({"eval_results", "plot"} & set(options))
+        if extra:
+            raise TypeError(f"push_to_hub({', '.join(extra)}=...) needs the carrot_hub package: pip install carrot_hub.")
+        return super().push_to_hub(repo_id, **options)
 
     # ---------------------------------------------------------------------------------- routing
 

@@ -20,15 +20,18 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
+from .atomic_writing import atomic_folder
 from .configuration_carrot import CarrotConfig
+from .hub_checks import PublishError, check_repo_id, check_revision, hub_refused, is_pull_request, require_token
+from .router_folder import check_output_dir
 
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "cost_quality.png"
@@ -39,10 +42,6 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_VOCABULARIES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 TOKENIZER_EXTRAS = ("special_tokens_map.json", "added_tokens.json", "merges.txt")
-
-
-class PublishError(ValueError):
-    """Publishing or re-pricing cannot proceed; the message says what is wrong and what to do."""
 
 
 @dataclass
@@ -59,23 +58,12 @@ class PublishResult:
     def total_bytes(self) -> int:
         return sum(size for _, size in self.files)
 
+    @property
+    def commit_url(self) -> str | None:
+        return getattr(self.commit_info, "commit_url", None)
+
 
 # ------------------------------------------------------------------------------------ checks
-
-
-def check_repo_id(repo_id) -> str:
-    """Return `repo_id` if it is a valid Hub model id (`name` or `namespace/name`), else raise."""
-    if not isinstance(repo_id, str) or not repo_id:
-        raise PublishError(f"The repo id must be a non-empty string like 'your-name/my-router', got {repo_id!r}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        reason = str(error).splitlines()[0].replace(" Use `repo_type` argument if needed.", "").rstrip(".")
-        raise PublishError(
-            f"{repo_id!r} is not a valid Hub repo id ({reason}). Use 'namespace/name' with letters, digits, "
-            "'-', '_' or '.', e.g. 'your-name/my-router'."
-        ) from None
-    return repo_id
 
 
 def router_files(folder: str | os.PathLike) -> list[str]:
@@ -123,17 +111,6 @@ def _check_config(folder: Path) -> CarrotConfig:
         raise PublishError(f"{folder / 'config.json'} is invalid: {str(error).splitlines()[0]}") from None
 
 
-def require_token(token: str | None = None) -> str:
-    """The token to publish with: `token`, else the one `hf auth login` stored or `HF_TOKEN`; else raise."""
-    token = token or get_token()
-    if not token:
-        raise PublishError(
-            "No Hugging Face token found: run `hf auth login` (or set HF_TOKEN=hf_...) with a token that "
-            "has write access, then publish again. Nothing was sent."
-        )
-    return token
-
-
 # ----------------------------------------------------------------------------------- publish
 
 
@@ -152,6 +129,9 @@ def publish_router(
     license: str = "mit",
     router_key: str | None = None,
     check_weights: bool = True,
+    create_pr: bool = False,
+    commit_description: str | None = None,
+    tags: list[str] | None = None,
 ) -> PublishResult:
     """
     Publish a saved router folder to the Hub in one commit, with a generated README.md card.
@@ -161,13 +141,16 @@ def publish_router(
         repo_id: `"namespace/name"`; the repo is created if it does not exist.
         token: a Hub token with write access (default: the stored login or `HF_TOKEN`).
         private: create the repo private (an existing repo keeps its visibility).
-        revision: a branch to commit to (created from main when missing); default main.
-        commit_message: the commit's title.
+        revision: a branch to commit to (created from main when missing), or an open pull request
+            `refs/pr/N`; default main.
+        commit_message: the commit's title (`commit_description`: its body).
+        create_pr: open a pull request with the commit instead of committing to `revision`.
         eval_results: an evaluation JSON (path or dict): its metrics go into the card's model-index
             and the file is uploaded as `eval_results.json`.
         plot: the evaluation's cost–quality PNG, uploaded as `cost_quality.png` and shown in the card.
         card_date: date used in the card for undated changes (default today).
         check_weights: load the router once to make sure the weights match the config.
+        tags: extra Hub tags for the card.
 
     Returns:
         A [`PublishResult`] (files sent with their sizes, the card, the Hub's commit info).
@@ -177,8 +160,7 @@ def publish_router(
     folder = Path(router_folder)
     repo_id = check_repo_id(repo_id)
     files = router_files(folder)
-    if revision is not None and (not isinstance(revision, str) or not revision.strip() or revision.startswith("refs/pr")):
-        raise PublishError(f"revision must be a branch name like 'prices-2025-06', got {revision!r}.")
+    revision = check_revision(revision)
     plot_path = None
     if plot is not None:
         plot_path = Path(plot)
@@ -205,6 +187,7 @@ def publish_router(
             license=license,
             router_key=router_key,
             card_date=card_date,
+            tags=tags,
         )
     except ValueError as error:
         raise PublishError(f"Could not build the model card: {error}") from None
@@ -226,21 +209,90 @@ def publish_router(
     message = commit_message or f"Upload CARROT router ({config.num_candidates} candidates, {config.predictor_kind})"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision and revision != "main":
+        if revision and revision != "main" and not is_pull_request(revision):
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         commit_info = api.create_commit(
             repo_id,
             operations=operations,
             commit_message=message,
+            commit_description=commit_description,
             revision=revision,
+            create_pr=create_pr,
             repo_type="model",
         )
-    except HfHubHTTPError as error:
-        raise PublishError(
-            f"The Hub refused the upload to {repo_id}: {str(error).splitlines()[0]}. Check that your token "
-            "has write access to this namespace (`hf auth whoami`)."
-        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as error:  # the cause is dropped: it may quote the token
+        raise hub_refused(error, f"the upload to {repo_id}", token) from None
     return PublishResult(repo_id=repo_id, revision=revision, files=sizes, commit_info=commit_info, card=card)
+
+
+# ------------------------------------------------------------ the router's own save / push
+
+
+def write_model_card(router, folder: str | os.PathLike) -> None:
+    """
+    Write the router's CARROT model card as `folder/README.md` (installed as
+    `CarrotRouter.model_card_writer`, so `save_pretrained` gives a complete Hub repo). A README.md
+    that carrot_hub did not write (no `carrot` tag in its metadata) is kept, with a warning.
+    """
+    from huggingface_hub import metadata_load
+
+    from model_card.build import build_model_card
+
+    path = Path(folder) / CARD_FILENAME
+    if path.is_file():
+        try:
+            tags = (metadata_load(path) or {}).get("tags") or []
+        except (ValueError, UnicodeDecodeError):
+            tags = []
+        if "carrot" not in tags:
+            warnings.warn(f"{path} was not written by carrot_hub; it is kept, and no model card was written.", stacklevel=3)
+            return
+    path.write_text(build_model_card(router), encoding="utf-8")
+
+
+def push_router(
+    router,
+    repo_id: str,
+    *,
+    eval_results: str | os.PathLike | Mapping | None = None,
+    plot: str | os.PathLike | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    tags: list[str] | None = None,
+    **card_options,
+) -> PublishResult:
+    """
+    `router.push_to_hub(repo_id, ...)` with carrot_hub installed: the router is saved into a
+    temporary folder and sent by [`publish_router`], the same path as `carrot publish`, so the
+    commit holds the weights, config, remote code, tokenizer and the CARROT model card, plus
+    `eval_results.json` and `cost_quality.png` when given. Everything that can be checked locally
+    (repo id, revision, token, plot, evaluation JSON) is checked before anything is sent.
+
+    `card_options`: `card_date`, `encoder_id`, `datasets`, `license`, `router_key` (see
+    [`publish_router`]). Returns a [`PublishResult`] (its `commit_url` is the Hub's).
+    """
+    check_repo_id(repo_id)
+    check_revision(revision)
+    token = require_token(None if token is True else token or None)
+    with tempfile.TemporaryDirectory(prefix="carrot-push-") as staging:
+        router.save_pretrained(staging)
+        return publish_router(
+            staging, repo_id, token=token, private=bool(private), revision=revision, commit_message=commit_message,
+            commit_description=commit_description, create_pr=create_pr, eval_results=eval_results, plot=plot,
+            tags=tags, check_weights=False, **card_options,
+        )
+
+
+def install_router_hooks() -> None:
+    """Give `CarrotRouter` the CARROT card on `save_pretrained` and the CARROT `push_to_hub` (done on import)."""
+    from .modeling_carrot import CarrotRouter
+
+    CarrotRouter.model_card_writer = staticmethod(write_model_card)
+    CarrotRouter.hub_publisher = staticmethod(push_router)
 
 
 def _check_weights(folder: Path) -> None:
@@ -355,31 +407,37 @@ def set_prices(
     recorded_on = recorded_on or file_date or datetime.date.today().isoformat()
     if repo_id is not None:
         check_repo_id(repo_id)
+        check_revision(publish_kwargs.get("revision"))
         require_token(publish_kwargs.get("token"))
     if output_folder is None and repo_id is None:
         raise PublishError("Say where the new router goes: an output folder, or a Hub repo id to publish it to.")
 
-    staging = None
-    if output_folder is None:
-        staging = Path(tempfile.mkdtemp(prefix="carrot-prices-"))
-        target = staging / "router"
-    else:
-        target = Path(output_folder)
-        in_place = target.resolve() == source.resolve()
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            what = "the input router" if in_place else "a folder that is not empty"
-            raise PublishError(f"{target} is {what}; choose a new folder or pass overwrite=True (--overwrite).")
-    try:
-        changes = _write_repriced(source, files, target, config, new_prices, recorded_on, card_date)
-        if repo_id is None:
-            return target
+    def publish(folder: Path, changes: list[str]) -> PublishResult:
         publish_kwargs.setdefault(
             "commit_message", f"New price table recorded on {recorded_on}: " + "; ".join(changes)[:200]
         )
-        return publish_router(target, repo_id, card_date=card_date, **publish_kwargs)
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        return publish_router(folder, repo_id, card_date=card_date, **publish_kwargs)
+
+    if output_folder is None:
+        with tempfile.TemporaryDirectory(prefix="carrot-prices-") as staging:
+            changes = _write_repriced(source, files, Path(staging), config, new_prices, recorded_on, card_date)
+            return publish(Path(staging), changes)
+    target = Path(output_folder)
+    in_place = target.exists() and target.resolve() == source.resolve()
+    if in_place and not overwrite:
+        raise PublishError(f"{target} is the input router; choose a new folder or pass overwrite=True (--overwrite).")
+    try:
+        check_output_dir(target, overwrite=overwrite)
+    except FileExistsError as error:
+        raise PublishError(str(error)) from None
+    # Written whole into a staging folder, then moved in: an interruption leaves the old router.
+    with atomic_folder(target, replace=overwrite) as staging:
+        if in_place:  # the router's other files (e.g. its training report) stay with it; not the old evaluation
+            for path in source.iterdir():
+                if path.is_file() and path.name not in (*files, CARD_FILENAME, EVAL_FILENAME, PLOT_FILENAME):
+                    shutil.copy2(path, staging / path.name)
+        changes = _write_repriced(source, files, staging, config, new_prices, recorded_on, card_date)
+    return target if repo_id is None else publish(target, changes)
 
 
 def local_router_folder(source: str | os.PathLike) -> Path:
@@ -412,10 +470,8 @@ def _write_repriced(source, files, target: Path, config, new_prices, recorded_on
     raw["prices_recorded_on"] = recorded_on
     description = f"price table recorded on {recorded_on}: " + ("; ".join(changes) if changes else "no price changed")
     raw["router_changes"] = list(raw.get("router_changes") or []) + [{"date": card_date or recorded_on, "description": description}]
-    target.mkdir(parents=True, exist_ok=True)
     for name in files:
-        if (target / name).resolve() != (source / name).resolve():
-            shutil.copyfile(source / name, target / name)  # the weights are copied, never re-saved
+        shutil.copyfile(source / name, target / name)  # the weights are copied, never re-saved
     (target / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     new_config = CarrotConfig.from_pretrained(target)  # validates the table end to end
     (target / CARD_FILENAME).write_text(build_model_card(new_config, card_date=card_date), encoding="utf-8")
@@ -519,6 +575,9 @@ __all__ = [
     "PublishResult",
     "check_repo_id",
     "publish_router",
+    "push_router",
+    "write_model_card",
+    "install_router_hooks",
     "read_price_file",
     "router_files",
     "require_token",

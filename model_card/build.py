@@ -69,6 +69,11 @@ def _router_entry(results: Mapping, router_key: str | None) -> dict:
     raise ValueError("The evaluation results have neither a 'routers' entry nor aiq/quality_mu0/cost_to_match_best.")
 
 
+def _eval_split(results: Mapping) -> str:
+    """The split the results were measured on: `split`, or `data.split` as `carrot evaluate` writes it."""
+    return str(results.get("split") or (results.get("data") or {}).get("split") or "test")
+
+
 def _finite(value) -> float | None:
     try:
         value = float(value)
@@ -83,7 +88,7 @@ def _eval_results(config, results: Mapping | None, router_key: str | None, model
     entry = _router_entry(results, router_key)
     dataset_id = results.get("dataset_id") or results.get("dataset") or "unknown"
     dataset_name = results.get("dataset_name") or str(dataset_id)
-    split = results.get("split") or "test"
+    split = _eval_split(results)
     evals = []
     for key in METRICS:
         value = _finite(entry.get(key))
@@ -113,6 +118,7 @@ def card_metadata(
     license: str = "mit",
     router_key: str | None = None,
     model_name: str = "carrot-router",
+    extra_tags: Sequence[str] | None = None,
 ) -> ModelCardData:
     """
     The card's YAML metadata.
@@ -125,6 +131,7 @@ def card_metadata(
     parent = parent or getattr(config, "parent_router", None)
     base_model = parent or encoder_id
     tags = list(DEFAULT_TAGS) + [f"predictor-{config.predictor_kind}"]
+    tags += [tag for tag in extra_tags or () if tag not in tags]
     if datasets is None and eval_results and (eval_results.get("dataset_id") or eval_results.get("dataset")):
         datasets = [eval_results.get("dataset_id") or eval_results.get("dataset")]
     return ModelCardData(
@@ -224,6 +231,7 @@ def build_model_card(
     license: str = "mit",
     router_key: str | None = None,
     card_date: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> str:
     """
     The README.md of a router (a `CarrotRouter` or its `CarrotConfig`), YAML metadata included.
@@ -238,6 +246,7 @@ def build_model_card(
         repo_id: where the card will live (for the code snippets).
         encoder_id: the encoder's Hub id (else `config.encoder_name`).
         card_date: the date for changes given without one (defaults to today).
+        tags: Hub tags added to the card's own.
     """
     config = getattr(router, "config", router)
     results = load_eval_results(eval_results)
@@ -254,7 +263,7 @@ def build_model_card(
     model_name = repo_id.split("/")[-1] if repo_id else "carrot-router"
     data = card_metadata(
         config, results, parent=parent, encoder_id=encoder_id, datasets=datasets, license=license,
-        router_key=router_key, model_name=model_name,
+        router_key=router_key, model_name=model_name, extra_tags=tags,
     )
     entry = _router_entry(results, router_key) if results else {}
     training_data = config.training_data or "not recorded"
@@ -284,7 +293,7 @@ def build_model_card(
         "example_model": names[0] if names else "model-name",
         "metrics": _metric_rows(entry),
         "baselines": _baseline_rows(results) if results else [],
-        "eval_split": (results or {}).get("split") or "test",
+        "eval_split": _eval_split(results or {}),
         "eval_dataset_name": (results or {}).get("dataset_name") or (results or {}).get("dataset") or "the evaluation data",
         "eval_n_prompts": (results or {}).get("n_prompts") or ((results or {}).get("data") or {}).get("n_prompts"),
         "eval_prices_note": (results or {}).get("prices_note"),

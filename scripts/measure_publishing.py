@@ -87,7 +87,7 @@ def main() -> int:
     plot = os.environ.get("CARROT_EVAL_PLOT")
     with mock.patch("huggingface_hub.HfApi.create_repo"), mock.patch(
         "huggingface_hub.HfApi.create_commit", create_commit
-    ), mock.patch("carrot_hub.router_publishing.get_token", lambda: "hf_captured"):
+    ), mock.patch("huggingface_hub.get_token", lambda: "hf_captured"):
         result = publish_router(
             folder, "carrot-llm-routing/carrot-knn-routerbench-0shot", eval_results=eval_json, plot=plot,
             encoder_id="sentence-transformers/all-MiniLM-L6-v2", datasets=["withmartian/routerbench"],

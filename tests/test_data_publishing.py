@@ -57,7 +57,7 @@ def test_push_sends_one_commit_with_card_prices_and_data(dataset_folder, capture
 
 def test_push_without_token_sends_nothing(dataset_folder, captured, monkeypatch):
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    with pytest.raises(HubAuthError, match="hf auth login.*HF_TOKEN.*nothing was pushed"):
+    with pytest.raises(HubAuthError, match="hf auth login.*HF_TOKEN.*Nothing was sent"):
         push_routing_dataset(dataset_folder, "me/x")
     assert captured == []
 
@@ -76,3 +76,34 @@ def test_push_refuses_a_folder_without_card_or_licence(dataset_folder, captured)
 def test_check_dataset_folder_lists_what_is_published():
     summary = check_dataset_folder(DEFAULT_DATA)
     assert summary["splits"] == ["train", "test"] and "prices.json" in summary["files"]
+
+
+def test_dataset_and_router_paths_agree_on_revisions(dataset_folder, captured):
+    """Both publishing paths take an open pull request refs/pr/N and refuse a bad branch name up front."""
+    from carrot_hub.hub_checks import PublishError
+
+    push_routing_dataset(dataset_folder, "me/x", token="hf_test", revision="refs/pr/1")
+    assert captured[-1][2]["revision"] == "refs/pr/1"
+    captured.clear()
+    for bad in ("my branch", "refs/heads/x", "refs/pr/x"):
+        with pytest.raises(PublishError, match="revision"):
+            push_routing_dataset(dataset_folder, "me/x", token="hf_test", revision=bad)
+    assert captured == []
+
+
+def test_dataset_hub_error_never_shows_the_token(dataset_folder, monkeypatch):
+    import httpx2 as httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from carrot_hub.hub_checks import PublishError
+
+    secret = "hf_AnotherSecretToken987654321"
+    response = httpx.Response(403, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+
+    def refuse(self, repo_id, **kwargs):
+        raise HfHubHTTPError(f"403 Forbidden for token {secret}", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(PublishError) as error:
+        push_routing_dataset(dataset_folder, "me/x", token=secret)
+    assert secret not in str(error.value) and "hf_***" in str(error.value)

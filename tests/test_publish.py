@@ -2,12 +2,11 @@
 metadata, loading the captured files in a fresh process without carrot_hub, and bad input."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from huggingface_hub import HfApi, ModelCard
 
 import carrot_hub.router_publishing as publishing
 from carrot_hub.router_publishing import PublishError, publish_router
+
+from .hidden_package import run_without_carrot_hub
 
 ROUTER_FILES = {
     "config.json",
@@ -64,7 +65,7 @@ class HubRecorder:
             recorder.operations.extend(operations)
             for op in operations:  # read now, as the Hub client would: staging folders may vanish after
                 recorder.contents[op.path_in_repo] = recorder._read(op)
-            return {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"}
+            return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
 
         def forbidden(api, *args, **kwargs):
             raise AssertionError("publishing must go through create_commit only")
@@ -74,7 +75,7 @@ class HubRecorder:
         monkeypatch.setattr(HfApi, "create_commit", create_commit)
         monkeypatch.setattr(HfApi, "upload_file", forbidden)
         monkeypatch.setattr(HfApi, "upload_folder", forbidden)
-        monkeypatch.setattr(publishing, "get_token", lambda: token)
+        monkeypatch.setattr("huggingface_hub.get_token", lambda: token)
 
     @property
     def names(self) -> set[str]:
@@ -159,55 +160,72 @@ def test_revision_creates_the_branch_first(saved_knn_router, hub):
     assert "eval_results.json" not in hub.names and "cost_quality.png" not in hub.names
 
 
-_LOAD_WITHOUT_CARROT_HUB = textwrap.dedent(
-    """
-    import json, sys
-
-    class HideCarrotHub:
-        def find_spec(self, name, path=None, target=None):
-            if name == "carrot_hub" or name.startswith("carrot_hub."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden: a Hub user does not have it)")
-            return None
-
-    sys.meta_path.insert(0, HideCarrotHub())
-    try:
-        import carrot_hub
-    except ModuleNotFoundError:
-        pass
-    else:
-        raise SystemExit("carrot_hub is still importable")
+_ROUTE_WITHOUT_CARROT_HUB = """
+    import json
+    from huggingface_hub import ModelCard
     from transformers import AutoModel
 
-    router = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    router = AutoModel.from_pretrained(".", trust_remote_code=True)
     assert type(router).__module__.startswith("transformers_modules"), type(router).__module__
-    prompts = json.loads(sys.argv[2])
-    out = {}
+    card = ModelCard.load("README.md")  # huggingface_hub's own parser: YAML metadata and model-index
+    out = {"tags": card.data.tags, "base_model": card.data.base_model,
+           "eval": [[r.metric_type, r.metric_value, r.dataset_split] for r in card.data.eval_results or []],
+           "text": card.text}
     for mu in (0.0, 0.5, 1.0):
-        decision = router.route(prompts, mu=mu)
+        decision = router.route(PROMPTS, mu=mu)
         out[str(mu)] = {"models": decision.models, "quality": decision.quality.tolist(),
                         "output_tokens": decision.output_tokens.tolist()}
-    print()
-    print("RESULT " + json.dumps(out))
-    """
-)
+    print(json.dumps(out))
+"""
+
+
+def route_without_carrot_hub(folder: Path) -> dict:
+    """Load a captured upload in a fresh process where carrot_hub cannot be imported, as a Hub user would."""
+    return run_without_carrot_hub(f"PROMPTS = {PROMPTS!r}\n" + textwrap.dedent(_ROUTE_WITHOUT_CARROT_HUB), cwd=folder)
+
+
+def assert_routes_like(remote: dict, router) -> None:
+    for mu in (0.0, 0.5, 1.0):
+        local = router.route(PROMPTS, mu=mu)
+        assert remote[str(mu)]["models"] == local.models
+        torch.testing.assert_close(torch.tensor(remote[str(mu)]["quality"]), local.quality, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(remote[str(mu)]["output_tokens"]), local.output_tokens, rtol=1e-6, atol=1e-4)
 
 
 def test_captured_upload_loads_without_carrot_hub_and_routes_the_same(saved_knn_router, knn_router, hub, tmp_path):
     publish_router(saved_knn_router, "someone/tiny-router", check_weights=False)
-    folder = hub.write_to(tmp_path / "downloaded")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    completed = subprocess.run(
-        [sys.executable, "-c", _LOAD_WITHOUT_CARROT_HUB, str(folder), json.dumps(PROMPTS)],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    remote = json.loads(line[len("RESULT ") :])
-    for mu in (0.0, 0.5, 1.0):
-        local = knn_router.route(PROMPTS, mu=mu)
-        assert remote[str(mu)]["models"] == local.models
-        torch.testing.assert_close(torch.tensor(remote[str(mu)]["quality"]), local.quality, rtol=0, atol=1e-6)
-        torch.testing.assert_close(torch.tensor(remote[str(mu)]["output_tokens"]), local.output_tokens, rtol=1e-6, atol=1e-4)
+    assert_routes_like(route_without_carrot_hub(hub.write_to(tmp_path / "downloaded")), knn_router)
+
+
+def test_push_to_hub_sends_the_carrot_card_in_the_same_commit(knn_router, hub, plot_file, tmp_path):
+    """`router.push_to_hub` is the publishing path (issue 12): one commit, the CARROT card with
+    model-index metrics, the evaluation and its plot; the capture works without carrot_hub."""
+    result = knn_router.push_to_hub("someone/tiny-router", eval_results=EVAL, plot=plot_file,
+                                    commit_message="first router", tags=["my-team"])
+    assert [call[0] for call in hub.calls] == ["create_repo", "create_commit"]
+    assert hub.calls[1][2]["commit_message"] == "first router"
+    assert hub.names == ROUTER_FILES | {"README.md", "eval_results.json", "cost_quality.png"}
+    assert result.commit_url.endswith("/commit/0") and result.card == hub.content("README.md").decode()
+    remote = route_without_carrot_hub(hub.write_to(tmp_path / "downloaded"))
+    assert {"carrot", "llm-routing", "my-team"} <= set(remote["tags"])
+    assert ["aiq", 0.8123, "test"] in remote["eval"] and ["quality_mu0", 0.851, "test"] in remote["eval"]
+    assert "cost_quality.png" in remote["text"] and "[More Information Needed]" not in remote["text"]
+    for name in knn_router.config.candidate_models:
+        assert f"| {name} |" in remote["text"]
+    assert_routes_like(remote, knn_router)
+
+
+def test_save_pretrained_writes_the_card_but_keeps_a_users_readme(knn_router, tmp_path):
+    knn_router.save_pretrained(tmp_path / "saved")
+    card = ModelCard.load(tmp_path / "saved" / "README.md")
+    assert "carrot" in card.data.tags and "| big-model |" in card.text
+    knn_router.save_pretrained(tmp_path / "saved")  # its own card is refreshed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# My notes about this router\n")
+    with pytest.warns(UserWarning, match="not written by carrot_hub"):
+        knn_router.save_pretrained(mine)
+    assert (mine / "README.md").read_text() == "# My notes about this router\n"
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -304,3 +322,34 @@ def test_hub_source_that_cannot_be_downloaded(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(PublishError, match="neither a local folder nor a downloadable Hub router"):
         publishing.local_router_folder("someone/not-here")
+
+
+def test_a_hub_error_quoting_the_token_is_relayed_without_it(saved_knn_router, monkeypatch):
+    import httpx2 as httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    secret = "hf_SecretTokenValue1234567890"
+    HubRecorder(monkeypatch, token=secret)
+    response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+
+    def refuse(api, repo_id, **kwargs):
+        raise HfHubHTTPError(f"401 Unauthorized: invalid credentials in header 'Bearer {secret}'", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(PublishError) as error:
+        publish_router(saved_knn_router, "someone/tiny-router", check_weights=False)
+    assert secret not in str(error.value) and "hf_***" in str(error.value)
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # no chained original to print
+
+
+@pytest.mark.parametrize("revision", ["my branch", "a..b", "-x", "feature:1", "refs/heads/x", "refs/pr/0", ""])
+def test_a_bad_revision_is_refused_before_the_repo_is_created(saved_knn_router, hub, revision):
+    with pytest.raises(PublishError, match="revision"):
+        publish_router(saved_knn_router, "someone/tiny-router", revision=revision, check_weights=False)
+    assert hub.calls == []
+
+
+def test_an_open_pull_request_can_be_committed_to(saved_knn_router, hub):
+    publish_router(saved_knn_router, "someone/tiny-router", revision="refs/pr/3", check_weights=False)
+    assert [call[0] for call in hub.calls] == ["create_repo", "create_commit"]  # no branch named refs/pr/3
+    assert hub.calls[1][2]["revision"] == "refs/pr/3"

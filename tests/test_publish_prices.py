@@ -83,8 +83,14 @@ def test_invalid_price_files(saved_knn_router, tmp_path, content, suffix, messag
 
 
 def test_never_overwrites_without_being_asked(saved_knn_router, repriced, tmp_path):
-    with pytest.raises(PublishError, match="not empty"):
+    with pytest.raises(PublishError, match="already holds a router.*overwrite"):
         set_prices(saved_knn_router, {"mid-model": {"input": 0.5}}, output_folder=repriced)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    with pytest.raises(PublishError, match="holds no router"):  # not even with overwrite
+        set_prices(saved_knn_router, {"mid-model": {"input": 0.5}}, output_folder=notes, overwrite=True)
+    assert (notes / "mine.txt").read_text() == "keep me"
     with pytest.raises(PublishError, match="input router"):
         set_prices(saved_knn_router, {"mid-model": {"input": 0.5}}, output_folder=saved_knn_router)
     with pytest.raises(PublishError, match="output folder, or a Hub repo id"):

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..hub_checks import HubAuthError, check_repo_id, check_revision, hub_refused, require_token
 from .prices import PRICES_FILENAME, read_prices_file
 
 UPLOADED = ["README.md", PRICES_FILENAME, "data/*.parquet"]
-
-
-class HubAuthError(RuntimeError):
-    """No Hugging Face token to push with."""
 
 
 def check_dataset_folder(folder: str | os.PathLike) -> dict:
@@ -62,26 +59,31 @@ def push_routing_dataset(
     """
     Push a SPROUT-layout dataset folder to the Hub dataset repo `repo_id` as one commit: README.md card,
     prices.json and data/*.parquet (nothing else in the folder is sent). Creates the repo if needed.
-    The token comes from `token`, else HF_TOKEN / `hf auth login`. Returns the commit info.
+    The token comes from `token`, else HF_TOKEN / `hf auth login`. `revision`: a branch, or an open
+    pull request `refs/pr/N` (checked as for routers, before anything is sent). Returns the commit info.
     """
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
+    check_repo_id(repo_id)
+    revision = check_revision(revision)
     summary = check_dataset_folder(folder)
-    token = token or get_token()
-    if not token:
-        raise HubAuthError(
-            "No Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access), "
-            "or pass token=...; nothing was pushed."
-        )
+    token = require_token(token)
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="dataset",
-        allow_patterns=UPLOADED,
-        commit_message=commit_message or f"Upload routing data ({', '.join(summary['splits'])}) in SPROUT layout",
-        revision=revision,
-        create_pr=create_pr,
-        token=token,
-    )
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="dataset",
+            allow_patterns=UPLOADED,
+            commit_message=commit_message or f"Upload routing data ({', '.join(summary['splits'])}) in SPROUT layout",
+            revision=revision,
+            create_pr=create_pr,
+            token=token,
+        )
+    except (HfHubHTTPError, OSError, ValueError) as error:  # the cause is dropped: it may quote the token
+        raise hub_refused(error, f"the upload to datasets/{repo_id}", token) from None
+
+
+__all__ = ["HubAuthError", "UPLOADED", "check_dataset_folder", "push_routing_dataset"]
