@@ -13,7 +13,6 @@ import re
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import BadInputError
@@ -256,6 +255,7 @@ def load_router(spec: str | None, progress: bool = True, dtype: str = "float32")
     """
     from .modeling_carrot import CarrotRouter
     from .precision import resolve_encoder_dtype
+    from .progress import quiet_progress_bars
 
     dtype = resolve_encoder_dtype(dtype)
     if spec is None:
@@ -270,7 +270,7 @@ def load_router(spec: str | None, progress: bool = True, dtype: str = "float32")
         if not (path / "config.json").is_file():
             raise Failure(f"{spec} is not a router folder: it has no config.json.")
         try:
-            with _quiet_loading():
+            with quiet_progress_bars():
                 return CarrotRouter.from_pretrained(path, dtype=dtype)
         except Exception as error:
             raise Failure(f"Cannot load the router in {spec}: {_first_line(error)}") from error
@@ -278,7 +278,7 @@ def load_router(spec: str | None, progress: bool = True, dtype: str = "float32")
         raise Failure(f"The router folder {spec} does not exist.")
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        with _quiet_loading():
+        with quiet_progress_bars():
             return CarrotRouter.from_pretrained(spec, dtype=dtype)
     except Exception as error:
         if offline:
@@ -287,20 +287,6 @@ def load_router(spec: str | None, progress: bool = True, dtype: str = "float32")
                 "download the router first, or pass a local folder."
             ) from error
         raise Failure(f"Cannot load the router {spec!r} from the Hub: {_first_line(error)}") from error
-
-
-@contextmanager
-def _quiet_loading():
-    """No "Loading weights" bars from transformers while a saved router loads (it takes a second)."""
-    from transformers.utils import logging
-
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
 
 
 def read_prices(text: str | None) -> dict | None:

@@ -18,6 +18,7 @@ from .building import DEFAULT_MAX_PROMPT_TOKENS, default_cost_scale, fit_knn, ne
 from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
 from .precision import resolve_encoder_dtype
+from .progress import quiet_progress_bars
 
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
 DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
@@ -50,9 +51,10 @@ def default_router(
     """
     encoder_dtype = resolve_encoder_dtype(dtype)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if not _is_built(folder):
-        build_default_router(folder, progress=progress)
-    return CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
+    with quiet_progress_bars(not progress):  # no "Generating train split" / "Loading weights" bars either
+        if not _is_built(folder):
+            build_default_router(folder, progress=progress)
+        return CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
 
 
 def build_default_router(folder: Path, progress: bool = True, use_shipped_embeddings: bool = True) -> Path:

@@ -254,3 +254,12 @@ def test_output_equal_to_the_input_file_is_refused(tmp_path, capsys):
         assert code == 2
         assert_one_line_error(err, "is the input file", "prompts")
     assert prompts.read_text() == before
+
+
+def test_no_progress_means_no_bar_at_all(tmp_path, monkeypatch, capsys):
+    """Under --no-progress, datasets' "Generating train split" and transformers' weight bars stay quiet too (issue 15.16)."""
+    monkeypatch.setenv("CARROT_HUB_CACHE", str(tmp_path))  # the default router is built here, from scratch
+    code, out, err = run(["route", "--no-progress", "--format", "jsonl", "--dtype", "float32", "Explain why the sky is blue."], capsys)
+    assert code == 0, err
+    assert len(records(out)) == 1
+    assert "%|" not in err and "Generating" not in err and "Loading weights" not in err, err

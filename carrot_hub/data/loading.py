@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..progress import quiet_progress_bars
 from .prices import validate_prices
 from .routing_table import RoutingTable
 from .sources import RoutingSourceError, explain_unreadable, open_dataset
@@ -95,8 +96,9 @@ def load_routing_table(
     with tempfile.TemporaryDirectory(prefix="carrot-hub-data-") as cache_dir:
         description = str(source)
         try:
-            dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
-            validator, parts = _read_batches(dataset, split, streaming, on_error, batch_size, progress)
+            with quiet_progress_bars(not progress):  # datasets' own "Generating ... split" bars
+                dataset, prices_document, description = open_dataset(source, split=split, streaming=streaming, cache_dir=cache_dir)
+                validator, parts = _read_batches(dataset, split, streaming, on_error, batch_size, progress)
         except (RoutingDataError, RoutingSourceError):
             raise
         except Exception as error:  # datasets' own errors name no file, line or column: find them
