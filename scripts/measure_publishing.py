@@ -1,13 +1,14 @@
 """
 Figures for the publishing issue, on the real RouterBench zero-shot data shipped with carrot_hub:
 
-1. what publishing the demo (default) router sends (Hub calls captured, nothing leaves the machine)
-   and the first lines of its card;
+1. what `router.push_to_hub` sends for the demo (default) router (Hub calls captured, nothing leaves
+   the machine): files, sizes and the card (`--publish-only` stops there);
 2. how routing decisions on the test split change when GPT-4's prices are halved with `set_prices`
    (weights byte-identical);
 3. how they change when a held-out model is added to a 10-model kNN router from 300 prompts.
 
-Usage: HF_HUB_OFFLINE=1 python scripts/measure_publishing.py [--out /tmp/carrot_publishing]
+Usage: HF_HUB_OFFLINE=1 python scripts/measure_publishing.py [--out /tmp/carrot_publishing] [--publish-only]
+(CARROT_EVAL_JSON / CARROT_EVAL_PLOT: an evaluation JSON and PNG to publish with the router.)
 """
 
 import argparse
@@ -28,7 +29,7 @@ from training.candidates import add_candidate
 from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
 from carrot_hub.modeling_carrot import CarrotRouter, PromptEncoding
-from carrot_hub.router_publishing import publish_router, set_prices
+from carrot_hub.router_publishing import set_prices
 
 MUS = (0.0, 0.1, 0.3, 0.5)
 
@@ -51,14 +52,44 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/carrot_publishing")
     parser.add_argument("--held-out", action="append", help="model(s) to hold out and add back (default: two)")
     parser.add_argument("--n-new", type=int, default=300)
+    parser.add_argument("--publish-only", action="store_true", help="only figure 1: what push_to_hub sends")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {}
 
     # -- the demo router, built once into out/default-router
-    router = carrot_hub.default_router(cache_dir=out / "default-router")
+    router = carrot_hub.default_router(cache_dir=out / "default-router", dtype="float32")  # published as trained
     folder = out / "default-router"
+
+    # -- 1. what router.push_to_hub sends
+    sent = {}
+
+    def create_commit(api, repo_id, operations, **kwargs):
+        for op in operations:
+            source = op.path_or_fileobj
+            sent[op.path_in_repo] = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
+        return {"commit_url": "captured"}
+
+    eval_json = os.environ.get("CARROT_EVAL_JSON")
+    plot = os.environ.get("CARROT_EVAL_PLOT")
+    with mock.patch("huggingface_hub.HfApi.create_repo"), mock.patch(
+        "huggingface_hub.HfApi.create_commit", create_commit
+    ), mock.patch("huggingface_hub.get_token", lambda: "hf_captured"):
+        result = router.push_to_hub(
+            "carrot-llm-routing/carrot-knn-routerbench-0shot", eval_results=eval_json, plot=plot,
+            encoder_id="sentence-transformers/all-MiniLM-L6-v2", datasets=["withmartian/routerbench"],
+        )
+    report["publish_files"] = dict(result.files)
+    report["publish_total_bytes"] = result.total_bytes
+    (out / "demo_card.md").write_text(result.card, encoding="utf-8")
+    for name in sent:  # what a Hub user would download
+        (out / "sent" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "sent" / name).write_bytes(sent[name])
+    if args.publish_only:
+        print(json.dumps(report, indent=2))
+        return 0
+
     train = load_routing_table(str(DEFAULT_DATA_DIR), split="train")
     test = load_routing_table(str(DEFAULT_DATA_DIR), split="test")
     models = router.config.candidate_models
@@ -73,28 +104,6 @@ def main() -> int:
     else:
         test_encoding = router.encode(test.prompts, batch_size=32, progress=True)
         save_file({"embeddings": test_encoding.embeddings, "input_tokens": test_encoding.input_tokens}, cache)
-
-    # -- 1. what a publish sends
-    sent = {}
-
-    def create_commit(api, repo_id, operations, **kwargs):
-        for op in operations:
-            source = op.path_or_fileobj
-            sent[op.path_in_repo] = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
-        return {"commit_url": "captured"}
-
-    eval_json = os.environ.get("CARROT_EVAL_JSON")
-    plot = os.environ.get("CARROT_EVAL_PLOT")
-    with mock.patch("huggingface_hub.HfApi.create_repo"), mock.patch(
-        "huggingface_hub.HfApi.create_commit", create_commit
-    ), mock.patch("huggingface_hub.get_token", lambda: "hf_captured"):
-        result = publish_router(
-            folder, "carrot-llm-routing/carrot-knn-routerbench-0shot", eval_results=eval_json, plot=plot,
-            encoder_id="sentence-transformers/all-MiniLM-L6-v2", datasets=["withmartian/routerbench"],
-        )
-    report["publish_files"] = dict(result.files)
-    report["publish_total_bytes"] = result.total_bytes
-    (out / "demo_card.md").write_text(result.card, encoding="utf-8")
 
     # -- 2. GPT-4 at half price through set_prices
     gpt4 = next(m for m in models if "gpt-4" in m)

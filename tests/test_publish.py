@@ -16,6 +16,7 @@ import carrot_hub.router_publishing as publishing
 from carrot_hub.router_publishing import PublishError, publish_router
 
 from .hidden_package import run_without_carrot_hub
+from .hub_errors import hub_http_error
 
 ROUTER_FILES = {
     "config.json",
@@ -280,14 +281,10 @@ def test_not_a_folder_and_bad_plot(saved_knn_router, hub, tmp_path):
 
 
 def test_hub_refusal_is_one_clear_line(saved_knn_router, monkeypatch):
-    import httpx2 as httpx
-    from huggingface_hub.errors import HfHubHTTPError
-
-    response = httpx.Response(403, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
     HubRecorder(monkeypatch)
 
     def refuse(api, repo_id, **kwargs):
-        raise HfHubHTTPError("403 Forbidden: You don't have the rights to create a model under this namespace", response=response)
+        raise hub_http_error(403, "403 Forbidden: You don't have the rights to create a model under this namespace")
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
     with pytest.raises(PublishError, match="write access"):
@@ -325,21 +322,23 @@ def test_hub_source_that_cannot_be_downloaded(monkeypatch):
 
 
 def test_a_hub_error_quoting_the_token_is_relayed_without_it(saved_knn_router, monkeypatch):
-    import httpx2 as httpx
-    from huggingface_hub.errors import HfHubHTTPError
+    """Routers and routing data sets alike (issue 15.16)."""
+    from carrot_hub.data import push_routing_dataset
+    from carrot_hub.default import DEFAULT_DATA_DIR
 
     secret = "hf_SecretTokenValue1234567890"
     HubRecorder(monkeypatch, token=secret)
-    response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
 
     def refuse(api, repo_id, **kwargs):
-        raise HfHubHTTPError(f"401 Unauthorized: invalid credentials in header 'Bearer {secret}'", response=response)
+        raise hub_http_error(401, f"401 Unauthorized: invalid credentials in header 'Bearer {secret}'")
 
     monkeypatch.setattr(HfApi, "create_repo", refuse)
-    with pytest.raises(PublishError) as error:
-        publish_router(saved_knn_router, "someone/tiny-router", check_weights=False)
-    assert secret not in str(error.value) and "hf_***" in str(error.value)
-    assert error.value.__cause__ is None and error.value.__suppress_context__  # no chained original to print
+    for publish in (lambda: publish_router(saved_knn_router, "someone/tiny-router", check_weights=False),
+                    lambda: push_routing_dataset(DEFAULT_DATA_DIR, "someone/routing-data")):
+        with pytest.raises(PublishError) as error:
+            publish()
+        assert secret not in str(error.value) and "hf_***" in str(error.value)
+        assert error.value.__cause__ is None and error.value.__suppress_context__  # no chained original to print
 
 
 @pytest.mark.parametrize("revision", ["my branch", "a..b", "-x", "feature:1", "refs/heads/x", "refs/pr/0", ""])
