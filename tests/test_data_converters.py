@@ -179,6 +179,26 @@ def test_convert_logs_writes_a_loadable_folder(tmp_path):
     assert train.prices["big-model"] == {"input": 5.0, "output": 5.0}
 
 
+def test_logs_keep_the_sources_own_split(tmp_path):
+    """A published benchmark's official train/test split survives the converter (issue 12)."""
+    records = _log_lines()
+    for record in records:
+        record["split"] = "test" if record["prompt"].endswith(("4", "5")) else "train"
+    prices = {"cheap-model": {"input": 1, "output": 1}, "big-model": {"input": 5, "output": 5}}
+    tables = convert_routing_logs(_write_log(tmp_path / "log.jsonl", records), tmp_path / "out", prices=prices)
+    assert list(tables) == ["train", "test"] and [len(t) for t in tables.values()] == [4, 2]
+    test = load_routing_table(tmp_path / "out", split="test")
+    assert test.prompts == ["prompt number 4", "prompt number 5"] and test.split == "test"
+    tables = convert_routing_logs(tmp_path / "log.jsonl", tmp_path / "cut", prices=prices, validation_fraction=0.25)
+    assert set(tables) == {"train", "validation", "test"} and len(tables["test"]) == 2  # validation cut from train only
+    records[3]["split"] = "test"  # prompt 1's second record disagrees with its first
+    with pytest.raises(RoutingDataError, match="line 4: prompt .* is in split 'train' .* a prompt belongs to one split"):
+        read_routing_logs(_write_log(tmp_path / "bad.jsonl", records))
+    records[3]["split"] = "no spaces allowed"
+    with pytest.raises(RoutingDataError, match="line 4: split 'no spaces allowed' must be a name"):
+        read_routing_logs(_write_log(tmp_path / "bad.jsonl", records))
+
+
 # --- seeded splits ----------------------------------------------------------------------------
 
 

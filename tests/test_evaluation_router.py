@@ -107,11 +107,18 @@ def test_prices_must_match(knn_router, tiny_table):
     assert out["single_models"]["big-model"]["cost"] == pytest.approx(repriced.cost()[:, 0].mean())
 
 
+def held_out_splits(tiny_table, test_name: str = "test") -> dict:
+    """A train split whose prompts are all new (the tiny table's variants 1 and 2) and the tiny table as the held-out split."""
+    train = make_tiny_table(n_repeats=3, seed=1)
+    train = train.subset(np.arange(len(tiny_table), len(train)))
+    train.split = "train"
+    return {"train": train, test_name: replace(tiny_table, split=test_name)}
+
+
 def test_command_line(tmp_path, saved_knn_router, tiny_table, capsys):
     from carrot_hub.data.writing import write_sprout_dataset
 
-    splits = {"train": make_tiny_table(n_repeats=2, seed=1), "test": replace(tiny_table, split="test")}
-    data = write_sprout_dataset(splits, tmp_path / "data")
+    data = write_sprout_dataset(held_out_splits(tiny_table), tmp_path / "data")
     out, plot = tmp_path / "r.json", tmp_path / "c.png"
     code = main([str(saved_knn_router), "--data", str(data), "--mu-steps", "5", "--out", str(out), "--plot", str(plot), "--quiet"])
     assert code == 0
@@ -126,3 +133,77 @@ def test_command_line(tmp_path, saved_knn_router, tiny_table, capsys):
     assert {"carrot-knn-reference", "routerbench", "routellm-mf", "random"} == set(json.loads(out.read_text())["baselines"])
     assert main([str(saved_knn_router), "--data", str(data), "--plot", str(tmp_path / "c.jpg"), "--quiet"]) == 2
     assert "PNG" in capsys.readouterr().err
+
+
+# -------------------------------------------------- evaluation a new user cannot get wrong (issue 12)
+
+
+def carrot(argv, capsys) -> tuple[int, str, str]:
+    from carrot_hub.cli import main as carrot_main
+
+    code = carrot_main(["evaluate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_uses_the_validation_split_when_there_is_no_test_split_and_says_so(tmp_path, saved_knn_router, tiny_table, capsys):
+    from carrot_hub.data.writing import write_sprout_dataset
+
+    data = write_sprout_dataset(held_out_splits(tiny_table, "validation"), tmp_path / "converted")
+    out = tmp_path / "r.json"
+    code, printed, err = carrot([saved_knn_router, "--data", data, "--mu-steps", "3", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert "split 'validation' (the data has no 'test' split)" in err
+    assert json.loads(out.read_text())["data"]["split"] == "validation"
+    assert "Generating" not in err and "Loading weights" not in err and "%|" not in err  # --quiet is quiet
+    code, _, err = carrot([saved_knn_router, "--data", data, "--split", "test", "--quiet"], capsys)
+    assert code == 2 and "Unknown split" in err and "--split" in err and len(err.strip().splitlines()) == 1
+
+
+def test_baselines_refuse_a_training_split_that_overlaps_the_evaluated_one(tmp_path, saved_knn_router, tiny_table, capsys):
+    from carrot_hub.data.writing import write_sprout_dataset
+
+    leaky = {"train": make_tiny_table(n_repeats=2, seed=1), "test": replace(tiny_table, split="test")}  # shares 6 prompts
+    data = write_sprout_dataset(leaky, tmp_path / "leaky")
+    base = [saved_knn_router, "--data", data, "--mu-steps", "3", "--baselines", "--quiet"]
+    code, _, err = carrot(base, capsys)
+    assert code == 2 and "6 of the 6 prompts of split 'test' are also in --train-split 'train'" in err
+    code, _, err = carrot([*base, "--train-split", "test"], capsys)
+    assert code == 2 and "is the evaluated split" in err
+    code, _, err = carrot([*base, "--allow-overlap"], capsys)
+    assert code == 0, err
+
+
+def test_reports_the_prompts_a_router_was_trained_on(tmp_path, saved_knn_router, tiny_table, capsys):
+    """The tiny kNN router's memory holds the tiny table's prompts: all of its test prompts are known to it."""
+    from carrot_hub.data.writing import write_sprout_dataset
+
+    data = write_sprout_dataset(held_out_splits(tiny_table), tmp_path / "data")
+    out = tmp_path / "r.json"
+    code, _, err = carrot([saved_knn_router, "--data", data, "--mu-steps", "3", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    overlap = json.loads(out.read_text())["data"]["router_training_overlap"][saved_knn_router.name]
+    assert overlap["shared_prompts"] == 6 and overlap["of"] == 6 and "kNN memory" in overlap["method"]
+    assert "was trained on 6 of the 6 evaluated prompts" in err
+
+
+def test_out_is_checked_before_the_run(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = carrot([tmp_path / "no-router-here", "--out", folder], capsys)  # the router is never looked at
+    assert code == 2 and "--out" in err and "is a folder" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = carrot([tmp_path / "no-router-here", "--out", blocker / "r.json"], capsys)
+    assert code == 2 and "is a file, not a folder" in err
+
+
+def test_plot_legend_labels_what_each_figure_is(knn_router, tiny_table):
+    """The oracle's legend entry showed its quality where every other entry showed AIQ, unlabelled."""
+    from training.plots import legend_label
+
+    results = evaluate_router(knn_router, tiny_table, mu_grid=MU)
+    entries = [results["oracle"], results["zero_router"], results["routers"]["carrot"], results["baselines"]["random"]]
+    for entry in entries:
+        label = legend_label("name", entry)
+        assert f"AIQ {entry['aiq']:.3f}" in label and f"quality {entry['quality_mu0']:.3f}" in label

@@ -115,3 +115,18 @@ def test_prediction_quality_skips_missing_cells():
     assert b["brier"] == pytest.approx((0.04 + 0.09) / 2)  # the NaN row (predicted 0.9) is left out
     assert b["output_tokens_mae"] == pytest.approx((1 + 2) / 2)
     assert report["mean_brier"] == pytest.approx((a["brier"] + b["brier"]) / 2)
+
+
+def test_fractional_scores_get_an_auroc_at_one_half_and_a_rank_correlation():
+    """Fractional scores (e.g. graded 0–1 answers) used to leave AUROC blank (issue 12)."""
+    true_scores = np.array([[0.9], [0.2], [0.6], [0.4], [np.nan]])
+    predicted = np.array([[0.8], [0.1], [0.7], [0.3], [0.99]])
+    report = metrics.prediction_quality(["graded"], predicted, true_scores)
+    entry = report["per_model"]["graded"]
+    assert entry["auroc_labels"] == metrics.THRESHOLD_LABELS and report["auroc_labels"] == metrics.THRESHOLD_LABELS
+    assert entry["auroc"] == pytest.approx(1.0)  # score >= 0.5: {0.9, 0.6} above the others' predictions
+    assert entry["spearman"] == pytest.approx(1.0) and report["mean_spearman"] == pytest.approx(1.0)
+    shuffled = metrics.prediction_quality(["graded"], np.array([[0.1], [0.8], [0.3], [0.7], [0.5]]), true_scores)
+    assert shuffled["per_model"]["graded"]["spearman"] == pytest.approx(-1.0)
+    binary = metrics.prediction_quality(["b"], np.array([[0.8], [0.2]]), np.array([[1.0], [0.0]]))
+    assert binary["auroc_labels"] == metrics.BINARY_LABELS and binary["mean_auroc"] == pytest.approx(1.0)

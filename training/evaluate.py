@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +35,11 @@ from carrot_hub.atomic_writing import atomic_file
 from training import metrics
 from training.baselines import no_training_baselines, trained_baselines
 from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
+from training.overlap import router_training_overlap, shared_prompts
 
 DEFAULT_MU_STEPS = 101
 CPT_LEVELS = (0.5, 0.8)
+DEFAULT_TEST_SPLITS = ("test", "validation")  # what `carrot evaluate` judges on when no --split is given
 
 
 # --------------------------------------------------------------------------- router evaluation
@@ -373,7 +376,7 @@ def format_table(results: dict) -> str:
             f"{name:<28.28} {fmt(entry.get('aiq'), '6.4f')} {fmt(entry.get('quality_mu0'), '7.4f')} "
             f"{fmt(entry.get('cost_mu0', entry.get('cost')), '9.6f')} {fmt(entry.get('cost_to_match_best'), '7.1%')} "
             f"{fmt(entry.get('apgr'), '6.3f')} {fmt(entry.get('cpt50'), '6.1%')} {fmt(entry.get('cpt80'), '6.1%')} "
-            f"{fmt(prediction.get('mean_auroc'), '6.3f')}"
+            f"{fmt(prediction.get('mean_auroc'), '6.3f')}{'*' if prediction.get('auroc_labels') == metrics.THRESHOLD_LABELS else ''}"
         )
 
     for name, entry in results["routers"].items():
@@ -389,6 +392,13 @@ def format_table(results: dict) -> str:
     )
     if results.get("pair"):
         lines.append(f"APGR/CPT pair: strong {results['pair']['strong']}, weak {results['pair']['weak']}")
+    fractional = {name: entry["prediction_quality"] for section in ("routers", "baselines")
+                  for name, entry in results[section].items()
+                  if (entry.get("prediction_quality") or {}).get("auroc_labels") == metrics.THRESHOLD_LABELS}
+    if fractional:
+        rho = ", ".join(f"{name} {fmt(p.get('mean_spearman'), '.3f')}" for name, p in fractional.items())
+        lines.append(f"AUROC*: the scores are fractional, so AUROC is against score ≥ 0.5; threshold-free, "
+                     f"Spearman ρ of predicted and true score: {rho}")
     return "\n".join(lines)
 
 
@@ -419,7 +429,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     """Options of `carrot evaluate` / `python -m training.evaluate`."""
     parser.add_argument("router", nargs="+", help="router folder(s) (or Hub ids) to evaluate")
     parser.add_argument("--data", default=None, help="routing data source (default: the packaged RouterBench zero-shot data)")
-    parser.add_argument("--split", default="test", help="split to evaluate on (default: test)")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate on (default: test when the data has one, else validation; said on stderr)")
     parser.add_argument("--mu-steps", type=int, default=DEFAULT_MU_STEPS, help="number of μ values in [0, 1] (default: 101)")
     parser.add_argument("--pair", default=None, help="strong,weak models for APGR/CPT (default: best model, best model at ≤10%% of its cost)")
     parser.add_argument("--intersect", action="store_true", help="evaluate on the models shared by router and data")
@@ -431,6 +442,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="also train and evaluate the reference CARROT-KNN, RouterBench and RouteLLM-MF baselines on --train-split",
     )
     parser.add_argument("--train-split", default="train", help="split the --baselines are trained on (default: train)")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="train the --baselines even on a split that is, or shares prompts with, the evaluated one")
     parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the cost–quality curves as a PNG here")
@@ -440,24 +453,25 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `carrot evaluate`: load router(s) and data, evaluate, print the table, write JSON / PNG."""
-    from carrot_hub.data import load_routing_table
+    from carrot_hub.cli import UsageError
     from carrot_hub.modeling_carrot import CarrotRouter
+    from carrot_hub.progress import quiet_progress_bars
 
     if args.mu_steps < 2:
-        raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
-    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}.")
-    source = args.data
-    if source is None:
-        from carrot_hub.default import DEFAULT_DATA_DIR
-
-        source = str(DEFAULT_DATA_DIR)
-    table = load_routing_table(source, split=args.split, progress=not args.quiet)
+        raise UsageError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    check_output_file(args.out, "--out", ".json")  # before the run, not after it
+    check_output_file(args.plot, "--plot", ".png")
+    source, described = _data_source(args.data)
+    progress = not args.quiet
+    split, table = load_test_split(source, args.split, progress=progress)
+    note = "" if args.split or split == "test" else " (the data has no 'test' split)"
+    print(f"Evaluating on {described}, split {split!r}{note}: {len(table)} prompts.", file=sys.stderr)
+    train = _baseline_training_split(source, split, table, args, UsageError) if args.baselines else None
     pair = None
     if args.pair:
         parts = [p.strip() for p in args.pair.split(",")]
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
+            raise UsageError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
         pair = (parts[0], parts[1])
     mu_grid = np.linspace(0, 1, args.mu_steps)
     options = dict(
@@ -465,25 +479,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
         on_unscored_model="drop" if args.drop_unscored else "raise",
         on_price_mismatch="table" if args.use_data_prices else "raise",
     )
-    curves, truth, first_router = [], None, None
+    curves, truth, first_router, overlaps = [], None, None, {}
     names = _unique_names(args.router)
-    for name, source_router in zip(names, args.router):
-        router = CarrotRouter.from_pretrained(source_router)
-        if first_router is None:
-            first_router = router
-        table_for_router, _ = align_models(router.config.candidate_models, table, options["on_model_mismatch"])
-        router_truth = ground_truth(table_for_router, on_unscored_model=options["on_unscored_model"])
-        if truth is not None and router_truth.models != truth.models:
-            raise ValueError("The routers evaluated together must route over the same models; evaluate them one by one.")
-        truth = router_truth
-        pair = pair or default_pair(truth)
-        curve, truth = router_curve(router, table, mu_grid, pair=pair, name=name, progress=not args.quiet, **options)
-        curves.append(curve)
-    if args.baselines:
-        curves.extend(_trained_baselines_for(first_router, source, table, truth, pair, mu_grid, args))
+    try:
+        for name, source_router in zip(names, args.router):
+            with quiet_progress_bars(not progress):
+                router = CarrotRouter.from_pretrained(source_router)
+            if first_router is None:
+                first_router = router
+            table_for_router, _ = align_models(router.config.candidate_models, table, options["on_model_mismatch"])
+            router_truth = ground_truth(table_for_router, on_unscored_model=options["on_unscored_model"])
+            if truth is not None and router_truth.models != truth.models:
+                raise ValueError("The routers evaluated together must route over the same models; evaluate them one by one.")
+            truth = router_truth
+            pair = pair or default_pair(truth)
+            encoding = router.encode(table.prompts, progress=progress)
+            overlaps[name] = router_training_overlap(router, source_router, table.prompts, encoding.embeddings)
+            curve, truth = router_curve(router, table, mu_grid, embeddings=encoding, pair=pair, name=name, progress=progress, **options)
+            curves.append(curve)
+        if train is not None:
+            curves.extend(_trained_baselines_for(first_router, train, table, truth, pair, mu_grid, args))
+    except ValueError as error:  # mismatched models or prices, unscored models: bad input for this data
+        raise UsageError(f"{error} (evaluated data: {described}, split {split!r})") from None
     results = summarize([*curves, *no_training_baselines(truth, pair)], truth, pair)
-    results["data"]["source"], results["data"]["split"] = str(source), args.split
+    results["data"]["source"], results["data"]["split"] = str(source), split
+    results["data"]["router_training_overlap"] = overlaps
     print(format_table(results))
+    for name, overlap in overlaps.items():
+        if overlap and overlap["shared_prompts"]:
+            print(f"warning: {name} was trained on {overlap['shared_prompts']} of the {overlap['of']} evaluated prompts "
+                  f"({overlap['method']}); its figures are inflated on those.", file=sys.stderr)
     if args.out:
         print(f"results written to {write_json(results, args.out)}")
     if args.plot:
@@ -493,13 +518,82 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_baselines_for(router, source, test_table, truth: GroundTruth, pair, mu_grid, args) -> list:
-    """The trained baselines, on embeddings of the router's encoder (computed once, cached with --cache-dir)."""
-    from carrot_hub.data import load_routing_table
+def _data_source(data) -> tuple[str, str]:
+    """`(source, description)`: `--data`, else the packaged RouterBench copy (said, so no one mistakes it for theirs)."""
+    if data is not None:
+        return str(data), str(data)
+    from carrot_hub.default import DEFAULT_DATA_DIR
 
+    return str(DEFAULT_DATA_DIR), "the packaged RouterBench zero-shot data (no --data given)"
+
+
+def load_test_split(source, split: str | None = None, progress: bool = False):
+    """
+    `(split, table)`: the named split, else the data's `test` split, else its `validation` split.
+    A split that does not exist is bad input (`carrot_hub.cli.UsageError`, exit code 2), naming the
+    splits there are.
+    """
+    from carrot_hub.cli import UsageError
+    from carrot_hub.data import MissingSplitError, load_routing_table
+
+    for candidate in [split] if split else list(DEFAULT_TEST_SPLITS):
+        try:
+            return candidate, load_routing_table(source, split=candidate, progress=progress)
+        except MissingSplitError as error:
+            if split:
+                raise UsageError(f"{error} Pass one of them with --split.") from None
+            last = error
+    raise UsageError(f"{last} Neither {' nor '.join(map(repr, DEFAULT_TEST_SPLITS))} exists: pass the held-out split with --split.")
+
+
+def check_output_file(path, option: str, suffix: str) -> None:
+    """Refuse (exit code 2) an output file that cannot be written, before any work is done."""
+    from carrot_hub.cli import UsageError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name such as {path / ('results' + suffix)}.")
+    if suffix == ".png" and path.suffix.lower() != ".png":
+        raise UsageError(f"{option} writes a PNG: give a file name ending in .png, not {str(path)!r}.")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is a file, not a folder.")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: cannot write into {parent}.")
+
+
+def _baseline_training_split(source, split: str, test_table, args, UsageError):
+    """
+    The table the --baselines are trained on. Training on the evaluated split, or on a split that
+    shares prompts with it, inflates the baselines: refused unless `--allow-overlap`.
+    """
+    from carrot_hub.data import MissingSplitError, load_routing_table
+
+    if args.train_split == split and not args.allow_overlap:
+        raise UsageError(
+            f"--train-split {args.train_split!r} is the evaluated split: the baselines would be judged on their "
+            "own training prompts. Train them on another split (--train-split), or pass --allow-overlap knowingly."
+        )
+    try:
+        train = load_routing_table(source, split=args.train_split, progress=not args.quiet)
+    except MissingSplitError as error:
+        raise UsageError(f"{error} The --baselines are trained on --train-split: name one that exists.") from None
+    shared = shared_prompts(train.prompts, test_table.prompts)
+    if shared and not args.allow_overlap:
+        raise UsageError(
+            f"{shared} of the {len(test_table)} prompts of split {split!r} are also in --train-split "
+            f"{args.train_split!r}: baselines trained there would be judged on prompts they have seen. Remove them "
+            "from one split, or pass --allow-overlap knowingly."
+        )
+    return train
+
+
+def _trained_baselines_for(router, train, test_table, truth: GroundTruth, pair, mu_grid, args) -> list:
+    """The trained baselines, on embeddings of the router's encoder (computed once, cached with --cache-dir)."""
     from training.embeddings import embed_table
 
-    train = load_routing_table(source, split=args.train_split, progress=not args.quiet)
     missing = [m for m in truth.models if m not in train.models]
     if missing:
         raise ValueError(f"The --train-split {args.train_split!r} lacks models {missing}; the baselines cannot be trained.")
@@ -521,9 +615,11 @@ def _unique_names(sources: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = add_evaluate_arguments(argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
+    from carrot_hub.cli import UsageError
+
     try:
         return run_evaluate(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -192,6 +192,10 @@ def cpt(strong_fraction, qualities, q_strong: float, q_weak: float, level: float
     return float(x1 + (level - y1) * (x2 - x1) / (y2 - y1))
 
 
+BINARY_LABELS = "0/1 scores"
+THRESHOLD_LABELS = "score >= 0.5 (fractional scores)"
+
+
 def auroc(labels, predictions) -> float | None:
     """
     Area under the ROC curve of `predictions (n,)` for binary `labels (n,)` (0/1), with ties given
@@ -205,14 +209,29 @@ def auroc(labels, predictions) -> float | None:
     n_pos, n_neg = int(positive.sum()), int(negative.sum())
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(predictions, kind="mergesort")
-    sorted_predictions = predictions[order]
-    ranks = np.empty(len(predictions))
-    # Average ranks (1-based) over ties.
-    _, first, counts = np.unique(sorted_predictions, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
+    ranks = _average_ranks(predictions)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values (n,)`, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def spearman(true_scores, predictions) -> float | None:
+    """
+    Spearman's rank correlation of `predictions (n,)` with `true_scores (n,)` (any values; ties get
+    average ranks): threshold-free, so it also judges fractional scores. None when either is constant.
+    """
+    true_ranks = _average_ranks(np.asarray(true_scores, dtype=np.float64).reshape(-1))
+    predicted_ranks = _average_ranks(np.asarray(predictions, dtype=np.float64).reshape(-1))
+    if true_ranks.std() == 0 or predicted_ranks.std() == 0:
+        return None
+    return float(np.corrcoef(true_ranks, predicted_ranks)[0, 1])
 
 
 def brier(labels, predictions) -> float:
@@ -233,25 +252,33 @@ def prediction_quality(
     How good a router's predictions are, per model and on average (unweighted mean over models).
 
     All arrays `(n_prompts, n_models)`; NaN in the true arrays marks missing cells, which are left
-    out (an unknown truth cannot be scored). AUROC is reported only for 0/1 scores and is None for
-    a model whose observed scores are all one class. Returns
-    `{"per_model": {model: {"auroc", "brier", "output_tokens_mae", "n_observed"}}, "mean_auroc",
-    "mean_brier", "mean_output_tokens_mae"}`.
+    out (an unknown truth cannot be scored). AUROC needs two classes: on 0/1 scores it is the usual
+    one; when a model's scores are fractional it is computed against `score ≥ 0.5` (said in
+    `auroc_labels`), and `spearman` (rank correlation with the true score) judges the predictions
+    without any threshold. Both are None for a model whose observed scores are all alike. Returns
+    `{"per_model": {model: {"auroc", "auroc_labels", "spearman", "brier", "output_tokens_mae",
+    "n_observed"}}, "mean_auroc", "auroc_labels", "mean_spearman", "mean_brier", "mean_output_tokens_mae"}`.
     """
     predicted_quality = np.asarray(predicted_quality, dtype=np.float64)
     true_scores = np.asarray(true_scores, dtype=np.float64)
-    per_model, aurocs, briers, maes = {}, [], [], []
+    per_model, aurocs, spearmans, briers, maes, label_kinds = {}, [], [], [], [], set()
     for column, name in enumerate(models):
         observed = ~np.isnan(true_scores[:, column])
         labels, predictions = true_scores[observed, column], predicted_quality[observed, column]
-        entry = {"n_observed": int(observed.sum()), "auroc": None, "brier": None, "output_tokens_mae": None}
+        entry = {"n_observed": int(observed.sum()), "auroc": None, "auroc_labels": None, "spearman": None,
+                 "brier": None, "output_tokens_mae": None}
         if observed.any():
             entry["brier"] = brier(labels, predictions)
             briers.append(entry["brier"])
-            if np.all((labels == 0) | (labels == 1)):
-                entry["auroc"] = auroc(labels, predictions)
-                if entry["auroc"] is not None:
-                    aurocs.append(entry["auroc"])
+            binary = bool(np.all((labels == 0) | (labels == 1)))
+            entry["auroc_labels"] = BINARY_LABELS if binary else THRESHOLD_LABELS
+            entry["auroc"] = auroc(labels if binary else (labels >= 0.5).astype(np.float64), predictions)
+            if entry["auroc"] is not None:
+                aurocs.append(entry["auroc"])
+                label_kinds.add(entry["auroc_labels"])
+            entry["spearman"] = spearman(labels, predictions)
+            if entry["spearman"] is not None:
+                spearmans.append(entry["spearman"])
         if predicted_output_tokens is not None and true_output_tokens is not None:
             tokens_true = np.asarray(true_output_tokens, dtype=np.float64)[:, column]
             tokens_observed = ~np.isnan(tokens_true)
@@ -263,6 +290,8 @@ def prediction_quality(
     return {
         "per_model": per_model,
         "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "auroc_labels": THRESHOLD_LABELS if THRESHOLD_LABELS in label_kinds else (BINARY_LABELS if label_kinds else None),
+        "mean_spearman": float(np.mean(spearmans)) if spearmans else None,
         "mean_brier": float(np.mean(briers)) if briers else None,
         "mean_output_tokens_mae": float(np.mean(maes)) if maes else None,
     }
@@ -280,5 +309,6 @@ __all__ = [
     "cpt",
     "auroc",
     "brier",
+    "spearman",
     "prediction_quality",
 ]

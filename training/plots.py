@@ -6,12 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
+from carrot_hub.atomic_writing import atomic_path
+
+
+def legend_label(name: str, entry: dict) -> str:
+    """`name (AIQ a, quality q)`: the same two figures, labelled, for every entry (the oracle included)."""
+    figures = [f"{label} {entry[key]:.3f}" for key, label in (("aiq", "AIQ"), ("quality_mu0", "quality"))
+               if entry.get(key) is not None]
+    return f"{name} ({', '.join(figures)})" if figures else name
+
 
 def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = True) -> Path:
     """
     Draw every router's and baseline's points (lines, in knob order sorted by cost), the zero
     router's hull (dashed), each single model (labelled dot) and the oracle (star) from the
-    results of `training.evaluate.summarize`; write a PNG to `path` and return it.
+    results of `training.evaluate.summarize`; write a PNG to `path` and return it. Every legend
+    entry names what its figures are: AIQ (area under the curve) and quality (at μ = 0).
 
     The cost axis is logarithmic by default: the models' costs span two orders of magnitude.
     """
@@ -32,7 +42,7 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
             points = entry["points"]
             cost, quality = np.asarray(points["cost"]), np.asarray(points["quality"])
             order = np.argsort(cost, kind="stable")
-            label = f"{name} (AIQ {entry['aiq']:.3f})"
+            label = legend_label(name, entry)
             ax.plot(cost[order], quality[order], label=label, **styles.get(entry.get("kind", "baseline"), styles["baseline"]))
     zero = results["zero_router"]["hull"]
     ax.plot(
@@ -40,13 +50,14 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
         list(zero["quality"]) + [zero["quality"][-1]],
         linestyle="--",
         color="grey",
-        label=f"zero router (AIQ {results['zero_router']['aiq']:.3f})",
+        label=legend_label("zero router", results["zero_router"]),
     )
     for model, entry in results["single_models"].items():
         ax.scatter([entry["cost"]], [entry["quality"]], s=18, color="black", zorder=3)
         ax.annotate(model.split("/")[-1], (entry["cost"], entry["quality"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
     oracle = results["oracle"]
-    ax.scatter([oracle["cost"]], [oracle["quality"]], marker="*", s=120, color="gold", edgecolor="black", zorder=4, label=f"oracle ({oracle['quality']:.3f})")
+    ax.scatter([oracle["cost"]], [oracle["quality"]], marker="*", s=120, color="gold", edgecolor="black", zorder=4,
+               label=legend_label("oracle", oracle))
     if log_cost:
         ax.set_xscale("log")
     ax.set_xlabel("mean cost per prompt, US$" + (" (log scale)" if log_cost else ""))
@@ -56,12 +67,10 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, format="png")
+    with atomic_path(path) as staging:
+        fig.savefig(staging, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
-__all__ = ["plot_curves"]
+__all__ = ["legend_label", "plot_curves"]

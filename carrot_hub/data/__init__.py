@@ -1,11 +1,11 @@
 """Routing data: one canonical in-memory form (RoutingTable) and the loaders that produce it."""
 
+from .dataset_publishing import HubAuthError, check_dataset_folder, push_routing_dataset
 from .loading import load_routing_table
 from .logs import convert_routing_logs, read_routing_logs
-from .dataset_publishing import HubAuthError, check_dataset_folder, push_routing_dataset
 from .prices import read_prices_file, validate_prices, write_prices_file
 from .routing_table import RoutingTable
-from .sources import RoutingSourceError
+from .sources import MissingSplitError, RoutingSourceError
 from .splitting import split_indices, split_table
 from .validation import RoutingDataError, discover_model_columns
 from .writing import dataset_card, write_sprout_dataset
@@ -13,6 +13,7 @@ from .writing import dataset_card, write_sprout_dataset
 __all__ = [
     "HubAuthError",
     "RoutingDataError",
+    "MissingSplitError",
     "RoutingSourceError",
     "RoutingTable",
     "check_dataset_folder",

@@ -3,12 +3,16 @@
 Each line is one JSON object:
 
     {"prompt": "text", "model": "name", "score": 0.8, "input_tokens": 120, "output_tokens": 300,
-     "prompt_id": "optional id", "task": "optional source task"}
+     "prompt_id": "optional id", "task": "optional source task", "split": "optional: train / test / ..."}
 
 `score` in [0, 1] (null = not graded); token counts are non-negative integers. Records are pivoted to one
 row per prompt (grouped by `prompt_id`, else by the prompt text) and one column per model, models in the
 order they first appear. A (prompt, model) pair with no record is a missing cell (NaN), counted in
 `table.metadata["missing_cells"]`; pass `require_all_models=True` to treat it as an error instead.
+
+`split` keeps a source's own split (a published benchmark's official train/test): all records of a
+prompt must name the same split; records without one belong to `train`. `convert_routing_logs`
+writes one split per name.
 
 The outcome-log folder a `carrot serve` gateway writes (JSONL shards of served requests and their
 feedback, see `carrot_hub.data.outcome_logs`) is read the same way: pass the folder instead of a file.
@@ -20,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +36,8 @@ from .routing_table import RoutingTable
 from .validation import RoutingDataError
 
 REQUIRED_KEYS = ("prompt", "model", "score", "input_tokens", "output_tokens")
+DEFAULT_SPLIT = "train"  # of a record that names none
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 def _finite(value) -> float | None:
@@ -71,6 +78,9 @@ def _check_record(record) -> str | None:
     for key in ("prompt_id", "task"):
         if record.get(key) is not None and not isinstance(record[key], (str, int)):
             return f"{key} must be a string"
+    split = record.get("split")
+    if split is not None and (not isinstance(split, str) or not _SPLIT_NAME.match(split)):
+        return f"split {split!r} must be a name of letters, digits, '_' or '-' (e.g. train, test)"
     return None
 
 
@@ -164,7 +174,7 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
         skipped.append({"line": line_number, "reason": reason})
 
     rows: dict[str, int] = {}  # prompt id -> row
-    prompts, ids, tasks = [], [], []
+    prompts, ids, tasks, row_splits = [], [], [], []
     models: dict[str, int] = {}
     cells: dict[tuple[int, int], tuple[float, float, float, int]] = {}
     n_lines = 0
@@ -189,8 +199,13 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
             prompts.append(record["prompt"])
             ids.append(prompt_id)
             tasks.append("" if record.get("task") is None else str(record["task"]))
+            row_splits.append(record.get("split") or DEFAULT_SPLIT)
         elif prompts[row] != record["prompt"]:
             bad(line_number, f"prompt_id {prompt_id!r} was used earlier for a different prompt")
+            continue
+        elif (record.get("split") or DEFAULT_SPLIT) != row_splits[row]:
+            bad(line_number, f"prompt {prompt_id!r} is in split {row_splits[row]!r} on an earlier line and in "
+                             f"{record.get('split') or DEFAULT_SPLIT!r} here: a prompt belongs to one split")
             continue
         column = models.setdefault(record["model"], len(models))
         if (row, column) in cells:
@@ -214,6 +229,8 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
             f"({int(no_record.sum())} such pairs); log every model on every prompt or drop require_all_models."
         )
     metadata = {"source": str(path), "records_read": n_lines, "skipped": skipped, "missing_cells": int(no_record.sum())}
+    if set(row_splits) != {DEFAULT_SPLIT}:  # the records named their splits: `split_by_record` reads them
+        metadata["row_splits"] = row_splits
     if outcome_summary:
         metadata["outcome_log"] = {key: value for key, value in outcome_summary.items() if key != "bad_lines"}
     table = RoutingTable(
@@ -252,18 +269,39 @@ def convert_routing_logs(
     **card,
 ) -> dict[str, RoutingTable]:
     """
-    JSONL logs -> SPROUT-layout dataset folder (parquet + card + prices.json). With `validation_fraction`,
-    a seeded train/validation split is written (see `split_table`); else one `train` split.
+    JSONL logs -> SPROUT-layout dataset folder (parquet + card + prices.json), one split per `split`
+    named in the records (records without one: `train`), so a source's own train/test split is kept.
+    With `validation_fraction`, a seeded validation split is cut from `train` (see `split_table`).
     `card` goes to `write_sprout_dataset` (pretty_name, description, license, provenance, notes).
+    Returns `{split: table}`.
     """
     from .splitting import split_table
     from .writing import write_sprout_dataset
 
-    table = read_routing_logs(path, on_error=on_error, prices=prices, split="train")
+    tables = split_by_record(read_routing_logs(path, on_error=on_error, prices=prices, split=DEFAULT_SPLIT))
     if validation_fraction:
-        tables = split_table(table, validation_fraction, seed=seed, stratify_by_task=stratify_by_task)
-    else:
-        tables = {"train": table}
+        if "validation" in tables:
+            raise RoutingDataError(f"{Path(path).name} already names a 'validation' split; drop validation_fraction to keep it.")
+        if DEFAULT_SPLIT not in tables:
+            raise RoutingDataError(f"{Path(path).name} has no '{DEFAULT_SPLIT}' records to cut a validation split from.")
+        cut = split_table(tables.pop(DEFAULT_SPLIT), validation_fraction, seed=seed, stratify_by_task=stratify_by_task)
+        tables = {**cut, **tables}
     card.setdefault("provenance", f"Converted from the routing log {Path(path).name} by carrot_hub.convert_routing_logs.")
     write_sprout_dataset(tables, output, prices_recorded_on=prices_recorded_on, overwrite=overwrite, **card)
+    return tables
+
+
+def split_by_record(table: RoutingTable) -> dict[str, RoutingTable]:
+    """`{split: its rows of table}` by the `split` its records named (`read_routing_logs` keeps them in
+    `table.metadata["row_splits"]`, taken out here), in order of first appearance."""
+    row_splits = table.metadata.pop("row_splits", None) or [table.split or DEFAULT_SPLIT] * len(table)
+    names = list(dict.fromkeys(row_splits))
+    if len(names) == 1:
+        table.split = names[0]
+        return {names[0]: table}
+    tables = {}
+    for name in names:
+        part = table.subset(np.flatnonzero(np.asarray(row_splits) == name))
+        part.split = name
+        tables[name] = part
     return tables

@@ -20,6 +20,10 @@ class RoutingSourceError(OSError):
     """A routing data source that cannot be opened (missing, unknown, unreachable)."""
 
 
+class MissingSplitError(RoutingSourceError):
+    """The source opens, but has no split of the requested name (the message lists the ones it has)."""
+
+
 def _builder_for(paths: Sequence[Path]) -> str:
     kinds = {_BUILDERS.get("".join(p.suffixes[-1:]).lower()) for p in paths}
     if None in kinds or len(kinds) != 1:
@@ -65,7 +69,7 @@ def open_dataset(source, split: str, streaming: bool, cache_dir: str | None = No
             try:
                 dataset = datasets.load_dataset(str(folder), split=split, streaming=streaming, cache_dir=cache_dir)
             except ValueError as error:  # an unknown split: say which ones exist
-                raise RoutingSourceError(f"Cannot read split {split!r} from {folder}: {error}") from None
+                raise MissingSplitError(f"Cannot read split {split!r} from {folder}: {error}") from None
             except (datasets.exceptions.DataFilesNotFoundError, FileNotFoundError) as error:
                 raise RoutingSourceError(f"{folder} holds no data files load_dataset can read ({error}).") from None
         else:
@@ -98,7 +102,7 @@ def open_dataset(source, split: str, streaming: bool, cache_dir: str | None = No
             "SPROUT layout instead, or unset HF_HUB_OFFLINE when online."
         ) from None
     except ValueError as error:
-        raise RoutingSourceError(f"Cannot read split {split!r} of {repo_id!r}: {error}") from None
+        raise MissingSplitError(f"Cannot read split {split!r} of {repo_id!r}: {error}") from None
     return dataset, _hub_prices(repo_id), repo_id
 
 
