@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from carrot_hub.atomic_writing import atomic_file
+from carrot_hub.errors import BadInputError
 from training import metrics
 from training.baselines import no_training_baselines, trained_baselines
 from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
@@ -453,12 +454,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `carrot evaluate`: load router(s) and data, evaluate, print the table, write JSON / PNG."""
-    from carrot_hub.cli import UsageError
     from carrot_hub.modeling_carrot import CarrotRouter
     from carrot_hub.progress import quiet_progress_bars
 
     if args.mu_steps < 2:
-        raise UsageError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+        raise BadInputError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
     check_output_file(args.out, "--out", ".json")  # before the run, not after it
     check_output_file(args.plot, "--plot", ".png")
     source, described = _data_source(args.data)
@@ -466,12 +466,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     split, table = load_test_split(source, args.split, progress=progress)
     note = "" if args.split or split == "test" else " (the data has no 'test' split)"
     print(f"Evaluating on {described}, split {split!r}{note}: {len(table)} prompts.", file=sys.stderr)
-    train = _baseline_training_split(source, split, table, args, UsageError) if args.baselines else None
+    train = _baseline_training_split(source, split, table, args) if args.baselines else None
     pair = None
     if args.pair:
         parts = [p.strip() for p in args.pair.split(",")]
         if len(parts) != 2 or not all(parts):
-            raise UsageError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
+            raise BadInputError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
         pair = (parts[0], parts[1])
     mu_grid = np.linspace(0, 1, args.mu_steps)
     options = dict(
@@ -500,7 +500,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if train is not None:
             curves.extend(_trained_baselines_for(first_router, train, table, truth, pair, mu_grid, args))
     except ValueError as error:  # mismatched models or prices, unscored models: bad input for this data
-        raise UsageError(f"{error} (evaluated data: {described}, split {split!r})") from None
+        raise BadInputError(f"{error} (evaluated data: {described}, split {split!r})") from None
     results = summarize([*curves, *no_training_baselines(truth, pair)], truth, pair)
     results["data"]["source"], results["data"]["split"] = str(source), split
     results["data"]["router_training_overlap"] = overlaps
@@ -530,10 +530,9 @@ def _data_source(data) -> tuple[str, str]:
 def load_test_split(source, split: str | None = None, progress: bool = False):
     """
     `(split, table)`: the named split, else the data's `test` split, else its `validation` split.
-    A split that does not exist is bad input (`carrot_hub.cli.UsageError`, exit code 2), naming the
+    A split that does not exist is bad input (`BadInputError`, exit code 2), naming the
     splits there are.
     """
-    from carrot_hub.cli import UsageError
     from carrot_hub.data import MissingSplitError, load_routing_table
 
     for candidate in [split] if split else list(DEFAULT_TEST_SPLITS):
@@ -541,30 +540,28 @@ def load_test_split(source, split: str | None = None, progress: bool = False):
             return candidate, load_routing_table(source, split=candidate, progress=progress)
         except MissingSplitError as error:
             if split:
-                raise UsageError(f"{error} Pass one of them with --split.") from None
+                raise BadInputError(f"{error} Pass one of them with --split.") from None
             last = error
-    raise UsageError(f"{last} Neither {' nor '.join(map(repr, DEFAULT_TEST_SPLITS))} exists: pass the held-out split with --split.")
+    raise BadInputError(f"{last} Neither {' nor '.join(map(repr, DEFAULT_TEST_SPLITS))} exists: pass the held-out split with --split.")
 
 
 def check_output_file(path, option: str, suffix: str) -> None:
     """Refuse (exit code 2) an output file that cannot be written, before any work is done."""
-    from carrot_hub.cli import UsageError
-
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name such as {path / ('results' + suffix)}.")
+        raise BadInputError(f"{option} {path} is a folder; give a file name such as {path / ('results' + suffix)}.")
     if suffix == ".png" and path.suffix.lower() != ".png":
-        raise UsageError(f"{option} writes a PNG: give a file name ending in .png, not {str(path)!r}.")
+        raise BadInputError(f"{option} writes a PNG: give a file name ending in .png, not {str(path)!r}.")
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise UsageError(f"{option} {path}: {parent} is a file, not a folder.")
+        raise BadInputError(f"{option} {path}: {parent} is a file, not a folder.")
     if parent is not None and not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {path}: cannot write into {parent}.")
+        raise BadInputError(f"{option} {path}: cannot write into {parent}.")
 
 
-def _baseline_training_split(source, split: str, test_table, args, UsageError):
+def _baseline_training_split(source, split: str, test_table, args):
     """
     The table the --baselines are trained on. Training on the evaluated split, or on a split that
     shares prompts with it, inflates the baselines: refused unless `--allow-overlap`.
@@ -572,17 +569,17 @@ def _baseline_training_split(source, split: str, test_table, args, UsageError):
     from carrot_hub.data import MissingSplitError, load_routing_table
 
     if args.train_split == split and not args.allow_overlap:
-        raise UsageError(
+        raise BadInputError(
             f"--train-split {args.train_split!r} is the evaluated split: the baselines would be judged on their "
             "own training prompts. Train them on another split (--train-split), or pass --allow-overlap knowingly."
         )
     try:
         train = load_routing_table(source, split=args.train_split, progress=not args.quiet)
     except MissingSplitError as error:
-        raise UsageError(f"{error} The --baselines are trained on --train-split: name one that exists.") from None
+        raise BadInputError(f"{error} The --baselines are trained on --train-split: name one that exists.") from None
     shared = shared_prompts(train.prompts, test_table.prompts)
     if shared and not args.allow_overlap:
-        raise UsageError(
+        raise BadInputError(
             f"{shared} of the {len(test_table)} prompts of split {split!r} are also in --train-split "
             f"{args.train_split!r}: baselines trained there would be judged on prompts they have seen. Remove them "
             "from one split, or pass --allow-overlap knowingly."
@@ -615,11 +612,9 @@ def _unique_names(sources: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = add_evaluate_arguments(argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
-    from carrot_hub.cli import UsageError
-
     try:
         return run_evaluate(args)
-    except (ValueError, OSError, UsageError) as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
