@@ -101,6 +101,27 @@ def test_write_then_load_round_trip(tmp_path):
         write_sprout_dataset(source, folder)
 
 
+def test_an_interrupted_write_leaves_no_half_folder(tmp_path, monkeypatch):
+    import carrot_hub.data.writing as writing
+
+    source = load_routing_table(write_parquet(sprout_rows(5), tmp_path / "src" / "a.parquet"), prices=PRICES)
+    real = writing.table_to_arrow
+    calls = []
+
+    def fail_on_the_second_split(table, extra=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(table, extra)
+
+    monkeypatch.setattr(writing, "table_to_arrow", fail_on_the_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        write_sprout_dataset({"train": source, "test": source.subset([0, 1])}, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+    monkeypatch.setattr(writing, "table_to_arrow", real)
+    assert len(load_routing_table(write_sprout_dataset({"train": source}, tmp_path / "out"), split="train")) == 5
+
+
 # --- user logs ------------------------------------------------------------------------------
 
 

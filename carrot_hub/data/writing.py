@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic_writing import atomic_folder
 from .prices import PRICES_FILENAME, write_prices_file
 from .routing_table import RoutingTable
 from .validation import MODEL_FIELDS
@@ -174,23 +175,13 @@ def write_sprout_dataset(
         if table.models != models:
             raise ValueError(f"Split {name!r} has models {table.models}, the first split has {models}: they must match.")
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
+    in_place = folder.exists() and any(folder.iterdir())
+    if in_place and not overwrite:
         raise FileExistsError(f"{folder} is not empty; choose another folder or pass overwrite=True.")
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for old in (folder / "data").glob("*.parquet"):
-            old.unlink()
-    for name, table in tables.items():
-        arrow = table_to_arrow(table, (extra_columns or {}).get(name))
-        pq.write_table(arrow, folder / "data" / f"{name}-00000-of-00001.parquet", compression=compression)
     first = next(iter(tables.values()))
     prices = prices if prices is not None else first.prices
     prices_recorded_on = prices_recorded_on or first.metadata.get("prices_recorded_on")
     prices_source = prices_source or first.metadata.get("prices_source")
-    if prices:
-        write_prices_file(folder / PRICES_FILENAME, prices, prices_recorded_on, prices_source)
-    elif (folder / PRICES_FILENAME).exists():
-        (folder / PRICES_FILENAME).unlink()
     card = dataset_card(
         tables,
         pretty_name=pretty_name or folder.name,
@@ -202,5 +193,23 @@ def write_sprout_dataset(
         prices_source=prices_source,
         notes=notes,
     )
-    (folder / "README.md").write_text(card, encoding="utf-8")
+
+    def write_into(target: Path) -> None:
+        (target / "data").mkdir(parents=True, exist_ok=True)
+        for old in (target / "data").glob("*.parquet"):
+            old.unlink()
+        for name, table in tables.items():
+            arrow = table_to_arrow(table, (extra_columns or {}).get(name))
+            pq.write_table(arrow, target / "data" / f"{name}-00000-of-00001.parquet", compression=compression)
+        if prices:
+            write_prices_file(target / PRICES_FILENAME, prices, prices_recorded_on, prices_source)
+        elif (target / PRICES_FILENAME).exists():
+            (target / PRICES_FILENAME).unlink()
+        (target / "README.md").write_text(card, encoding="utf-8")
+
+    if in_place:  # overwrite: only the files it writes are replaced, the folder's other files stay
+        write_into(folder)
+    else:  # a new folder appears whole or not at all (an interrupted conversion leaves nothing to clean)
+        with atomic_folder(folder) as staging:
+            write_into(staging)
     return folder
