@@ -82,11 +82,14 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _eval_results(config, results: Mapping | None, router_key: str | None, model_name: str) -> list[EvalResult]:
+def _eval_results(
+    config, results: Mapping | None, router_key: str | None, model_name: str, default_dataset: str | None = None
+) -> list[EvalResult]:
     if not results:
         return []
     entry = _router_entry(results, router_key)
-    dataset_id = results.get("dataset_id") or results.get("dataset") or "unknown"
+    # `carrot evaluate` records a local path in data.source: the card names the Hub data set given for it.
+    dataset_id = results.get("dataset_id") or results.get("dataset") or default_dataset or "unknown"
     dataset_name = results.get("dataset_name") or str(dataset_id)
     split = _eval_split(results)
     evals = []
@@ -141,7 +144,7 @@ def card_metadata(
         base_model=base_model,
         datasets=list(datasets) if datasets else None,
         model_name=model_name,
-        eval_results=_eval_results(config, eval_results, router_key, model_name) or None,
+        eval_results=_eval_results(config, eval_results, router_key, model_name, (datasets or [None])[0]) or None,
     )
 
 

@@ -76,3 +76,14 @@ def test_several_routers_need_a_name(config, tmp_path):
     assert card.data.eval_results[0].metric_value == 0.7
     with pytest.raises(FileNotFoundError, match="carrot evaluate"):
         build_model_card(config, eval_results=tmp_path / "missing.json")
+
+
+def test_model_index_names_the_given_data_set_when_the_results_hold_a_local_path():
+    """`carrot evaluate` writes data.source as a local folder; the card's model-index names the Hub data set instead."""
+    from carrot_hub.configuration_carrot import CarrotConfig
+    from model_card.build import card_metadata
+
+    config = CarrotConfig(candidate_models=["a", "b"], input_price_per_million=[1.0, 2.0], output_price_per_million=[1.0, 2.0])
+    results = {"data": {"source": "/tmp/routerbench", "split": "test"}, "routers": {"r": {"aiq": 0.8}}}
+    (result,) = card_metadata(config, results, datasets=["withmartian/routerbench"]).eval_results
+    assert result.dataset_type == "withmartian/routerbench" and result.dataset_split == "test"
