@@ -917,7 +917,7 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def _check_tokenizer(self, tokenizer, source) -> None:
         """Raise `OSError` when the tokenizer's vocabulary cannot be the encoder's (wrong or empty tokenizer.json)."""
-        vocab_size = getattr(self.encoder.config, "vocab_size", None)
+        vocab_size = getattr(getattr(self.encoder, "config", None), "vocab_size", None)
         if not isinstance(vocab_size, int):
             return
         # A tokenizer a little smaller than the embedding table is normal (padded tables); one with a
