@@ -86,3 +86,28 @@ def test_an_mlp_router_cannot_learn_online(tmp_path):
 def test_close_without_new_labels_saves_nothing(router, tmp_path):
     learner = OnlineLearner(router, tmp_path / "grown")
     assert learner.close() is None and not (tmp_path / "grown").exists()
+
+
+def test_concurrent_feedback_is_all_learned_in_batches(router, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import time
+
+    calls = []
+    remember = router.remember
+
+    def slow_first_remember(prompts, *rest):
+        if not calls:
+            time.sleep(0.3)  # the others queue up meanwhile
+        calls.append(len(prompts))
+        return remember(prompts, *rest)
+
+    router.remember = slow_first_remember
+    log = OutcomeLog(tmp_path / "log")
+    learner = OnlineLearner(router, tmp_path / "grown", every=0)
+    prompts = [f"concurrent question number {i}" for i in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: serve_and_label(log, learner, f"c{i}", prompts[i], "mid-model", 0.5), range(24)))
+    assert learner.stats["learned"] == 24 == sum(calls) and router.config.knn_remembered_rows == 24
+    assert len(calls) < 24  # labels that queued up were encoded together
+    assert learner.close() is not None

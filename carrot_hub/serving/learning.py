@@ -39,13 +39,14 @@ class OnlineLearner:
         every: save after every `every` labels learned (0: only on `close()`).
         keep: how many of this learner's snapshots to keep (older ones it wrote are removed; None: all).
             Each holds the whole router (encoder included).
+        max_batch: the most queued labels encoded in one batch.
 
     A request labelled twice is learned once (its first label; the outcome log keeps every label and
     its loader uses the latest). Feedback whose served record has no prompt (`--no-prompt-log`) or
     names a model the router does not know is counted in `stats` and not learned.
     """
 
-    def __init__(self, router, save_dir, every: int = 500, keep: int | None = 3):
+    def __init__(self, router, save_dir, every: int = 500, keep: int | None = 3, max_batch: int = 64):
         if getattr(router.config, "predictor_kind", None) != "knn":
             raise TypeError(
                 "--learn grows a kNN router's memory; this router predicts with MLP heads. Serve a kNN router, "
@@ -73,14 +74,22 @@ class OnlineLearner:
         self.stats = {"learned": 0, "repeated": 0, "without_prompt": 0, "unknown_model": 0, "saves": 0}
         self.saved: list[Path] = []
         self._learned_ids: OrderedDict[str, None] = OrderedDict()
+        self.max_batch = max_batch
+        self._pending: list[tuple] = []
         self._unsaved = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # stats, queue, saves
+        self._apply_lock = threading.Lock()  # one thread grows the memory at a time
         self._closed = False
 
     def on_feedback(self, request_id: str, score: float, record: dict) -> None:
         """
         Learn one label: `record` is the served record it labels (as `OutcomeLog.feedback` returns it),
         whose `prompt`, `model` and `usage.completion_tokens` are used.
+
+        Labels are applied at once when no other thread is applying; labels that arrive meanwhile
+        are queued and applied together by that thread in one encoder batch (so concurrent feedback
+        costs one batched encoding, not one per label). When this returns, the label has been
+        applied, by this thread or by the one already applying.
         """
         score = check_score(score)
         prompt, model = record.get("prompt"), record.get("model")
@@ -102,21 +111,50 @@ class OnlineLearner:
             if model not in self.router.config.candidate_models:
                 self.stats["unknown_model"] += 1
                 return
-            self.router.remember([prompt], model, [score], [tokens])
             self._learned_ids[request_id] = None
             if len(self._learned_ids) > MAX_LEARNED_IDS:
                 self._learned_ids.popitem(last=False)
-            self.stats["learned"] += 1
-            self._unsaved += 1
-            if self.every and self._unsaved >= self.every:
-                self._save()
+            self._pending.append((prompt, model, score, tokens))
+        self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        # Group commit: whoever holds the apply lock drains the queue; the others return at once.
+        # Re-checking the queue after releasing closes the gap where a label arrives just as the
+        # draining thread finds the queue empty.
+        while True:
+            if not self._apply_lock.acquire(blocking=False):
+                with self._apply_lock:  # wait for the drainer, which applies our label too
+                    pass
+                with self._lock:
+                    if not self._pending:
+                        return
+                continue
+            try:
+                while True:
+                    with self._lock:
+                        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                    if not batch:
+                        break
+                    prompts, models, scores, tokens = (list(column) for column in zip(*batch))
+                    self.router.remember(prompts, models, scores, tokens)
+                    with self._lock:
+                        self.stats["learned"] += len(batch)
+                    self._unsaved += len(batch)
+                    if self.every and self._unsaved >= self.every:
+                        self._save()  # under the apply lock only: feedback keeps queueing meanwhile
+            finally:
+                self._apply_lock.release()
+            with self._lock:
+                if not self._pending:
+                    return
 
     def save(self) -> Path | None:
         """Save the grown router now (None when nothing was learned since the last save)."""
-        with self._lock:
+        with self._apply_lock:
             return self._save()
 
     def _save(self) -> Path | None:
+        """Write a snapshot; the caller holds the apply lock (the memory does not change meanwhile)."""
         if self._unsaved == 0:
             return None
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -164,10 +202,12 @@ class OnlineLearner:
     def close(self) -> Path | None:
         """Save what was learned since the last save and stop learning; returns the last folder saved."""
         with self._lock:
-            if self._closed:
-                return self.saved[-1] if self.saved else None
-            self._save()
-            self._closed = True
+            already, self._closed = self._closed, True
+        if not already:
+            self._apply_pending()  # what was queued before closing is learned
+        with self._apply_lock:
+            if not already:
+                self._save()
             return self.saved[-1] if self.saved else None
 
 
