@@ -204,7 +204,8 @@ class OutcomeLog:
         candidate, or None when no upstream answered); `time` defaults to now. The gateway also gives
         `prompt`, `mu`, `predicted_quality`, `predicted_output_tokens`, `predicted_cost`, `usage`
         (`prompt_tokens`, `completion_tokens`), `realised_cost`, `latency_s`, `ttfb_s`, `fallbacks`,
-        `status` ("ok" when the answer reached the client) and `route_on`.
+        `status` ("ok" when the answer reached the client) and `route_on`. Feedback can only find a
+        request once its record is written: record it before the response's last byte leaves.
         """
         if not isinstance(record, Mapping):
             raise TypeError(f"record must be a mapping, got {type(record).__name__}.")
@@ -239,7 +240,7 @@ class OutcomeLog:
             served = self._index.lookup(request_id)
         if served is None:
             raise UnknownRequestError(request_id, self.folder)
-        if not answered(served):
+        if not answered(served) or served.get("model") is None:
             raise ValueError(
                 f"Request {request_id!r} was not answered (status {served.get('status')!r}): there is no answer to score."
             )
