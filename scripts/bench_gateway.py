@@ -148,6 +148,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--soak", type=int, default=10_000, help="requests in the soak")
     parser.add_argument("--max-seconds", type=float, default=900, help="bound on the whole run")
     parser.add_argument("--threads", type=int, help="torch threads of the gateway")
+    parser.add_argument("--learn-aiq", action="store_true",
+                        help="also measure RouterBench test AIQ before/after feeding one candidate's train labels "
+                             "as feedback (training.learning_benchmark.measure_learning_aiq)")
+    parser.add_argument("--cache-dir", help="embedding cache for --learn-aiq")
     args = parser.parse_args(argv)
     deadline = Deadline(args.max_seconds)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -281,7 +285,12 @@ def main(argv=None) -> dict:
         summary["soak"]["log_records"] = records
         summary["soak"]["records_equal_requests"] = None if records is None else records == served
     summary["work_dir"] = str(work)
-    summary["learn_aiq"] = "measured by gw-loop's own script (not provided as a function on main)"
+    if args.learn_aiq:  # minutes on a CPU: opt-in (also `python scripts/bench_learning.py`)
+        from training.learning_benchmark import measure_learning_aiq
+
+        summary["learn_aiq"] = measure_learning_aiq(cache_dir=args.cache_dir)
+    else:
+        summary["learn_aiq"] = "not run: pass --learn-aiq (or run scripts/bench_learning.py)"
     summary["timed_out"] = deadline.passed()
     return summary
 
