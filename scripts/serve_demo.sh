@@ -93,6 +93,6 @@ shards = sorted(Path(sys.argv[1]).glob("*.jsonl"))
 records = [json.loads(line) for shard in shards for line in shard.read_text().splitlines() if line.strip()]
 print(f"  {len(records)} records in {len(shards)} shard(s)")
 for record in records:
-    print("  " + json.dumps({k: record.get(k) for k in ("model", "mu", "status", "fallbacks", "realised_cost", "usage")
-                            if k in record}))
+    keys = ("type", "model", "mu", "status", "fallbacks", "realised_cost", "usage", "score")
+    print("  " + json.dumps({key: record[key] for key in keys if key in record}))
 EOF

@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+import httpx
 from openai import OpenAI
 
 HEADERS = ("x-carrot-request-id", "x-carrot-model", "x-carrot-mu", "x-carrot-predicted-quality",
@@ -38,11 +39,13 @@ def main() -> int:
          "Write a python function to check whether a number is prime."),
         (f"pinned to {args.pinned} (no routing)", args.pinned, "Name three primary colours."),
     ]
+    request_ids = []
     for title, model, prompt in requests:
         started = time.perf_counter()
         raw = client.chat.completions.with_raw_response.create(
             model=model, messages=[{"role": "user", "content": prompt}], **options)
         completion = raw.parse()
+        request_ids.append(raw.headers.get("x-carrot-request-id"))
         show(title, raw.headers, completion.model, completion.choices[0].message.content or "",
              time.perf_counter() - started)
         print(f"  usage: {completion.usage.prompt_tokens} prompt + {completion.usage.completion_tokens} completion tokens")
@@ -68,6 +71,11 @@ def main() -> int:
     show(title, raw.headers, model, "".join(pieces), time.perf_counter() - started)
     print(f"  first token after {first or float('nan'):.2f} s; usage: "
           f"{usage.completion_tokens if usage else '?'} completion tokens")
+
+    # A label for the first answer (a thumbs up): it joins that request in the outcome log.
+    gateway = args.base_url.rstrip("/").removesuffix("/v1")
+    response = httpx.post(f"{gateway}/v1/feedback", json={"request_id": request_ids[0], "score": 1.0}, timeout=30)
+    print(f"\n=== feedback {{request_id: {request_ids[0]}, score: 1.0}} -> HTTP {response.status_code} {response.text}")
     return 0
 
 

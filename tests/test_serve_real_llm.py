@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 from carrot_hub.configuration_carrot import CarrotConfig
+from carrot_hub.data import load_routing_table
+from carrot_hub.data.outcome_logs import read_outcome_log
 from carrot_hub.default import build_default_router, default_cache_dir
 from carrot_hub.serving.local_llm import ensure_local_llm
 
@@ -98,18 +100,22 @@ def _candidates_by_price() -> list[str]:
 
 
 class Gateway:
-    def __init__(self, url, client, priciest, cheapest, dead, log_dir, first):
+    def __init__(self, url, client, priciest, cheapest, dead, log_dir):
         self.url, self.client = url, client
         self.priciest, self.cheapest, self.dead, self.log_dir = priciest, cheapest, dead, log_dir
-        self.first = first
-        self.requests = 1  # chat requests sent so far (the fixture's first one included)
+        self.request_ids: list[str] = []  # x-carrot-request-id of every chat request sent, failed ones included
+        self.first = None
 
     def chat(self, model: str, prompt: str = QUESTION, **options):
         """One chat request: `(headers, completion)` (or `(headers, chunks)` when streamed)."""
-        self.requests += 1
-        raw = self.client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0,
-            **options)
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0,
+                **options)
+        except openai.APIStatusError as error:
+            self.request_ids.append(error.response.headers.get("x-carrot-request-id"))
+            raise
+        self.request_ids.append(raw.headers["x-carrot-request-id"])
         parsed = raw.parse()
         return raw.headers, (list(parsed) if options.get("stream") else parsed)
 
@@ -137,11 +143,10 @@ def gateway(tmp_path_factory):
         url = server.wait_for(r"on (http://127\.0\.0\.1:\d+)/v1").group(1)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=180)
+        served = Gateway(url, client, priciest, cheapest, dead, work / "logs")
         # The first chat request: the local server's injected 503 meets whichever candidate is chosen.
-        raw = client.chat.completions.with_raw_response.create(
-            model="carrot", messages=[{"role": "user", "content": QUESTION}], max_tokens=MAX_TOKENS, temperature=0,
-            extra_body={"carrot": {"allowed": [priciest, cheapest]}})
-        yield Gateway(url, client, priciest, cheapest, dead, work / "logs", (raw.headers, raw.parse()))
+        served.first = served.chat("carrot", extra_body={"carrot": {"allowed": [priciest, cheapest]}})
+        yield served
     finally:
         for process in reversed(processes):
             process.stop()
@@ -199,3 +204,36 @@ def test_a_pinned_dead_upstream_is_an_openai_error(gateway):
         gateway.chat(gateway.dead)
     assert caught.value.status_code >= 500
     assert gateway.dead in str(caught.value)
+
+
+def test_every_request_is_logged_and_feedback_closes_the_loop(gateway):
+    """Runs last: every chat request above has one record; a label makes the log routing data."""
+    deadline = time.monotonic() + 30
+    while len(read_outcome_log(gateway.log_dir).served) < len(gateway.request_ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    contents = read_outcome_log(gateway.log_dir)
+    assert sorted(contents.served) == sorted(gateway.request_ids)
+    assert not contents.bad_lines and not contents.torn_lines
+
+    headers, completion = gateway.first
+    first = contents.served[headers["x-carrot-request-id"]]
+    assert first["status"] == "ok" and first["model"] == completion.model
+    assert first["fallbacks"] == [headers["x-carrot-fallbacks"]] and first["prompt"] == QUESTION
+    config = CarrotConfig.from_pretrained(default_cache_dir())
+    prices = {m: (i, o) for m, i, o in zip(config.candidate_models, config.input_price_per_million,
+                                           config.output_price_per_million)}
+    for record in contents.served.values():
+        if record["status"] != "ok":
+            continue
+        usage = record["usage"]
+        assert 1 <= usage["completion_tokens"] <= MAX_TOKENS and usage["prompt_tokens"] > 0
+        input_price, output_price = prices[record["model"]]
+        expected = (usage["prompt_tokens"] * input_price + usage["completion_tokens"] * output_price) / 1e6
+        assert record["realised_cost"] == pytest.approx(expected)
+
+    response = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": first["request_id"], "score": 1.0},
+                          timeout=30)
+    assert response.status_code == 200, response.text
+    table = load_routing_table(str(gateway.log_dir))
+    row, column = table.prompts.index(QUESTION), table.models.index(first["model"])
+    assert table.scores[row, column] == 1.0
