@@ -11,8 +11,9 @@ one at a time (one model, a few CPU cores). `--fail-first N` answers the first N
 a 503, so that a gateway's fallback can be shown against a real model.
 
 It exists so that `carrot serve`, its demo (`scripts/serve_demo.sh`) and its end-to-end tests route
-to a real LLM without a network or an API key; `transformers serve` does not start with
-huggingface_hub 2.x here. It is not meant as a production server.
+to a real LLM without a network or an API key. `transformers serve FOLDER` (transformers 5.24) also
+serves the converted folder offline, but it cannot inject failures, and its streams differ from
+OpenAI's (usage always rides on the finishing chunk; no `[DONE]`). It is not meant as a production server.
 """
 
 from __future__ import annotations
