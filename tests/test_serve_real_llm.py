@@ -1,7 +1,8 @@
 """`carrot serve` end to end against a real LLM (slow): SmolLM2-135M-Instruct behind the local
 OpenAI-compatible server, registered under the default router's priciest and cheapest candidate names,
-plus a third candidate whose upstream is a dead port; both servers run as subprocesses on 127.0.0.1
-and are driven with the `openai` SDK.
+plus a candidate whose upstream is a dead port and one served by `transformers serve` (the same model,
+another implementation of the API); every server runs as a subprocess on 127.0.0.1 and the gateway is
+driven with the `openai` SDK.
 
 The local server fails its first chat request with a 503 (`--fail-first 1`): the module's first
 request (sent by the fixture, before any test) shows a real fallback.
@@ -99,10 +100,25 @@ def _candidates_by_price() -> list[str]:
     return [name for _, name in sorted(zip((i + o for i, o in prices), config.candidate_models))]
 
 
+def _wait_healthy(url: str, process: ServerProcess, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise RuntimeError(f"{process.process.args[:3]} exited:\n" + process.output())
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy within {timeout_s} s:\n" + process.output())
+
+
 class Gateway:
-    def __init__(self, url, client, priciest, cheapest, dead, log_dir):
+    def __init__(self, url, client, priciest, cheapest, dead, third_party, log_dir):
         self.url, self.client = url, client
         self.priciest, self.cheapest, self.dead, self.log_dir = priciest, cheapest, dead, log_dir
+        self.third_party = third_party  # served by `transformers serve`
         self.request_ids: list[str] = []  # x-carrot-request-id of every chat request sent, failed ones included
         self.first = None
 
@@ -122,19 +138,26 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    ensure_local_llm()  # converts once (a minute or two) into the cache the servers read
+    folder = ensure_local_llm()  # converts once (a minute or two) into the cache the servers read
     work = tmp_path_factory.mktemp("serve-real-llm")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cheapest, dead, *_, priciest = _candidates_by_price()
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    cheapest, dead, third_party, *_, priciest = _candidates_by_price()
     processes = []
     try:
         llm = ServerProcess([sys.executable, "-m", "carrot_hub.serving.local_llm_server", "--port", "0",
                              "--fail-first", "1", "--threads", "1"], env)
         processes.append(llm)
+        transformers_port = _dead_port()  # free now; `transformers serve` binds it
+        transformers_serve = ServerProcess([str(Path(sys.executable).with_name("transformers")), "serve", str(folder),
+                                            "--host", "127.0.0.1", "--port", str(transformers_port)], env)
+        processes.append(transformers_serve)
         model_id, llm_url = llm.wait_for(r"Serving (\S+) on (http://127\.0\.0\.1:\d+/v1)").groups()
+        _wait_healthy(f"http://127.0.0.1:{transformers_port}/health", transformers_serve)
         upstreams = {name: {"base_url": llm_url, "model": model_id, "timeout": 120} for name in (priciest, cheapest)}
         upstreams[dead] = {"base_url": f"http://127.0.0.1:{_dead_port()}/v1", "model": model_id, "timeout": 5}
+        upstreams[third_party] = {"base_url": f"http://127.0.0.1:{transformers_port}/v1", "model": str(folder),
+                                  "timeout": 120}
         (work / "upstreams.yaml").write_text(yaml.safe_dump(upstreams))
         server = ServerProcess([sys.executable, "-m", "carrot_hub.cli", "serve", "--upstreams",
                                 str(work / "upstreams.yaml"), "--port", "0", "--threads", "1",
@@ -143,7 +166,7 @@ def gateway(tmp_path_factory):
         url = server.wait_for(r"on (http://127\.0\.0\.1:\d+)/v1").group(1)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=180)
-        served = Gateway(url, client, priciest, cheapest, dead, work / "logs")
+        served = Gateway(url, client, priciest, cheapest, dead, third_party, work / "logs")
         # The first chat request: the local server's injected 503 meets whichever candidate is chosen.
         served.first = served.chat("carrot", extra_body={"carrot": {"allowed": [priciest, cheapest]}})
         yield served
@@ -204,6 +227,17 @@ def test_a_pinned_dead_upstream_is_an_openai_error(gateway):
         gateway.chat(gateway.dead)
     assert caught.value.status_code >= 500
     assert gateway.dead in str(caught.value)
+
+
+def test_a_third_party_server_behind_the_gateway(gateway):
+    """`transformers serve` streams its own way (usage on the finishing chunk, no `[DONE]`): still one answer."""
+    headers, completion = gateway.chat(gateway.third_party)
+    assert completion.model == headers["x-carrot-model"] == gateway.third_party
+    assert completion.choices[0].message.content.strip() and completion.usage.completion_tokens <= MAX_TOKENS
+    headers, chunks = gateway.chat(gateway.third_party, stream=True, stream_options={"include_usage": True})
+    assert "".join(choice.delta.content or "" for chunk in chunks for choice in chunk.choices).strip()
+    usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
+    assert len(usage) == 1 and 1 <= usage[0].completion_tokens <= MAX_TOKENS
 
 
 def test_every_request_is_logged_and_feedback_closes_the_loop(gateway):
