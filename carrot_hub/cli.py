@@ -16,6 +16,8 @@ import traceback
 from pathlib import Path
 
 from .errors import BadInputError
+from .configuration_carrot import ENCODER_KINDS
+from .default import DEFAULT_ENCODER_KIND
 from .precision import ENCODER_DTYPE_CHOICES
 
 PROG = "carrot"
@@ -116,6 +118,10 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
 
     router = parser.add_argument_group("router")
     router.add_argument("--model", help="router folder or Hub id (default: the embedded default router)")
+    router.add_argument("--encoder", choices=ENCODER_KINDS,
+                        help="encoder of the embedded default router: transformer (all-MiniLM-L6-v2) or static "
+                             f"(a token table distilled from it, ~100x cheaper) (default: {DEFAULT_ENCODER_KIND}); "
+                             "a router given with --model keeps its own")
     router.add_argument("--prices", help='price overrides: a JSON/YAML file or inline JSON {"model": {"input": $/M, "output": $/M}}')
     router.add_argument("--allowed", action="append",
                         help="only these candidates (comma-separated, or repeat the option)")
@@ -248,23 +254,28 @@ def _report(command, error, code: int, debug: bool, prefix_type: bool = False) -
 # ----------------------------------------------------------------------------- shared steps
 
 
-def load_router(spec: str | None, progress: bool = True, dtype: str = "float32"):
+def _check_encoder_option(args) -> None:
+    if args.encoder is not None and args.model is not None:
+        raise UsageError("--encoder picks the embedded default router's encoder; a router given with --model keeps its own.")
+
+
+def load_router(spec: str | None, progress: bool = True, dtype: str = "float32", encoder: str | None = None):
     """
-    A router from a folder, a Hub id, or (None) the embedded default router, its encoder in `dtype`
-    (see `carrot_hub.precision`); `Failure` if unavailable.
+    A router from a folder, a Hub id, or (None) the embedded default router with an `encoder` of
+    that kind, its encoder in `dtype` (see `carrot_hub.precision`); `Failure` if unavailable.
     """
     from .modeling_carrot import CarrotRouter
     from .precision import resolve_encoder_dtype
     from .progress import quiet_progress_bars
 
-    dtype = resolve_encoder_dtype(dtype)
     if spec is None:
         from . import default_router
 
         try:
-            return default_router(progress=progress, dtype=dtype)
+            return default_router(progress=progress, dtype=dtype, encoder=encoder)
         except Exception as error:
             raise Failure(f"Cannot build the embedded default router: {_first_line(error)}") from error
+    dtype = resolve_encoder_dtype(dtype)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -380,6 +391,7 @@ def run_route(args) -> int:
     if output is not None and output.is_dir():
         raise UsageError(f"--output {args.output} is a folder; give a file name.")
     _refuse_output_over_input(output, args)
+    _check_encoder_option(args)
     source = _source(args)
     prices = read_prices(args.prices)
     allowed = _allowed(args.allowed)
@@ -390,7 +402,8 @@ def run_route(args) -> int:
     error, count = None, 0
     part = part_path(output, shard.rank, shard.world_size) if shard.distributed else None
     try:
-        router = load_router(args.model, progress=shard.is_main and not args.no_progress, dtype=args.dtype)
+        router = load_router(args.model, progress=shard.is_main and not args.no_progress, dtype=args.dtype,
+                             encoder=args.encoder)
         _check_router_options(router, args, prices, allowed)
         if part is not None:
             with open(part, "w", encoding="utf-8") as handle:
@@ -524,7 +537,8 @@ def _write_table_rows(handle, indices, prompts, decision, detailed: bool) -> Non
     for row, (index, prompt) in enumerate(zip(indices, prompts)):
         column = int(decision.model_indices[row])
         flags = (" [truncated]" if decision.truncated[row] else "") + (
-            " [over budget]" if decision.over_budget[row] else "") + _ood_flag(decision, row)
+            " [over budget]" if decision.over_budget[row] else "") + _ood_flag(decision, row) + (
+            " [no known token: fallback embedding]" if decision.fallback_embedding[row] else "")
         support = float(decision.support[row])
         support_text = "?" if math.isnan(support) else f"{support:.3f}"
         text = " ".join(prompt.split())
@@ -562,6 +576,7 @@ def run_calibrate(args) -> int:
     from .calibration import Calibrator
     from .prompt_sources import InputError, SourceUnavailableError
 
+    _check_encoder_option(args)
     source = _source(args)
     prices = read_prices(args.prices)
     allowed = _allowed(args.allowed)
@@ -574,7 +589,7 @@ def run_calibrate(args) -> int:
         raise Failure(str(error)) from None
     if not prompts:
         raise UsageError(f"No prompts in {source.name}.")
-    router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype)
+    router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype, encoder=args.encoder)
     _check_router_options(router, args, prices, allowed)
     started = time.perf_counter()
     predictions = router.predict(prompts, batch_size=args.batch_size,

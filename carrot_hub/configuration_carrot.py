@@ -19,6 +19,7 @@ MAX_PRICE_PER_MILLION = 1e9
 # The utility is compared in float32; a cost scale below float32's smallest normal number would
 # turn every cost into an infinite penalty.
 MIN_COST_SCALE = 2.0**-126
+ENCODER_KINDS = ("transformer", "static")
 
 
 class CarrotConfig(PretrainedConfig):
@@ -55,7 +56,16 @@ class CarrotConfig(PretrainedConfig):
             were added by `remember()` (served traffic) rather than by training.
         head_hidden_size (`int`): width of the hidden layer of the MLP heads.
         head_dropout (`float`): dropout of the MLP heads during training.
-        encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it).
+        encoder_kind (`str`): `"transformer"` (a BERT-family sentence encoder, mean pooled) or
+            `"static"` (a token-embedding table distilled from such an encoder with model2vec: the
+            prompt's embedding is the mean of its tokens' rows, about a hundred times cheaper).
+        encoder_config (`dict`): the BERT-family encoder's config (as `to_dict()` gives it); empty
+            for a static encoder.
+        static_vocab_size (`int`): rows of the static encoder's token table; must equal the size of
+            the tokenizer saved with the router.
+        static_embedding_size (`int`): width of the static encoder's token table.
+        static_distillation (`dict`, *optional*): how the static table was distilled (base encoder,
+            dimensions, vocabulary), for the model card.
         max_prompt_tokens (`int`): prompts are truncated to this many tokens before encoding.
         truncation_side (`str`): `"left"` (the default) keeps a long prompt's end, where a prompt's
             question usually is; `"right"` keeps its beginning. Few-shot prompts share a long prefix:
@@ -104,6 +114,10 @@ class CarrotConfig(PretrainedConfig):
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
+        encoder_kind: str = "transformer",
+        static_vocab_size: int = 0,
+        static_embedding_size: int = 0,
+        static_distillation: dict[str, Any] | None = None,
         max_prompt_tokens: int = 128,
         truncation_side: str = "left",
         encoder_name: str | None = None,
@@ -135,6 +149,10 @@ class CarrotConfig(PretrainedConfig):
         self.head_hidden_size = int(head_hidden_size)
         self.head_dropout = float(head_dropout)
         self.encoder_config = dict(encoder_config or {})
+        self.encoder_kind = encoder_kind
+        self.static_vocab_size = int(static_vocab_size)
+        self.static_embedding_size = int(static_embedding_size)
+        self.static_distillation = dict(static_distillation) if static_distillation else None
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.truncation_side = truncation_side
         self.encoder_name = encoder_name
@@ -204,6 +222,16 @@ class CarrotConfig(PretrainedConfig):
         self.output_tokens_floor = check_number(self.output_tokens_floor, "output_tokens_floor", "a number of tokens")
         if not (math.isfinite(self.output_tokens_floor) and self.output_tokens_floor >= 0):
             raise ValueError(f"output_tokens_floor must be a finite number of tokens ≥ 0, got {self.output_tokens_floor!r}.")
+        if self.encoder_kind not in ENCODER_KINDS:
+            raise ValueError(
+                f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}: 'transformer' for a "
+                "sentence encoder, 'static' for a token-embedding table distilled from one."
+            )
+        if self.encoder_kind == "static" and (self.static_vocab_size < 1 or self.static_embedding_size < 1):
+            raise ValueError(
+                "A static encoder needs static_vocab_size and static_embedding_size ≥ 1 (the token table's "
+                f"shape), got {self.static_vocab_size} × {self.static_embedding_size}."
+            )
         check_mu(self.default_mu)
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be at least 1, got {self.knn_k}.")

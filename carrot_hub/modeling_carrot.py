@@ -5,6 +5,8 @@ This file travels to the Hub next to `configuration_carrot.py` as remote code: i
 torch, numpy, transformers, the standard library and its sibling (relative import).
 """
 
+import itertools
+import json
 import math
 import os
 import threading
@@ -72,11 +74,14 @@ class PromptEncoding:
         embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
         input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
         truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+        fallback_embedding (`list[bool]`): whether the prompt had no token in a static encoder's
+            vocabulary and got its fallback embedding (always False for a transformer encoder).
     """
 
     embeddings: torch.Tensor
     input_tokens: torch.Tensor
     truncated: list[bool] = field(default_factory=list)
+    fallback_embedding: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class PromptPredictions:
             cover each prompt, in [0, 1] (see [`CarrotReliability`]); NaN where unknown.
         quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`, *optional*): a
             band around `quality` that widens as support falls.
+        fallback_embedding (`list[bool]`): prompts embedded with the static encoder's fallback.
     """
 
     quality: torch.Tensor
@@ -105,6 +111,7 @@ class PromptPredictions:
     support: torch.Tensor | None = None
     quality_low: torch.Tensor | None = None
     quality_high: torch.Tensor | None = None
+    fallback_embedding: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.quality.shape[0]
@@ -139,6 +146,9 @@ class RoutingDecision:
         ood_policy (`str`): the policy used for prompts out of distribution.
         ood_applied (`list[bool]`): prompts the policy changed the rule for (out of distribution
             under `"prior"` or `"model:<name>"`).
+        fallback_embedding (`list[bool]`): prompts none of whose tokens is in a static encoder's
+            vocabulary (e.g. only emoji or an unknown script): they were embedded with the encoder's
+            fallback embedding, so their predictions are those of a typical prompt, not of this one.
     """
 
     models: list[str]
@@ -159,6 +169,7 @@ class RoutingDecision:
     quality_high: torch.Tensor | None = None
     ood_policy: str = "predict"
     ood_applied: list[bool] | None = None
+    fallback_embedding: list[bool] | None = None
 
     def __post_init__(self):
         n = len(self.models)
@@ -172,6 +183,8 @@ class RoutingDecision:
             self.quality_high = self.quality
         if self.ood_applied is None:
             self.ood_applied = [False] * n
+        if not self.fallback_embedding:
+            self.fallback_embedding = [False] * n
 
     def __len__(self) -> int:
         return len(self.models)
@@ -196,6 +209,7 @@ class RoutingDecision:
                     "model": chosen,
                     "truncated": self.truncated[row],
                     "over_budget": self.over_budget[row],
+                    "fallback_embedding": bool(self.fallback_embedding[row]) if self.fallback_embedding else False,
                     "input_tokens": int(self.input_tokens[row]),
                     "support": None if math.isnan(support) else support,
                     "in_distribution": self.in_distribution[row],
@@ -281,6 +295,9 @@ def choose_candidates(
         leading shape plus `n_models` (`-inf` where excluded), over_budget `(batch,)` bool.
     """
     n_models = quality.shape[-1]
+    if allowed_mask is None and max_cost is None:  # nothing excluded: skip the masks (same result)
+        utility = carrot_utility(quality, cost, mu, cost_scale)
+        return utility.argmax(dim=-1), utility, torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
     if allowed_mask is None:
         allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
     feasible = allowed_mask[None, :].expand_as(cost)
@@ -563,6 +580,57 @@ class CarrotReliability(nn.Module):
         adjusted = self.prior[None, :] + weight * (calibrated - self.prior[None, :])
         half_width = weight * self.spread_in[None, :] + (1.0 - weight) * self.spread_out[None, :]
         return adjusted, (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
+class CarrotStaticEncoder(nn.Module):
+    r"""
+    A static sentence encoder: one vector per token of the vocabulary, distilled from a sentence
+    encoder (model2vec: each token's embedding by the encoder, reduced by PCA and weighted by a
+    Zipf estimate of its frequency), averaged over a prompt's tokens and L2-normalised. No attention
+    and no positions: a prompt costs one table lookup per token, so the tokenizer is the main cost.
+
+    Buffers and weights (all in `model.safetensors`):
+        token_embeddings.weight `(vocab_size, embedding_size)`: the distilled rows, SIF weight
+            folded in (model2vec multiplies them at encoding time: the mean is the same).
+        fallback `(embedding_size,)`: the embedding given to a prompt with no token of the
+            vocabulary (the L2-normalised mean of all rows: the "average token").
+    """
+
+    def __init__(self, vocab_size: int, embedding_size: int):
+        super().__init__()
+        self.token_embeddings = nn.EmbeddingBag(vocab_size, embedding_size, mode="mean")
+        self.register_buffer("fallback", torch.zeros(embedding_size))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.token_embeddings.num_embeddings
+
+    @property
+    def embedding_size(self) -> int:
+        return self.token_embeddings.embedding_dim
+
+    def embed_bags(
+        self, token_ids: torch.Tensor, offsets: torch.Tensor, empty: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Prompts as one flat `token_ids (n_tokens,)` tensor and the `offsets (batch,)` where each
+        prompt starts → `(batch, embedding_size)` float32 L2-normalised embeddings; a prompt with no
+        tokens gets `fallback`. `empty (batch,)` bool, when the caller knows it, saves finding them.
+        """
+        pooled = self.token_embeddings(token_ids, offsets).float()
+        if empty is None:
+            empty = torch.diff(offsets, append=offsets.new_tensor([token_ids.numel()])) == 0
+        return self._normalise(pooled, empty)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Padded `(batch, seq)` token ids and mask → `(batch, embedding_size)`, as [`embed_bags`]."""
+        rows = F.embedding(input_ids, self.token_embeddings.weight).float()
+        pooled = mean_pool(rows, attention_mask)
+        return self._normalise(pooled, attention_mask.sum(1) == 0)
+
+    def _normalise(self, pooled: torch.Tensor, empty: torch.Tensor | bool) -> torch.Tensor:
+        embeddings = F.normalize(pooled, p=2, dim=-1)
+        if isinstance(empty, torch.Tensor) and bool(empty.any()):
+            embeddings[empty] = self.fallback.float()
+        return embeddings
 
 
 class CarrotPreTrainedModel(PreTrainedModel):
@@ -577,7 +645,7 @@ class CarrotPreTrainedModel(PreTrainedModel):
             module.weight.normal_(mean=0.0, std=0.02)
             if module.bias is not None:
                 module.bias.zero_()
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             module.weight.normal_(mean=0.0, std=0.02)
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
@@ -591,7 +659,7 @@ class CarrotPreTrainedModel(PreTrainedModel):
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
         except Exception as error:
-            explained = _explain_load_error(error, pretrained_model_name_or_path)
+            explained = _explain_load_error(error, pretrained_model_name_or_path, _static_table_mismatch(pretrained_model_name_or_path))
             if explained is error:
                 raise
             raise explained from error
@@ -628,9 +696,43 @@ def check_predictor_weights(model, loading_info: dict, source: str) -> None:
     )
 
 
-def _explain_load_error(error: Exception, source) -> Exception:
+def _transformer_encoder(config: CarrotConfig) -> nn.Module:
+    """The BERT-family encoder `config.encoder_config` describes, without its pooler (weights unset)."""
+    encoder_config = dict(config.encoder_config or {"model_type": "bert"})
+    model_type = encoder_config.pop("model_type", "bert")
+    # The encoder's own saved dtype is dropped so that it follows `from_pretrained(dtype=...)`.
+    for key in ("architectures", "transformers_version", "auto_map", "_name_or_path", "dtype", "torch_dtype"):
+        encoder_config.pop(key, None)
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False)
+
+
+def _static_table_mismatch(source) -> str | None:
+    """For a local static router whose saved token table differs from its config: what differs, else None."""
+    try:
+        config = CarrotConfig.from_pretrained(source)
+        if config.encoder_kind != "static":
+            return None
+        # The safetensors header (8-byte length, then JSON) gives the shape without reading the table.
+        with open(os.path.join(source, "model.safetensors"), "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        shape = tuple(header["encoder.token_embeddings.weight"]["shape"])
+    except Exception:
+        return None
+    expected = (config.static_vocab_size, config.static_embedding_size)
+    if shape == expected:
+        return None
+    return f"model.safetensors holds a {shape[0]} × {shape[1]} token table, config.json says {expected[0]} × {expected[1]}"
+
+
+def _explain_load_error(error: Exception, source, static_mismatch: str | None = None) -> Exception:
     text = str(error)
     lowered = text.lower()
+    if "mismatch" in lowered and static_mismatch:
+        return ValueError(
+            f"The router at {source} does not match its config.json: its static token table has another shape "
+            f"({static_mismatch}). Restore config.json (static_vocab_size, static_embedding_size) or the "
+            "weights from the same training run."
+        )
     if "mismatch" in lowered:
         return ValueError(
             f"The router at {source} does not match its config.json: the weights were trained for a "
@@ -670,15 +772,11 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def __init__(self, config: CarrotConfig):
         super().__init__(config)
-        encoder_config = dict(config.encoder_config or {"model_type": "bert"})
-        model_type = encoder_config.pop("model_type", "bert")
-        # The encoder's own saved dtype is dropped so that it follows `from_pretrained(dtype=...)`.
-        for key in ("architectures", "transformers_version", "auto_map", "_name_or_path", "dtype", "torch_dtype"):
-            encoder_config.pop(key, None)
-        self.encoder = AutoModel.from_config(
-            AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False
-        )
-        hidden = self.encoder.config.hidden_size
+        if config.encoder_kind == "static":
+            self.encoder = CarrotStaticEncoder(config.static_vocab_size, config.static_embedding_size)
+        else:
+            self.encoder = _transformer_encoder(config)
+        hidden = self.embedding_size
         if config.predictor_kind == "knn":
             self.predictor = CarrotKNNMemory(config, hidden)
         else:
@@ -690,10 +788,24 @@ class CarrotRouter(CarrotPreTrainedModel):
         self._remember_lock = threading.Lock()
         self.post_init()
 
+    @property
+    def is_static(self) -> bool:
+        """Whether the encoder is a static token table (`config.encoder_kind == "static"`)."""
+        return self.config.encoder_kind == "static"
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the prompt embeddings the encoder gives (and the predictor reads)."""
+        if self.is_static:
+            return self.encoder.embedding_size
+        return self.encoder.config.hidden_size
+
     # ----------------------------------------------------------------------------------- tensors
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`(batch, seq)` token ids → `(batch, hidden)` float32 L2-normalised mean-pooled embeddings."""
+        if self.is_static:
+            return self.encoder(input_ids, attention_mask)
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         # Pool in float32 whatever the encoder runs in (bfloat16 runs it about 1.8x faster on CPUs
         # with bf16 units), so the predictor, kept in float32, always sees float32 embeddings.
@@ -842,8 +954,11 @@ class CarrotRouter(CarrotPreTrainedModel):
     @property
     def predictor_dtype(self) -> torch.dtype:
         """The dtype of the kNN memory or the heads: float32, even when the encoder runs in bfloat16."""
-        tensors = [*self.predictor.parameters(), *self.predictor.buffers()]
-        return tensors[0].dtype
+        return self._predictor_tensor().dtype
+
+    def _predictor_tensor(self) -> torch.Tensor:
+        """One tensor of the predictor (its device and dtype are the predictor's)."""
+        return next(itertools.chain(self.predictor.parameters(), self.predictor.buffers()))
 
     def _raw_predictions(self, embeddings):
         return self.predictor(embeddings)
@@ -911,7 +1026,10 @@ class CarrotRouter(CarrotPreTrainedModel):
                             f"This router has no tokenizer (looked in {source!r}: {error}). Save one next "
                             "to config.json (router.set_tokenizer(tok); router.save_pretrained(folder))."
                         ) from error
-                    self._check_tokenizer(tokenizer, source)
+                    if self.is_static:
+                        tokenizer = self._prepare_static_tokenizer(tokenizer, source)
+                    else:
+                        self._check_tokenizer(tokenizer, source)
                     self._tokenizer = tokenizer
         return self._tokenizer
 
@@ -931,6 +1049,8 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def set_tokenizer(self, tokenizer) -> None:
         """Attach the tokenizer of the encoder; `save_pretrained` saves it next to the weights."""
+        if self.is_static:
+            tokenizer = self._prepare_static_tokenizer(tokenizer, "the given tokenizer")
         self._tokenizer = tokenizer
 
     # Filled in by the carrot_hub package when it is imported; this file travels to the Hub alone and
@@ -940,6 +1060,26 @@ class CarrotRouter(CarrotPreTrainedModel):
     # `save_pretrained` / `push_to_hub` apply.
     model_card_writer = None
     hub_publisher = None
+    def _prepare_static_tokenizer(self, tokenizer, source):
+        """
+        Check that a static router's tokenizer indexes its token table (one row per token) and turn
+        off any padding or truncation its backend was saved with (prompts are cut by the router).
+        """
+        size = len(tokenizer)
+        if size != self.config.static_vocab_size:
+            raise ValueError(
+                f"The static encoder's token table has {self.config.static_vocab_size} rows but the tokenizer "
+                f"({source}) has {size} tokens: they come from different distillations. Save the router with "
+                "the tokenizer it was distilled with (the one `distill_static_encoder` returned)."
+            )
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"A static router needs a fast (tokenizers-backed) tokenizer; {source} is not one.")
+        if backend.padding is not None:
+            backend.no_padding()
+        if backend.truncation is not None:
+            backend.no_truncation()
+        return tokenizer
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """
@@ -979,7 +1119,9 @@ class CarrotRouter(CarrotPreTrainedModel):
         """
         prompts = check_prompts(prompts)
         batch_size = check_positive_int(batch_size, "batch_size")
-        hidden = self.encoder.config.hidden_size
+        if self.is_static:
+            return self._encode_static(prompts)
+        hidden = self.embedding_size
         embeddings = torch.empty(len(prompts), hidden)
         input_tokens = torch.empty(len(prompts))
         truncated = []
@@ -1003,13 +1145,46 @@ class CarrotRouter(CarrotPreTrainedModel):
             input_tokens[offset : offset + len(chunk)] = torch.tensor(counts, dtype=torch.float32)
             truncated.extend(chunk_truncated)
         bar.close()
-        return PromptEncoding(embeddings, input_tokens, truncated)
+        return PromptEncoding(embeddings, input_tokens, truncated, fallback_embedding=[False] * len(prompts))
+
+    @torch.inference_mode()
+    def _encode_static(self, prompts: list[str]) -> PromptEncoding:
+        """
+        A static encoder's embeddings: `TOKENIZE_CHUNK_PROMPTS` prompts at a time (memory stays flat),
+        each chunk in one table lookup, with no sorting or padding (a bag of tokens has no length).
+        """
+        parts = [
+            self._encode_static_chunk(prompts[start : start + TOKENIZE_CHUNK_PROMPTS])
+            for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return PromptEncoding(
+            torch.cat([part.embeddings for part in parts]) if parts else torch.zeros(0, self.embedding_size),
+            torch.cat([part.input_tokens for part in parts]) if parts else torch.zeros(0),
+            [flag for part in parts for flag in part.truncated],
+            fallback_embedding=[flag for part in parts for flag in part.fallback_embedding],
+        )
+
+    def _encode_static_chunk(self, prompts: list[str]) -> PromptEncoding:
+        token_ids, input_tokens, truncated = self._tokenize_static(prompts)
+        lengths = [len(ids) for ids in token_ids]
+        fallback = [n == 0 for n in lengths]
+        device = self.encoder.token_embeddings.weight.device
+        offsets = torch.tensor([0, *itertools.accumulate(lengths[:-1])], dtype=torch.long, device=device)
+        flat = torch.tensor(list(itertools.chain.from_iterable(token_ids)), dtype=torch.long, device=device)
+        empty = torch.tensor(fallback, device=device) if any(fallback) else False
+        embeddings = self.encoder.embed_bags(flat, offsets, empty).cpu()
+        return PromptEncoding(
+            embeddings, torch.tensor(input_tokens, dtype=torch.float32), truncated, fallback_embedding=fallback
+        )
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
         """Encode prompts and predict, for every candidate, quality and output tokens `(batch, n_models)`."""
         encoding = self.encode(prompts, batch_size=batch_size, progress=progress)
-        return self.predict_encoded(encoding, batch_size=batch_size)
+        # A static encoder's batch size only sizes the predictor's chunks: larger ones are faster.
+        return self.predict_encoded(encoding, batch_size=max(batch_size, 1024) if self.is_static else batch_size)
 
     @torch.inference_mode()
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:
@@ -1025,6 +1200,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             quality, output_tokens, encoding.input_tokens, list(encoding.truncated),
             candidate_models=list(self.config.candidate_models),
             support=support, quality_low=low, quality_high=high,
+            fallback_embedding=list(encoding.fallback_embedding),
         )
 
     def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
@@ -1032,6 +1208,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         Prompts → token ids cut to `max_prompt_tokens` (special tokens included), input token
         counts (untruncated, at least one per `MAX_BYTES_PER_TOKEN` UTF-8 bytes), truncated flags.
         """
+        if self.is_static:
+            return self._tokenize_static(prompts)
         tokenizer = self.tokenizer
         max_length = self.config.max_prompt_tokens
         # The tokenizer's padding/truncation state is shared; concurrent calls must not interleave.
@@ -1050,6 +1228,29 @@ class CarrotRouter(CarrotPreTrainedModel):
                 truncated.append(True)
             else:
                 truncated.append(False)
+            token_ids.append(ids)
+        return token_ids, input_tokens, truncated
+
+    def _tokenize_static(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+        # The static tokenizer adds no special tokens (distillation removed them) and its unknown
+        # token has no row worth averaging: like model2vec, it is dropped, and the last
+        # `max_prompt_tokens` known tokens are kept (the first ones with truncation_side="right").
+        backend = self.tokenizer.backend_tokenizer
+        with self._tokenizer_lock:
+            encodings = backend.encode_batch_fast(prompts, add_special_tokens=False)
+        unknown = self.tokenizer.unk_token_id
+        limit = self.config.max_prompt_tokens
+        keep_end = self.config.truncation_side == "left"
+        token_ids, input_tokens, truncated = [], [], []
+        for prompt, encoding in zip(prompts, encodings):
+            ids = encoding.ids
+            input_tokens.append(max(len(ids), math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
+            if unknown is not None and unknown in ids:
+                ids = [i for i in ids if i != unknown]
+            cut = len(ids) > limit
+            if cut:
+                ids = ids[-limit:] if keep_end else ids[:limit]
+            truncated.append(cut)
             token_ids.append(ids)
         return token_ids, input_tokens, truncated
 
@@ -1199,6 +1400,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             quality_high=predictions.quality_high,
             ood_policy=ood,
             ood_applied=applied.tolist(),
+            fallback_embedding=list(predictions.fallback_embedding),
         )
 
     # ----------------------------------------------------------------------------- kNN memory

@@ -58,7 +58,10 @@ class LLMRoutingPipeline(Pipeline):
         return {}, {}, postprocess
 
     def preprocess(self, prompt: str) -> dict[str, torch.Tensor]:
-        """One prompt → input_ids and attention_mask `(1, seq)`, input_tokens `(1,)`, truncated `(1,)`."""
+        """
+        One prompt → input_ids and attention_mask `(1, seq)`, input_tokens `(1,)`, truncated `(1,)`,
+        fallback_embedding `(1,)` (a static encoder found no known token: seq is 0).
+        """
         if not isinstance(prompt, str):
             raise TypeError(f"llm-routing routes strings, got {type(prompt).__name__}: {prompt!r:.80}")
         check_prompts([prompt])  # the same rules as route(): an empty prompt is refused
@@ -69,6 +72,7 @@ class LLMRoutingPipeline(Pipeline):
             "attention_mask": torch.ones_like(ids),
             "input_tokens": torch.tensor(input_tokens, dtype=torch.float32),
             "truncated": torch.tensor(truncated, dtype=torch.bool),
+            "fallback_embedding": torch.tensor([len(token_ids[0]) == 0], dtype=torch.bool),
         }
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,6 +87,7 @@ class LLMRoutingPipeline(Pipeline):
             "quality_high": high.float(),
             "input_tokens": model_inputs["input_tokens"],
             "truncated": model_inputs["truncated"],
+            "fallback_embedding": model_inputs["fallback_embedding"],
         }
 
     def postprocess(self, model_outputs, mu=None, prices=None, allowed=None, max_cost=None, ood=None) -> dict:
@@ -95,6 +100,7 @@ class LLMRoutingPipeline(Pipeline):
             support=model_outputs["support"].reshape(1),
             quality_low=model_outputs["quality_low"].reshape(1, -1),
             quality_high=model_outputs["quality_high"].reshape(1, -1),
+            fallback_embedding=[bool(model_outputs["fallback_embedding"].reshape(-1)[0])],
         )
         decision = self.model.decide(predictions, mu=mu, prices=prices, allowed=allowed, max_cost=max_cost, ood=ood)
         record = decision.to_records()[0]

@@ -165,12 +165,19 @@ def _predictor_description(config) -> str:
 
 
 def _encoder_description(config, encoder_id: str | None) -> str:
+    name = f"[{encoder_id}](https://huggingface.co/{encoder_id}) " if encoder_id else ""
+    if getattr(config, "encoder_kind", "transformer") == "static":
+        return (
+            f"a static token table distilled from {name}with model2vec ({config.static_vocab_size} tokens × "
+            f"{config.static_embedding_size} dimensions, mean-pooled and L2-normalised; no attention, so a prompt "
+            "costs about as much as tokenizing it; table included in `model.safetensors`, model2vec not needed "
+            "to route)"
+        )
     encoder = config.encoder_config or {}
     shape = (
         f"{encoder.get('model_type', 'bert')}, {encoder.get('num_hidden_layers', '?')} layers, "
         f"{encoder.get('hidden_size', '?')}-dimensional mean-pooled, L2-normalised embeddings"
     )
-    name = f"[{encoder_id}](https://huggingface.co/{encoder_id}) " if encoder_id else ""
     return f"{name}({shape}; weights included in `model.safetensors`)"
 
 

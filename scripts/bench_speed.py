@@ -1,17 +1,20 @@
-"""Speed of the embedded default router on the RouterBench prompts, against its own encoder's limit.
+"""Speed of the embedded default routers on the RouterBench prompts, static and transformer encoders in one run.
 
-    python scripts/bench_speed.py [--threads 2] [--batch-size 64] [--repeats 3] [--latency-samples 200]
+    python scripts/bench_speed.py [--encoders static,transformer] [--threads 2] [--batch-size 64] [--repeats 3]
 
-Reports, in one run:
-- prompts/s of `route()` and of the bare encoder forward pass on the SAME tokenized, length-sorted,
-  padded batches; their ratio (target ≥ 0.9) is the figure of merit: what routing adds on top
-  of the encoder (tokenizing, sorting, padding, pooling, kNN, the decision);
-- median and 95th-percentile latency of routing one prompt (target p50 < 25 ms on 2 cores);
-- prompts/s of routing from precomputed embeddings (kNN + decision, no encoder);
-- the cost of changing μ or prices without re-encoding: decisions for 10,000 prompts × 1,000 μ
-  values (target < 2 s) and one re-pricing of 10,000 prompts;
-- peak resident memory.
-The last line is one JSON object with every figure.
+Reports, for each encoder kind (the static one first, so that the peak memory it reports is its own):
+- prompts/s of `route()` on all RouterBench prompts at once, and of the encoder alone on the same
+  prompts (transformer: the bare forward pass on the same tokenized, sorted, padded batches;
+  static: tokenizing and the table lookup, i.e. `encode()`); their ratio is what routing adds;
+- for the static encoder, prompts/s of its tokenizer alone (the bound on its throughput) and of
+  route() on the same prompts cut to their last `--short-chars` characters (throughput depends on
+  prompt length: RouterBench prompts average ~1,500 characters);
+- median and 95th-percentile latency of routing one prompt, end to end through `route()`;
+- peak resident memory after that encoder's runs (ru_maxrss, a high-water mark) and the size of
+  its `model.safetensors`.
+Then, once (the predictor and the decision do not depend on the encoder): routing from precomputed
+embeddings, and 1,000 μ × 10,000 prompts decided from cached predictions, and one re-pricing.
+The static/transformer ratios come last; the last line is one JSON object with every figure.
 """
 
 import argparse
@@ -31,7 +34,9 @@ import torch  # noqa: E402
 import carrot_hub  # noqa: E402
 from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
 from carrot_hub.modeling_carrot import PromptEncoding, choose_candidates, pad_batch, predicted_cost  # noqa: E402
-from carrot_hub.precision import ENCODER_DTYPE_CHOICES, resolve_encoder_dtype  # noqa: E402
+from carrot_hub.precision import ENCODER_DTYPE_CHOICES  # noqa: E402
+
+ENCODERS = ("static", "transformer")
 
 
 def load_prompts() -> list[str]:
@@ -40,35 +45,42 @@ def load_prompts() -> list[str]:
 
     prompts = []
     for split in ("train", "test"):
-        prompts.extend(load_routing_table(str(DEFAULT_DATA_DIR), split=split).prompts)
+        prompts.extend(load_routing_table(str(DEFAULT_DATA_DIR), split=split, progress=False).prompts)
     return prompts
 
 
 def same_batches(router, prompts: list[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches route() builds: tokenized once, sorted by length, padded to each batch's longest."""
+    """The batches route() builds for a transformer: tokenized once, sorted by length, padded per batch."""
     token_ids, _, _ = router._tokenize(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
     pad_id = router.tokenizer.pad_token_id or 0
     return [pad_batch([token_ids[i] for i in order[s : s + batch_size]], pad_id) for s in range(0, len(order), batch_size)]
 
 
+def seconds(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
 @torch.inference_mode()
-def time_encoder(router, batches) -> float:
-    started = time.perf_counter()
-    for input_ids, attention_mask in batches:
-        router.encoder(input_ids=input_ids, attention_mask=attention_mask)
-    return time.perf_counter() - started
+def encoder_only(router, prompts: list[str], batch_size: int):
+    """A function running the encoder alone on `prompts`, as route() would feed it."""
+    if router.is_static:
+        return lambda: router.encode(prompts)
+    batches = same_batches(router, prompts, batch_size)
 
+    def run():
+        with torch.inference_mode():
+            for input_ids, attention_mask in batches:
+                router.encoder(input_ids=input_ids, attention_mask=attention_mask)
 
-def time_route(router, prompts, batch_size) -> float:
-    started = time.perf_counter()
-    router.route(prompts, batch_size=batch_size)
-    return time.perf_counter() - started
+    return run
 
 
 def one_prompt_latency(router, sample: list[str]) -> tuple[float, float]:
     """Median and 95th-percentile milliseconds of `router.route(prompt)`, one prompt at a time."""
-    for prompt in sample[:10]:
+    for prompt in sample[:20]:
         router.route(prompt)
     latencies = []
     for prompt in sample:
@@ -80,71 +92,75 @@ def one_prompt_latency(router, sample: list[str]) -> tuple[float, float]:
     return statistics.median(latencies), p95
 
 
-def tile(tensor: torch.Tensor, n: int) -> torch.Tensor:
-    repeats = -(-n // tensor.shape[0])
-    return tensor.repeat(repeats, *([1] * (tensor.ndim - 1)))[:n]
+def best_of(repeats: int, *functions) -> list[float]:
+    """Best wall time of each function over `repeats` interleaved passes (a noisy neighbour hits both)."""
+    times = [[] for _ in functions]
+    for _ in range(repeats):
+        for slot, function in zip(times, functions):
+            slot.append(seconds(function))
+    return [min(slot) for slot in times]
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of route() and the encoder (best kept)")
-    parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts (quick runs)")
-    parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
-                        help="encoder dtype, as `carrot route --dtype` (default: auto)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    encoder_dtype = str(resolve_encoder_dtype(args.dtype)).removeprefix("torch.")
-    router = carrot_hub.default_router(dtype=args.dtype)
-    prompts = load_prompts()[: args.limit]
+def measure_encoder(kind: str, args, prompts: list[str], sample: list[str]) -> dict:
+    router = carrot_hub.default_router(dtype=args.dtype, encoder=kind)
     n = len(prompts)
-    print(f"router: {router.config.predictor_kind}, {router.config.num_candidates} candidates, "
-          f"memory {router.config.knn_memory_size}, encoder in {encoder_dtype}, prompts cut to "
-          f"{router.config.max_prompt_tokens} tokens; {n} RouterBench prompts; torch threads {torch.get_num_threads()}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)
-
-    # 1. route() against the bare encoder on the same batches. Interleaved passes, best of each,
-    #    so that a noisy neighbour on the machine does not favour one side.
-    batches = same_batches(router, prompts, args.batch_size)
+    dtype = str(next(router.encoder.parameters()).dtype).removeprefix("torch.")
+    print(f"\n[{kind}] {router.config.predictor_kind}, k={router.config.knn_k}, memory {router.config.knn_memory_size}, "
+          f"embeddings {router.embedding_size}-d, encoder in {dtype}, prompts cut to {router.config.max_prompt_tokens} tokens",
+          flush=True)
     router.route(prompts[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    time_encoder(router, batches[:2])
-    encoder_times, route_times = [], []
-    for _ in range(args.repeats):
-        encoder_times.append(time_encoder(router, batches))
-        route_times.append(time_route(router, prompts, args.batch_size))
-    encoder_pps, route_pps = n / min(encoder_times), n / min(route_times)
-    ratio = route_pps / encoder_pps
-    print(f"encoder forward only : {encoder_pps:8.1f} prompts/s  (best of {args.repeats}: {min(encoder_times):.2f} s)")
-    print(f"route()              : {route_pps:8.1f} prompts/s  (best of {args.repeats}: {min(route_times):.2f} s)")
-    print(f"route / encoder      : {ratio:.3f}   (target ≥ 0.9)")
-
-    # 2. One-prompt latency, end to end through route(); float32's beside it when "auto" chose bfloat16.
-    step = max(1, n // args.latency_samples)
-    sample = prompts[::step][: args.latency_samples]
+    encode = encoder_only(router, prompts, args.batch_size)
+    encoder_s, route_s = best_of(args.repeats, encode, lambda: router.route(prompts, batch_size=args.batch_size))
+    result = {
+        "encoder_dtype": dtype,
+        "encoder_prompts_per_s": round(n / encoder_s, 1),
+        "route_prompts_per_s": round(n / route_s, 1),
+        "route_vs_encoder_ratio": round(encoder_s / route_s, 4),
+    }
+    print(f"encoder only         : {n / encoder_s:9.1f} prompts/s  (best of {args.repeats}: {encoder_s:.3f} s)")
+    print(f"route()              : {n / route_s:9.1f} prompts/s  (best of {args.repeats}: {route_s:.3f} s; "
+          f"{result['route_vs_encoder_ratio']:.3f} of the encoder's rate)")
+    if router.is_static:
+        backend = router.tokenizer.backend_tokenizer
+        (tokenize_s,) = best_of(args.repeats, lambda: backend.encode_batch_fast(prompts, add_special_tokens=False))
+        short = [prompt[-args.short_chars :] for prompt in prompts]
+        (short_s,) = best_of(args.repeats, lambda: router.route(short, batch_size=args.batch_size))
+        mean_tokens = float(router.encode(prompts).input_tokens.mean())
+        short_tokens = float(router.encode(short).input_tokens.mean())
+        result.update({
+            "tokenizer_prompts_per_s": round(n / tokenize_s, 1),
+            "mean_prompt_tokens": round(mean_tokens, 1),
+            "route_short_prompts_per_s": round(n / short_s, 1),
+            "short_chars": args.short_chars,
+            "short_mean_prompt_tokens": round(short_tokens, 1),
+        })
+        print(f"tokenizer alone      : {n / tokenize_s:9.1f} prompts/s  (prompts of {mean_tokens:.0f} tokens on average)")
+        print(f"route(), short       : {n / short_s:9.1f} prompts/s  (the last {args.short_chars} characters of each "
+              f"prompt, {short_tokens:.0f} tokens on average)")
     p50, p95 = one_prompt_latency(router, sample)
-    print(f"one-prompt latency   : p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(sample)} prompts, "
-          f"encoder in {encoder_dtype} (target p50 < 25 ms)")
-    float32_p50 = float32_p95 = None
-    if encoder_dtype != "float32":
-        float32_router = carrot_hub.default_router(dtype="float32")
-        float32_p50, float32_p95 = one_prompt_latency(float32_router, sample)
-        del float32_router
-        print(f"  same, float32      : p50 {float32_p50:.1f} ms, p95 {float32_p95:.1f} ms")
+    print(f"one-prompt latency   : p50 {p50:.2f} ms, p95 {p95:.2f} ms over {len(sample)} prompts")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    weights_mb = os.path.getsize(os.path.join(router.name_or_path, "model.safetensors")) / 1e6
+    print(f"model.safetensors    : {weights_mb:.1f} MB; peak memory so far (ru_maxrss): {peak_mb:.0f} MB")
+    result.update({
+        "latency_p50_ms": round(p50, 3),
+        "latency_p95_ms": round(p95, 3),
+        "peak_rss_mb": round(peak_mb, 1),
+        "model_safetensors_mb": round(weights_mb, 1),
+    })
+    result["_router"] = router
+    return result
 
-    # 3. Routing from precomputed embeddings (kNN / heads + decision, no encoder), on 10,000 prompts.
-    encoding = router.encode(prompts, batch_size=args.batch_size)
+
+def measure_decisions(router, prompts: list[str], batch_size: int) -> dict:
+    """Routing from precomputed embeddings, a 1,000-μ sweep and a re-pricing, on 10,000 prompts."""
+    encoding = router.encode(prompts, batch_size=batch_size)
     big = PromptEncoding(tile(encoding.embeddings, 10_000), tile(encoding.input_tokens, 10_000), [False] * 10_000)
     started = time.perf_counter()
     predictions = router.predict_encoded(big)
     decision = router.decide(predictions, mu=0.5)
     embedded_s = time.perf_counter() - started
-    embedded_pps = 10_000 / embedded_s
-    print(f"from embeddings      : {embedded_pps:8.0f} prompts/s  (10,000 prompts, predict_encoded + decide: {embedded_s:.3f} s)")
-
-    # 4. Changing μ or prices reuses the predictions: 1,000 μ values × 10,000 prompts.
+    print(f"\nfrom embeddings      : {10_000 / embedded_s:9.0f} prompts/s  (10,000 prompts, predict_encoded + decide)")
     input_prices, output_prices = router.resolve_prices()
     mus = torch.linspace(0, 1, 1000)
     started = time.perf_counter()
@@ -155,38 +171,73 @@ def main(argv=None) -> dict:
         spend[start : start + 50] = cost.gather(1, indices.T).mean(0)
     sweep_s = time.perf_counter() - started
     monotone = bool((spend[1:] <= spend[:-1] + 1e-12).all())
-    print(f"μ sweep              : 1,000 μ × 10,000 prompts in {sweep_s:.3f} s (target < 2 s); "
-          f"spend per prompt ${float(spend[0]):.5f} at μ=0 → ${float(spend[-1]):.6f} at μ=1, monotone: {monotone}")
-    new_prices = {name: {"input": 0.5 * p["input"], "output": 0.5 * p["output"]}
-                  for name, p in router.config.prices.items()}
+    print(f"μ sweep              : 1,000 μ × 10,000 prompts in {sweep_s:.3f} s; spend per prompt "
+          f"${float(spend[0]):.5f} at μ=0 → ${float(spend[-1]):.6f} at μ=1, monotone: {monotone}")
+    new_prices = {name: {"input": 0.5 * p["input"], "output": 0.5 * p["output"]} for name, p in router.config.prices.items()}
     started = time.perf_counter()
     repriced = router.decide(predictions, mu=0.5, prices=new_prices)
     reprice_s = time.perf_counter() - started
     print(f"re-pricing           : 10,000 prompts decided with new prices in {reprice_s * 1000:.1f} ms "
-          f"(no re-encoding; {sum(a != b for a, b in zip(decision.models, repriced.models))} choices changed)")
-
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory (ru_maxrss): {peak_mb:.0f} MB")
-    result = {
-        "n_prompts": n,
-        "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "encoder_prompts_per_s": round(encoder_pps, 1),
-        "route_prompts_per_s": round(route_pps, 1),
-        "route_vs_encoder_ratio": round(ratio, 4),
-        "encoder_dtype": encoder_dtype,
-        "max_prompt_tokens": router.config.max_prompt_tokens,
-        "latency_p50_ms": round(p50, 2),
-        "latency_p95_ms": round(p95, 2),
-        "latency_p50_ms_float32": None if float32_p50 is None else round(float32_p50, 2),
-        "latency_p95_ms_float32": None if float32_p95 is None else round(float32_p95, 2),
-        "from_embeddings_prompts_per_s": round(embedded_pps, 0),
+          f"({sum(a != b for a, b in zip(decision.models, repriced.models))} choices changed)")
+    return {
+        "from_embeddings_prompts_per_s": round(10_000 / embedded_s, 0),
         "decide_10k_x_1000_s": round(sweep_s, 4),
         "reprice_10k_ms": round(reprice_s * 1000, 2),
-        "peak_rss_mb": round(peak_mb, 1),
     }
-    print(json.dumps(result))
-    return result
+
+
+def tile(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    repeats = -(-n // tensor.shape[0])
+    return tensor.repeat(repeats, *([1] * (tensor.ndim - 1)))[:n]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated from static,transformer (default: both)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each batched measurement (best kept)")
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--short-chars", type=int, default=256, help="static: also route prompts cut to this many characters")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts (quick runs)")
+    parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
+                        help="encoder dtype, as `carrot route --dtype` (default: auto; a static table stays float32)")
+    args = parser.parse_args(argv)
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    if not encoders or any(e not in ENCODERS for e in encoders):
+        parser.error(f"--encoders takes names from {','.join(ENCODERS)}, got {args.encoders!r}")
+    encoders.sort(key=ENCODERS.index)  # static first: its peak memory is then its own
+    torch.set_num_threads(args.threads)
+
+    prompts = load_prompts()[: args.limit]
+    step = max(1, len(prompts) // args.latency_samples)
+    sample = prompts[::step][: args.latency_samples]
+    print(f"{len(prompts)} RouterBench prompts; torch threads {torch.get_num_threads()}; "
+          f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')}; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    results = {"n_prompts": len(prompts), "threads": torch.get_num_threads(), "batch_size": args.batch_size}
+    routers = {}
+    for kind in encoders:
+        results[kind] = measure_encoder(kind, args, prompts, sample)
+        routers[kind] = results[kind].pop("_router")
+        if kind != encoders[-1]:
+            del routers[kind]  # free it before the next encoder's runs
+    results.update(measure_decisions(routers[encoders[-1]], prompts, args.batch_size))
+    if {"static", "transformer"} <= set(encoders):
+        static, transformer = results["static"], results["transformer"]
+        results["static_vs_transformer"] = {
+            "route_throughput_ratio": round(static["route_prompts_per_s"] / transformer["route_prompts_per_s"], 1),
+            "latency_p50_ratio": round(transformer["latency_p50_ms"] / static["latency_p50_ms"], 1),
+            "model_safetensors_ratio": round(static["model_safetensors_mb"] / transformer["model_safetensors_mb"], 3),
+        }
+        ratio = results["static_vs_transformer"]
+        print(f"\nstatic vs transformer: {ratio['route_throughput_ratio']}× the batched throughput, "
+              f"{ratio['latency_p50_ratio']}× faster per prompt (p50), model.safetensors "
+              f"{static['model_safetensors_mb']:.1f} MB vs {transformer['model_safetensors_mb']:.1f} MB; "
+              f"peak memory {static['peak_rss_mb']:.0f} MB vs {transformer['peak_rss_mb']:.0f} MB")
+    results["load_average"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -83,3 +83,24 @@ def saved_knn_router(knn_router_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("routers") / "knn"
     knn_router_session.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def static_knn_router_session(tiny_table):
+    """A kNN router on the static encoder shipped with the package (distilled from all-MiniLM-L6-v2)."""
+    router = new_router(TINY_MODELS, TINY_PRICES, encoder_kind="static", predictor_kind="knn", knn_k=2, cost_scale=1e-3)
+    fit_knn(router, router.encode(tiny_table.prompts).embeddings, tiny_table)
+    return router
+
+
+@pytest.fixture
+def static_knn_router(static_knn_router_session):
+    """The shared static kNN router (tests must not mutate it)."""
+    return static_knn_router_session
+
+
+@pytest.fixture(scope="session")
+def saved_static_router(static_knn_router_session, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("routers") / "static-knn"
+    static_knn_router_session.save_pretrained(folder)
+    return folder

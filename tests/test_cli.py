@@ -263,3 +263,28 @@ def test_no_progress_means_no_bar_at_all(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert len(records(out)) == 1
     assert "%|" not in err and "Generating" not in err and "Loading weights" not in err, err
+
+
+# ---------------------------------------------------------------------------- static encoder
+
+
+def test_route_with_the_static_default_router_flags_the_fallback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CARROT_HUB_CACHE", str(tmp_path))
+    code, out, err = run(["route", "--encoder", "static", "--format", "jsonl", "--no-progress", TINY_PROMPTS[0], "☃ 🥕"], capsys)
+    assert code == 0, err
+    got = records(out)
+    assert [r["fallback_embedding"] for r in got] == [False, True]
+    assert (tmp_path / "default-static-router-v1" / "model.safetensors").is_file()
+    code, out, err = run(["route", "--encoder", "static", "--no-progress", "☃ 🥕"], capsys)
+    assert code == 0 and "[no known token: fallback embedding]" in out
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--encoder", "word2vec"], "--encoder"),
+    (["--encoder", "static", "--model", "some/router"], "--encoder picks the embedded default router"),
+])
+def test_bad_encoder_option_exits_2(options, fragment, capsys):
+    for command in ("route", "calibrate"):
+        code, _, err = run([command, *options, "hello"], capsys)
+        assert code == 2
+        assert_one_line_error(err, fragment)

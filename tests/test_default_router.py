@@ -93,3 +93,32 @@ def test_processes_building_the_cache_at_once_all_succeed(tmp_path):
     assert len({out.strip().splitlines()[-1] for out, _ in outputs}) == 1  # all route with the same router
     assert CarrotRouter.from_pretrained(folder).config.knn_memory_size == 2225
     assert [p.name for p in folder.parent.iterdir()] == ["default-router"]
+
+
+@pytest.fixture(scope="module")
+def static_default_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache") / "default-static-router"
+    build_default_router(folder, progress=False, encoder="static")
+    return folder
+
+
+def test_static_default_router_is_built_from_the_shipped_data_and_routes(static_default_folder):
+    from carrot_hub.default import DEFAULT_STATIC_KNN_K
+
+    router = default_router(cache_dir=static_default_folder, encoder="static")
+    assert router.config.encoder_kind == "static" and router.config.knn_k == DEFAULT_STATIC_KNN_K
+    assert router.config.knn_memory_size == 2225 and router.embedding_size == 256
+    assert router.encoder.token_embeddings.weight.dtype == torch.float32  # "auto" keeps a table in float32
+    best, cheapest = router.route(PROMPTS, mu=0.0), router.route(PROMPTS, mu=1.0)
+    assert best.model_indices.tolist() == best.quality.argmax(1).tolist()
+    assert cheapest.model_indices.tolist() == cheapest.cost.argmin(1).tolist()
+    assert best.chosen_cost.sum() > cheapest.chosen_cost.sum()
+
+
+def test_default_router_never_reuses_a_cache_folder_of_the_other_encoder(static_default_folder):
+    before = (static_default_folder / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="holds a default router with a static encoder"):
+        default_router(cache_dir=static_default_folder, encoder="transformer")
+    with pytest.raises(ValueError, match="encoder must be one of transformer, static"):
+        default_router(cache_dir=static_default_folder, encoder="word2vec")
+    assert (static_default_folder / "model.safetensors").read_bytes() == before

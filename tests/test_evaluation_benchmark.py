@@ -57,13 +57,24 @@ def test_benchmark_end_to_end(tmp_path):
     )
     assert code == 0
     results = json.loads(out.read_text())
-    for name in ("carrot-knn", "carrot-mlp"):
+    for name in ("carrot-knn", "carrot-mlp", "carrot-static-knn", "carrot-static-mlp"):
         assert {"aiq", "quality_mu0", "cost_to_match_best"} <= set(results["routers"][name])
+    assert results["benchmark"]["training_reports"]["carrot-static-knn"]["encoder_kind"] == "static"
     assert {"carrot-knn-reference", "routerbench", "routellm-mf", "random"} <= set(results["baselines"])
     # The figures quoted for this data (all-MiniLM-L6-v2, missing = wrong).
     assert results["zero_router"]["aiq"] == pytest.approx(0.805, abs=0.005)
     assert results["best_single"]["model"] == "gpt-4-1106-preview"
     assert (tmp_path / "routers" / "knn" / "model.safetensors").is_file()
+    assert (tmp_path / "routers" / "static-mlp" / "model.safetensors").is_file()
     assert plot.read_bytes()[:4] == b"\x89PNG"
     # A second run into the same folder is refused without --overwrite.
     assert benchmark_main(["--out", str(out), "--kinds", "knn", "--routers-dir", str(tmp_path / "routers"), "--quiet"]) == 2
+
+
+def test_benchmark_encoders_option_names_the_routers():
+    from training.benchmark import _parse_encoders, router_name
+
+    assert _parse_encoders("transformer,static") == ["transformer", "static"]
+    assert [router_name("knn", e) for e in ("transformer", "static")] == ["carrot-knn", "carrot-static-knn"]
+    with pytest.raises(ValueError, match="--encoders names \\['word2vec'\\]"):
+        _parse_encoders("static,word2vec")

@@ -48,3 +48,13 @@ def test_pipeline_bad_arguments(knn_router):
         pipe("hello", prices={"nope": {"input": 1, "output": 1}})
     with pytest.raises(TypeError, match="unexpected arguments"):
         pipe("hello", temperature=0.3)
+
+
+def test_pipeline_with_a_static_router_flags_the_fallback(static_knn_router):
+    prompts = [TINY_PROMPTS[0], "☃ 🥕"]
+    pipe = pipeline("llm-routing", model=static_knn_router)
+    outputs = pipe(prompts, mu=0.5)
+    expected = static_knn_router.route(prompts, mu=0.5)
+    assert [o["model"] for o in outputs] == expected.models
+    assert [o["fallback_embedding"] for o in outputs] == [False, True]
+    assert outputs[0]["quality"] == pytest.approx(float(expected.chosen_quality[0]), abs=1e-6)

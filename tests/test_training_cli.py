@@ -94,3 +94,28 @@ def test_overwrite_never_empties_a_folder_that_holds_no_router(sprout_folder, tm
     assert code == 2
     assert "holds no router" in capsys.readouterr().err
     assert (work / "thesis.tex").read_text() == "years of work"
+
+
+def test_static_encoder_trains_knn_and_mlp(sprout_folder, tmp_path):
+    for kind, extra in (("knn", ["--k-grid", "2,4", "--folds", "3"]), ("mlp", ["--hidden", "8", "--max-epochs", "3"])):
+        out = tmp_path / f"static-{kind}"
+        assert main(["--data", str(sprout_folder), "--kind", kind, "--encoder", "static", *extra,
+                     "--out", str(out), "--no-progress"]) == 0
+        router = AutoModel.from_pretrained(out)
+        assert router.config.encoder_kind == "static" and router.config.predictor_kind == kind
+        assert json.loads((out / "training_report.json").read_text())["encoder_kind"] == "static"
+        decision = router.route(["Write a function to reverse a linked list in Python.", "☃"], mu=0.5)
+        assert decision.fallback_embedding == [False, True]
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--encoder", "statik"], "--encoder must be one of transformer, static"),
+    (["--encoder", "static", "--kind", "finetune"], "a static encoder trains with --kind knn or mlp"),
+    (["--encoder", "static", "--encoder-model", "/no/such/encoder"], "sentence encoder folder '/no/such/encoder' does not exist"),
+    (["--static-dimensions", "64"], "apply to --encoder static only"),
+    (["--encoder", "static", "--static-dimensions", "1000"], "exceeds the encoder's width 384"),
+])
+def test_bad_encoder_options_exit_2(sprout_folder, tmp_path, capsys, options, fragment):
+    out = tmp_path / "r"
+    assert main(["--data", str(sprout_folder), "--kind", "knn", *options, "--out", str(out), "--no-progress"]) == 2
+    assert fragment in capsys.readouterr().err and not out.exists()

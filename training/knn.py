@@ -56,7 +56,7 @@ def cross_validate_k(
 
     Returns:
         `{"k_grid", "aiq", "brier", "log_token_mse"}`, each score list aligned with `k_grid`: the
-        out-of-fold AIQ of routing (max cost: the dearest single model), the Brier score of the
+        out-of-fold AIQ of routing (max cost: the dearest single model, or the dearest curve), the Brier score of the
         quality predictions and the squared error of log(1 + output tokens), over observed cells.
     """
     scores = torch.as_tensor(table.scores, dtype=torch.float32)
@@ -76,12 +76,15 @@ def cross_validate_k(
     input_tokens = count_input_tokens(router, table.prompts)
     input_prices, output_prices = router.resolve_prices()
     mu_grid = np.linspace(0.0, 1.0, mu_steps)
-    max_cost = float(truth.cost.mean(0).max())
-    routing_aiq = []
+    curves = []
     for column in range(len(k_grid)):
         cost = predicted_cost(input_tokens, router._tokens_from_log(oof_log_tokens[column]), input_prices, output_prices)
         choices = decide_all(oof_quality[column], cost, mu_grid, router.config.cost_scale)
-        routing_aiq.append(aiq(*truth.realised(choices), max_cost=max_cost))
+        curves.append(truth.realised(choices))
+    # One cost range for every k: the dearest single model's mean cost, or more when picking the
+    # dearest model per prompt costs more than that on average (then every curve is cut there).
+    max_cost = max(float(truth.cost.mean(0).max()), *(float(np.max(costs)) for costs, _ in curves))
+    routing_aiq = [aiq(costs, qualities, max_cost=max_cost) for costs, qualities in curves]
     return {
         "k_grid": [int(k) for k in k_grid],
         "aiq": routing_aiq,
@@ -122,7 +125,8 @@ def train_knn_router(
         train_table: a `RoutingTable` with prices.
         k_grid: the candidate values of k (values above the memory size act as the memory size).
         folds, seed: the cross-validation folds and their seeded shuffle.
-        encoder: folder or Hub id of a BERT-family encoder (default all-MiniLM-L6-v2).
+        encoder: folder or Hub id of a BERT-family encoder (default all-MiniLM-L6-v2); with
+            `encoder_kind="static"` (a config field) the encoder a static table is distilled from.
         embeddings: `(n_prompts, hidden)` precomputed with this encoder and the same prompt cutting
             (see `training.embeddings.embed_table`); computed when None.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
@@ -152,6 +156,7 @@ def train_knn_router(
     fit_knn(router, embeddings, train_table)
     report = {
         "predictor_kind": "knn",
+        "encoder_kind": router.config.encoder_kind,
         "n_train_prompts": len(train_table),
         "candidate_models": list(train_table.models),
         "cost_scale": router.config.cost_scale,

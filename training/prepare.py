@@ -62,7 +62,8 @@ def training_data_label(table) -> str | None:
 def new_training_router(train_table, predictor_kind: str, encoder=None, cost_scale=None, **config_fields):
     """
     A fresh router for a checked `train_table`: its candidates and prices, `cost_scale` derived from
-    the table unless given.
+    the table unless given. `config_fields` may hold `new_router`'s encoder options (`encoder_kind`,
+    `static_dimensions`, `static_vocabulary`) next to `CarrotConfig` fields.
     """
     cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
     return new_router(

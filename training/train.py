@@ -16,7 +16,10 @@ import json
 import sys
 import time
 
-from carrot_hub.building import DEFAULT_MAX_PROMPT_TOKENS
+from carrot_hub.building import DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_STATIC_MAX_PROMPT_TOKENS
+from carrot_hub.configuration_carrot import ENCODER_KINDS
+from carrot_hub.distillation import DEFAULT_STATIC_DIMENSIONS, check_encoder_source
+from carrot_hub.errors import BadInputError
 
 from .knn import DEFAULT_K_GRID
 
@@ -47,8 +50,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     out.add_argument("--out", required=True, help="router folder to write")
     out.add_argument("--overwrite", action="store_true", help="replace a router already in --out")
     model = parser.add_argument_group("model")
-    model.add_argument("--encoder", help="folder or Hub id of a BERT-family encoder (default: all-MiniLM-L6-v2)")
-    model.add_argument("--max-prompt-tokens", type=int, help=f"prompt tokens kept before encoding (default: {DEFAULT_MAX_PROMPT_TOKENS})")
+    model.add_argument("--encoder", default="transformer", metavar="{transformer,static}",
+                       help="transformer: the sentence encoder itself; static: a token table distilled from it with "
+                            "model2vec (about 100x cheaper per prompt) (default: transformer). A folder or Hub id "
+                            "here means --encoder-model with a transformer encoder, as before")
+    model.add_argument("--encoder-model", help="folder or Hub id of a BERT-family sentence encoder, used as is or "
+                                               "distilled (default: all-MiniLM-L6-v2)")
+    model.add_argument("--static-dimensions", type=_positive, default=None,
+                       help=f"static: width of the distilled table (PCA components; default {DEFAULT_STATIC_DIMENSIONS})")
+    model.add_argument("--static-vocabulary", metavar="FILE",
+                       help="static: a text file of extra whole words, one per line, each given its own row "
+                            "(default: the encoder's subword vocabulary only)")
+    model.add_argument("--max-prompt-tokens", type=int, help=f"prompt tokens kept before encoding (default: {DEFAULT_MAX_PROMPT_TOKENS}; {DEFAULT_STATIC_MAX_PROMPT_TOKENS} for --encoder static)")
     model.add_argument("--truncation-side", choices=("left", "right"),
                        help="which end of a long prompt to keep: left keeps the end, where a few-shot prompt's question is (default: left)")
     model.add_argument("--cost-scale", type=float, help="dollars per quality point at mu=0.5 (default: from the data)")
@@ -74,6 +87,58 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def resolve_encoder_options(args) -> dict:
+    """
+    `--encoder`, `--encoder-model` and the static options → `new_router` keywords (`encoder`, and
+    for a static encoder `encoder_kind`, `static_dimensions`, `static_vocabulary`); `ValueError`
+    for a bad combination.
+    """
+    kind, model = args.encoder, args.encoder_model
+    if kind not in ENCODER_KINDS:  # `--encoder FOLDER_OR_HUB_ID`, as before encoder kinds existed
+        if model is not None:
+            raise BadInputError(f"--encoder must be one of {', '.join(ENCODER_KINDS)} when --encoder-model is given, got {kind!r}.")
+        try:
+            check_encoder_source(kind)
+        except ValueError:
+            raise BadInputError(
+                f"--encoder must be one of {', '.join(ENCODER_KINDS)} (or a sentence-encoder folder / Hub id), "
+                f"got {kind!r}, which is neither."
+            ) from None
+        kind, model = "transformer", kind
+    options = {"encoder": model}
+    if kind == "static":
+        if args.kind == "finetune":
+            raise BadInputError("--kind finetune trains a transformer encoder; a static encoder trains with --kind knn or mlp.")
+        options["encoder_kind"] = "static"
+        options["static_dimensions"] = args.static_dimensions
+        if args.static_vocabulary:
+            options["static_vocabulary"] = _read_vocabulary(args.static_vocabulary)
+    elif args.static_dimensions is not None or args.static_vocabulary:
+        raise BadInputError("--static-dimensions and --static-vocabulary apply to --encoder static only.")
+    return options
+
+
+def _read_vocabulary(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            words = [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise BadInputError(f"Cannot read --static-vocabulary {path}: {error.strerror or error}.") from None
+    if not words:
+        raise BadInputError(f"--static-vocabulary {path} holds no words (one per line).")
+    return words
+
+
 def _config_fields(args) -> dict:
     fields = {}
     if args.max_prompt_tokens is not None:
@@ -83,7 +148,7 @@ def _config_fields(args) -> dict:
     return fields
 
 
-def _check_max_prompt_tokens(args) -> None:
+def _check_max_prompt_tokens(args, encoder_options: dict) -> None:
     """`--max-prompt-tokens` beyond the encoder's positions fails here, before the data is read."""
     if args.max_prompt_tokens is None:
         return
@@ -95,7 +160,9 @@ def _check_max_prompt_tokens(args) -> None:
 
     if args.max_prompt_tokens < 2:
         raise BadInputError(f"--max-prompt-tokens must be at least 2, got {args.max_prompt_tokens}.")
-    encoder = args.encoder or default_encoder_path()
+    if encoder_options.get("encoder_kind") == "static":  # a bag of tokens has no positions to run out of
+        return
+    encoder = encoder_options["encoder"] or default_encoder_path()
     try:
         encoder_config = AutoConfig.from_pretrained(encoder).to_dict()
     except Exception:  # an encoder that cannot be read fails later with its own message
@@ -113,7 +180,8 @@ def run_train(args) -> int:
     from .output import check_output_dir, save_router_atomically
 
     check_output_dir(args.out, overwrite=args.overwrite)  # fail before any work
-    _check_max_prompt_tokens(args)
+    encoder_options = resolve_encoder_options(args)
+    _check_max_prompt_tokens(args, encoder_options)
     progress = not args.no_progress
     started = time.time()
     table = load_routing_table(args.data, split=args.split, streaming=args.streaming, progress=progress)
@@ -123,7 +191,7 @@ def run_train(args) -> int:
         validation = load_routing_table(args.data, split=args.validation_split, streaming=args.streaming, progress=progress)
     common = dict(
         seed=args.seed,
-        encoder=args.encoder,
+        **encoder_options,
         cost_scale=args.cost_scale,
         drop_unscored_models=args.drop_unscored_models,
         cache_dir=args.embeddings_cache,
