@@ -295,19 +295,18 @@ def choose_candidates(
         leading shape plus `n_models` (`-inf` where excluded), over_budget `(batch,)` bool.
     """
     n_models = quality.shape[-1]
-    if allowed_mask is None and max_cost is None:  # nothing excluded: skip the masks (same result)
-        utility = carrot_utility(quality, cost, mu, cost_scale)
-        return utility.argmax(dim=-1), utility, torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
-    if allowed_mask is None:
-        allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
-    feasible = allowed_mask[None, :].expand_as(cost)
     over_budget = torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
-    if max_cost is not None:
-        within = feasible & (cost <= max_cost)
-        over_budget = ~within.any(dim=1)
-        cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
-        fallback = F.one_hot(cheapest, n_models).bool()
-        feasible = torch.where(over_budget[:, None], fallback, within)
+    feasible = None  # None: every candidate may be chosen (the masks are skipped, a per-prompt saving)
+    if allowed_mask is not None or max_cost is not None:
+        if allowed_mask is None:
+            allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
+        feasible = allowed_mask[None, :].expand_as(cost)
+        if max_cost is not None:
+            within = feasible & (cost <= max_cost)
+            over_budget = ~within.any(dim=1)
+            cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
+            fallback = F.one_hot(cheapest, n_models).bool()
+            feasible = torch.where(over_budget[:, None], fallback, within)
     utility = carrot_utility(quality, cost, mu, cost_scale)
     if torch.isnan(utility).any():  # argmax would pick the NaN column: never decide on it
         row = int(torch.isnan(utility).flatten(0, -2).any(-1).nonzero()[0]) % cost.shape[0]
@@ -315,7 +314,8 @@ def choose_candidates(
             f"The predictions for prompt {row} are not numbers (quality {quality[row].tolist()}, cost "
             f"{cost[row].tolist()}): the router's weights or the predictions passed in are corrupted."
         )
-    utility = utility.masked_fill(~feasible, -math.inf)
+    if feasible is not None:
+        utility = utility.masked_fill(~feasible, -math.inf)
     return utility.argmax(dim=-1), utility, over_budget
 
 
