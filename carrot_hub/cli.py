@@ -99,6 +99,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _packaged_table(text: str) -> str:
+    """`--data`: the name of a routing table shipped in the package."""
+    from .data.packaged import UnknownTableError, packaged_table_dir
+
+    try:
+        packaged_table_dir(text)
+    except UnknownTableError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 # ----------------------------------------------------------------------------------- parsers
 
 
@@ -122,6 +133,11 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
                         help="encoder of the embedded default router: transformer (all-MiniLM-L6-v2) or static "
                              f"(a token table distilled from it, ~100x cheaper) (default: {DEFAULT_ENCODER_KIND}); "
                              "a router given with --model keeps its own")
+    from .data.packaged import packaged_tables
+
+    router.add_argument("--data", type=_packaged_table, metavar="TABLE",
+                        help="without --model: the default router of this packaged routing table "
+                             f"(one of {', '.join(packaged_tables())}; default: the first)")
     router.add_argument("--prices", help='price overrides: a JSON/YAML file or inline JSON {"model": {"input": $/M, "output": $/M}}')
     router.add_argument("--allowed", action="append",
                         help="only these candidates (comma-separated, or repeat the option)")
@@ -259,20 +275,26 @@ def _check_encoder_option(args) -> None:
         raise UsageError("--encoder picks the embedded default router's encoder; a router given with --model keeps its own.")
 
 
-def load_router(spec: str | None, progress: bool = True, dtype: str = "float32", encoder: str | None = None):
+def load_router(
+    spec: str | None, progress: bool = True, dtype: str = "float32", encoder: str | None = None, data: str | None = None
+):
     """
-    A router from a folder, a Hub id, or (None) the embedded default router with an `encoder` of
-    that kind, its encoder in `dtype` (see `carrot_hub.precision`); `Failure` if unavailable.
+    A router from a folder, a Hub id, or (None) the embedded default router of the packaged table
+    `data` (default: RouterBench's) with an `encoder` of that kind, its encoder in `dtype` (see
+    `carrot_hub.precision`); `Failure` if unavailable.
     """
     from .modeling_carrot import CarrotRouter
     from .precision import resolve_encoder_dtype
     from .progress import quiet_progress_bars
 
+    if spec is not None and data is not None:
+        raise UsageError("--data picks the default router of a packaged table; with --model, leave --data out.")
     if spec is None:
         from . import default_router
+        from .data.packaged import DEFAULT_TABLE
 
         try:
-            return default_router(progress=progress, dtype=dtype, encoder=encoder)
+            return default_router(progress=progress, dtype=dtype, encoder=encoder, data=data or DEFAULT_TABLE)
         except Exception as error:
             raise Failure(f"Cannot build the embedded default router: {_first_line(error)}") from error
     dtype = resolve_encoder_dtype(dtype)
@@ -403,7 +425,7 @@ def run_route(args) -> int:
     part = part_path(output, shard.rank, shard.world_size) if shard.distributed else None
     try:
         router = load_router(args.model, progress=shard.is_main and not args.no_progress, dtype=args.dtype,
-                             encoder=args.encoder)
+                             encoder=args.encoder, data=args.data)
         _check_router_options(router, args, prices, allowed)
         if part is not None:
             with open(part, "w", encoding="utf-8") as handle:
@@ -589,7 +611,7 @@ def run_calibrate(args) -> int:
         raise Failure(str(error)) from None
     if not prompts:
         raise UsageError(f"No prompts in {source.name}.")
-    router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype, encoder=args.encoder)
+    router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype, encoder=args.encoder, data=args.data)
     _check_router_options(router, args, prices, allowed)
     started = time.perf_counter()
     predictions = router.predict(prompts, batch_size=args.batch_size,

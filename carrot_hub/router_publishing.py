@@ -460,14 +460,17 @@ def _write_repriced(source, files, target: Path, config, new_prices, recorded_on
 
     raw = json.loads((source / "config.json").read_text(encoding="utf-8"))
     names = config.candidate_models
-    changes = []
+    changes, changed_models = [], []
     for name, entry in new_prices.items():
         column = names.index(name)
         for side, field_name in (("input", "input_price_per_million"), ("output", "output_price_per_million")):
             if side in entry and raw[field_name][column] != entry[side]:
                 changes.append(f"{name} {side} ${raw[field_name][column]:g} → ${entry[side]:g}/M")
+                changed_models += [name] if name not in changed_models else []
                 raw[field_name][column] = entry[side]
     raw["prices_recorded_on"] = recorded_on
+    if changed_models and raw.get("prices_source"):
+        raw["prices_source"] = f"{raw['prices_source']}; since changed by hand for {', '.join(changed_models)}"
     description = f"price table recorded on {recorded_on}: " + ("; ".join(changes) if changes else "no price changed")
     raw["router_changes"] = list(raw.get("router_changes") or []) + [{"date": card_date or recorded_on, "description": description}]
     for name in files:

@@ -148,6 +148,16 @@ def card_metadata(
     )
 
 
+def _first_clause(text: str) -> str:
+    """`text` up to its first comma outside parentheses ("Data (a, b), train split" → "Data (a, b)")."""
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth <= 0:
+            return text[:index]
+    return text
+
+
 def _price_text(value: float) -> str:
     return f"{value:g}"
 
@@ -294,6 +304,8 @@ def build_model_card(
         "default_mu": config.default_mu,
         "parent": parent,
         "prices_recorded_on": config.prices_recorded_on,
+        "prices_source": getattr(config, "prices_source", None),
+        "data_caveats": list(getattr(config, "training_data_caveats", None) or []),
         "price_rows": [
             {"name": name, "input": _price_text(p_in), "output": _price_text(p_out)}
             for name, p_in, p_out in zip(names, config.input_price_per_million, config.output_price_per_million)
@@ -309,7 +321,7 @@ def build_model_card(
         "eval_prices_note": (results or {}).get("prices_note"),
         "plot_filename": plot_filename,
         "training_data": training_data,
-        "training_data_short": training_data.split(",")[0] if training_data else "unknown",
+        "training_data_short": _first_clause(training_data) if training_data else "unknown",
         "hyperparameters": _hyperparameters(config),
         "max_prompt_tokens": config.max_prompt_tokens,
     }

@@ -29,7 +29,7 @@ from carrot_hub.modeling_carrot import pad_batch
 
 from .heads import split_train_validation, train_heads_router
 from .output import check_output_dir, save_router_atomically
-from .prepare import check_training_table, training_data_label
+from .prepare import check_training_table, table_card_fields, training_data_label
 
 RUN_FILE = "run.json"
 STATE_FILE = "training_state.json"
@@ -186,7 +186,7 @@ def train_finetuned_router(
         head_hidden_size=hidden,
         head_dropout=dropout,
         training_data=training_data_label(train_table),
-        **config_fields,
+        **{**table_card_fields(train_table), **config_fields},
     )
     router = new_router(train_table.models, train_table.prices, encoder=encoder, **router_fields)
     run_settings = {

@@ -52,11 +52,26 @@ def check_training_table(table, drop_unscored_models: bool = False):
 
 
 def training_data_label(table) -> str | None:
-    """What the router card calls the training data: the table's source and split when known."""
-    source = table.metadata.get("source") if isinstance(table.metadata, dict) else None
+    """What the router card calls the training data: the table's title, source and split when known."""
+    from carrot_hub.data.packaged import table_name
+
+    metadata = table.metadata if isinstance(table.metadata, dict) else {}
+    source, title = metadata.get("source"), metadata.get("title")
+    if title and source:
+        return f"{title} ({table_name(source)}, {table.split or 'all'} split)"
     if source and table.split:
         return f"{source} ({table.split})"
     return source or table.split
+
+
+def table_card_fields(table) -> dict:
+    """The config fields a router's card takes from its training table: price date and source, caveats."""
+    metadata = table.metadata if isinstance(table.metadata, dict) else {}
+    return {
+        "prices_recorded_on": metadata.get("prices_recorded_on"),
+        "prices_source": metadata.get("prices_source"),
+        "training_data_caveats": list(metadata.get("caveats") or []),
+    }
 
 
 def new_training_router(train_table, predictor_kind: str, encoder=None, cost_scale=None, **config_fields):
@@ -66,6 +81,8 @@ def new_training_router(train_table, predictor_kind: str, encoder=None, cost_sca
     `static_dimensions`, `static_vocabulary`) next to `CarrotConfig` fields.
     """
     cost_scale = float(cost_scale) if cost_scale is not None else default_cost_scale(train_table)
+    for name, value in table_card_fields(train_table).items():
+        config_fields.setdefault(name, value)
     return new_router(
         train_table.models,
         train_table.prices,

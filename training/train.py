@@ -39,7 +39,7 @@ def _k_grid(text: str) -> tuple[int, ...]:
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the `train` options to `parser` (used by `carrot train` and by this module's `main`)."""
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="routing data: local SPROUT-layout folder, files, or Hub id")
+    data.add_argument("--data", required=True, help="routing data: a packaged table name (routerbench-0shot, zeroeval-2024), a SPROUT-layout folder, files, or Hub id")
     data.add_argument("--split", default="train", help="split to train on (default: train)")
     data.add_argument("--validation-split", help="split for early stopping / validation (default: held out of --split)")
     data.add_argument("--streaming", action="store_true", help="stream the data set (Hub data sets)")
@@ -175,7 +175,7 @@ def _check_max_prompt_tokens(args, encoder_options: dict) -> None:
 
 def run_train(args) -> int:
     """Train the router `args` describe and write it to `args.out`; returns the exit code (0)."""
-    from carrot_hub.data import load_routing_table
+    from carrot_hub.data import load_routing_table, resolve_table_source
 
     from .output import check_output_dir, save_router_atomically
 
@@ -184,6 +184,7 @@ def run_train(args) -> int:
     _check_max_prompt_tokens(args, encoder_options)
     progress = not args.no_progress
     started = time.time()
+    args.data = resolve_table_source(args.data, strict=False)  # a packaged table's name reads its folder
     table = load_routing_table(args.data, split=args.split, streaming=args.streaming, progress=progress)
     table.metadata.setdefault("source", str(args.data))
     validation = None

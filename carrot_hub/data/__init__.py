@@ -2,6 +2,7 @@
 
 from .dataset_publishing import HubAuthError, check_dataset_folder, push_routing_dataset
 from .loading import load_routing_table
+from .packaged import DEFAULT_TABLE, UnknownTableError, packaged_table_dir, packaged_tables, resolve_table_source
 from .logs import convert_routing_logs, read_routing_logs
 from .prices import read_prices_file, validate_prices, write_prices_file
 from .routing_table import RoutingTable
@@ -11,6 +12,11 @@ from .validation import RoutingDataError, discover_model_columns
 from .writing import dataset_card, write_sprout_dataset
 
 __all__ = [
+    "DEFAULT_TABLE",
+    "UnknownTableError",
+    "packaged_table_dir",
+    "packaged_tables",
+    "resolve_table_source",
     "HubAuthError",
     "RoutingDataError",
     "MissingSplitError",

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..progress import quiet_progress_bars
+from .packaged import read_caveats, read_card_title
 from .prices import validate_prices
 from .routing_table import RoutingTable
 from .sources import RoutingSourceError, explain_unreadable, open_dataset
@@ -114,6 +115,9 @@ def load_routing_table(
         return np.concatenate(arrays, axis=0) if arrays else np.zeros((0, len(models)), np.float32)
 
     metadata = {"source": description, "rows_read": validator.rows_read, "skipped": skipped}
+    if os.path.isdir(description):  # a local folder: its card's title and caveats travel to routers' cards
+        metadata["title"] = read_card_title(description)
+        metadata["caveats"] = read_caveats(description)
     table_prices = None
     if prices_document is not None:
         table_prices = prices_document["prices"]
