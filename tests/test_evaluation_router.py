@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import make_tiny_table
 from training import metrics
-from training.evaluate import evaluate_router, ground_truth, main
+from training.evaluate import count_input_tokens, evaluate_router, ground_truth, main
 
 MU = [0.0, 0.3, 0.7, 1.0]
 
@@ -207,3 +207,31 @@ def test_plot_legend_labels_what_each_figure_is(knn_router, tiny_table):
     for entry in entries:
         label = legend_label("name", entry)
         assert f"AIQ {entry['aiq']:.3f}" in label and f"quality {entry['quality_mu0']:.3f}" in label
+
+
+def test_cost_prediction_errors_are_reported_per_candidate(results, knn_router, tiny_table):
+    entry = results["routers"]["carrot"]
+    per_model = entry["cost_prediction"]["per_model"]
+    assert list(per_model) == list(tiny_table.models)
+    # Each model writes a constant number of tokens in the tiny table: the kNN predicts them exactly,
+    # so knowing the true tokens changes nothing. The dollars differ only by the input tokens (the
+    # table says 30 per prompt; the router counts the real prompts).
+    input_gap = np.abs(count_input_tokens(knn_router, tiny_table.prompts).numpy() - 30.0).mean()
+    for model, errors in per_model.items():
+        assert errors["output_tokens"]["mae"] == pytest.approx(0, abs=1e-3)
+        assert errors["cost"]["mae"] == pytest.approx(input_gap * tiny_table.prices[model]["input"] / 1e6, rel=1e-4)
+    assert entry["oracle_cost"]["aiq"] == pytest.approx(entry["aiq"])
+    assert entry["aiq_lost_to_cost_prediction"] == pytest.approx(0, abs=1e-12)
+
+
+def test_a_cost_surprise_shows_as_token_error_and_lost_aiq(knn_router, tiny_table):
+    tokens = tiny_table.output_tokens.copy()
+    tokens[:, 2] *= 100  # the small model really writes 4,000 tokens, not the 40 the router remembers
+    test = replace(tiny_table, output_tokens=tokens)
+    entry = evaluate_router(knn_router, test, mu_grid=np.linspace(0, 1, 21))["routers"]["carrot"]
+    small = entry["cost_prediction"]["per_model"]["small-model"]
+    assert small["output_tokens"]["relative_error"] == pytest.approx(0.99, abs=1e-3)
+    assert small["output_tokens"]["bias"] == pytest.approx(-0.99, abs=1e-3)
+    assert entry["cost_prediction"]["per_model"]["big-model"]["output_tokens"]["mae"] == pytest.approx(0, abs=1e-3)
+    # Knowing the small model's true length, the router stops sending it prompts it gets wrong for more money.
+    assert entry["aiq_lost_to_cost_prediction"] > 0

@@ -130,3 +130,15 @@ def test_fractional_scores_get_an_auroc_at_one_half_and_a_rank_correlation():
     assert shuffled["per_model"]["graded"]["spearman"] == pytest.approx(-1.0)
     binary = metrics.prediction_quality(["b"], np.array([[0.8], [0.2]]), np.array([[1.0], [0.0]]))
     assert binary["auroc_labels"] == metrics.BINARY_LABELS and binary["mean_auroc"] == pytest.approx(1.0)
+
+
+def test_cost_prediction_errors_mae_relative_error_and_bias():
+    predicted = np.array([[10.0, 1.0], [30.0, 1.0]])
+    true = np.array([[20.0, 2.0], [20.0, np.nan]])
+    errors = metrics.cost_prediction_errors(["a", "b"], predicted * 1e-6, true * 1e-6, predicted, true)
+    a = errors["per_model"]["a"]
+    assert a["output_tokens"] == pytest.approx({"mae": 10.0, "relative_error": 0.5, "bias": 0.0})
+    assert a["cost"]["mae"] == pytest.approx(10e-6)
+    b = errors["per_model"]["b"]["output_tokens"]  # the unknown cell is left out
+    assert b == pytest.approx({"mae": 1.0, "relative_error": 0.5, "bias": -0.5})
+    assert errors["mean_output_tokens_relative_error"] == pytest.approx(0.5)

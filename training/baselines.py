@@ -328,6 +328,7 @@ def trained_baselines(
         info=info,
     )
     knn.prediction_quality = metrics.prediction_quality(test_truth.models, reference["quality"], test_truth.raw_scores)
+    knn.cost_prediction = metrics.cost_prediction_errors(test_truth.models, reference["cost"], test_truth.cost)
     average_cost = np.broadcast_to(train_truth.cost.mean(0, keepdims=True), reference["cost"].shape)
     routerbench = curve_from_predictions(
         "routerbench",
@@ -340,6 +341,7 @@ def trained_baselines(
         info={"quality_predictor": "carrot-knn-reference", "cost": "each model's mean training cost", "cost_scale": cost_scale},
     )
     routerbench.prediction_quality = knn.prediction_quality
+    routerbench.cost_prediction = metrics.cost_prediction_errors(test_truth.models, average_cost, test_truth.cost)
     curves = [knn, routerbench]
     if pair is not None:
         model, mf_info = train_mf(train_embeddings, train_truth, epochs=mf_epochs, seed=seed)

@@ -132,6 +132,10 @@ class CostQualityCurve:
             the strong/weak pair: fraction of prompts sent to the strong model, and quality.
         prediction_quality (`dict` or None): see `metrics.prediction_quality`.
         info (`dict`): anything else worth reporting (chosen k, cost scale, ...).
+        cost_prediction (`dict` or None): errors of the predicted output tokens and dollars, see
+            `metrics.cost_prediction_errors`.
+        oracle_cost (`CostQualityCurve` or None): the same router deciding with each prompt's TRUE
+            output tokens instead of its predicted ones; the AIQ gap is what cost prediction costs.
     """
 
     name: str
@@ -145,6 +149,8 @@ class CostQualityCurve:
     pair_qualities: np.ndarray | None = None
     prediction_quality: dict | None = None
     info: dict = field(default_factory=dict)
+    cost_prediction: dict | None = None
+    oracle_cost: "CostQualityCurve | None" = None
 
 
 def decide_all(

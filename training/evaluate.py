@@ -33,6 +33,7 @@ import torch
 
 from carrot_hub.atomic_writing import atomic_file
 from carrot_hub.errors import BadInputError
+from carrot_hub.modeling_carrot import predicted_cost
 from training import metrics
 from training.baselines import no_training_baselines, trained_baselines
 from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
@@ -46,10 +47,11 @@ DEFAULT_TEST_SPLITS = ("test", "validation")  # what `carrot evaluate` judges on
 # --------------------------------------------------------------------------- router evaluation
 
 
-def align_models(router_models: Sequence[str], table, on_model_mismatch: str = "raise"):
+def align_models(router_models: Sequence[str], table, on_model_mismatch: str = "raise", router_data: str | None = None):
     """
     The test table restricted to the models the router can route to: returns `(table, allowed)`,
     with `allowed` None when the router's candidates and the table's models are the same set.
+    `router_data` (the router's `config.training_data`) makes a mismatch error name both sides.
     """
     if on_model_mismatch not in ("raise", "intersect"):
         raise ValueError(f"on_model_mismatch must be 'raise' or 'intersect', not {on_model_mismatch!r}.")
@@ -60,8 +62,12 @@ def align_models(router_models: Sequence[str], table, on_model_mismatch: str = "
     only_table = [m for m in table_models if m not in router_models]
     common = [m for m in router_models if m in table_models]
     if on_model_mismatch == "raise":
+        data = (table.metadata or {}).get("source") if isinstance(table.metadata, dict) else None
+        sides = ""
+        if router_data or data:
+            sides = f"The router was trained on {router_data or 'unrecorded data'} but the test data is {data or 'another table'}: "
         raise ValueError(
-            f"The test data's models differ from the router's candidates (only in the router: {only_router or 'none'}; "
+            f"{sides}the test data's models differ from the router's candidates (only in the router: {only_router or 'none'}; "
             f"only in the data: {only_table or 'none'}). Evaluate on the {len(common)} models they share with "
             "on_model_mismatch='intersect' (--intersect), or use matching data."
         )
@@ -154,7 +160,7 @@ def router_curve(
         raise ValueError("mu_grid must be a non-empty 1-D array of values in [0, 1].")
     router_models = list(router.config.candidate_models)
     full_table = test_table
-    table, allowed = align_models(router_models, test_table, on_model_mismatch)
+    table, allowed = align_models(router_models, test_table, on_model_mismatch, router_data=router.config.training_data)
     truth = ground_truth(table, on_unscored_model=on_unscored_model)
     if truth.dropped_models:
         allowed = list(truth.models)
@@ -162,10 +168,10 @@ def router_curve(
     predictions = router_predictions(router, full_table, embeddings=embeddings, progress=progress)
     to_truth = np.array([truth.column(m) if m in truth.models else -1 for m in router_models])
 
-    def sweep(allowed_models):
+    def sweep(allowed_models, with_predictions=predictions):
         choices = np.empty((mu_grid.size, len(table)), dtype=np.int64)
         for row, mu in enumerate(mu_grid.tolist()):
-            decision = router.decide(predictions, mu=mu, prices=prices, allowed=allowed_models)
+            decision = router.decide(with_predictions, mu=mu, prices=prices, allowed=allowed_models)
             choices[row] = to_truth[decision.model_indices.numpy()]
         return choices
 
@@ -173,6 +179,12 @@ def router_curve(
     costs, qualities = truth.realised(choices)
     curve = CostQualityCurve(name, "router", "mu", mu_grid, costs, qualities, top=int(np.argmin(mu_grid)))
     curve.info = {"cost_scale": float(router.config.cost_scale), "predictor_kind": router.config.predictor_kind}
+    known_tokens = with_true_output_tokens(predictions, truth, router_models)
+    oracle_costs, oracle_qualities = truth.realised(sweep(allowed, known_tokens))
+    curve.oracle_cost = CostQualityCurve(
+        f"{name} (oracle cost)", "router", "mu", mu_grid, oracle_costs, oracle_qualities, top=curve.top,
+        info={"definition": "the same router deciding with each prompt's true output tokens (its predicted quality kept)"},
+    )
     if pair is not None:
         pair_choices = sweep(list(pair))
         curve.pair_fraction = (pair_choices == truth.column(pair[0])).mean(axis=1)
@@ -185,7 +197,31 @@ def router_curve(
         predictions.output_tokens.numpy()[:, columns],
         truth.output_tokens,
     )
+    input_prices, output_prices = router.resolve_prices(prices)
+    predicted_dollars = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
+    curve.cost_prediction = metrics.cost_prediction_errors(
+        truth.models,
+        predicted_dollars.numpy()[:, columns],
+        truth.cost,
+        predictions.output_tokens.numpy()[:, columns],
+        truth.output_tokens,
+    )
     return curve, truth
+
+
+def with_true_output_tokens(predictions, truth: GroundTruth, router_models: Sequence[str]):
+    """
+    `predictions` with each cell's output tokens replaced by the test table's true count, where the
+    table knows it (other cells keep the prediction): what an "oracle cost" router would see.
+    """
+    from dataclasses import replace
+
+    tokens = predictions.output_tokens.clone()
+    for column, model in enumerate(router_models):
+        if model in truth.models:
+            true = torch.as_tensor(truth.output_tokens[:, truth.column(model)], dtype=tokens.dtype)
+            tokens[:, column] = torch.where(torch.isnan(true), tokens[:, column], true)
+    return replace(predictions, output_tokens=tokens)
 
 
 def evaluate_router(
@@ -217,7 +253,7 @@ def evaluate_router(
     Returns:
         The results dict of [`summarize`] with the router under `results["routers"][name]`.
     """
-    table, _ = align_models(router.config.candidate_models, test_table, on_model_mismatch)
+    table, _ = align_models(router.config.candidate_models, test_table, on_model_mismatch, router.config.training_data)
     truth = ground_truth(table, on_unscored_model=on_unscored_model)
     pair = pair or default_pair(truth)
     curve, truth = router_curve(
@@ -273,7 +309,8 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
     best = metrics.best_single_model(mean_quality, mean_cost)
     best_quality, best_cost = float(mean_quality[best]), float(mean_cost[best])
     oracle = oracle_curve(truth)
-    max_cost = float(max([mean_cost.max(), *[c.costs.max() for c in curves], oracle.costs.max()]))
+    variants = [c.oracle_cost for c in curves if c.oracle_cost is not None]
+    max_cost = float(max([mean_cost.max(), *[c.costs.max() for c in [*curves, *variants]], oracle.costs.max()]))
 
     def match(costs, qualities, interpolate):
         value = metrics.cost_to_reach(costs, qualities, best_quality, interpolate=interpolate)
@@ -303,6 +340,18 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
             entry["apgr"] = metrics.apgr(*args)
             entry["cpt50"], entry["cpt80"] = (metrics.cpt(*args, level) for level in CPT_LEVELS)
         entry["prediction_quality"] = curve.prediction_quality
+        if curve.cost_prediction is not None:
+            entry["cost_prediction"] = curve.cost_prediction
+        if curve.oracle_cost is not None:
+            variant = curve.oracle_cost
+            entry["oracle_cost"] = {
+                "aiq": metrics.aiq(variant.costs, variant.qualities, max_cost),
+                "quality_mu0": float(variant.qualities[variant.top]),
+                "cost_to_match_best": match(variant.costs, variant.qualities, True),
+                "definition": variant.info.get("definition"),
+                "points": {"mu": variant.params.tolist(), "cost": variant.costs.tolist(), "quality": variant.qualities.tolist()},
+            }
+            entry["aiq_lost_to_cost_prediction"] = entry["oracle_cost"]["aiq"] - entry["aiq"]
         entry["info"] = curve.info
         entry["points"] = {
             curve.param_name: curve.params.tolist(),
@@ -365,7 +414,10 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
 
 def format_table(results: dict) -> str:
     """The results as a fixed-width text table for the terminal."""
-    header = f"{'name':<28} {'AIQ':>6} {'q(μ=0)':>7} {'$ μ=0':>9} {'match':>7} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'AUROC':>6}"
+    header = (
+        f"{'name':<28} {'AIQ':>6} {'q(μ=0)':>7} {'$ μ=0':>9} {'match':>7} {'APGR':>6} {'CPT50':>6} {'CPT80':>6} {'AUROC':>6}"
+        f" {'$err':>6} {'AIQ-$':>7}"
+    )
     lines = [header, "-" * len(header)]
 
     def fmt(value, spec):
@@ -377,7 +429,9 @@ def format_table(results: dict) -> str:
             f"{name:<28.28} {fmt(entry.get('aiq'), '6.4f')} {fmt(entry.get('quality_mu0'), '7.4f')} "
             f"{fmt(entry.get('cost_mu0', entry.get('cost')), '9.6f')} {fmt(entry.get('cost_to_match_best'), '7.1%')} "
             f"{fmt(entry.get('apgr'), '6.3f')} {fmt(entry.get('cpt50'), '6.1%')} {fmt(entry.get('cpt80'), '6.1%')} "
-            f"{fmt(prediction.get('mean_auroc'), '6.3f')}{'*' if prediction.get('auroc_labels') == metrics.THRESHOLD_LABELS else ''}"
+            f"{fmt(prediction.get('mean_auroc'), '6.3f')}{'*' if prediction.get('auroc_labels') == metrics.THRESHOLD_LABELS else ' '}"
+            f"{fmt((entry.get('cost_prediction') or {}).get('mean_cost_relative_error'), '6.1%')} "
+            f"{fmt(entry.get('aiq_lost_to_cost_prediction'), '7.4f')}"
         )
 
     for name, entry in results["routers"].items():
@@ -390,6 +444,10 @@ def format_table(results: dict) -> str:
     lines.append(
         f"best single model: {best['model']} quality {best['quality']:.4f} at ${best['cost']:.6f}/prompt; "
         f"'match' = cost to reach its quality as a fraction of its cost"
+    )
+    lines.append(
+        "'$err' = mean over candidates of |predicted − true| dollars / true dollars; "
+        "'AIQ-$' = AIQ lost to cost prediction (the same router with true output tokens, minus it)"
     )
     if results.get("pair"):
         lines.append(f"APGR/CPT pair: strong {results['pair']['strong']}, weak {results['pair']['weak']}")
@@ -429,7 +487,9 @@ def _jsonable(value):
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `carrot evaluate` / `python -m training.evaluate`."""
     parser.add_argument("router", nargs="+", help="router folder(s) (or Hub ids) to evaluate")
-    parser.add_argument("--data", default=None, help="routing data source (default: the packaged RouterBench zero-shot data)")
+    parser.add_argument("--data", default=None,
+                        help="routing data: a packaged table name (e.g. zeroeval-2024), a folder or a Hub id "
+                             "(default: the packaged RouterBench zero-shot data)")
     parser.add_argument("--split", default=None,
                         help="split to evaluate on (default: test when the data has one, else validation; said on stderr)")
     parser.add_argument("--mu-steps", type=int, default=DEFAULT_MU_STEPS, help="number of μ values in [0, 1] (default: 101)")
@@ -487,7 +547,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 router = CarrotRouter.from_pretrained(source_router)
             if first_router is None:
                 first_router = router
-            table_for_router, _ = align_models(router.config.candidate_models, table, options["on_model_mismatch"])
+            table_for_router, _ = align_models(
+                router.config.candidate_models, table, options["on_model_mismatch"], router.config.training_data
+            )
             router_truth = ground_truth(table_for_router, on_unscored_model=options["on_unscored_model"])
             if truth is not None and router_truth.models != truth.models:
                 raise ValueError("The routers evaluated together must route over the same models; evaluate them one by one.")
@@ -521,7 +583,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _data_source(data) -> tuple[str, str]:
     """`(source, description)`: `--data`, else the packaged RouterBench copy (said, so no one mistakes it for theirs)."""
     if data is not None:
-        return str(data), str(data)
+        from carrot_hub.data import resolve_table_source
+
+        return resolve_table_source(data, strict=False), str(data)  # a packaged table's name reads its folder
     from carrot_hub.default import DEFAULT_DATA_DIR
 
     return str(DEFAULT_DATA_DIR), "the packaged RouterBench zero-shot data (no --data given)"

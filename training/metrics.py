@@ -297,6 +297,67 @@ def prediction_quality(
     }
 
 
+def _absolute_errors(predicted: np.ndarray, true: np.ndarray) -> dict:
+    """MAE, relative error Σ|p − t| / Σt and bias Σ(p − t) / Σt over the cells where `true` is known."""
+    observed = ~np.isnan(true)
+    if not observed.any():
+        return {"mae": None, "relative_error": None, "bias": None}
+    error = predicted[observed] - true[observed]
+    total = float(np.abs(true[observed]).sum())
+    return {
+        "mae": float(np.abs(error).mean()),
+        "relative_error": float(np.abs(error).sum() / total) if total > 0 else None,
+        "bias": float(error.sum() / total) if total > 0 else None,
+    }
+
+
+def cost_prediction_errors(
+    models: Sequence[str],
+    predicted_cost: np.ndarray,
+    true_cost: np.ndarray,
+    predicted_output_tokens: np.ndarray | None = None,
+    true_output_tokens: np.ndarray | None = None,
+) -> dict:
+    """
+    How well a router predicts what each candidate will cost, per candidate and on average.
+
+    All arrays `(n_prompts, n_models)`, NaN in the true arrays = unknown (left out). For output
+    tokens and for dollars: `mae` (tokens, or US$ per prompt), `relative_error` = Σ|predicted − true|
+    / Σ true (the MAE as a fraction of the mean true value; robust to prompts with 0 tokens), and
+    `bias` = Σ(predicted − true) / Σ true (negative: the router expects the model to be cheaper than
+    it is). `mean_*` are unweighted means over candidates.
+
+    Returns `{"per_model": {model: {"output_tokens": {...}, "cost": {...}}}, "mean_output_tokens_mae",
+    "mean_output_tokens_relative_error", "mean_cost_mae", "mean_cost_relative_error", "mean_cost_bias"}`.
+    """
+    predicted_cost = np.asarray(predicted_cost, dtype=np.float64)
+    true_cost = np.asarray(true_cost, dtype=np.float64)
+    with_tokens = predicted_output_tokens is not None and true_output_tokens is not None
+    if with_tokens:
+        predicted_output_tokens = np.asarray(predicted_output_tokens, dtype=np.float64)
+        true_output_tokens = np.asarray(true_output_tokens, dtype=np.float64)
+    per_model = {}
+    for column, name in enumerate(models):
+        entry = {"cost": _absolute_errors(predicted_cost[:, column], true_cost[:, column])}
+        if with_tokens:
+            entry["output_tokens"] = _absolute_errors(predicted_output_tokens[:, column], true_output_tokens[:, column])
+        per_model[name] = entry
+
+    def mean(part: str, key: str):
+        values = [e[part][key] for e in per_model.values() if part in e and e[part][key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "per_model": per_model,
+        "mean_output_tokens_mae": mean("output_tokens", "mae"),
+        "mean_output_tokens_relative_error": mean("output_tokens", "relative_error"),
+        "mean_output_tokens_bias": mean("output_tokens", "bias"),
+        "mean_cost_mae": mean("cost", "mae"),
+        "mean_cost_relative_error": mean("cost", "relative_error"),
+        "mean_cost_bias": mean("cost", "bias"),
+    }
+
+
 __all__ = [
     "upper_hull",
     "hull_quality_at",
@@ -311,4 +372,5 @@ __all__ = [
     "brier",
     "spearman",
     "prediction_quality",
+    "cost_prediction_errors",
 ]
