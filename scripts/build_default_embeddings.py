@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="re-encode even when the shipped file's key matches")
     args = parser.parse_args()
     for name in args.data or packaged_tables():
-        router, table = new_default_router(name)
+        router, table = new_default_router(data=name)
         path = packaged_table_dir(name) / EMBEDDINGS_FILENAME
         key = embeddings_key(router, table.prompts)
         if not args.force and load_embeddings(path, key) is not None:

@@ -64,7 +64,7 @@ def test_zeroeval_copy_holds_the_same_rows_as_its_source():
 
 @pytest.mark.parametrize("name", packaged_tables())
 def test_shipped_embeddings_match_each_tables_default_router(name):
-    router, table = new_default_router(name)
+    router, table = new_default_router(data=name)
     shipped = load_embeddings(packaged_table_dir(name) / EMBEDDINGS_FILENAME, embeddings_key(router, table.prompts))
     assert shipped is not None, f"{name}'s {EMBEDDINGS_FILENAME} is stale: run scripts/build_default_embeddings.py --data {name}"
     assert shipped.shape == (len(table), 384)
@@ -100,7 +100,7 @@ def test_unknown_table_name_lists_the_packaged_ones(tmp_path, capsys):
 
 def test_carrot_route_with_data_uses_that_tables_router(zeroeval_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CARROT_HUB_CACHE", str(tmp_path / "hub-cache"))
-    shutil.copytree(zeroeval_folder, default_cache_dir(ZEROEVAL))  # built once by the fixture
+    shutil.copytree(zeroeval_folder, default_cache_dir(data=ZEROEVAL))  # built once by the fixture
     code = carrot_main(["route", "--data", ZEROEVAL, "--format", "jsonl", "--no-progress", "--dtype", "float32", "--mu", "0.2",
                         "What is 17 * 23? Show your reasoning."])
     assert code == 0
