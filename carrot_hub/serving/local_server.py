@@ -19,7 +19,9 @@ class LocalServer:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                  start_timeout_s: float = 30.0, **config):
         self.app, self.host = app, host
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
+        # and with Nagle on, small writes wait ~40 ms for delayed ACKs.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.port = self.sock.getsockname()[1]
