@@ -172,8 +172,9 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
           f"http://{shown}:{port}/v1; outcome log in {args.log_dir}"
           + (f"; learning from feedback into {args.learn_dir}" if learner else "")
           + ("; gateway key required" if gateway_key else ""), file=sys.stderr, flush=True)
+    # Keep idle client connections 75 s (uvicorn's 5 s races with clients reusing pooled connections).
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=args.access_log, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, timeout_keep_alive=75)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C: a normal stop

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                                            failure=args.failure, seed=args.seed))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalServer(fake.app, port=args.port, backlog=4096) as server:
+    with LocalServer(fake.app, port=args.port, backlog=4096, timeout_keep_alive=75) as server:
         print(f"fake upstream on {server.base_url}", flush=True)
         try:
             stop.wait()
