@@ -11,8 +11,8 @@ process, with an outcome log), then measures with real RouterBench test prompts:
 - throughput with 64 clients when routing is the bottleneck (requests/s, mean routing batch, the
   share of the wall time the routing thread was busy);
 - with two upstreams, one failing 30%: the share of requests answered, and how many fell back;
-- a soak of N requests: the gateway's RSS after warm-up, its peak and at the end, and whether the
-  outcome log holds one record per request.
+- a soak of N requests (a share of them routed, the rest pinned): the gateway's RSS after warm-up,
+  its peak and at the end, and whether the outcome log holds one record per request served.
 
 Every loop is bounded in count and time (`--max-seconds` for the whole run). The last line of the
 output is a JSON summary.
@@ -57,23 +57,20 @@ class Deadline:
         return self.left() <= 0
 
 
-def start_process(command: list[str], pattern: str, env: dict, timeout_s: float, stream: str = "stdout"):
-    """Start a server process and wait for the line announcing its URL."""
-    process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    pipe = process.stdout if stream == "stdout" else process.stderr
-    seen, deadline = [], time.monotonic() + timeout_s
+def start_process(command: list[str], pattern: str, env: dict, timeout_s: float, log_file: Path):
+    """Start a server process, its output going to `log_file`, and wait for the line announcing its URL."""
+    handle = open(log_file, "w")
+    process = subprocess.Popen(command, env=env, text=True, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = pipe.readline()
-        if not line and process.poll() is not None:
-            break
-        seen.append(line)
-        found = re.search(pattern, line)
+        found = re.search(pattern, log_file.read_text())
         if found:
-            # Keep draining the pipe so that the server never blocks on a full one.
-            threading.Thread(target=lambda: [None for _ in pipe], daemon=True).start()
             return process, found.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"{command[2:4]} did not start:\n{''.join(seen)[-2000:]}")
+    raise RuntimeError(f"{command[2:4]} did not start:\n{log_file.read_text()[-2000:]}")
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 60) -> int:
@@ -102,10 +99,14 @@ async def load(url: str, bodies, concurrency: int, total: int, deadline: Deadlin
                 body = bodies[index % len(bodies)]
                 started = time.perf_counter()
                 ttfb = None
-                async with client.stream("POST", url, json=body, headers=headers) as response:
-                    async for _ in response.aiter_raw():
-                        if ttfb is None:
-                            ttfb = time.perf_counter() - started
+                try:
+                    async with client.stream("POST", url, json=body, headers=headers) as response:
+                        async for _ in response.aiter_raw():
+                            if ttfb is None:
+                                ttfb = time.perf_counter() - started
+                except httpx.TransportError:  # counted as a failed request (status 0), never a crash
+                    results.append((0, None, False, None))
+                    continue
                 results.append((response.status_code, ttfb, bool(response.headers.get("x-carrot-fallbacks")),
                                 response.headers.get("x-carrot-model")))
 
@@ -139,14 +140,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--latency-ms", type=float, default=50.0, help="the fake upstreams' fixed latency")
     parser.add_argument("--requests-c1", type=int, default=100, help="requests per path at 1 client")
     parser.add_argument("--requests-c64", type=int, default=640, help="requests per path at 64 clients")
-    parser.add_argument("--failure-requests", type=int, default=1000)
+    parser.add_argument("--failure-requests", type=int, default=500)
     parser.add_argument("--soak", type=int, default=10_000, help="requests in the soak")
+    parser.add_argument("--soak-routed-share", type=float, default=0.1,
+                        help="share of the soak's requests that are routed (the rest name a candidate: on a "
+                             "shared 2-core CPU the encoder routes ~10 prompts/s, too slow for 10,000 routed)")
     parser.add_argument("--max-seconds", type=float, default=900, help="bound on the whole run")
     parser.add_argument("--threads", type=int, help="torch threads of the gateway")
     parser.add_argument("--learn-aiq", action="store_true",
                         help="also measure RouterBench test AIQ before/after feeding one candidate's train labels "
                              "as feedback (training.learning_benchmark.measure_learning_aiq)")
     parser.add_argument("--cache-dir", help="embedding cache for --learn-aiq")
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: overhead,throughput,failures,soak")
     args = parser.parse_args(argv)
     deadline = Deadline(args.max_seconds)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -161,11 +166,12 @@ def main(argv=None) -> dict:
 
     fake_command = [sys.executable, "-m", "carrot_hub.serving.fake_upstream", "--port", "0",
                     "--latency-ms", str(args.latency_ms)]
-    healthy, healthy_url = start_process(fake_command + ["--model", "fake-healthy"], r"on (http://\S+/v1)", env, 60)
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    healthy, healthy_url = start_process(fake_command + ["--model", "fake-healthy"], r"on (http://\S+/v1)", env, 60,
+                                         work / "fake-healthy.log")
     failing, failing_url = start_process(fake_command + ["--model", "fake-failing", "--failure-rate", "0.3",
                                                          "--failure", "503", "--seed", "1"],
-                                         r"on (http://\S+/v1)", env, 60)
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+                                         r"on (http://\S+/v1)", env, 60, work / "fake-failing.log")
     cheap, mid, strong = "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"
     upstreams = {cheap: {"base_url": healthy_url, "model": "fake-healthy"},
                  mid: {"base_url": healthy_url, "model": "fake-healthy"},
@@ -175,7 +181,7 @@ def main(argv=None) -> dict:
                "--upstreams", str(work / "upstreams.json"), "--port", "0", "--log-dir", str(work / "log")]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    gateway, gateway_url = start_process(command, r"on (http://\S+/v1)", env, 300, stream="stderr")
+    gateway, gateway_url = start_process(command, r"on (http://\S+/v1)", env, 300, work / "gateway.log")
     gateway_ps = psutil.Process(gateway.pid)
     summary = {"latency_ms_upstream": args.latency_ms, "cpu_count": os.cpu_count()}
     try:
@@ -190,8 +196,9 @@ def main(argv=None) -> dict:
         # Warm-up (first encoder passes, connection pools).
         asyncio.run(load(gateway_url + chat, routed[-64:], 8, 64, deadline))
 
+        skip = set(filter(None, args.skip.split(",")))
         overhead = {}
-        for clients, count in ((1, args.requests_c1), (64, args.requests_c64)):
+        for clients, count in ((1, args.requests_c1), (64, args.requests_c64)) if "overhead" not in skip else ():
             runs = {
                 "direct": asyncio.run(load(healthy_url + chat, direct, clients, count, deadline)),
                 "pinned": asyncio.run(load(gateway_url + chat, pinned, clients, count, deadline)),
@@ -211,68 +218,76 @@ def main(argv=None) -> dict:
         summary["overhead"] = overhead
 
         # Throughput when routing is the bottleneck: 64 clients, routed requests, routing stats from /metrics.
-        before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
-        started = time.perf_counter()
-        results = asyncio.run(load(gateway_url + chat, routed, 64, max(args.requests_c64, 1000), deadline))
-        wall = time.perf_counter() - started
-        after = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
-        busy = metric_sum(after, "carrot_routing_batch_seconds_sum") - metric_sum(before, "carrot_routing_batch_seconds_sum")
-        batches = metric_sum(after, "carrot_routing_batch_size_count") - metric_sum(before, "carrot_routing_batch_size_count")
-        routed_n = metric_sum(after, "carrot_routing_batch_size_sum") - metric_sum(before, "carrot_routing_batch_size_sum")
-        summary["throughput"] = {
-            "requests_per_s": round(len(results) / wall, 1), "requests": len(results),
-            "ok": sum(r[0] == 200 for r in results),
-            "mean_routing_batch": round(routed_n / batches, 1) if batches else None,
-            "routing_thread_busy_share": round(busy / wall, 3),
-        }
-        print(f"throughput: {json.dumps(summary['throughput'])}", flush=True)
+        if "throughput" not in skip:
+            before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+            started = time.perf_counter()
+            results = asyncio.run(load(gateway_url + chat, routed, 64, max(args.requests_c64, 1000), deadline))
+            wall = time.perf_counter() - started
+            after = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+            busy = metric_sum(after, "carrot_routing_batch_seconds_sum") - metric_sum(before, "carrot_routing_batch_seconds_sum")
+            batches = metric_sum(after, "carrot_routing_batch_size_count") - metric_sum(before, "carrot_routing_batch_size_count")
+            routed_n = metric_sum(after, "carrot_routing_batch_size_sum") - metric_sum(before, "carrot_routing_batch_size_sum")
+            summary["throughput"] = {
+                "requests_per_s": round(len(results) / wall, 1), "requests": len(results),
+                "ok": sum(r[0] == 200 for r in results),
+                "mean_routing_batch": round(routed_n / batches, 1) if batches else None,
+                "routing_thread_busy_share": round(busy / wall, 3),
+            }
+            print(f"throughput: {json.dumps(summary['throughput'])}", flush=True)
 
         # Two upstreams, one failing 30% of its requests with HTTP 503.
-        failing_pair = [{**body, "carrot": {"allowed": [strong, cheap], "mu": body["carrot"]["mu"] / 2}}
-                        for body in routed]
-        results = asyncio.run(load(gateway_url + chat, failing_pair, 16, args.failure_requests, deadline))
-        answered = sum(r[0] == 200 for r in results)
-        summary["failures"] = {
-            "requests": len(results), "answered_share": round(answered / max(1, len(results)), 4),
-            "fell_back": sum(r[2] for r in results),
-            "answered_by": {m: sum(r[3] == m for r in results if r[0] == 200) for m in (strong, cheap)},
-        }
-        print(f"one upstream failing 30%: {json.dumps(summary['failures'])}", flush=True)
+        if "failures" not in skip:
+            failing_pair = [{**body, "carrot": {"allowed": [strong, cheap], "mu": body["carrot"]["mu"] / 2}}
+                            for body in routed]
+            results = asyncio.run(load(gateway_url + chat, failing_pair, 16, args.failure_requests, deadline))
+            answered = sum(r[0] == 200 for r in results)
+            summary["failures"] = {
+                "requests": len(results), "answered_share": round(answered / max(1, len(results)), 4),
+                "fell_back": sum(r[2] for r in results),
+                "answered_by": {m: sum(r[3] == m for r in results if r[0] == 200) for m in (strong, cheap)},
+            }
+            print(f"one upstream failing 30%: {json.dumps(summary['failures'])}", flush=True)
 
         # Soak: RSS sampled every 0.5 s; records counted after a clean shutdown.
-        metrics_before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
-        served_before = metric_sum(metrics_before, "carrot_requests_total")
-        samples, stop_sampling = [], threading.Event()
+        if "soak" not in skip:
+            metrics_before = httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text
+            served_before = metric_sum(metrics_before, "carrot_requests_total")
+            samples, stop_sampling = [], threading.Event()
 
-        def sample():
-            while not stop_sampling.wait(0.5):
-                samples.append((time.perf_counter(), gateway_ps.memory_info().rss))
+            def sample():
+                while not stop_sampling.wait(0.5):
+                    samples.append((time.perf_counter(), gateway_ps.memory_info().rss))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        warm = min(1000, args.soak // 10)
-        asyncio.run(load(gateway_url + chat, routed, 64, warm, deadline))
-        rss_start = gateway_ps.memory_info().rss
-        sampler.start()
-        started = time.perf_counter()
-        results = asyncio.run(load(gateway_url + chat, routed, 64, args.soak - warm, deadline))
-        soak_wall = time.perf_counter() - started
-        stop_sampling.set()
-        sampler.join()
-        rss_end = gateway_ps.memory_info().rss
-        rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
-        served_total = metric_sum(httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text, "carrot_requests_total")
-        summary["soak"] = {
-            "requests": warm + len(results), "ok": sum(r[0] == 200 for r in results) + warm,
-            "seconds": round(soak_wall, 1), "rss_mb_start": round(rss_start / 2**20, 1),
-            "rss_mb_peak": round(rss_peak / 2**20, 1), "rss_mb_end": round(rss_end / 2**20, 1),
-            "rss_growth": round(rss_end / rss_start - 1, 4),
-            "served_in_soak": int(served_total - served_before),
-        }
+            sampler = threading.Thread(target=sample, daemon=True)
+            every = max(1, round(1 / args.soak_routed_share)) if args.soak_routed_share > 0 else None
+            soak_bodies = [routed[i] if every and i % every == 0 else pinned[i] for i in range(len(prompts))]
+            warm = min(1000, args.soak // 10)
+            asyncio.run(load(gateway_url + chat, soak_bodies, 64, warm, deadline))
+            rss_start = gateway_ps.memory_info().rss
+            sampler.start()
+            started = time.perf_counter()
+            results = asyncio.run(load(gateway_url + chat, soak_bodies, 64, args.soak - warm, deadline))
+            soak_wall = time.perf_counter() - started
+            stop_sampling.set()
+            sampler.join()
+            rss_end = gateway_ps.memory_info().rss
+            rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
+            served_total = metric_sum(httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text, "carrot_requests_total")
+            summary["soak"] = {
+                "requests": warm + len(results), "ok_after_warm_up": sum(r[0] == 200 for r in results),
+                "transport_errors": sum(r[0] == 0 for r in results),
+                "routed_share": args.soak_routed_share, "seconds": round(soak_wall, 1), "rss_mb_start": round(rss_start / 2**20, 1),
+                "rss_mb_peak": round(rss_peak / 2**20, 1), "rss_mb_end": round(rss_end / 2**20, 1),
+                "rss_growth": round(rss_end / rss_start - 1, 4),
+                "served_in_soak": int(served_total - served_before),
+            }
     finally:
         code = stop_process(gateway)
         stop_process(healthy)
         stop_process(failing)
     summary["gateway_exit_code"] = code
+    if code != 0:
+        summary["gateway_log_tail"] = (work / "gateway.log").read_text()[-1500:]
     if "soak" in summary:
         served = int(served_total)
         records = count_records(work / "log")
