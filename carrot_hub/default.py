@@ -34,6 +34,7 @@ from .embedding_cache import embeddings_key, load_embeddings
 from .modeling_carrot import CarrotRouter
 from .precision import resolve_encoder_dtype
 from .progress import quiet_progress_bars
+from .reliability import fit_knn_reliability
 
 DEFAULT_DATA_DIR = packaged_table_dir(DEFAULT_TABLE)
 DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
@@ -42,8 +43,8 @@ DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
 DEFAULT_KNN_K = 128
 DEFAULT_STATIC_KNN_K = 64
 DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see README, "Static encoder"
-_CACHE_VERSION = "v5"  # v5: support and prior quality stored with the router
-_STATIC_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v6"  # v6: support, calibration and shrinkage stored with the router
+_STATIC_CACHE_VERSION = "v2"  # v2: calibration and shrinkage stored with the router
 
 
 def cache_root() -> Path:
@@ -163,6 +164,7 @@ def build_default_router(
     if embeddings is None:  # static, or another encoder version or cutting rule: encode the prompts here
         embeddings = router.encode(table.prompts, batch_size=32, progress=progress).embeddings
     fit_knn(router, embeddings, table)
+    fit_knn_reliability(router, table, embeddings)  # calibration, threshold and shrinkage, chosen out of fold
     folder = Path(folder)
     if _is_built(folder):  # another process finished while this one was fitting
         return folder

@@ -531,13 +531,13 @@ class CarrotReliability(nn.Module):
     (`calibration_x` → `calibration_y`, fitted on out-of-fold predictions at training time) turns the
     predictor's quality into a calibrated one. Out of distribution the prediction is not to be
     trusted, so it moves toward the candidate's prior quality (its mean score on the training
-    data): quality = prior + w · (calibrated − prior) with w = floor + (1 − floor) · min(1, support /
-    threshold). In distribution (support ≥ threshold) w = 1 and decisions use the calibrated
-    prediction only. The floor is fitted at training time on prompts of tasks held out of the
-    training data (least squares; see `carrot_hub.reliability`). The band `[quality_low,
-    quality_high]` is quality ± (w · spread_in + (1 − w) · spread_out): `spread_in` is the
-    out-of-fold calibration error in distribution, `spread_out` how far a held-out task's mean
-    quality fell from the prior.
+    data): with t = min(1, support / threshold), quality = prior + w · (calibrated − prior) and
+    w = floor + (1 − floor) · t. In distribution (support ≥ threshold) w = 1 and decisions use the
+    calibrated prediction only. The floor is chosen at training time on prompts of tasks held out
+    of the training data (see `carrot_hub.reliability`). The band `[quality_low, quality_high]` is
+    quality ± (t · spread_in + (1 − t) · spread_out): `spread_in` is the out-of-fold calibration
+    error in distribution, `spread_out` how far a held-out task's mean quality fell from the prior;
+    it widens as support falls whatever the floor.
 
     Buffers:
         reference (`(n_reference,)`): sorted leave-one-out similarities (or their quantiles).
@@ -576,9 +576,12 @@ class CarrotReliability(nn.Module):
         """
         calibrated = interpolate_monotone(quality.float(), self.calibration_x, self.calibration_y)
         trust = support.float().clamp(0, 1) / threshold if threshold > 0 else torch.ones_like(support.float())
-        weight = (floor + (1.0 - floor) * trust.clamp(max=1.0))[:, None]  # (batch, 1)
-        adjusted = self.prior[None, :] + weight * (calibrated - self.prior[None, :])
-        half_width = weight * self.spread_in[None, :] + (1.0 - weight) * self.spread_out[None, :]
+        trust = trust.clamp(max=1.0)[:, None]  # (batch, 1): 0 at support 0, 1 from the threshold up
+        weight = floor + (1.0 - floor) * trust
+        adjusted = torch.where(
+            weight >= 1.0, calibrated, self.prior[None, :] + weight * (calibrated - self.prior[None, :])
+        )
+        half_width = trust * self.spread_in[None, :] + (1.0 - trust) * self.spread_out[None, :]
         return adjusted, (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
 class CarrotStaticEncoder(nn.Module):
     r"""

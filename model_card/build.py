@@ -204,6 +204,26 @@ def _hyperparameters(config) -> list[dict]:
     return [{"name": name, "value": value} for name, value in items]
 
 
+def _reliability_context(config) -> dict | None:
+    """What the card says about support, the threshold, calibration and the ood policy (None: saved before support)."""
+    if not getattr(config, "has_support", False):
+        return None
+    threshold = config.support_threshold
+    floor = config.shrink_floor
+    return {
+        "support_k": config.support_k,
+        "threshold": f"{threshold:g}",
+        "threshold_percent": f"{threshold:.1%}",
+        "complement_percent": f"{1 - threshold:.1%}",
+        "memory": "its kNN memory" if config.predictor_kind == "knn" else f"{config.support_memory_size} stored training-prompt embeddings",
+        "calibration": {
+            "isotonic": "isotonic regression", "platt": "Platt scaling", "identity": "none (the out-of-fold predictions were best as they are)",
+        }.get(config.calibration_method or "identity", config.calibration_method),
+        "floor": f"{floor:g}",
+        "ood_policy": config.ood_policy,
+    }
+
+
 def _metric_rows(entry: Mapping) -> list[dict]:
     rows = []
     for key, label in METRICS.items():
@@ -324,6 +344,7 @@ def build_model_card(
         "training_data_short": _first_clause(training_data) if training_data else "unknown",
         "hyperparameters": _hyperparameters(config),
         "max_prompt_tokens": config.max_prompt_tokens,
+        "reliability": _reliability_context(config),
     }
     card = ModelCard.from_template(data, template_path=str(TEMPLATE_PATH), **context)
     return str(card)

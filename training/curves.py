@@ -131,6 +131,7 @@ class CostQualityCurve:
         pair_fraction, pair_qualities (`np.ndarray` `(k2,)` or None): the same router restricted to
             the strong/weak pair: fraction of prompts sent to the strong model, and quality.
         prediction_quality (`dict` or None): see `metrics.prediction_quality`.
+        support (`np.ndarray` `(n,)` or None): a router's support per test prompt (NaN = unknown).
         info (`dict`): anything else worth reporting (chosen k, cost scale, ...).
         cost_prediction (`dict` or None): errors of the predicted output tokens and dollars, see
             `metrics.cost_prediction_errors`.
@@ -151,6 +152,7 @@ class CostQualityCurve:
     info: dict = field(default_factory=dict)
     cost_prediction: dict | None = None
     oracle_cost: "CostQualityCurve | None" = None
+    support: np.ndarray | None = None
 
 
 def decide_all(

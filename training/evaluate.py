@@ -190,9 +190,10 @@ def router_curve(
         curve.pair_fraction = (pair_choices == truth.column(pair[0])).mean(axis=1)
         curve.pair_qualities = truth.realised(pair_choices)[1]
     columns = [router_models.index(m) for m in truth.models]
+    quality = predictions.quality.numpy()[:, columns]
     curve.prediction_quality = metrics.prediction_quality(
         truth.models,
-        predictions.quality.numpy()[:, columns],
+        quality,
         truth.raw_scores,
         predictions.output_tokens.numpy()[:, columns],
         truth.output_tokens,
@@ -206,6 +207,8 @@ def router_curve(
         predictions.output_tokens.numpy()[:, columns],
         truth.output_tokens,
     )
+    curve.prediction_quality.update(reliability_report(router, predictions, quality, truth, choices))
+    curve.support = predictions.support.numpy() if predictions.support is not None else None
     return curve, truth
 
 
@@ -222,6 +225,47 @@ def with_true_output_tokens(predictions, truth: GroundTruth, router_models: Sequ
             true = torch.as_tensor(truth.output_tokens[:, truth.column(model)], dtype=tokens.dtype)
             tokens[:, column] = torch.where(torch.isnan(true), tokens[:, column], true)
     return replace(predictions, output_tokens=tokens)
+
+
+def reliability_report(router, predictions, quality: np.ndarray, truth: GroundTruth, choices: np.ndarray) -> dict:
+    """
+    How far the router's quality can be trusted on this split: `calibration` (ECE and the
+    reliability diagram's bins over every observed cell), `chosen_quality_gap` (predicted minus
+    realised quality of the chosen model, mean over prompts and over the μ sweep) and `support`
+    (its mean and the share of prompts out of distribution; None for a router saved before support).
+    """
+    support = predictions.support.numpy() if predictions.support is not None else np.full(len(quality), np.nan)
+    known = ~np.isnan(support)
+    return {
+        "calibration": metrics.expected_calibration_error(truth.raw_scores, quality),
+        "chosen_quality_gap": metrics.chosen_quality_gap(quality, truth.scores, choices),
+        "support": None if not known.any() else {
+            "mean": float(support[known].mean()),
+            "threshold": float(router.config.support_threshold),
+            "out_of_distribution": float((support[known] <= router.config.support_threshold).mean()),
+        },
+    }
+
+
+def shift_report(router, curve: CostQualityCurve, shifted_table, mu_grid, name: str, progress: bool = False, **options) -> dict:
+    """
+    The router on a second, "shifted" test set next to the first (whose curve is `curve`): the AUROC
+    of `support` for telling the first set's prompts (positives) from the shifted ones, and the
+    shifted set's calibration, chosen-model gap and share flagged out of distribution.
+    """
+    shifted_curve, _ = router_curve(router, shifted_table, mu_grid, name=f"{name} (shifted)", progress=progress, **options)
+    report = {"n_prompts": len(shifted_table), "support_auroc": None}
+    if curve.support is not None and shifted_curve.support is not None:
+        in_support, out_support = curve.support, shifted_curve.support
+        if not (np.isnan(in_support).any() or np.isnan(out_support).any()):
+            labels = np.r_[np.ones(in_support.size), np.zeros(out_support.size)]
+            report["support_auroc"] = metrics.auroc(labels, np.r_[in_support, out_support])
+    prediction = shifted_curve.prediction_quality
+    report.update({key: prediction[key] for key in ("calibration", "chosen_quality_gap", "support")})
+    report["aiq"] = metrics.aiq(shifted_curve.costs, shifted_curve.qualities)
+    if report["support_auroc"] is None:
+        report["note"] = "support unknown: the router was saved before support existed"
+    return report
 
 
 def evaluate_router(
@@ -508,6 +552,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--plot", default=None, help="write the cost–quality curves as a PNG here")
+    parser.add_argument("--reliability-plot", default=None,
+                        help="write the reliability diagram (mean score against mean predicted quality) as a PNG here")
+    parser.add_argument("--shifted-data", default=None,
+                        help="a second routing data source, e.g. tasks the router never saw: report the AUROC of "
+                             "support for telling it from --data, and its calibration")
+    parser.add_argument("--shifted-split", default="test", help="split of --shifted-data (default: test)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -521,6 +571,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise BadInputError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
     check_output_file(args.out, "--out", ".json")  # before the run, not after it
     check_output_file(args.plot, "--plot", ".png")
+    check_output_file(args.reliability_plot, "--reliability-plot", ".png")
     source, described = _data_source(args.data)
     progress = not args.quiet
     split, table = load_test_split(source, args.split, progress=progress)
@@ -539,7 +590,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         on_unscored_model="drop" if args.drop_unscored else "raise",
         on_price_mismatch="table" if args.use_data_prices else "raise",
     )
-    curves, truth, first_router, overlaps = [], None, None, {}
+    shifted = None
+    if args.shifted_data:
+        _, shifted = load_test_split(str(args.shifted_data), args.shifted_split, progress=progress)
+    curves, truth, first_router, overlaps, shifts = [], None, None, {}, {}
     names = _unique_names(args.router)
     try:
         for name, source_router in zip(names, args.router):
@@ -559,6 +613,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             overlaps[name] = router_training_overlap(router, source_router, table.prompts, encoding.embeddings)
             curve, truth = router_curve(router, table, mu_grid, embeddings=encoding, pair=pair, name=name, progress=progress, **options)
             curves.append(curve)
+            if shifted is not None:
+                shifts[name] = shift_report(router, curve, shifted, mu_grid, name, progress=progress, **options)
         if train is not None:
             curves.extend(_trained_baselines_for(first_router, train, table, truth, pair, mu_grid, args))
     except ValueError as error:  # mismatched models or prices, unscored models: bad input for this data
@@ -566,7 +622,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = summarize([*curves, *no_training_baselines(truth, pair)], truth, pair)
     results["data"]["source"], results["data"]["split"] = str(source), split
     results["data"]["router_training_overlap"] = overlaps
+    for name, report in shifts.items():
+        report["source"], report["split"] = str(args.shifted_data), args.shifted_split
+        results["routers"][name]["shift"] = report
     print(format_table(results))
+    print(format_reliability(results))
     for name, overlap in overlaps.items():
         if overlap and overlap["shared_prompts"]:
             print(f"warning: {name} was trained on {overlap['shared_prompts']} of the {overlap['of']} evaluated prompts "
@@ -577,7 +637,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from training.plots import plot_curves
 
         print(f"curves drawn in {plot_curves(results, args.plot)}")
+    if args.reliability_plot:
+        from training.plots import plot_reliability
+
+        print(f"reliability diagram drawn in {plot_reliability(results, args.reliability_plot)}")
     return 0
+
+
+def format_reliability(results: dict) -> str:
+    """Per router: ECE, the chosen model's mean quality gap, the share out of distribution, and the shift check."""
+    lines = []
+    for name, entry in results["routers"].items():
+        prediction = entry.get("prediction_quality") or {}
+        if "calibration" not in prediction:
+            continue
+        gap = prediction["chosen_quality_gap"]["mean_gap"]
+        support = prediction.get("support")
+        support_text = "support unknown (router saved before support)" if support is None else (
+            f"{support['out_of_distribution']:.1%} of prompts out of distribution (support ≤ {support['threshold']:g})")
+        lines.append(f"{name}: ECE {prediction['calibration']['ece']:.4f}; chosen model's predicted − realised quality "
+                     f"{gap:+.4f} (mean over μ); {support_text}")
+        shift = entry.get("shift")
+        if shift:
+            auroc = "unknown" if shift["support_auroc"] is None else f"{shift['support_auroc']:.4f}"
+            lines.append(f"  shifted set ({shift['n_prompts']} prompts): support AUROC {auroc}; ECE "
+                         f"{shift['calibration']['ece']:.4f}; chosen model's predicted − realised quality "
+                         f"{shift['chosen_quality_gap']['mean_gap']:+.4f}")
+    return "\n".join(lines)
 
 
 def _data_source(data) -> tuple[str, str]:

@@ -212,6 +212,7 @@ def train_finetuned_router(
         frozen_router, heads_report = train_heads_router(
             fit_table, validation_table=validation_table, seed=seed, encoder=encoder, hidden=hidden,
             dropout=dropout, cost_scale=cost_scale, cache_dir=cache_dir, progress=progress and accelerator.is_main_process,
+            reliability_folds=0,  # the fine-tuned encoder moves the embeddings: support is refitted below
             **config_fields,
         )
         router.predictor.load_state_dict(frozen_router.predictor.state_dict())

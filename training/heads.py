@@ -15,6 +15,7 @@ import torch
 
 from carrot_hub.building import fit_support_and_prior
 from carrot_hub.configuration_carrot import CarrotConfig
+from carrot_hub.reliability import fit_reliability
 from carrot_hub.modeling_carrot import CarrotMLPHeads, carrot_loss
 from transformers.utils.logging import tqdm
 
@@ -164,6 +165,7 @@ def train_heads_router(
     drop_unscored_models: bool = False,
     cache_dir=None,
     progress: bool = True,
+    reliability_folds: int = 5,
     **config_fields,
 ):
     """
@@ -184,6 +186,9 @@ def train_heads_router(
             (their mean in logit space); the saved width is `ensemble × hidden`.
         token_loss_weight: weight of the log-token MSE next to the quality BCE.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
+        reliability_folds: folds of the out-of-fold predictions that fit the calibration (the same
+            ensemble is trained once per fold and once per held-out task; see
+            `carrot_hub.reliability`); 0 keeps support and prior only (no calibration, no shrinkage).
         config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
@@ -227,30 +232,44 @@ def train_heads_router(
 
     member_config = CarrotConfig(**{**router.config.to_dict(), "head_hidden_size": hidden})
     embedding_size = embeddings.shape[1]
-    members, member_reports = [], []
-    for member in range(ensemble):
-        torch.manual_seed(seed + member)
-        heads = CarrotMLPHeads(member_config, embedding_size)
-        heads.apply(router._init_weights)
-        member_reports.append(
-            fit_heads(
-                heads,
-                *fit_data,
-                *validation_data,
-                seed=seed + member,
-                max_epochs=max_epochs,
-                patience=patience,
-                lr=lr,
-                weight_decay=weight_decay,
-                batch_size=batch_size,
-                token_loss_weight=token_loss_weight,
-                progress=progress,
-            )
-        )
-        members.append(heads)
-    router.predictor = merge_heads(members, router.config, embedding_size) if ensemble > 1 else members[0]
+    settings = dict(max_epochs=max_epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+                    batch_size=batch_size, token_loss_weight=token_loss_weight)
+
+    def fit_ensemble(train_data, held_out_data, show_progress=progress):
+        members, reports = [], []
+        for member in range(ensemble):
+            torch.manual_seed(seed + member)
+            heads = CarrotMLPHeads(member_config, embedding_size)
+            heads.apply(router._init_weights)
+            reports.append(fit_heads(heads, *train_data, *held_out_data, seed=seed + member, progress=show_progress, **settings))
+            members.append(heads)
+        merged = merge_heads(members, router.config, embedding_size) if ensemble > 1 else members[0]
+        return merged.eval(), reports
+
+    router.predictor, member_reports = fit_ensemble(fit_data, validation_data)
     router.eval()
     fit_support_and_prior(router, train_table, embeddings=embeddings)
+    reliability = None
+    if reliability_folds:
+        def predict_held_out(train_rows, test_rows):
+            """Heads trained (early-stopped on a seeded 10% of `train_rows`) without `test_rows`: their quality."""
+            inner_train, inner_validation = split_train_validation(len(train_rows), validation_fraction, seed)
+            inner_train, inner_validation = np.asarray(train_rows)[inner_train], np.asarray(train_rows)[inner_validation]
+            heads, _ = fit_ensemble(
+                (embeddings[inner_train], scores[inner_train], tokens[inner_train]),
+                (embeddings[inner_validation], scores[inner_validation], tokens[inner_validation]),
+                show_progress=False,
+            )
+            with torch.no_grad():
+                return torch.sigmoid(heads(embeddings[torch.as_tensor(test_rows)])[0]).numpy()
+
+        from .knn import fold_indices
+
+        oof_quality = np.zeros(tuple(scores.shape))
+        for held_out in fold_indices(len(train_table), reliability_folds, seed):
+            kept = np.setdiff1d(np.arange(len(train_table)), held_out)
+            oof_quality[held_out] = predict_held_out(kept, held_out)
+        reliability = fit_reliability(router, train_table, embeddings, oof_quality, predict_held_out, seed=seed)
     report = {
         "predictor_kind": "mlp",
         "encoder_kind": router.config.encoder_kind,
@@ -268,5 +287,7 @@ def train_heads_router(
         "seed": seed,
         "members": [{k: v for k, v in r.items() if k != "history"} for r in member_reports],
         "best_validation_loss": float(np.mean([r["best_validation_loss"] for r in member_reports])),
+        "reliability_folds": reliability_folds,
+        "reliability": reliability,
     }
     return router, report

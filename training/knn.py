@@ -7,6 +7,7 @@ import torch
 
 from carrot_hub.building import fit_knn
 from carrot_hub.modeling_carrot import predicted_cost
+from carrot_hub.reliability import fit_reliability, knn_held_out_predictor
 
 from .embeddings import embed_table
 from .curves import decide_all, ground_truth
@@ -55,7 +56,8 @@ def cross_validate_k(
         embeddings: `(n, hidden)` embeddings of `table`'s prompts.
 
     Returns:
-        `{"k_grid", "aiq", "brier", "log_token_mse"}`, each score list aligned with `k_grid`: the
+        `{"k_grid", "oof_quality", "aiq", "brier", "log_token_mse"}`, each aligned with `k_grid` (the
+        out-of-fold quality predictions `(len(k_grid), n, n_models)`, not JSON); the
         out-of-fold AIQ of routing (max cost: the dearest single model, or the dearest curve), the Brier score of the
         quality predictions and the squared error of log(1 + output tokens), over observed cells.
     """
@@ -87,6 +89,7 @@ def cross_validate_k(
     routing_aiq = [aiq(costs, qualities, max_cost=max_cost) for costs, qualities in curves]
     return {
         "k_grid": [int(k) for k in k_grid],
+        "oof_quality": oof_quality,
         "aiq": routing_aiq,
         "brier": [masked_brier(quality, scores) for quality in oof_quality],
         "log_token_mse": [masked_log_token_mse(log_tokens, output_tokens) for log_tokens in oof_log_tokens],
@@ -150,10 +153,15 @@ def train_knn_router(
             f"embeddings has {embeddings.shape[0]} rows but the table has {len(train_table)} prompts."
         )
     cv = cross_validate_k(router, embeddings, train_table, k_grid, folds=folds, seed=seed)
+    oof_quality = cv.pop("oof_quality")
     chosen_k = best_k(cv)
     router.config.knn_k = chosen_k
     router.predictor.k = chosen_k
     fit_knn(router, embeddings, train_table)
+    reliability = fit_reliability(
+        router, train_table, embeddings, oof_quality[cv["k_grid"].index(chosen_k)].numpy(),
+        knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed,
+    )
     report = {
         "predictor_kind": "knn",
         "encoder_kind": router.config.encoder_kind,
@@ -165,5 +173,7 @@ def train_knn_router(
         "cv_criterion": "out-of-fold AIQ of routing (ties: Brier)",
         **cv,
         "k": chosen_k,
+        "reliability": reliability,
     }
     return router, report
+

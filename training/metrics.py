@@ -358,7 +358,60 @@ def cost_prediction_errors(
     }
 
 
+def expected_calibration_error(labels, predictions, bins: int = 15) -> dict:
+    """
+    Expected calibration error of predicted quality: cells `(n,)` or `(n, m)` (NaN labels are left
+    out) put in `bins` equal-width bins of the prediction over [0, 1]; ECE is the count-weighted mean
+    of |mean score − mean prediction| over the bins. Returns `{"ece", "n", "bins": [{"lower",
+    "upper", "count", "mean_prediction", "mean_score"}]}` (the reliability diagram's data).
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels has {labels.size} cells but predictions has {predictions.size}.")
+    observed = ~np.isnan(labels)
+    labels, predictions = labels[observed], np.clip(predictions[observed], 0.0, 1.0)
+    if labels.size == 0:
+        raise ValueError("No observed scores: calibration cannot be measured.")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(predictions, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        entry = {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
+                 "mean_prediction": None, "mean_score": None}
+        if count:
+            entry["mean_prediction"] = float(predictions[members].mean())
+            entry["mean_score"] = float(labels[members].mean())
+            ece += count * abs(entry["mean_score"] - entry["mean_prediction"])
+        table.append(entry)
+    return {"ece": float(ece / labels.size), "n": int(labels.size), "bins": table}
+
+
+def chosen_quality_gap(predicted_quality, true_scores, choices) -> dict:
+    """
+    How far the predicted quality of the chosen model is from what it really scored.
+
+    Args:
+        predicted_quality: `(n, m)` predictions; true_scores: `(n, m)` with missing cells filled
+            (e.g. 0 = wrong); choices: `(k, n)` chosen column per μ (or `(n,)`).
+
+    Returns:
+        `{"mean_gap"` (predicted − realised, mean over prompts then over the k μ values; positive =
+        over-estimate), `"mean_abs_gap"` (of the per-μ mean gaps), `"per_mu"` (k mean gaps)}.
+    """
+    predicted_quality = np.asarray(predicted_quality, dtype=np.float64)
+    true_scores = np.asarray(true_scores, dtype=np.float64)
+    choices = np.atleast_2d(np.asarray(choices, dtype=np.int64))
+    rows = np.arange(predicted_quality.shape[0])[None, :]
+    gaps = (predicted_quality[rows, choices] - true_scores[rows, choices]).mean(axis=1)
+    return {"mean_gap": float(gaps.mean()), "mean_abs_gap": float(np.abs(gaps).mean()), "per_mu": gaps.tolist()}
+
+
 __all__ = [
+    "expected_calibration_error",
+    "chosen_quality_gap",
     "upper_hull",
     "hull_quality_at",
     "aiq",

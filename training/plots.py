@@ -73,4 +73,52 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
     return path
 
 
-__all__ = ["legend_label", "plot_curves"]
+def plot_reliability(results: dict, path, bins_min_count: int = 1) -> Path:
+    """
+    Reliability diagram of every router in `results` (from `carrot evaluate`): mean true score
+    against mean predicted quality per bin (dot size ~ cells in the bin), the diagonal of perfect
+    calibration, and each router's ECE in the legend; a PNG at `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"The reliability diagram is written as PNG: give a file name ending in .png, not {path.name!r}.")
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    drawn = 0
+    for name, entry in results.get("routers", {}).items():
+        for label, calibration in ((name, (entry.get("prediction_quality") or {}).get("calibration")),
+                                   (f"{name} (shifted)", (entry.get("shift") or {}).get("calibration"))):
+            if not calibration:
+                continue
+            bins = [b for b in calibration["bins"] if b["count"] >= bins_min_count]
+            x = np.array([b["mean_prediction"] for b in bins])
+            y = np.array([b["mean_score"] for b in bins])
+            sizes = 10 + 150 * np.sqrt(np.array([b["count"] for b in bins]) / max(calibration["n"], 1))
+            line = ax.plot(x, y, marker="o", markersize=3, label=f"{label} (ECE {calibration['ece']:.3f})")[0]
+            ax.scatter(x, y, s=sizes, color=line.get_color(), alpha=0.5)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError("The results hold no router with calibration figures to draw.")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted quality (bin)")
+    ax.set_ylabel("mean true score (bin)")
+    ax.set_title("Reliability of predicted quality")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["legend_label", "plot_curves", "plot_reliability"]

@@ -78,6 +78,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     heads.add_argument("--max-epochs", type=int, help="mlp: epoch limit (default 300); finetune: epochs (default 3)")
     heads.add_argument("--patience", type=int, default=20, help="mlp: early-stopping patience in epochs")
     heads.add_argument("--ensemble", type=int, default=1, help="mlp: seeds averaged into one set of heads")
+    heads.add_argument("--reliability-folds", type=int, default=5,
+                       help="mlp: folds of the out-of-fold predictions that fit calibration and shrinkage "
+                            "(the heads are trained once more per fold and per training task; 0: support only)")
     heads.add_argument("--batch-size", type=int, help="training batch size (default: mlp 64, finetune 16)")
     heads.add_argument("--checkpoint-every", type=int, default=100, help="finetune: optimizer steps between checkpoints")
     heads.add_argument("--max-steps", type=int, help="finetune: stop after this many optimizer steps")
@@ -216,6 +219,7 @@ def run_train(args) -> int:
             max_epochs=args.max_epochs or 300,
             patience=args.patience,
             ensemble=args.ensemble,
+            reliability_folds=args.reliability_folds,
             batch_size=args.batch_size or 64,
             **common,
         )

@@ -1,0 +1,173 @@
+"""Calibration maps, the support-aware quality and its band, the rules' fitting, and their evaluation."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from carrot_hub import CarrotRouter
+from carrot_hub.building import fit_knn, new_router
+from carrot_hub.modeling_carrot import PromptEncoding, interpolate_monotone
+from carrot_hub.reliability import (
+    FLOOR_GRID,
+    THRESHOLD_GRID,
+    choose_calibration,
+    fit_reliability,
+    knn_held_out_predictor,
+    isotonic_knots,
+    platt_knots,
+    spherical_kmeans,
+)
+from training import metrics
+
+from .conftest import TINY_MODELS, TINY_PRICES, make_tiny_table
+from .test_router_support import clustered_embeddings, synthetic_table
+
+
+def test_isotonic_map_is_monotone_and_fits_steps():
+    x = np.linspace(0, 1, 200)
+    y = (x > 0.5).astype(float)
+    knots_x, knots_y = isotonic_knots(x, y)
+    assert np.all(np.diff(knots_x) > 0) and np.all(np.diff(knots_y) >= 0)
+    assert np.interp(0.2, knots_x, knots_y) == pytest.approx(0.0) and np.interp(0.8, knots_x, knots_y) == pytest.approx(1.0)
+
+
+def test_platt_recovers_an_over_confident_predictor():
+    rng = np.random.default_rng(0)
+    true_probability = rng.uniform(0.05, 0.95, 4000)
+    logit = np.log(true_probability / (1 - true_probability))
+    predicted = 1 / (1 + np.exp(-2.0 * logit))  # twice too confident
+    outcomes = (rng.uniform(size=true_probability.size) < true_probability).astype(float)
+    knots_x, knots_y = platt_knots(predicted, outcomes)
+    calibrated = np.interp(predicted, knots_x, knots_y)
+    assert np.abs(calibrated - true_probability).mean() < 0.03
+    assert np.abs(predicted - true_probability).mean() > 0.08
+
+
+def test_calibration_choice_follows_out_of_fold_evidence():
+    rng = np.random.default_rng(1)
+    probability = rng.uniform(0, 1, (3000, 2))
+    scores = (rng.uniform(size=probability.shape) < probability).astype(float)
+    method, briers = choose_calibration(probability, scores)
+    assert method == "identity" or briers[method] > briers["identity"] - 1e-3, "a calibrated predictor needs no map"
+    skewed = probability**3  # under-confident toward 0
+    method, briers = choose_calibration(skewed, scores)
+    assert method in ("isotonic", "platt") and briers[method] < briers["identity"] - 0.01
+
+
+def test_piecewise_linear_map_matches_numpy():
+    knots_x = torch.tensor([[0.0, 0.3, 1.0], [0.0, 0.5, 0.5]])  # second row: a repeated (padding) knot
+    knots_y = torch.tensor([[0.1, 0.2, 0.9], [0.0, 0.6, 0.6]])
+    values = torch.tensor([[0.0, 0.2], [0.15, 0.5], [0.65, 0.9]])
+    mapped = interpolate_monotone(values, knots_x, knots_y)
+    assert np.allclose(mapped[:, 0].numpy(), np.interp(values[:, 0].numpy(), [0.0, 0.3, 1.0], [0.1, 0.2, 0.9]), atol=1e-6)
+    assert np.allclose(mapped[:, 1].numpy(), np.interp(values[:, 1].numpy(), [0.0, 0.5], [0.0, 0.6]), atol=1e-6)
+
+
+def test_spherical_kmeans_finds_two_clusters():
+    embeddings, _ = clustered_embeddings(n_per_cluster=30)
+    labels = spherical_kmeans(embeddings, 2, seed=0)
+    assert len(set(labels[:30])) == 1 and len(set(labels[30:])) == 1 and labels[0] != labels[-1]
+
+
+@pytest.fixture(scope="module")
+def fitted_knn():
+    embeddings, centres = clustered_embeddings(n_per_cluster=60)
+    table = synthetic_table(embeddings.shape[0])
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
+    fit_knn(router, embeddings, table)
+    predict = knn_held_out_predictor(embeddings, table, 8)
+    n = embeddings.shape[0]
+    oof = np.zeros((n, 3))
+    for fold in np.array_split(np.random.default_rng(0).permutation(n), 5):
+        oof[fold] = predict(np.setdiff1d(np.arange(n), fold), fold)
+    report = fit_reliability(router, table, embeddings, oof, predict)
+    return router, report, embeddings, centres
+
+
+def test_fit_reliability_picks_from_its_grids_and_reports_the_evidence(fitted_knn):
+    router, report, _, _ = fitted_knn
+    config = router.config
+    assert report["grouping"].startswith("tasks") and report["n_groups"] == 2
+    assert config.support_threshold in THRESHOLD_GRID and config.shrink_floor in FLOOR_GRID
+    assert config.calibration_method in ("identity", "isotonic", "platt")
+    evidence = report["held_out_groups"]
+    assert set(evidence["chosen_overestimate_by_floor"]) == {str(f) for f in FLOOR_GRID}
+    assert 0.0 <= evidence["least_squares_floor"] <= 1.0
+    prior = router.reliability.prior.numpy()
+    assert prior[0] == pytest.approx(1.0)  # the first model is always right in the synthetic table
+    assert np.all(router.reliability.spread_out.numpy() >= router.reliability.spread_in.numpy())
+
+
+def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_knn, tmp_path):
+    router, _, embeddings, centres = fitted_knn
+    far = torch.nn.functional.normalize(torch.randn(3, 384, generator=torch.Generator().manual_seed(7)), dim=1)
+    probe = torch.cat([centres, far])
+    encoding = PromptEncoding(probe, torch.full((5,), 30.0), [False] * 5)
+    config = router.config
+    saved_floor, reliability = config.shrink_floor, router.reliability
+    saved_spreads = reliability.spread_in.clone(), reliability.spread_out.clone()
+    try:
+        reliability.spread_in, reliability.spread_out = torch.full((3,), 0.02), torch.full((3,), 0.2)
+        config.shrink_floor = 0.0
+        predictions = router.predict_encoded(encoding)
+        raw, _ = router.predict_raw(probe)
+        assert torch.all(predictions.support[2:] == 0)
+        assert torch.allclose(predictions.quality[2:], router.reliability.prior.expand(3, -1), atol=1e-6)
+        width = predictions.quality_high - predictions.quality_low
+        assert width[2:].mean(1).min() > width[:2].mean(1).max()
+        assert torch.all(predictions.quality_low <= predictions.quality) and torch.all(predictions.quality <= predictions.quality_high)
+        config.shrink_floor = 1.0
+        unshrunk = router.predict_encoded(encoding)
+        calibrated = interpolate_monotone(raw, router.reliability.calibration_x, router.reliability.calibration_y)
+        assert torch.allclose(unshrunk.quality, calibrated, atol=1e-6)
+        # in distribution (support at or above the threshold) the floor changes nothing
+        inside = predictions.support >= config.support_threshold
+        assert torch.equal(predictions.quality[inside], unshrunk.quality[inside])
+    finally:
+        config.shrink_floor = saved_floor
+        reliability.spread_in, reliability.spread_out = saved_spreads
+    router.save_pretrained(tmp_path / "r")
+    loaded = CarrotRouter.from_pretrained(tmp_path / "r")
+    assert loaded.config.calibration_method == config.calibration_method
+    assert torch.equal(loaded.predict_encoded(encoding).quality, router.predict_encoded(encoding).quality)
+
+
+def test_expected_calibration_error_and_chosen_gap():
+    labels = np.array([[1.0, 0.0], [1.0, np.nan], [0.0, 1.0], [1.0, 0.0]])
+    predictions = np.array([[0.75, 0.25], [0.75, 0.9], [0.75, 0.25], [0.75, 0.25]])
+    ece = metrics.expected_calibration_error(labels, predictions, bins=4)
+    # bin of 0.75: 3 of 4 right (gap 0); bin of 0.25: 1 of 3 right (gap 1/12, 3 cells); the NaN cell is left out
+    assert ece["n"] == 7 and ece["ece"] == pytest.approx(3 * (1 / 12) / 7)
+    scores = np.nan_to_num(labels)
+    gap = metrics.chosen_quality_gap(predictions, scores, np.array([[0, 0, 0, 0], [1, 1, 1, 1]]))
+    assert gap["per_mu"][0] == pytest.approx(0.75 - 0.75) and gap["per_mu"][1] == pytest.approx((0.25 + 0.9 + 0.25 + 0.25) / 4 - 0.25)
+
+
+def test_evaluate_reports_calibration_gap_shift_and_draws_the_diagram(tmp_path, saved_knn_router, tiny_table, capsys):
+    from carrot_hub.data.writing import write_sprout_dataset
+    from training.evaluate import main
+
+    splits = {"train": make_tiny_table(n_repeats=2, seed=1), "test": replace(tiny_table, split="test")}
+    data = write_sprout_dataset(splits, tmp_path / "data")
+    shifted_table = replace(
+        tiny_table, prompts=["Translate into French: the bells rang at noon.", "Summarise the plot of Hamlet in one line.",
+                             "What is the capital of Mongolia?", "Name three prime numbers above 100.",
+                             "Write a limerick about a cat.", "Convert 3 miles to kilometres."], split="test")
+    shifted = write_sprout_dataset({"test": shifted_table}, tmp_path / "shifted")
+    out, diagram = tmp_path / "r.json", tmp_path / "reliability.png"
+    code = main([str(saved_knn_router), "--data", str(data), "--mu-steps", "5", "--out", str(out), "--quiet",
+                 "--shifted-data", str(shifted), "--reliability-plot", str(diagram)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "ECE" in printed and "support AUROC" in printed
+    entry = json.loads(out.read_text())["routers"][saved_knn_router.name]
+    prediction = entry["prediction_quality"]
+    assert 0.0 <= prediction["calibration"]["ece"] <= 1.0 and len(prediction["calibration"]["bins"]) == 15
+    assert len(prediction["chosen_quality_gap"]["per_mu"]) == 5
+    assert 0.0 <= prediction["support"]["out_of_distribution"] <= 1.0
+    assert 0.0 <= entry["shift"]["support_auroc"] <= 1.0 and entry["shift"]["n_prompts"] == 6
+    assert diagram.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(saved_knn_router), "--data", str(data), "--reliability-plot", str(tmp_path / "d.svg"), "--quiet"]) == 2
