@@ -583,6 +583,8 @@ class CarrotReliability(nn.Module):
         )
         half_width = trust * self.spread_in[None, :] + (1.0 - trust) * self.spread_out[None, :]
         return adjusted, (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
+
+
 class CarrotStaticEncoder(nn.Module):
     r"""
     A static sentence encoder: one vector per token of the vocabulary, distilled from a sentence

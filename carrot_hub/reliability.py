@@ -104,7 +104,7 @@ def platt_knots(x: np.ndarray, y: np.ndarray, max_knots: int = MAX_KNOTS) -> tup
     a, b = max(float(params[0].detach()), 0.0), float(params[1].detach())
     grid = np.unique(np.concatenate([[0.0], np.quantile(x, np.linspace(0, 1, max_knots - 2)), [1.0]]))
     grid_logit = np.log(np.clip(grid, 1e-4, 1 - 1e-4) / (1 - np.clip(grid, 1e-4, 1 - 1e-4)))
-    return _strictly_increasing(grid, 1 / (1 + np.exp(-(a * grid_logit + b))))
+    return _strictly_increasing(grid, 1 / (1 + np.exp(-np.clip(a * grid_logit + b, -50.0, 50.0))))  # no overflow warning
 
 
 def _strictly_increasing(knots_x, knots_y):

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from carrot_hub.cli import EXTERNAL_COMMANDS, main
+from carrot_hub.default import default_cache_dir
 from carrot_hub.modeling_carrot import CarrotRouter
 
 from .conftest import TINY_PROMPTS
@@ -274,7 +275,7 @@ def test_route_with_the_static_default_router_flags_the_fallback(tmp_path, monke
     assert code == 0, err
     got = records(out)
     assert [r["fallback_embedding"] for r in got] == [False, True]
-    assert (tmp_path / "default-static-router-v1" / "model.safetensors").is_file()
+    assert (default_cache_dir("static") / "model.safetensors").is_file()  # under CARROT_HUB_CACHE
     code, out, err = run(["route", "--encoder", "static", "--no-progress", "☃ 🥕"], capsys)
     assert code == 0 and "[no known token: fallback embedding]" in out
 
