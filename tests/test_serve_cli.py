@@ -82,9 +82,9 @@ def test_port_in_use(tmp_path, capsys):
 
 def test_non_loopback_needs_a_gateway_key(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CARROT_API_KEY", raising=False)
-    code, err = run(["serve", "--upstreams", write(tmp_path, ONE), "--host", "0.0.0.0", "--port", "0"], capsys)
+    code, err = run(["serve", "--upstreams", write(tmp_path, ONE), "--host", "192.0.2.10", "--port", "0"], capsys)
     assert code == 2
-    assert_one_line(err, "Refusing to serve on 0.0.0.0 without a gateway key", "CARROT_API_KEY")
+    assert_one_line(err, "Refusing to serve on 192.0.2.10 without a gateway key", "CARROT_API_KEY")
 
 
 def test_bad_options(tmp_path, capsys):
