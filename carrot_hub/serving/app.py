@@ -322,41 +322,42 @@ class Gateway:
         self._finish(served)
         return Response(rejected.body, status_code=rejected.status, media_type=rejected.content_type, headers=headers)
 
-    async def _complete(self, served: _Served, order: list[str]) -> Response:
+    async def _first_answer(self, served: _Served, order: list[str], call):
+        """
+        Fallback: `call(upstream)` on each candidate of `order` until one answers → `(name, answer)`.
+        A request the upstream rejects, or every upstream failing, gives `(None, response to send)`.
+        """
         failures = []
         for name in order:
             try:
-                answer = await self.upstreams[name].complete(served.chat.payload)
+                return name, await call(self.upstreams[name])
             except UpstreamFailure as failure:
                 failures.append(failure)
                 self._failed(served, failure)
-                continue
             except UpstreamRejected as rejected:
-                return self._rejected(served, rejected)
-            served.model = name
-            answer["model"] = name
-            served.usage = _usage(answer.get("usage"))
-            served.ttfb_s = time.perf_counter() - served.started
-            headers = self._headers(served)
-            self._finish(served)
-            return JSONResponse(answer, headers=headers)
-        return self._all_failed(served, failures)
+                return None, self._rejected(served, rejected)
+        return None, self._all_failed(served, failures)
+
+    async def _complete(self, served: _Served, order: list[str]) -> Response:
+        name, answer = await self._first_answer(served, order, lambda upstream: upstream.complete(served.chat.payload))
+        if name is None:
+            return answer
+        served.model = name
+        answer["model"] = name
+        served.usage = _usage(answer.get("usage"))
+        served.ttfb_s = time.perf_counter() - served.started
+        headers = self._headers(served)
+        self._finish(served)
+        return JSONResponse(answer, headers=headers)
 
     async def _stream(self, served: _Served, order: list[str]) -> Response:
-        failures = []
-        for name in order:
-            try:
-                stream = await self.upstreams[name].open_stream(served.chat.payload)
-            except UpstreamFailure as failure:
-                failures.append(failure)
-                self._failed(served, failure)
-                continue
-            except UpstreamRejected as rejected:
-                return self._rejected(served, rejected)
-            served.model = name
-            return EventSourceResponse(self._relay(served, stream), headers=self._headers(served), sep="\n",
-                                       ping=15)
-        return self._all_failed(served, failures)
+        name, stream = await self._first_answer(
+            served, order, lambda upstream: upstream.open_stream(served.chat.payload)
+        )
+        if name is None:
+            return stream
+        served.model = name
+        return EventSourceResponse(self._relay(served, stream), headers=self._headers(served), sep="\n", ping=15)
 
     async def _relay(self, served: _Served, stream):
         """Relay the upstream's events with `model` set to the candidate; an error event if it breaks."""
