@@ -89,7 +89,8 @@ def _dollars(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, with a one-line error otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -144,12 +145,12 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
     router.add_argument("--max-cost", type=_dollars, help="exclude candidates predicted to cost more than this many $ per prompt")
 
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--batch-size", type=_positive_int, default=64, help="prompts per encoder pass (default: 64)")
-    speed.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    speed.add_argument("--batch-size", type=positive_int, default=64, help="prompts per encoder pass (default: 64)")
+    speed.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     speed.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
                        help="the encoder's dtype: auto = bfloat16 on CPUs with bf16 units (about 1.5x faster, "
                             "~99%% of decisions unchanged), else float32; float32 = the same decisions everywhere")
-    speed.add_argument("--chunk-size", type=_positive_int, default=4096,
+    speed.add_argument("--chunk-size", type=positive_int, default=4096,
                        help="prompts read and routed at a time; bounds memory on large inputs (default: 4096)")
     speed.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -187,7 +188,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     target = calibrate.add_mutually_exclusive_group()
     target.add_argument("--target-spend", type=_dollars, help="US dollars per 1,000 prompts")
     target.add_argument("--target-quality", type=_quality, help="mean predicted quality in [0, 1]")
-    calibrate.add_argument("--grid", type=_positive_int, default=11,
+    calibrate.add_argument("--grid", type=positive_int, default=11,
                            help="number of evenly spaced μ values in [0, 1] to print (default: 11)")
     calibrate.add_argument("--json", action="store_true", help="print the result as one JSON object")
     calibrate.set_defaults(handler=run_calibrate)

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+from carrot_hub.cli import positive_int
 from carrot_hub.building import DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_STATIC_MAX_PROMPT_TOKENS
 from carrot_hub.configuration_carrot import ENCODER_KINDS
 from carrot_hub.distillation import DEFAULT_STATIC_DIMENSIONS, check_encoder_source
@@ -56,7 +57,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "here means --encoder-model with a transformer encoder, as before")
     model.add_argument("--encoder-model", help="folder or Hub id of a BERT-family sentence encoder, used as is or "
                                                "distilled (default: all-MiniLM-L6-v2)")
-    model.add_argument("--static-dimensions", type=_positive, default=None,
+    model.add_argument("--static-dimensions", type=positive_int, default=None,
                        help=f"static: width of the distilled table (PCA components; default {DEFAULT_STATIC_DIMENSIONS})")
     model.add_argument("--static-vocabulary", metavar="FILE",
                        help="static: a text file of extra whole words, one per line, each given its own row "
@@ -88,16 +89,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     heads.add_argument("--embeddings-cache", help="folder caching prompt embeddings between runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def resolve_encoder_options(args) -> dict:

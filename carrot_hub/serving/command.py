@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-from ..cli import Failure, UsageError, _positive_int, load_router
+from ..cli import Failure, UsageError, positive_int, load_router
 from ..precision import ENCODER_DTYPE_CHOICES
 from .chat_request import ROUTE_ON
 
@@ -35,15 +35,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="what the router reads: the last user message (default) or the whole conversation")
     parser.add_argument("--max-fallbacks", type=int, default=2,
                         help="other candidates tried when the chosen upstream fails before answering (default 2)")
-    parser.add_argument("--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024,
+    parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
                         help="larger request bodies are refused with HTTP 413 (default 4 MiB)")
     parser.add_argument("--route-window-ms", type=float, default=2.0,
                         help="how long the first request of a routing batch waits for others (default 2 ms)")
-    parser.add_argument("--route-batch-size", type=_positive_int, default=64,
+    parser.add_argument("--route-batch-size", type=positive_int, default=64,
                         help="most prompts routed in one encoder pass (default 64)")
     parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
                         help="the encoder's dtype (default auto: bfloat16 on CPUs with bf16 units)")
-    parser.add_argument("--threads", type=_positive_int, help="torch CPU threads for routing (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads for routing (default: torch's choice)")
     parser.add_argument("--log-dir", default="carrot-logs",
                         help="folder of the outcome log: one record per served request (default ./carrot-logs)")
     parser.add_argument("--no-prompt-log", action="store_true",
