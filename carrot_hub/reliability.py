@@ -448,7 +448,7 @@ def knn_held_out_predictor(embeddings: torch.Tensor, table, k: int):
         train_rows, test_rows = torch.as_tensor(train_rows), torch.as_tensor(test_rows)
         similarity = embeddings[test_rows] @ embeddings[train_rows].T
         with torch.no_grad():
-            return CarrotKNNMemory._neighbour_mean(similarity, values[train_rows], observed[train_rows], k).numpy()
+            return CarrotKNNMemory.observed_neighbour_mean(similarity, values[train_rows], observed[train_rows], k).numpy()
 
     return predict
 

@@ -154,10 +154,10 @@ def test_knn_with_unobserved_rows_leaves_fully_observed_candidates_bit_identical
     queries = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
     values = torch.rand(40, 3)
     similarity = queries @ memory.T
-    everything = CarrotKNNMemory._neighbour_mean(similarity, values, torch.ones(40, 3), k=7)
+    everything = CarrotKNNMemory.observed_neighbour_mean(similarity, values, torch.ones(40, 3), k=7)
     observed = torch.ones(40, 3)
     observed[::2, 2] = 0  # a third candidate known on half of the rows only
-    partly = CarrotKNNMemory._neighbour_mean(similarity, values, observed, k=7)
+    partly = CarrotKNNMemory.observed_neighbour_mean(similarity, values, observed, k=7)
     assert torch.equal(everything[:, :2], partly[:, :2])
     expected = torch.stack(
         [values[observed[:, 2] == 1, 2][(similarity[b, observed[:, 2] == 1]).topk(7).indices].mean() for b in range(5)]
