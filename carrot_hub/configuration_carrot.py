@@ -97,6 +97,10 @@ class CarrotConfig(PretrainedConfig):
             `"identity"`), for the card.
         shrink_floor (`float`): weight of the calibrated prediction (against the candidate's prior)
             at support 0; the weight rises linearly to 1 at `support_threshold`.
+        prior_shrink (`float`): λ in [0, 1], how far every calibrated prediction moves toward the
+            candidate's prior, in distribution too: the weight above is multiplied by 1 − λ. 0 (the
+            default, and every router saved before it existed) leaves predictions as they are.
+            Chosen at training time by out-of-fold routing AIQ.
     """
 
     model_type = "carrot"
@@ -137,6 +141,7 @@ class CarrotConfig(PretrainedConfig):
         calibration_knots: int = 0,
         calibration_method: str | None = None,
         shrink_floor: float = 1.0,
+        prior_shrink: float = 0.0,
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
@@ -174,6 +179,7 @@ class CarrotConfig(PretrainedConfig):
         self.calibration_knots = int(calibration_knots)
         self.calibration_method = calibration_method
         self.shrink_floor = float(shrink_floor)
+        self.prior_shrink = float(prior_shrink)
         super().__init__(**kwargs)
         self.validate_router_fields()
 
@@ -271,6 +277,8 @@ class CarrotConfig(PretrainedConfig):
             raise ValueError(f"support_threshold must be in [0, 1], got {self.support_threshold!r}.")
         if not 0.0 <= self.shrink_floor <= 1.0:
             raise ValueError(f"shrink_floor must be in [0, 1], got {self.shrink_floor!r}.")
+        if not 0.0 <= self.prior_shrink <= 1.0:
+            raise ValueError(f"prior_shrink must be in [0, 1], got {self.prior_shrink!r}.")
         if self.calibration_knots == 1 or self.calibration_knots < 0:
             raise ValueError(f"calibration_knots must be 0 (none) or at least 2, got {self.calibration_knots}.")
         check_ood_policy(self.ood_policy, self.candidate_models)

@@ -579,12 +579,14 @@ class CarrotReliability(nn.Module):
     predictor's quality into a calibrated one. Out of distribution the prediction is not to be
     trusted, so it moves toward the candidate's prior quality (its mean score on the training
     data): with t = min(1, support / threshold), quality = prior + w · (calibrated − prior) and
-    w = floor + (1 − floor) · t. In distribution (support ≥ threshold) w = 1 and decisions use the
-    calibrated prediction only. The floor is chosen at training time on prompts of tasks held out
-    of the training data (see `carrot_hub.reliability`). The band `[quality_low, quality_high]` is
-    quality ± (t · spread_in + (1 − t) · spread_out): `spread_in` is the out-of-fold calibration
-    error in distribution, `spread_out` how far a held-out task's mean quality fell from the prior;
-    it widens as support falls whatever the floor.
+    w = (1 − λ) · (floor + (1 − floor) · t). The floor is chosen at training time on prompts of
+    tasks held out of the training data (see `carrot_hub.reliability`). λ (`config.prior_shrink`)
+    moves predictions toward the prior in distribution too (support ≥ threshold: w = 1 − λ): a
+    per-prompt prediction is a noisy estimate, and routing at small μ picks the candidate whose
+    noise is highest; λ is chosen by out-of-fold routing AIQ on the training data (0 = none).
+    The band `[quality_low, quality_high]` is quality ± (t · spread_in + (1 − t) · spread_out):
+    `spread_in` is the out-of-fold calibration error in distribution, `spread_out` how far a
+    held-out task's mean quality fell from the prior; it widens as support falls whatever the floor.
 
     Buffers:
         reference (`(n_reference,)`): sorted leave-one-out similarities (or their quantiles).
@@ -619,16 +621,17 @@ class CarrotReliability(nn.Module):
         return below.float() / self.reference.shape[0]
 
     def adjust(
-        self, quality: torch.Tensor, support: torch.Tensor, threshold: float, floor: float
+        self, quality: torch.Tensor, support: torch.Tensor, threshold: float, floor: float, prior_shrink: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Raw predicted quality `(batch, n_models)` and support `(batch,)` → calibrated quality moved
-        toward the prior as support falls, and its band: three `(batch, n_models)` tensors.
+        toward the prior by `prior_shrink` and further as support falls, and its band: three
+        `(batch, n_models)` tensors.
         """
         calibrated = interpolate_monotone(quality.float(), self.calibration_x, self.calibration_y)
         trust = support.float().clamp(0, 1) / threshold if threshold > 0 else torch.ones_like(support.float())
         trust = trust.clamp(max=1.0)[:, None]  # (batch, 1): 0 at support 0, 1 from the threshold up
-        weight = floor + (1.0 - floor) * trust
+        weight = (1.0 - prior_shrink) * (floor + (1.0 - floor) * trust)
         adjusted = torch.where(
             weight >= 1.0, calibrated, self.prior[None, :] + weight * (calibrated - self.prior[None, :])
         )
@@ -989,7 +992,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         else:
             support = reliability.support(embeddings, self.support_memory, self.config.support_k).to(quality.device)
         quality, low, high = self.reliability.adjust(
-            quality, support, self.config.support_threshold, self.config.shrink_floor
+            quality, support, self.config.support_threshold, self.config.shrink_floor,
+            self.config.prior_shrink,
         )
         return quality, output_tokens, support, low, high
 
@@ -1064,11 +1068,13 @@ class CarrotRouter(CarrotPreTrainedModel):
         spread_out: torch.Tensor | None = None,
         method: str = "isotonic",
         shrink_floor: float | None = None,
+        prior_shrink: float | None = None,
     ) -> None:
         """
         Set the per-candidate calibration maps (knots `(n_models, n_knots)`, sorted by x), the prior
-        quality `(n_models,)` and the band's half-widths `(n_models,)` (see [`CarrotReliability`]).
-        Needs support first ([`fit_support`]).
+        quality `(n_models,)`, the band's half-widths `(n_models,)` and, when given, the shrinkage
+        toward the prior at support 0 (`shrink_floor`) and everywhere (`prior_shrink`, λ) (see
+        [`CarrotReliability`]). Needs support first ([`fit_support`]).
         """
         if self.reliability is None:
             raise ValueError("Fit support (router.fit_support(...)) before setting the calibration.")
@@ -1094,6 +1100,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         self.config.calibration_method = method
         if shrink_floor is not None:
             self.config.shrink_floor = float(shrink_floor)
+        if prior_shrink is not None:
+            self.config.prior_shrink = float(prior_shrink)
         self.config.validate_reliability_fields()
 
     @property

@@ -29,6 +29,9 @@ The rules, and why:
   prior carries no such selection bias. The Brier-optimal (least-squares) floor is reported next to
   it: on RouterBench it sits near 1, because a held-out task's mean differs from the prior by more
   than the noise does, and the Brier score cannot see the selection bias that costs money.
+- **prior_shrink** (λ, in distribution too; see `carrot_hub.prior_shrinkage`): chosen before the
+  floor, by out-of-fold routing AIQ of the cross-fitted calibrated predictions; the floor is then
+  chosen for the shrunk predictions (the weights multiply).
 - **spread**: `spread_in` is the 80% normal band (1.2816 σ) of the cross-fitted calibration error
   (RMS gap between mean prediction and mean score over ten quantile bins); `spread_out` that of how
   far a held-out group's mean score fell from the prior of the other groups (RMS over groups).
@@ -43,6 +46,7 @@ import numpy as np
 import torch
 
 from .modeling_carrot import CarrotKNNMemory, top_k_mean_similarity
+from .prior_shrinkage import choose_prior_shrink, leave_one_out_prior
 
 SUPPORT_K_GRID = (1, 2, 4, 8, 16, 32, 64)
 THRESHOLD_GRID = (0.005, 0.01, 0.02, 0.05, 0.1)
@@ -294,10 +298,10 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------------------------- the fit
 
 
-def shrink_weight(support: np.ndarray, threshold: float, floor: float) -> np.ndarray:
-    """w(support) = floor + (1 − floor) · min(1, support / threshold), as `CarrotReliability.adjust` applies it."""
+def shrink_weight(support: np.ndarray, threshold: float, floor: float, prior_shrink: float = 0.0) -> np.ndarray:
+    """w(support) = (1 − λ) · (floor + (1 − floor) · min(1, support / threshold)), as `CarrotReliability.adjust` applies it."""
     trust = np.clip(support / threshold, 0, 1) if threshold > 0 else np.ones_like(support)
-    return floor + (1 - floor) * trust
+    return (1 - prior_shrink) * (floor + (1 - floor) * trust)
 
 
 def least_squares_floor(calibrated, prior, scores, support, threshold) -> float:
@@ -316,14 +320,17 @@ def least_squares_floor(calibrated, prior, scores, support, threshold) -> float:
     return float(np.clip((lever[observed] * residual[observed]).sum() / denominator, 0.0, 1.0))
 
 
-def chosen_overestimate(cells: dict, index: int, threshold: float, floor: float, cost_scale: float) -> float:
+def chosen_overestimate(
+    cells: dict, index: int, threshold: float, floor: float, cost_scale: float, prior_shrink: float = 0.0
+) -> float:
     """
-    Held-out group `index`: its prompts' quality (calibrated, shrunk with `floor`) routed with true
-    costs over `EVIDENCE_MU_STEPS` μ; the chosen model's predicted minus true score (missing = 0),
-    mean over prompts and μ.
+    Held-out group `index`: its prompts' quality (calibrated, shrunk with `floor` and `prior_shrink`)
+    routed with true costs over `EVIDENCE_MU_STEPS` μ; the chosen model's predicted minus true score
+    (missing = 0), mean over prompts and μ.
     """
     prior, calibrated = cells["prior"][index], cells["calibrated"][index]
-    quality = prior + shrink_weight(cells["support"][index], threshold, floor)[:, None] * (calibrated - prior)
+    weight = shrink_weight(cells["support"][index], threshold, floor, prior_shrink)
+    quality = prior + weight[:, None] * (calibrated - prior)
     scores = np.nan_to_num(cells["scores"][index], nan=0.0)
     rows = np.arange(quality.shape[0])
     gaps = []
@@ -370,12 +377,18 @@ def fit_reliability(
     crossed = cross_fitted(method, oof_quality, scores, seed=seed)
     spread_in = np.array([max(BAND_Z * binned_calibration_gap(crossed[:, j], scores[:, j]), 0.005) for j in range(n_models)])
     report["calibration"] = {"method": method, "cross_fitted_brier": briers}
+    true_cost = np.asarray(table.cost(), dtype=np.float64)
+    true_cost = np.where(np.isnan(true_cost), np.nanmean(true_cost, axis=0, keepdims=True), true_cost)
+    prior_shrink, shrink_aiq = choose_prior_shrink(crossed, leave_one_out_prior(scores), scores, true_cost, router.config.cost_scale)
+    report["prior_shrink_choice"] = {
+        "chosen": prior_shrink,
+        "criterion": "out-of-fold routing AIQ of the cross-fitted calibrated predictions (true costs; ties: smaller)",
+        "out_of_fold_aiq": {str(lam): value for lam, value in shrink_aiq.items()},
+    }
 
     floor, spread_out = 1.0, np.full(n_models, BAND_Z * 0.5)
     if len(groups) >= 2:
         cells = {"calibrated": [], "prior": [], "scores": [], "support": [], "raw": [], "cost": []}
-        true_cost = np.asarray(table.cost(), dtype=np.float64)
-        true_cost = np.where(np.isnan(true_cost), np.nanmean(true_cost, axis=0, keepdims=True), true_cost)
         deviations = []
         n = scores.shape[0]
         for group in groups:
@@ -395,13 +408,13 @@ def fit_reliability(
         brier_floor = least_squares_floor(joined["calibrated"], joined["prior"], joined["scores"], joined["support"], threshold)
         overestimates = {
             candidate: float(np.mean([
-                max(chosen_overestimate(cells, index, threshold, candidate, router.config.cost_scale), 0.0)
+                max(chosen_overestimate(cells, index, threshold, candidate, router.config.cost_scale, prior_shrink), 0.0)
                 for index in range(len(groups))
             ]))
             for candidate in FLOOR_GRID
         }
         floor = min(FLOOR_GRID, key=lambda candidate: (round(overestimates[candidate], 6), -candidate))
-        weight = shrink_weight(joined["support"], threshold, floor)[:, None]
+        weight = shrink_weight(joined["support"], threshold, floor, prior_shrink)[:, None]
         deviations = np.nan_to_num(np.stack(deviations), nan=0.0)
         spread_out = BAND_Z * np.sqrt((deviations**2).mean(axis=0))
         report["held_out_groups"] = {
@@ -423,12 +436,14 @@ def fit_reliability(
     router.set_calibration(
         knots_x, knots_y, torch.tensor(prior, dtype=torch.float32), torch.tensor(spread_in, dtype=torch.float32),
         torch.tensor(np.maximum(spread_out, spread_in), dtype=torch.float32), method=method, shrink_floor=floor,
+        prior_shrink=prior_shrink,
     )
     report.update(
         {
             "support_k": router.config.support_k,
             "support_threshold": router.config.support_threshold,
             "shrink_floor": floor,
+            "prior_shrink": prior_shrink,
             "prior": prior.tolist(),
             "spread_in": spread_in.tolist(),
             "spread_out": np.maximum(spread_out, spread_in).tolist(),

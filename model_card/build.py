@@ -220,6 +220,7 @@ def _reliability_context(config) -> dict | None:
             "isotonic": "isotonic regression", "platt": "Platt scaling", "identity": "none (the out-of-fold predictions were best as they are)",
         }.get(config.calibration_method or "identity", config.calibration_method),
         "floor": f"{floor:g}",
+        "prior_shrink": f"{config.prior_shrink:g}",
         "ood_policy": config.ood_policy,
     }
 

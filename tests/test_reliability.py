@@ -107,9 +107,10 @@ def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_
     probe = torch.cat([centres, far])
     encoding = PromptEncoding(probe, torch.full((5,), 30.0), [False] * 5)
     config = router.config
-    saved_floor, reliability = config.shrink_floor, router.reliability
+    saved_floor, saved_shrink, reliability = config.shrink_floor, config.prior_shrink, router.reliability
     saved_spreads = reliability.spread_in.clone(), reliability.spread_out.clone()
     try:
+        config.prior_shrink = 0.0  # the floor alone (prior_shrink: tests/test_prior_shrinkage.py)
         reliability.spread_in, reliability.spread_out = torch.full((3,), 0.02), torch.full((3,), 0.2)
         config.shrink_floor = 0.0
         predictions = router.predict_encoded(encoding)
@@ -127,7 +128,7 @@ def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_
         inside = predictions.support >= config.support_threshold
         assert torch.equal(predictions.quality[inside], unshrunk.quality[inside])
     finally:
-        config.shrink_floor = saved_floor
+        config.shrink_floor, config.prior_shrink = saved_floor, saved_shrink
         reliability.spread_in, reliability.spread_out = saved_spreads
     router.save_pretrained(tmp_path / "r")
     loaded = CarrotRouter.from_pretrained(tmp_path / "r")
