@@ -13,6 +13,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +117,27 @@ class PromptPredictions:
 
     def __len__(self) -> int:
         return self.quality.shape[0]
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["PromptPredictions"]) -> "PromptPredictions":
+        """The predictions of consecutive chunks of prompts (same router) as one."""
+        first = parts[0]
+
+        def joined(name):
+            values = [getattr(part, name) for part in parts]
+            return None if any(value is None for value in values) else torch.cat(values)
+
+        return cls(
+            quality=joined("quality"),
+            output_tokens=joined("output_tokens"),
+            input_tokens=joined("input_tokens"),
+            truncated=[flag for part in parts for flag in part.truncated],
+            candidate_models=first.candidate_models,
+            support=joined("support"),
+            quality_low=joined("quality_low"),
+            quality_high=joined("quality_high"),
+            fallback_embedding=[flag for part in parts for flag in part.fallback_embedding],
+        )
 
 
 @dataclass
@@ -1340,9 +1362,24 @@ class CarrotRouter(CarrotPreTrainedModel):
     @torch.inference_mode()
     def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
         """Encode prompts and predict, for every candidate, quality and output tokens `(batch, n_models)`."""
+        if self.is_static:
+            return self._predict_static(check_prompts(prompts))
         encoding = self.encode(prompts, batch_size=batch_size, progress=progress)
-        # A static encoder's batch size only sizes the predictor's chunks: larger ones are faster.
-        return self.predict_encoded(encoding, batch_size=max(batch_size, 1024) if self.is_static else batch_size)
+        return self.predict_encoded(encoding, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def _predict_static(self, prompts: list[str]) -> PromptPredictions:
+        """
+        A static router's predictions, `TOKENIZE_CHUNK_PROMPTS` prompts at a time. Tokenizing is Python
+        work that holds the GIL, predicting is torch work that releases it: while one chunk is being
+        predicted on a worker thread, the next one is tokenized, so both cores of a small machine work.
+        """
+        chunks = [prompts[start : start + TOKENIZE_CHUNK_PROMPTS] for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)]
+        if len(chunks) <= 1:
+            return self.predict_encoded(self._encode_static(prompts))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
+            pending = [pool.submit(self.predict_encoded, self._encode_static_chunk(chunk)) for chunk in chunks]
+            return PromptPredictions.concatenate([future.result() for future in pending])
 
     @torch.inference_mode()
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:

@@ -192,3 +192,15 @@ def test_distillation_with_model2vec_from_the_encoder_folder(tmp_path):
     torch.testing.assert_close(ours * signs, theirs, atol=2e-2, rtol=2e-2)
     again = distill_static_encoder(default_encoder_path(), dimensions=32, cache_dir=tmp_path, progress=False)
     torch.testing.assert_close(again.token_embeddings, table.token_embeddings.half().float())  # from the cache
+
+
+def test_many_prompts_are_predicted_chunk_by_chunk_as_in_one_pass(static_knn_router):
+    from carrot_hub.modeling_carrot import TOKENIZE_CHUNK_PROMPTS
+
+    prompts = [f"{TINY_PROMPTS[i % len(TINY_PROMPTS)]} (variant {i})" for i in range(TOKENIZE_CHUNK_PROMPTS * 2 + 7)]
+    chunked = static_knn_router.predict(prompts)  # tokenizing overlaps predicting, three chunks
+    whole = static_knn_router.predict_encoded(static_knn_router.encode(prompts), batch_size=len(prompts))
+    assert len(chunked) == len(prompts)
+    for name in ("quality", "output_tokens", "input_tokens", "support", "quality_low", "quality_high"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
+    assert chunked.truncated == whole.truncated and chunked.fallback_embedding == whole.fallback_embedding
