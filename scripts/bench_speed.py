@@ -6,9 +6,10 @@ Reports, for each encoder kind (the static one first, so that the peak memory it
 - prompts/s of `route()` on all RouterBench prompts at once, and of the encoder alone on the same
   prompts (transformer: the bare forward pass on the same tokenized, sorted, padded batches;
   static: tokenizing and the table lookup, i.e. `encode()`); their ratio is what routing adds;
-- for the static encoder, prompts/s of its tokenizer alone (the bound on its throughput) and of
-  route() on the same prompts cut to their last `--short-chars` characters (throughput depends on
-  prompt length: RouterBench prompts average ~1,500 characters);
+- for the static encoder, prompts/s of its tokenizing alone (the word-cached path route() takes, and
+  the Rust tokenizer on whole prompts for comparison), of route() once with its word cache emptied,
+  and of route() on the same prompts cut to their last `--short-chars` characters (throughput
+  depends on prompt length: RouterBench prompts average ~1,500 characters);
 - median and 95th-percentile latency of routing one prompt, end to end through `route()`;
 - peak resident memory after that encoder's runs (ru_maxrss, a high-water mark) and the size of
   its `model.safetensors`.
@@ -127,19 +128,29 @@ def measure_encoder(kind: str, args, prompts: list[str], sample: list[str]) -> d
           f"{result['route_vs_encoder_ratio']:.3f} of the encoder's rate)")
     if router.is_static:
         backend = router.tokenizer.backend_tokenizer
-        (tokenize_s,) = best_of(args.repeats, lambda: backend.encode_batch_fast(prompts, add_special_tokens=False))
+        tokenize_s, backend_s = best_of(
+            args.repeats,
+            lambda: router._tokenize_static(prompts),
+            lambda: backend.encode_batch_fast(prompts, add_special_tokens=False),
+        )
+        router._word_piece_cache = None  # the word cache starts empty: a first pass over unseen text
+        cold_s = seconds(lambda: router.route(prompts, batch_size=args.batch_size))
         short = [prompt[-args.short_chars :] for prompt in prompts]
         (short_s,) = best_of(args.repeats, lambda: router.route(short, batch_size=args.batch_size))
         mean_tokens = float(router.encode(prompts).input_tokens.mean())
         short_tokens = float(router.encode(short).input_tokens.mean())
         result.update({
             "tokenizer_prompts_per_s": round(n / tokenize_s, 1),
+            "backend_tokenizer_prompts_per_s": round(n / backend_s, 1),
+            "route_cold_cache_prompts_per_s": round(n / cold_s, 1),
             "mean_prompt_tokens": round(mean_tokens, 1),
             "route_short_prompts_per_s": round(n / short_s, 1),
             "short_chars": args.short_chars,
             "short_mean_prompt_tokens": round(short_tokens, 1),
         })
-        print(f"tokenizer alone      : {n / tokenize_s:9.1f} prompts/s  (prompts of {mean_tokens:.0f} tokens on average)")
+        print(f"route(), cold cache  : {n / cold_s:9.1f} prompts/s  (one pass with the word cache emptied first)")
+        print(f"tokenizing alone     : {n / tokenize_s:9.1f} prompts/s  (prompts of {mean_tokens:.0f} tokens on average; "
+              f"the Rust tokenizer on whole prompts: {n / backend_s:.1f} prompts/s)")
         print(f"route(), short       : {n / short_s:9.1f} prompts/s  (the last {args.short_chars} characters of each "
               f"prompt, {short_tokens:.0f} tokens on average)")
     p50, p95, cpu_p50 = one_prompt_latency(router, sample)

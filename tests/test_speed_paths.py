@@ -94,8 +94,16 @@ def test_speed_benchmark_runs_and_reports_every_figure(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["n_prompts"] == 96 and figures["max_prompt_tokens"] == 128
-    for key in ("route_vs_encoder_ratio", "latency_p50_ms", "decide_10k_x_1000_s", "from_embeddings_prompts_per_s"):
+    assert figures["n_prompts"] == 96
+    for kind in ("static", "transformer"):
+        for key in ("route_prompts_per_s", "encoder_prompts_per_s", "latency_p50_ms", "peak_rss_mb", "model_safetensors_mb"):
+            assert figures[kind][key] > 0, (kind, key)
+    for key in ("tokenizer_prompts_per_s", "backend_tokenizer_prompts_per_s", "route_cold_cache_prompts_per_s",
+                "route_short_prompts_per_s"):
+        assert figures["static"][key] > 0, key
+    assert figures["static"]["encoder_dtype"] == "float32"
+    assert figures["transformer"]["encoder_dtype"] in ("float32", "bfloat16")
+    assert figures["static"]["model_safetensors_mb"] < figures["transformer"]["model_safetensors_mb"]
+    for key in ("decide_10k_x_1000_s", "from_embeddings_prompts_per_s"):
         assert figures[key] > 0, key
-    assert figures["encoder_dtype"] in ("float32", "bfloat16")
-    assert (figures["latency_p50_ms_float32"] is None) == (figures["encoder_dtype"] == "float32")
+    assert set(figures["static_vs_transformer"]) == {"route_throughput_ratio", "latency_p50_ratio", "model_safetensors_ratio"}
