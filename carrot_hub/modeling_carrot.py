@@ -530,22 +530,25 @@ class CarrotKNNMemory(nn.Module):
         Per candidate, the mean of `values (n_memory, n_models)` over the first k rows of `nearest
         (batch, depth)` (row indices, most similar first) where the candidate is observed.
         """
-        (batch, depth), n_models = nearest.shape, values.shape[1]
+        depth, n_models = nearest.shape[1], values.shape[1]
         k = min(k, depth)
-        observed_ranked = observed[nearest]  # (batch, depth, n_models)
-        if bool(observed_ranked[:, :k].all()):  # the common case: the k nearest rows serve every candidate
-            rows = nearest[:, None, :k].expand(batch, n_models, k)
-            usable = torch.ones(batch, n_models, k, dtype=values.dtype, device=values.device)
-        else:
+        top = nearest[:, :k]
+        # Sums over k of contiguous (batch, k, n_models) gathers on both paths below, so that adding
+        # a candidate with unobserved rows leaves the other candidates' predictions bit-identical.
+        means = values[top].sum(1) / k  # right wherever the k nearest rows are observed for every candidate
+        incomplete_rows = (observed == 0).any(1)  # (n_memory,)
+        needs_mask = incomplete_rows[top].any(1)  # (batch,): a prompt whose k nearest rows miss a cell
+        if bool(needs_mask.any()):
+            ranked = nearest[needs_mask]  # (n_masked, depth)
+            observed_ranked = observed[ranked]  # (n_masked, depth, n_models)
             # Observed rows first, each group in similarity order: the first k keys are the k nearest observed rows.
             rank = torch.arange(depth, device=values.device, dtype=values.dtype)[None, :, None]
-            first = (rank + depth * (1 - observed_ranked)).topk(k, dim=1, largest=False).indices  # (batch, k, n_models)
-            rows = nearest[:, :, None].expand(-1, -1, n_models).gather(1, first).transpose(1, 2)  # (batch, n_models, k)
-            usable = observed_ranked.gather(1, first).transpose(1, 2).contiguous()  # fewer than k observed in all
-        models = torch.arange(n_models, device=values.device)[None, :, None]
-        # One gather-and-sum order on both paths, so that adding a candidate with unobserved rows
-        # leaves the other candidates' predictions bit-identical.
-        return (values.T[models, rows] * usable).sum(2) / usable.sum(2).clamp(min=1)
+            first = (rank + depth * (1 - observed_ranked)).topk(k, dim=1, largest=False).indices  # (n_masked, k, n_models)
+            rows = ranked[:, :, None].expand(-1, -1, n_models).gather(1, first)
+            models = torch.arange(n_models, device=values.device)[None, None, :]
+            usable = observed_ranked.gather(1, first)  # zeros where a candidate has fewer than k observed rows
+            means[needs_mask] = (values[rows, models] * usable).sum(1) / usable.sum(1).clamp(min=1)
+        return means
 
 
 def top_k_mean_similarity(
