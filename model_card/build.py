@@ -315,6 +315,7 @@ def build_model_card(
         "predictor_description": _predictor_description(config),
         "predictor_kind": config.predictor_kind,
         "encoder_description": _encoder_description(config, encoder_id),
+        "static_encoder": getattr(config, "encoder_kind", "transformer") == "static",
         "quality_target": config.quality_target,
         "cost_scale_text": f"{config.cost_scale:.6g}",
         "cost_scale_words": (

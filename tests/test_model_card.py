@@ -87,3 +87,12 @@ def test_model_index_names_the_given_data_set_when_the_results_hold_a_local_path
     results = {"data": {"source": "/tmp/routerbench", "split": "test"}, "routers": {"r": {"aiq": 0.8}}}
     (result,) = card_metadata(config, results, datasets=["withmartian/routerbench"]).eval_results
     assert result.dataset_type == "withmartian/routerbench" and result.dataset_split == "test"
+
+
+def test_speed_advice_follows_the_encoder_kind(config):
+    transformer = build_model_card(config, repo_id="org/router")
+    assert "dtype=torch.bfloat16" in transformer and "Faster on CPU" in transformer
+    static = CarrotConfig(**{**config.to_dict(), "encoder_kind": "static", "static_vocab_size": 100, "static_embedding_size": 8})
+    text = build_model_card(static, repo_id="org/router")
+    assert "static token table" in text and "tokenizing the prompt is\nmost of the work" in text
+    assert "bfloat16" in text and "dtype=torch.bfloat16" not in text and "Faster on CPU" not in text
