@@ -712,33 +712,46 @@ class CachedWordPieceTokenizer:
             return None
         return cls(backend, [token.get("content", "") for token in spec.get("added_tokens") or []])
 
-    def _takes_fast_path(self, prompt: str) -> bool:
+    def _words(self, prompt: str) -> list[str] | None:
+        """The prompt's BERT words when it can take the fast path, else None."""
         if not prompt.isascii() or _ASCII_CONTROL.search(prompt):
-            return False
+            return None
         lowered = prompt.lower()
-        return not any(token in lowered for token in self.added_tokens)
+        if any(token in lowered for token in self.added_tokens):
+            return None
+        return _ASCII_WORD.findall(lowered)
 
     def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompts → their token ids without special tokens, as the backend gives them."""
-        fast = [self._takes_fast_path(prompt) for prompt in prompts]
-        words = [_ASCII_WORD.findall(prompt.lower()) if is_fast else None for prompt, is_fast in zip(prompts, fast)]
-        seen = set(itertools.chain.from_iterable(w for w in words if w is not None))
-        if len(self._word_ids) + len(seen) > self.max_words:
+        words = [self._words(prompt) for prompt in prompts]
+        ids: list[list[int] | None] = [None] * len(prompts)
+        lookup = self._word_ids.__getitem__
+        unseen = []  # positions of prompts with a word not cached yet
+        for position, prompt_words in enumerate(words):
+            if prompt_words is not None:
+                try:
+                    ids[position] = list(itertools.chain.from_iterable(map(lookup, prompt_words)))
+                except KeyError:
+                    unseen.append(position)
+        if unseen:
+            self._learn_words({word for position in unseen for word in words[position]})
+            lookup = self._word_ids.__getitem__
+            for position in unseen:
+                ids[position] = list(itertools.chain.from_iterable(map(lookup, words[position])))
+        slow = [position for position, prompt_words in enumerate(words) if prompt_words is None]
+        if slow:
+            encodings = self.backend.encode_batch_fast([prompts[i] for i in slow], add_special_tokens=False)
+            for position, encoding in zip(slow, encodings):
+                ids[position] = encoding.ids
+        return ids
+
+    def _learn_words(self, words: set[str]) -> None:
+        """Cache the ids of `words` (the cache starts over when it would pass `max_words`)."""
+        if len(self._word_ids) + len(words) > self.max_words:
             self._word_ids = {}
-        word_ids = self._word_ids
-        missing = [word for word in seen if word not in word_ids]
-        if missing:
-            for word, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
-                word_ids[word] = encoding.ids
-        slow = [prompt for prompt, is_fast in zip(prompts, fast) if not is_fast]
-        slow_ids = iter(
-            [encoding.ids for encoding in self.backend.encode_batch_fast(slow, add_special_tokens=False)] if slow else []
-        )
-        lookup = word_ids.__getitem__
-        return [
-            list(itertools.chain.from_iterable(map(lookup, prompt_words))) if prompt_words is not None else next(slow_ids)
-            for prompt_words in words
-        ]
+        missing = [word for word in words if word not in self._word_ids]
+        for word, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
+            self._word_ids[word] = encoding.ids
 
 
 class CarrotStaticEncoder(nn.Module):
@@ -1350,7 +1363,10 @@ class CarrotRouter(CarrotPreTrainedModel):
         )
 
     def _encode_static_chunk(self, prompts: list[str]) -> PromptEncoding:
-        token_ids, input_tokens, truncated = self._tokenize_static(prompts)
+        return self._embed_static_tokens(*self._tokenize_static(prompts))
+
+    def _embed_static_tokens(self, token_ids: list[list[int]], input_tokens: list[int], truncated: list[bool]) -> PromptEncoding:
+        """What `_tokenize_static` gives → the prompts' `PromptEncoding`, in one table lookup."""
         lengths = [len(ids) for ids in token_ids]
         fallback = [n == 0 for n in lengths]
         device = self.encoder.token_embeddings.weight.device
@@ -1374,15 +1390,20 @@ class CarrotRouter(CarrotPreTrainedModel):
     def _predict_static(self, prompts: list[str]) -> PromptPredictions:
         """
         A static router's predictions, `TOKENIZE_CHUNK_PROMPTS` prompts at a time. Tokenizing is Python
-        work that holds the GIL, predicting is torch work that releases it: while one chunk is being
-        predicted on a worker thread, the next one is tokenized, so both cores of a small machine work.
+        work that holds the GIL, the table lookup and predicting are torch work that releases it: while
+        one chunk is embedded and predicted on a worker thread, the next one is tokenized, so both cores
+        of a small machine work.
         """
         chunks = [prompts[start : start + TOKENIZE_CHUNK_PROMPTS] for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)]
         if len(chunks) <= 1:
             return self.predict_encoded(self._encode_static(prompts))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
-            pending = [pool.submit(self.predict_encoded, self._encode_static_chunk(chunk)) for chunk in chunks]
+            pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
             return PromptPredictions.concatenate([future.result() for future in pending])
+
+    @torch.inference_mode()
+    def _predict_static_tokens(self, tokenized: tuple[list[list[int]], list[int], list[bool]]) -> PromptPredictions:
+        return self.predict_encoded(self._embed_static_tokens(*tokenized))
 
     @torch.inference_mode()
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:
