@@ -491,21 +491,22 @@ class CarrotKNNMemory(nn.Module):
         """
         rows = self._rows()
         memory = rows[0]
-        values, observed, unobserved = self._stacked_targets(*rows[1:])
+        values, observed, unobserved, incomplete_rows = self._stacked_targets(*rows[1:])
         n_memory, n_models = memory.shape[0], values.shape[1] // 2
         k = max(1, min(k or self.k, n_memory))
         depth = min(n_memory, max(k + unobserved, similarity_k))
         similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
         nearest = similarity.topk(depth, dim=1)  # sorted, most similar first
         top_similarity = nearest.values[:, :similarity_k].mean(1) if similarity_k else None
-        means = self._neighbour_mean(nearest.indices, values, observed, k)  # (batch, 2 * n_models)
+        means = self._neighbour_mean(nearest.indices, values, observed, k, incomplete_rows)  # (batch, 2 * n_models)
         return means[:, :n_models], means[:, n_models:], top_similarity
 
     def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
         """
-        `(values, observed, most_unobserved)`: quality and log-tokens side by side `(n_memory, 2 * n_models)`
-        with their masks (one neighbour search and gather serve both), and the most unobserved rows of any
-        column; cached until one of the four buffers changes (in place or replaced).
+        `(values, observed, most_unobserved, incomplete_rows)`: quality and log-tokens side by side
+        `(n_memory, 2 * n_models)` with their masks (one neighbour search and gather serve both), the
+        most unobserved rows of any column, and which rows miss a cell `(n_memory,)`; cached until one
+        of the four buffers changes (in place or replaced).
         """
         targets = (quality, quality_observed, log_output_tokens, output_tokens_observed)
         key = tuple((id(tensor), tensor._version) for tensor in targets)
@@ -513,7 +514,8 @@ class CarrotKNNMemory(nn.Module):
         if cached is None or cached[0] != key:
             observed = torch.cat([quality_observed, output_tokens_observed], 1)
             values = torch.cat([quality, log_output_tokens], 1)
-            cached = self._stacked_cache = (key, (values, observed, int((observed == 0).sum(0).max())))
+            missing = observed == 0
+            cached = self._stacked_cache = (key, (values, observed, int(missing.sum(0).max()), missing.sum(1) > 0))
         return cached[1]
 
     @staticmethod
@@ -525,10 +527,13 @@ class CarrotKNNMemory(nn.Module):
         return CarrotKNNMemory._neighbour_mean(similarity.topk(depth, dim=1).indices, values, observed, k)
 
     @staticmethod
-    def _neighbour_mean(nearest: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
+    def _neighbour_mean(
+        nearest: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int, incomplete_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Per candidate, the mean of `values (n_memory, n_models)` over the first k rows of `nearest
         (batch, depth)` (row indices, most similar first) where the candidate is observed.
+        `incomplete_rows (n_memory,)`, rows missing any cell, saves finding them when the caller has them.
         """
         depth, n_models = nearest.shape[1], values.shape[1]
         k = min(k, depth)
@@ -536,7 +541,8 @@ class CarrotKNNMemory(nn.Module):
         # Sums over k of contiguous (batch, k, n_models) gathers on both paths below, so that adding
         # a candidate with unobserved rows leaves the other candidates' predictions bit-identical.
         means = values[top].sum(1) / k  # right wherever the k nearest rows are observed for every candidate
-        incomplete_rows = (observed == 0).any(1)  # (n_memory,)
+        if incomplete_rows is None:
+            incomplete_rows = (observed == 0).sum(1) > 0  # (n_memory,); faster than any(1) on CPU
         needs_mask = incomplete_rows[top].any(1)  # (batch,): a prompt whose k nearest rows miss a cell
         if bool(needs_mask.any()):
             ranked = nearest[needs_mask]  # (n_masked, depth)
