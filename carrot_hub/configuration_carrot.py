@@ -101,6 +101,12 @@ class CarrotConfig(PretrainedConfig):
             candidate's prior, in distribution too: the weight above is multiplied by 1 − λ. 0 (the
             default, and every router saved before it existed) leaves predictions as they are.
             Chosen at training time by out-of-fold routing AIQ.
+        ood_pessimism (`float`): in [0, 1]: how far below its central estimate the quality of a
+            prompt out of distribution is put, as a share of the band's half-width out of distribution
+            (`spread_out`): at support 0 the quality is the band's lower end when 1, the central
+            estimate when 0 (routers saved before it existed); the move shrinks linearly to nothing at
+            `ood_pessimism_support`. Both chosen on the training data (see `carrot_hub.reliability`).
+        ood_pessimism_support (`float`): in (0, 1]: the support from which quality is not lowered.
     """
 
     model_type = "carrot"
@@ -142,6 +148,8 @@ class CarrotConfig(PretrainedConfig):
         calibration_method: str | None = None,
         shrink_floor: float = 1.0,
         prior_shrink: float = 0.0,
+        ood_pessimism: float = 0.0,
+        ood_pessimism_support: float = 0.01,
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
@@ -180,6 +188,8 @@ class CarrotConfig(PretrainedConfig):
         self.calibration_method = calibration_method
         self.shrink_floor = float(shrink_floor)
         self.prior_shrink = float(prior_shrink)
+        self.ood_pessimism = float(ood_pessimism)
+        self.ood_pessimism_support = float(ood_pessimism_support)
         super().__init__(**kwargs)
         self.validate_router_fields()
 
@@ -279,6 +289,10 @@ class CarrotConfig(PretrainedConfig):
             raise ValueError(f"shrink_floor must be in [0, 1], got {self.shrink_floor!r}.")
         if not 0.0 <= self.prior_shrink <= 1.0:
             raise ValueError(f"prior_shrink must be in [0, 1], got {self.prior_shrink!r}.")
+        if not 0.0 <= self.ood_pessimism <= 1.0:
+            raise ValueError(f"ood_pessimism must be in [0, 1], got {self.ood_pessimism!r}.")
+        if not 0.0 < self.ood_pessimism_support <= 1.0:
+            raise ValueError(f"ood_pessimism_support must be in (0, 1], got {self.ood_pessimism_support!r}.")
         if self.calibration_knots == 1 or self.calibration_knots < 0:
             raise ValueError(f"calibration_knots must be 0 (none) or at least 2, got {self.calibration_knots}.")
         check_ood_policy(self.ood_policy, self.candidate_models)

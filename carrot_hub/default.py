@@ -43,8 +43,8 @@ DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
 DEFAULT_KNN_K = 128
 DEFAULT_STATIC_KNN_K = 64
 DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see README, "Static encoder"
-_CACHE_VERSION = "v7"  # v7: prior_shrink (in-distribution shrinkage toward the prior) fitted at build
-_STATIC_CACHE_VERSION = "v3"  # v3: prior_shrink fitted at build
+_CACHE_VERSION = "v8"  # v8: a cautious quality out of distribution (ood_pessimism) fitted at build
+_STATIC_CACHE_VERSION = "v4"  # v4: ood_pessimism fitted at build
 
 
 def cache_root() -> Path:

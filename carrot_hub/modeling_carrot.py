@@ -619,6 +619,15 @@ class CarrotReliability(nn.Module):
     `spread_in` is the out-of-fold calibration error in distribution, `spread_out` how far a
     held-out task's mean quality fell from the prior; it widens as support falls whatever the floor.
 
+    **A cautious estimate out of distribution.** Held out of the training data, a task's mean
+    quality lands anywhere within about ± `spread_out` of the prior (its difficulty is not in data
+    from other tasks), and routing picks the candidate whose estimate is highest, so a central
+    estimate over-states the chosen model's quality on the harder tasks by the full difference.
+    With `pessimism` p (config `ood_pessimism`) the quality used and reported is lowered by
+    p · (1 − min(1, support / s_p)) · spread_out, s_p = `ood_pessimism_support`: at support 0 and
+    p = 1 it is the band's lower end; from s_p up nothing moves. The band stays centred on the
+    central estimate.
+
     Buffers:
         reference (`(n_reference,)`): sorted leave-one-out similarities (or their quantiles).
         support_embeddings (`(n_support, hidden)`): only for routers without a kNN memory.
@@ -652,12 +661,19 @@ class CarrotReliability(nn.Module):
         return below.float() / self.reference.shape[0]
 
     def adjust(
-        self, quality: torch.Tensor, support: torch.Tensor, threshold: float, floor: float, prior_shrink: float = 0.0
+        self,
+        quality: torch.Tensor,
+        support: torch.Tensor,
+        threshold: float,
+        floor: float,
+        prior_shrink: float = 0.0,
+        pessimism: float = 0.0,
+        pessimism_support: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Raw predicted quality `(batch, n_models)` and support `(batch,)` → calibrated quality moved
-        toward the prior by `prior_shrink` and further as support falls, and its band: three
-        `(batch, n_models)` tensors.
+        toward the prior by `prior_shrink` and further as support falls (and, with `pessimism`, down
+        the band), and its band: three `(batch, n_models)` tensors.
         """
         calibrated = interpolate_monotone(quality.float(), self.calibration_x, self.calibration_y)
         trust = support.float().clamp(0, 1) / threshold if threshold > 0 else torch.ones_like(support.float())
@@ -667,7 +683,11 @@ class CarrotReliability(nn.Module):
             weight >= 1.0, calibrated, self.prior[None, :] + weight * (calibrated - self.prior[None, :])
         )
         half_width = trust * self.spread_in[None, :] + (1.0 - trust) * self.spread_out[None, :]
-        return adjusted, (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
+        low, high = (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
+        if pessimism > 0:
+            caution = 1.0 - (support.float().clamp(0, 1) / pessimism_support).clamp(max=1.0)[:, None]
+            adjusted = (adjusted - pessimism * caution * self.spread_out[None, :]).clamp(0, 1)
+        return adjusted, low, high
 
 
 # What BERT's normalizer and pre-tokenizer make of ASCII text once lowercased: runs of letters and
@@ -1037,7 +1057,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             support = reliability.support(embeddings, self.support_memory, self.config.support_k).to(quality.device)
         quality, low, high = self.reliability.adjust(
             quality, support, self.config.support_threshold, self.config.shrink_floor,
-            self.config.prior_shrink,
+            self.config.prior_shrink, self.config.ood_pessimism, self.config.ood_pessimism_support,
         )
         return quality, output_tokens, support, low, high
 
@@ -1113,6 +1133,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         method: str = "isotonic",
         shrink_floor: float | None = None,
         prior_shrink: float | None = None,
+        ood_pessimism: float | None = None,
+        ood_pessimism_support: float | None = None,
     ) -> None:
         """
         Set the per-candidate calibration maps (knots `(n_models, n_knots)`, sorted by x), the prior
@@ -1146,6 +1168,10 @@ class CarrotRouter(CarrotPreTrainedModel):
             self.config.shrink_floor = float(shrink_floor)
         if prior_shrink is not None:
             self.config.prior_shrink = float(prior_shrink)
+        if ood_pessimism is not None:
+            self.config.ood_pessimism = float(ood_pessimism)
+        if ood_pessimism_support is not None:
+            self.config.ood_pessimism_support = float(ood_pessimism_support)
         self.config.validate_reliability_fields()
 
     @property

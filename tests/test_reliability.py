@@ -10,10 +10,13 @@ import torch
 from carrot_hub import CarrotRouter
 from carrot_hub.building import fit_knn, new_router
 from carrot_hub.modeling_carrot import PromptEncoding, interpolate_monotone
+from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.reliability import (
     FLOOR_GRID,
+    PESSIMISM_GRID,
     THRESHOLD_GRID,
     choose_calibration,
+    choose_pessimism,
     fit_reliability,
     knn_held_out_predictor,
     isotonic_knots,
@@ -99,6 +102,10 @@ def test_fit_reliability_picks_from_its_grids_and_reports_the_evidence(fitted_kn
     prior = router.reliability.prior.numpy()
     assert prior[0] == pytest.approx(1.0)  # the first model is always right in the synthetic table
     assert np.all(router.reliability.spread_out.numpy() >= router.reliability.spread_in.numpy())
+    assert config.ood_pessimism in PESSIMISM_GRID and config.ood_pessimism_support in THRESHOLD_GRID
+    pessimism = report["ood_pessimism"]
+    assert pessimism["chosen"] == config.ood_pessimism and pessimism["support"] == config.ood_pessimism_support
+    assert pessimism["evidence"][f"{config.ood_pessimism}@{config.ood_pessimism_support}"]["allowed"]
 
 
 def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_knn, tmp_path):
@@ -108,9 +115,11 @@ def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_
     encoding = PromptEncoding(probe, torch.full((5,), 30.0), [False] * 5)
     config = router.config
     saved_floor, saved_shrink, reliability = config.shrink_floor, config.prior_shrink, router.reliability
+    saved_pessimism = config.ood_pessimism
     saved_spreads = reliability.spread_in.clone(), reliability.spread_out.clone()
     try:
         config.prior_shrink = 0.0  # the floor alone (prior_shrink: tests/test_prior_shrinkage.py)
+        config.ood_pessimism = 0.0  # the central estimate (pessimism: its own test)
         reliability.spread_in, reliability.spread_out = torch.full((3,), 0.02), torch.full((3,), 0.2)
         config.shrink_floor = 0.0
         predictions = router.predict_encoded(encoding)
@@ -129,6 +138,7 @@ def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_
         assert torch.equal(predictions.quality[inside], unshrunk.quality[inside])
     finally:
         config.shrink_floor, config.prior_shrink = saved_floor, saved_shrink
+        config.ood_pessimism = saved_pessimism
         reliability.spread_in, reliability.spread_out = saved_spreads
     router.save_pretrained(tmp_path / "r")
     loaded = CarrotRouter.from_pretrained(tmp_path / "r")
@@ -172,3 +182,78 @@ def test_evaluate_reports_calibration_gap_shift_and_draws_the_diagram(tmp_path, 
     assert 0.0 <= entry["shift"]["support_auroc"] <= 1.0 and entry["shift"]["n_prompts"] == 6
     assert diagram.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([str(saved_knn_router), "--data", str(data), "--reliability-plot", str(tmp_path / "d.svg"), "--quiet"]) == 2
+
+
+def test_pessimism_lowers_quality_out_of_distribution_only(fitted_knn, tmp_path):
+    router, _, _, centres = fitted_knn
+    far = torch.nn.functional.normalize(torch.randn(3, 384, generator=torch.Generator().manual_seed(7)), dim=1)
+    encoding = PromptEncoding(torch.cat([centres, far]), torch.full((5,), 30.0), [False] * 5)
+    config, reliability = router.config, router.reliability
+    saved = config.ood_pessimism, config.ood_pessimism_support, reliability.spread_out.clone()
+    try:
+        reliability.spread_out = torch.full((3,), 0.2)
+        config.ood_pessimism = 0.0
+        central = router.predict_encoded(encoding)
+        config.ood_pessimism, config.ood_pessimism_support = 1.0, 0.05
+        cautious = router.predict_encoded(encoding)
+        assert torch.all(cautious.support[2:] == 0) and torch.all(cautious.support[:2] > 0.05)
+        # at support 0 the quality is the band's lower end; the band itself does not move
+        assert torch.allclose(cautious.quality[2:], (central.quality[2:] - 0.2).clamp(0, 1), atol=1e-6)
+        assert torch.allclose(cautious.quality[2:], cautious.quality_low[2:], atol=1e-6)
+        assert torch.equal(cautious.quality_low, central.quality_low) and torch.equal(cautious.quality_high, central.quality_high)
+        assert torch.equal(cautious.quality[:2], central.quality[:2])  # above ood_pessimism_support nothing moves
+        router.save_pretrained(tmp_path / "cautious")
+        loaded = CarrotRouter.from_pretrained(tmp_path / "cautious")
+        assert (loaded.config.ood_pessimism, loaded.config.ood_pessimism_support) == (1.0, 0.05)
+        assert torch.equal(loaded.predict_encoded(encoding).quality, cautious.quality)
+        # a router saved before these fields existed loads with no pessimism: it routes as it did
+        config_file = tmp_path / "cautious" / "config.json"
+        fields = json.loads(config_file.read_text())
+        fields.pop("ood_pessimism"), fields.pop("ood_pessimism_support")
+        config_file.write_text(json.dumps(fields))
+        older = CarrotRouter.from_pretrained(tmp_path / "cautious")
+        assert older.config.ood_pessimism == 0.0
+        assert torch.equal(older.predict_encoded(encoding).quality, central.quality)
+    finally:
+        config.ood_pessimism, config.ood_pessimism_support, reliability.spread_out = saved
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_bad_pessimism_in_the_config_is_refused(value):
+    with pytest.raises(ValueError, match="ood_pessimism must be in"):
+        CarrotConfig(ood_pessimism=value)
+    with pytest.raises(ValueError, match="ood_pessimism_support must be in"):
+        CarrotConfig(ood_pessimism_support=0.0)
+
+
+def pessimism_case(in_distribution_support: float):
+    """
+    Two candidates, 0 cheap and 1 dear. A held-out group: the cheap one is predicted 0.9 but scores 0.1
+    (the group is harder than the prior says); the dear one is predicted and scores 0.6. In distribution
+    both are predicted exactly (0.8 and 0.5).
+    """
+    n = 200
+    held_out = {
+        "calibrated": [np.tile([0.9, 0.6], (n, 1))], "prior": [np.tile([0.9, 0.6], (n, 1))],
+        "support": [np.zeros(n)], "scores": [np.tile([0.1, 0.6], (n, 1))], "cost": [np.tile([0.0, 1.0], (n, 1))],
+        "band": [np.array([0.5, 0.05])],
+    }
+    in_distribution = {
+        "calibrated": np.tile([0.8, 0.5], (n, 1)), "prior": np.array([0.8, 0.5]),
+        "support": np.full(n, in_distribution_support), "scores": np.tile([0.8, 0.5], (n, 1)),  # graded, exactly right
+        "cost": np.tile([0.0, 1.0], (n, 1)), "band": np.array([0.5, 0.05]),
+    }
+    return held_out, in_distribution
+
+
+def test_pessimism_is_chosen_by_held_out_over_estimate_within_the_in_distribution_tolerance():
+    held_out, in_distribution = pessimism_case(in_distribution_support=0.5)  # in distribution: untouched
+    (pessimism, support), evidence = choose_pessimism(held_out, 1, in_distribution, 0.1, 1.0, cost_scale=10.0)
+    none = evidence["0.0@0.005"]["held_out_overestimate"]
+    assert none > 0.3 and pessimism > 0 and evidence[f"{pessimism}@{support}"]["held_out_overestimate"] < none / 3
+    assert evidence[f"{pessimism}@{support}"]["held_out_overestimate"] == min(e["held_out_overestimate"] for e in evidence.values())
+    # the same pessimism would hit prompts like the training ones too: too costly, so none
+    held_out, in_distribution = pessimism_case(in_distribution_support=0.0)
+    (pessimism, _), evidence = choose_pessimism(held_out, 1, in_distribution, 0.1, 1.0, cost_scale=10.0)
+    assert pessimism == 0.0
+    assert not any(entry["allowed"] for key, entry in evidence.items() if not key.startswith("0.0@"))

@@ -216,7 +216,8 @@ def old_router_folder(tiny_table, tmp_path_factory):
     router.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     for key in ("support_k", "support_reference_size", "support_memory_size", "support_threshold", "ood_policy",
-                "calibration_knots", "calibration_method", "shrink_floor", "prior_shrink"):
+                "calibration_knots", "calibration_method", "shrink_floor", "prior_shrink",
+                "ood_pessimism", "ood_pessimism_support"):
         config.pop(key)
     (folder / "config.json").write_text(json.dumps(config))
     return folder, router
