@@ -10,7 +10,9 @@ distribution, T's prompts are the shifted set. Reported per held-out task and on
 - `support_auroc`: AUROC of `support` for telling in-distribution test prompts from shifted ones;
 - `overestimate` on the shifted prompts: predicted minus realised quality of the chosen model,
   mean over prompts and over 101 μ in [0, 1], for today's predictions (`raw`: the predictor
-  alone, no calibration or support) and for the router's (`router`);
+  alone, no calibration or support), for the router's (`router`) and for the router's central
+  estimate (`central`: the same router with `ood_pessimism` 0); the mean also takes each task's
+  positive part (an easier task's under-estimate does not offset a harder one's over-estimate);
 - `ece` (15 bins, every observed cell) in distribution and shifted, raw and router;
 - `aiq_in_distribution`: AIQ of routing the in-distribution test prompts, raw and router;
 - `band_coverage`: share of candidates whose realised mean score on T lies within the mean
@@ -37,6 +39,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 MU_STEPS = 101
+
+
+@contextmanager
+def without_pessimism(router):
+    """The same router with `ood_pessimism` 0 for the duration: its central estimate out of distribution."""
+    pessimism, router.config.ood_pessimism = router.config.ood_pessimism, 0.0
+    try:
+        yield router
+    finally:
+        router.config.ood_pessimism = pessimism
 
 
 @contextmanager
@@ -115,6 +127,8 @@ def main(argv=None) -> int:
             entry[name] = {"router": evaluate_split(router, table, embeddings, mu_grid), "n": int(rows.size)}
             with without_reliability(router) as raw:
                 entry[name]["raw"] = evaluate_split(raw, table, embeddings, mu_grid)
+            with without_pessimism(router) as central:
+                entry[name]["central"] = evaluate_split(central, table, embeddings, mu_grid)
         support_in = entry["in"]["router"]["predictions"].support.numpy()
         support_out = entry["shifted"]["router"]["predictions"].support.numpy()
         shifted = entry["shifted"]["router"]
@@ -126,14 +140,18 @@ def main(argv=None) -> int:
             "n_in": entry["in"]["n"],
             "n_shifted": entry["shifted"]["n"],
             "support_auroc": auroc(np.r_[np.ones(support_in.size), np.zeros(support_out.size)], np.r_[support_in, support_out]),
-            "overestimate": {"raw": entry["shifted"]["raw"]["gap"], "router": shifted["gap"]},
+            "overestimate": {"raw": entry["shifted"]["raw"]["gap"], "central": entry["shifted"]["central"]["gap"],
+                             "router": shifted["gap"]},
             "overestimate_in_distribution": {"raw": entry["in"]["raw"]["gap"], "router": entry["in"]["router"]["gap"]},
             "ece": {
-                "in_raw": entry["in"]["raw"]["ece"], "in_router": entry["in"]["router"]["ece"],
+                "in_raw": entry["in"]["raw"]["ece"], "in_central": entry["in"]["central"]["ece"],
+                "in_router": entry["in"]["router"]["ece"],
                 "shifted_raw": entry["shifted"]["raw"]["ece"], "shifted_router": shifted["ece"],
             },
-            "aiq_in_distribution": {"raw": entry["in"]["raw"]["aiq"], "router": entry["in"]["router"]["aiq"]},
-            "aiq_shifted": {"raw": entry["shifted"]["raw"]["aiq"], "router": shifted["aiq"]},
+            "aiq_in_distribution": {"raw": entry["in"]["raw"]["aiq"], "central": entry["in"]["central"]["aiq"],
+                                    "router": entry["in"]["router"]["aiq"]},
+            "aiq_shifted": {"raw": entry["shifted"]["raw"]["aiq"], "central": entry["shifted"]["central"]["aiq"],
+                            "router": shifted["aiq"]},
             "band_coverage": float(np.mean((realised_mean >= low) & (realised_mean <= high))),
             "flagged": {"in": float((support_in <= router.config.support_threshold).mean()),
                         "shifted": float((support_out <= router.config.support_threshold).mean())},
@@ -168,16 +186,21 @@ def main(argv=None) -> int:
             "overestimate_router": mean(["overestimate", "router"]),
             "overestimate_ratio": mean(["overestimate", "router"]) / mean(["overestimate", "raw"]),
             # the positive part per task: an under-estimate on an easier task does not offset a harder one's
+            "overestimate_central": mean(["overestimate", "central"]),
             "overestimate_positive_raw": float(np.mean([max(results[t]["overestimate"]["raw"], 0.0) for t in tasks])),
+            "overestimate_positive_central": float(np.mean([max(results[t]["overestimate"]["central"], 0.0) for t in tasks])),
             "overestimate_positive_router": float(np.mean([max(results[t]["overestimate"]["router"], 0.0) for t in tasks])),
             "abs_gap_raw": float(np.mean([abs(results[t]["overestimate"]["raw"]) for t in tasks])),
             "abs_gap_router": float(np.mean([abs(results[t]["overestimate"]["router"]) for t in tasks])),
+            "ece_in_central": mean(["ece", "in_central"]),
             "ece_in_router": mean(["ece", "in_router"]),
             "ece_shifted_raw": mean(["ece", "shifted_raw"]),
             "ece_shifted_router": mean(["ece", "shifted_router"]),
             "aiq_in_raw": mean(["aiq_in_distribution", "raw"]),
+            "aiq_in_central": mean(["aiq_in_distribution", "central"]),
             "aiq_in_router": mean(["aiq_in_distribution", "router"]),
             "aiq_shifted_raw": mean(["aiq_shifted", "raw"]),
+            "aiq_shifted_central": mean(["aiq_shifted", "central"]),
             "aiq_shifted_router": mean(["aiq_shifted", "router"]),
             "band_coverage": mean(["band_coverage"]),
         },
