@@ -257,3 +257,39 @@ def test_pessimism_is_chosen_by_held_out_over_estimate_within_the_in_distributio
     (pessimism, _), evidence = choose_pessimism(held_out, 1, in_distribution, 0.1, 1.0, cost_scale=10.0)
     assert pessimism == 0.0
     assert not any(entry["allowed"] for key, entry in evidence.items() if not key.startswith("0.0@"))
+
+
+@pytest.mark.slow
+def test_cautious_estimate_cuts_the_over_estimate_on_a_packaged_task_never_seen():
+    """RouterBench's shipped train embeddings: a kNN router of ARC and Winogrande routes MBPP's prompts."""
+    from carrot_hub.data.packaged import EMBEDDINGS_FILENAME, packaged_table_dir
+    from carrot_hub.default import DEFAULT_TABLE, new_default_router
+    from carrot_hub.embedding_cache import embeddings_key, load_embeddings
+    from carrot_hub.reliability import fit_knn_reliability
+
+    router, table = new_default_router("transformer", DEFAULT_TABLE)
+    embeddings = load_embeddings(packaged_table_dir(DEFAULT_TABLE) / EMBEDDINGS_FILENAME, embeddings_key(router, table.prompts))
+    assert embeddings is not None, "the shipped embeddings no longer match the encoder"
+    tasks = np.asarray(table.tasks, dtype=object)
+    seen, unseen = np.flatnonzero(tasks != "mbpp"), np.flatnonzero(tasks == "mbpp")
+    fit_knn(router, embeddings[seen], table.subset(seen))
+    fit_knn_reliability(router, table.subset(seen), embeddings[seen])
+    assert router.config.ood_pessimism > 0
+    encoding = PromptEncoding(embeddings[unseen], torch.full((unseen.size,), 100.0), [False] * unseen.size)
+    scores = np.nan_to_num(np.asarray(table.scores)[unseen])
+
+    def chosen_gap():
+        predictions = router.predict_encoded(encoding)
+        gaps = []
+        for mu in np.linspace(0, 1, 11):
+            chosen = router.decide(predictions, mu=float(mu)).model_indices.numpy()
+            rows = np.arange(unseen.size)
+            gaps.append(float((predictions.quality.numpy()[rows, chosen] - scores[rows, chosen]).mean()))
+        return float(np.mean(gaps))
+
+    cautious = chosen_gap()
+    pessimism, router.config.ood_pessimism = router.config.ood_pessimism, 0.0
+    central = chosen_gap()
+    router.config.ood_pessimism = pessimism
+    assert central > 0.2, "MBPP is harder than ARC and Winogrande: the central estimate over-states it"
+    assert cautious < central - 0.03
