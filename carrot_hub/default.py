@@ -41,10 +41,10 @@ DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
 # Both picked by 5-fold out-of-fold routing AIQ over 4…512 on the train split, each on its own
 # encoder's embeddings: `python -m training.train --kind knn [--encoder static]`.
 DEFAULT_KNN_K = 128
-DEFAULT_STATIC_KNN_K = 64
+DEFAULT_STATIC_KNN_K = 192
 DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see README, "Static encoder"
 _CACHE_VERSION = "v8"  # v8: a cautious quality out of distribution (ood_pessimism) fitted at build
-_STATIC_CACHE_VERSION = "v4"  # v4: ood_pessimism fitted at build
+_STATIC_CACHE_VERSION = "v5"  # v5: the shipped table rebuilt (rows on their own tokens), 128 tokens, k = 192
 
 
 def cache_root() -> Path:

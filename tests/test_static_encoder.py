@@ -46,6 +46,20 @@ def test_shipped_static_table_matches_the_installed_encoder():
     assert load_static_table(SHIPPED_STATIC_DIR, key) is not None, "stale: run scripts/build_static_default.py"
 
 
+@pytest.mark.parametrize("word, related", [("translate", "translation"), ("math", "mathematics"),
+                                           ("python", "programming"), ("poem", "poetry"), ("doctor", "medical")])
+def test_shipped_table_rows_belong_to_their_tokens(word, related):
+    """Each row is the encoder's embedding of its own token: a related word is among its 50 nearest
+    rows of 29,525. (A table read back from a model2vec folder once shipped with its rows on other
+    tokens: the nearest rows of "math" were "##น", "dangers", "simplified".)"""
+    table = load_static_table(SHIPPED_STATIC_DIR)
+    rows = torch.nn.functional.normalize(table.token_embeddings, dim=1)
+    vocab = table.tokenizer.get_vocab()
+    similarity = rows @ rows[vocab[word]]
+    similarity[vocab[word]] = -2.0
+    assert vocab[related] in similarity.topk(50).indices.tolist()
+
+
 def test_embedding_is_the_normalised_mean_of_the_token_rows(static_knn_router):
     encoding = static_knn_router.encode(TINY_PROMPTS)
     for row, prompt in enumerate(TINY_PROMPTS):
