@@ -126,3 +126,21 @@ def test_benchmark_runs_on_every_table_given_with_one_file_each_and_a_summary(tm
             row = summary["tables"][folder.name]["rows"][name]
             assert row["aiq"] == pytest.approx(entry["aiq"])
         assert {"carrot-knn-reference", "routerbench", "random"} <= set(results["baselines"])
+
+
+def test_benchmark_chooses_the_static_encoders_prompt_tokens_by_its_own_out_of_fold_aiq(tmp_path):
+    folder = _small_copy("routerbench-0shot", tmp_path / "rb-small", 30, 12)
+    out, routers = tmp_path / "results.json", tmp_path / "routers"
+    code = benchmark_main(
+        ["--data", str(folder), "--out", str(out), "--kinds", "knn", "--encoders", "static", "--prompt-tokens-grid", "16,64",
+         "--k-grid", "2,8", "--folds", "2", "--mu-steps", "5", "--no-baselines", "--routers-dir", str(routers), "--quiet"]
+    )
+    assert code == 0
+    results = json.loads(out.read_text())
+    report = results["benchmark"]["training_reports"]["static_prompt_tokens"]
+    assert set(report["grid"]) == {"16", "64"}
+    best = max(report["grid"].values(), key=lambda row: row["aiq"])["aiq"]
+    assert report["grid"][str(report["chosen"])]["aiq"] == best
+    assert results["benchmark"]["static_max_prompt_tokens"] == report["chosen"]
+    config = json.loads((routers / "static-knn" / "config.json").read_text())
+    assert config["encoder_kind"] == "static" and config["max_prompt_tokens"] == report["chosen"]

