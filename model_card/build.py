@@ -221,6 +221,8 @@ def _reliability_context(config) -> dict | None:
         }.get(config.calibration_method or "identity", config.calibration_method),
         "floor": f"{floor:g}",
         "prior_shrink": f"{config.prior_shrink:g}",
+        "pessimism": f"{getattr(config, 'ood_pessimism', 0.0):g}",
+        "pessimism_support": f"{getattr(config, 'ood_pessimism_support', threshold):g}",
         "ood_policy": config.ood_policy,
     }
 

@@ -96,3 +96,12 @@ def test_speed_advice_follows_the_encoder_kind(config):
     text = build_model_card(static, repo_id="org/router")
     assert "static token table" in text and "tokenizing the prompt is\nmost of the work" in text
     assert "bfloat16" in text and "dtype=torch.bfloat16" not in text and "Faster on CPU" not in text
+
+
+def test_card_says_when_quality_out_of_distribution_is_cautious(config):
+    config.support_reference_size = 100  # a router that measures support
+    config.ood_pessimism, config.ood_pessimism_support = 0.75, 0.05
+    text = build_model_card(config, repo_id="org/router")
+    assert "Below support 0.05 the quality is also put toward the band's lower end" in text and "(0.75 of the way" in text
+    config.ood_pessimism = 0.0
+    assert "band's lower end" not in build_model_card(config, repo_id="org/router")
