@@ -81,6 +81,8 @@ CALIBRATION_METHODS = ("identity", "isotonic", "platt")
 MAX_KNOTS = 64
 BAND_Z = 1.2816  # an 80% two-sided normal band
 MIN_GROUP_SIZE = 20
+MIN_VALIDATION_PROMPTS = 2 * MIN_GROUP_SIZE  # fewer: a fine-tuned router keeps support and prior only
+HELD_OUT_PROXY_K = 32  # neighbours of the kNN that stands in for a fine-tuned predictor on held-out groups
 HELD_IN_FRACTION = 0.2
 
 
@@ -620,9 +622,45 @@ def fit_knn_reliability(router, table, embeddings: torch.Tensor, folds: int = 5,
     return fit_reliability(router, table, embeddings, oof, predict, seed=seed)
 
 
+def fit_validation_reliability(
+    router, fit_embeddings: torch.Tensor, validation_table, validation_embeddings: torch.Tensor, seed: int = 0
+) -> dict | None:
+    """
+    [`fit_reliability`] for a router whose predictor cannot be refitted per fold (a fine-tuned
+    encoder: refitting would multiply the fine-tuning), from prompts it was not trained on.
+
+    - its predictions on `validation_table` (held out of fine-tuning) stand for out-of-fold ones: they
+      fit the calibration and the in-distribution checks;
+    - held-out groups (tasks or clusters of the validation prompts) are predicted by a kNN
+      (`HELD_OUT_PROXY_K` neighbours) on the router's own embeddings of the other groups' validation
+      prompts: out of distribution a prediction carries little beyond the level it borrows from the
+      seen tasks (see the module docstring), which any predictor of those tasks borrows alike;
+    - support is then measured against `fit_embeddings (n_fit, hidden)`, every prompt it was trained
+      on (the calibration, prior, band and choices are kept).
+
+    `validation_embeddings (n_val, hidden)` are the router's. Returns the report, or None (the router
+    left as it is) with fewer than `MIN_VALIDATION_PROMPTS` validation prompts.
+    """
+    if len(validation_table) < MIN_VALIDATION_PROMPTS:
+        return None
+    validation_embeddings = torch.as_tensor(validation_embeddings, dtype=torch.float32)
+    with torch.no_grad():
+        quality, _ = router.predict_raw(validation_embeddings.to(router.predictor_device))
+    proxy_k = min(HELD_OUT_PROXY_K, len(validation_table) - 1)
+    predict = knn_held_out_predictor(validation_embeddings, validation_table, proxy_k)
+    report = fit_reliability(router, validation_table, validation_embeddings, quality.float().cpu().numpy(), predict, seed=seed)
+    router.fit_support(fit_embeddings, k=router.config.support_k, threshold=router.config.support_threshold)
+    report["fitted_on"] = (
+        f"the router's predictions on {len(validation_table)} validation prompts; held-out groups predicted by a "
+        f"kNN (k = {proxy_k}) on its embeddings; support against {len(fit_embeddings)} training prompts"
+    )
+    return report
+
+
 __all__ = [
     "fit_reliability",
     "fit_knn_reliability",
+    "fit_validation_reliability",
     "knn_held_out_predictor",
     "choose_calibration",
     "fit_calibration",

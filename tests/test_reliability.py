@@ -17,6 +17,7 @@ from carrot_hub.reliability import (
     THRESHOLD_GRID,
     choose_calibration,
     choose_pessimism,
+    fit_validation_reliability,
     fit_reliability,
     knn_held_out_predictor,
     isotonic_knots,
@@ -26,7 +27,7 @@ from carrot_hub.reliability import (
 from training import metrics
 
 from .conftest import TINY_MODELS, TINY_PRICES, make_tiny_table
-from .test_router_support import clustered_embeddings, synthetic_table
+from .test_router_support import clustered_embeddings, encoding, synthetic_table
 
 
 def test_isotonic_map_is_monotone_and_fits_steps():
@@ -257,6 +258,28 @@ def test_pessimism_is_chosen_by_held_out_over_estimate_within_the_in_distributio
     (pessimism, _), evidence = choose_pessimism(held_out, 1, in_distribution, 0.1, 1.0, cost_scale=10.0)
     assert pessimism == 0.0
     assert not any(entry["allowed"] for key, entry in evidence.items() if not key.startswith("0.0@"))
+
+
+def test_a_router_that_cannot_be_refitted_is_calibrated_on_its_validation_prompts():
+    from carrot_hub.building import fit_support_and_prior
+
+    embeddings, _ = clustered_embeddings(n_per_cluster=60)
+    table = synthetic_table(embeddings.shape[0])  # two tasks; the first model is always right
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="mlp", cost_scale=1e-3)  # heads as initialised: ~0.5
+    rows = np.random.default_rng(0).permutation(embeddings.shape[0])
+    fit_rows, validation_rows = np.sort(rows[:60]), np.sort(rows[60:])
+    fit_support_and_prior(router, table.subset(fit_rows), embeddings=embeddings[fit_rows])
+    few = validation_rows[:10]
+    assert fit_validation_reliability(router, embeddings[fit_rows], table.subset(few), embeddings[few]) is None
+    assert router.config.calibration_method == "identity"  # too few validation prompts: left as it was
+    report = fit_validation_reliability(router, embeddings[fit_rows], table.subset(validation_rows), embeddings[validation_rows])
+    assert report["grouping"].startswith("tasks") and report["ood_pessimism"]["chosen"] in PESSIMISM_GRID
+    assert router.config.calibration_method != "identity"
+    quality = router.predict_encoded(encoding(embeddings[validation_rows])).quality
+    assert quality[:, 0].min() > 0.9  # the map learnt from the validation predictions that the first model is right
+    # support is measured against every training prompt, not the validation ones
+    assert router.config.support_memory_size == 60
+    assert torch.equal(router.reliability.support_embeddings, embeddings[fit_rows])
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers.utils.logging import tqdm
 
 from carrot_hub.building import default_cost_scale, fit_support_and_prior, new_router
+from carrot_hub.reliability import MIN_VALIDATION_PROMPTS, fit_validation_reliability
 from carrot_hub.modeling_carrot import pad_batch
 
 from .heads import split_train_validation, train_heads_router
@@ -303,6 +304,12 @@ def train_finetuned_router(
     # Support is measured in the fine-tuned encoder's space: embed the training prompts once more.
     fit_embeddings = router.encode(list(fit_table.prompts), batch_size=64, progress=progress and accelerator.is_main_process)
     fit_support_and_prior(router, fit_table, embeddings=fit_embeddings.embeddings)
+    reliability = None
+    if len(validation_table) >= MIN_VALIDATION_PROMPTS:  # calibration and ood choices from prompts it never saw
+        validation_embeddings = router.encode(
+            list(validation_table.prompts), batch_size=64, progress=progress and accelerator.is_main_process
+        ).embeddings
+        reliability = fit_validation_reliability(router, fit_embeddings.embeddings, validation_table, validation_embeddings, seed=seed)
     report = {
         "predictor_kind": "mlp",
         "encoder_fine_tuned": True,
@@ -315,6 +322,7 @@ def train_finetuned_router(
         "resumed_from": str(resume_from) if resume_from is not None else None,
         "validation_history": history,
         "frozen_heads": heads_report,
+        "reliability": reliability,
         **{k: v for k, v in run_settings.items() if k != "router_fields"},
     }
     if accelerator.is_main_process:
