@@ -123,3 +123,21 @@ def test_serve_starts_answers_and_stops(saved_knn_router, tmp_path):
                 process.kill()
                 raise
     assert code == 0
+
+
+def test_routing_threads_default_to_one_for_a_static_router_only(static_knn_router, knn_router):
+    import torch
+
+    from carrot_hub.serving.command import _set_routing_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _set_routing_threads(knn_router, None)
+        assert torch.get_num_threads() == 2  # a transformer router keeps torch's choice
+        _set_routing_threads(static_knn_router, None)
+        assert torch.get_num_threads() == 1
+        _set_routing_threads(static_knn_router, 2)
+        assert torch.get_num_threads() == 2  # --threads wins
+    finally:
+        torch.set_num_threads(before)
