@@ -5,6 +5,8 @@ This file travels to the Hub next to `configuration_carrot.py` as remote code: i
 torch, numpy, transformers, the standard library and its sibling (relative import).
 """
 
+import array
+import functools
 import itertools
 import json
 import math
@@ -540,21 +542,32 @@ class CarrotKNNMemory(nn.Module):
         top = nearest[:, :k]
         # Sums over k of contiguous (batch, k, n_models) gathers on both paths below, so that adding
         # a candidate with unobserved rows leaves the other candidates' predictions bit-identical.
-        means = values[top].sum(1) / k  # right wherever the k nearest rows are observed for every candidate
         if incomplete_rows is None:
             incomplete_rows = (observed == 0).sum(1) > 0  # (n_memory,); faster than any(1) on CPU
         needs_mask = incomplete_rows[top].any(1)  # (batch,): a prompt whose k nearest rows miss a cell
-        if bool(needs_mask.any()):
-            ranked = nearest[needs_mask]  # (n_masked, depth)
-            observed_ranked = observed[ranked]  # (n_masked, depth, n_models)
+        every = bool(needs_mask.all())  # e.g. a single prompt: no plain path, no boolean indexing
+        if not every:
+            means = values[top].sum(1) / k  # right wherever the k nearest rows are observed for every candidate
+        if every or bool(needs_mask.any()):
+            ranked = nearest if every else nearest[needs_mask]  # (n_masked, depth)
+            rank, columns = _ranks(depth, n_models, values.device)
+            unobserved_ranked = (observed[ranked] == 0).to(values.dtype)  # (n_masked, depth, n_models)
             # Observed rows first, each group in similarity order: the first k keys are the k nearest observed rows.
-            rank = torch.arange(depth, device=values.device, dtype=values.dtype)[None, :, None]
-            first = (rank + depth * (1 - observed_ranked)).topk(k, dim=1, largest=False).indices  # (n_masked, k, n_models)
+            first = (rank + depth * unobserved_ranked).topk(k, dim=1, largest=False).indices  # (n_masked, k, n_models)
             rows = ranked[:, :, None].expand(-1, -1, n_models).gather(1, first)
-            models = torch.arange(n_models, device=values.device)[None, None, :]
-            usable = observed_ranked.gather(1, first)  # zeros where a candidate has fewer than k observed rows
-            means[needs_mask] = (values[rows, models] * usable).sum(1) / usable.sum(1).clamp(min=1)
+            usable = 1 - unobserved_ranked.gather(1, first)  # zeros where a candidate has fewer than k observed rows
+            masked = (values[rows, columns] * usable).sum(1) / usable.sum(1).clamp(min=1)
+            if every:
+                return masked
+            means[needs_mask] = masked
         return means
+
+
+@functools.lru_cache(maxsize=64)
+def _ranks(depth: int, n_models: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`arange(depth)` as `(1, depth, 1)` float32 and `arange(n_models)` as `(1, 1, n_models)`: the kNN's index grids."""
+    rank = torch.arange(depth, device=device, dtype=torch.float32)[None, :, None]
+    return rank, torch.arange(n_models, device=device)[None, None, :]
 
 
 def top_k_mean_similarity(
@@ -815,7 +828,8 @@ class CarrotStaticEncoder(nn.Module):
         prompt starts → `(batch, embedding_size)` float32 L2-normalised embeddings; a prompt with no
         tokens gets `fallback`. `empty (batch,)` bool, when the caller knows it, saves finding them.
         """
-        pooled = self.token_embeddings(token_ids, offsets).float()
+        # The functional form: the module's call costs more than the lookup for a single prompt.
+        pooled = F.embedding_bag(token_ids, self.token_embeddings.weight, offsets, mode="mean").float()
         if empty is None:
             empty = torch.diff(offsets, append=offsets.new_tensor([token_ids.numel()])) == 0
         return self._normalise(pooled, empty)
@@ -1402,8 +1416,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         lengths = [len(ids) for ids in token_ids]
         fallback = [n == 0 for n in lengths]
         device = self.encoder.token_embeddings.weight.device
-        offsets = torch.tensor([0, *itertools.accumulate(lengths[:-1])], dtype=torch.long, device=device)
-        flat = torch.tensor(list(itertools.chain.from_iterable(token_ids)), dtype=torch.long, device=device)
+        offsets = _long_tensor(array.array("q", [0, *itertools.accumulate(lengths[:-1])])).to(device)
+        flat = _long_tensor(array.array("q", itertools.chain.from_iterable(token_ids))).to(device)
         empty = torch.tensor(fallback, device=device) if any(fallback) else False
         embeddings = self.encoder.embed_bags(flat, offsets, empty).cpu()
         return PromptEncoding(
@@ -1442,11 +1456,13 @@ class CarrotRouter(CarrotPreTrainedModel):
         """Predictions from precomputed embeddings (no encoder pass), in chunks of `batch_size`."""
         n_models = self.config.num_candidates
         parts = [[torch.zeros(0, n_models)], [torch.zeros(0, n_models)], [torch.zeros(0)], [torch.zeros(0, n_models)], [torch.zeros(0, n_models)]]
+        device, dtype = self.predictor_device, self.predictor_dtype
         for start in range(0, encoding.embeddings.shape[0], batch_size):
-            chunk = encoding.embeddings[start : start + batch_size].to(self.device, self.predictor_dtype)
+            chunk = encoding.embeddings[start : start + batch_size].to(device, dtype)
             for part, value in zip(parts, self.predict_with_support(chunk)):
                 part.append(value.float().cpu())
-        quality, output_tokens, support, low, high = (torch.cat(part) for part in parts)
+        # One chunk (e.g. a single prompt) needs no concatenation.
+        quality, output_tokens, support, low, high = (part[1] if len(part) == 2 else torch.cat(part) for part in parts)
         return PromptPredictions(
             quality, output_tokens, encoding.input_tokens, list(encoding.truncated),
             candidate_models=list(self.config.candidate_models),
@@ -1843,6 +1859,11 @@ def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is
         target = torch.log1p(torch.nan_to_num(output_token_labels, nan=0.0).clamp(min=0)).to(log_tokens.dtype)
         loss = loss + (((log_tokens - target) ** 2) * observed).sum() / observed.sum().clamp(min=1)
     return loss
+
+
+def _long_tensor(values: array.array) -> torch.Tensor:
+    """An int64 tensor over an `array('q')` (about 3 times faster than `torch.tensor` from a list)."""
+    return torch.frombuffer(values, dtype=torch.long) if len(values) else torch.zeros(0, dtype=torch.long)
 
 
 def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
