@@ -141,3 +141,11 @@ def test_routing_threads_default_to_one_for_a_static_router_only(static_knn_rout
         assert torch.get_num_threads() == 2  # --threads wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_route_window_defaults_to_zero_for_a_static_router_only(static_knn_router, knn_router):
+    from carrot_hub.serving.command import _route_window_ms
+
+    assert _route_window_ms(static_knn_router, None) == 0.0
+    assert _route_window_ms(knn_router, None) == 2.0
+    assert _route_window_ms(static_knn_router, 5.0) == 5.0  # --route-window-ms wins

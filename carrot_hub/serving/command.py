@@ -37,8 +37,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="other candidates tried when the chosen upstream fails before answering (default 2)")
     parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
                         help="larger request bodies are refused with HTTP 413 (default 4 MiB)")
-    parser.add_argument("--route-window-ms", type=float, default=2.0,
-                        help="how long the first request of a routing batch waits for others (default 2 ms)")
+    parser.add_argument("--route-window-ms", type=float, default=None,
+                        help="how long the first request of a routing batch waits for others (default 2 ms; "
+                             "0 for a static-encoder router)")
     parser.add_argument("--route-batch-size", type=positive_int, default=64,
                         help="most prompts routed in one encoder pass (default 64)")
     parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
@@ -102,7 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-fallbacks must be ≥ 0, got {args.max_fallbacks}.")
     if args.learn_every < 0:
         raise UsageError(f"--learn-every must be ≥ 0, got {args.learn_every}.")
-    if not (args.route_window_ms >= 0 and args.route_window_ms < 1000):
+    if args.route_window_ms is not None and not (args.route_window_ms >= 0 and args.route_window_ms < 1000):
         raise UsageError(f"--route-window-ms must be in [0, 1000), got {args.route_window_ms}.")
     try:
         specs = read_upstreams_file(args.upstreams)
@@ -124,6 +125,18 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve(router, UpstreamPool(specs), sock, args, gateway_key)
     finally:
         sock.close()
+
+
+def _route_window_ms(router, window_ms: float | None) -> float:
+    """
+    `--route-window-ms`, else 0 for a static router and 2 ms for a transformer one. A static router
+    routes one prompt in about a millisecond, so waiting for company costs more than it saves; under
+    load its batches still form while the routing thread is busy. A transformer's pass costs ~20 ms
+    whatever the batch, so gathering the first burst pays.
+    """
+    if window_ms is not None:
+        return window_ms
+    return 0.0 if router.is_static else 2.0
 
 
 def _set_routing_threads(router, threads: int | None) -> None:
@@ -171,7 +184,7 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         max_fallbacks=args.max_fallbacks,
         max_body_bytes=args.max_body_bytes,
         api_key=gateway_key,
-        route_window_s=args.route_window_ms / 1000,
+        route_window_s=_route_window_ms(router, args.route_window_ms) / 1000,
         route_batch_size=args.route_batch_size,
     )
     learner = _open_learner(args, router)
