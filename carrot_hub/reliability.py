@@ -618,7 +618,8 @@ def fit_knn_reliability(router, table, embeddings: torch.Tensor, folds: int = 5,
     n = len(table)
     oof = np.zeros(np.asarray(table.scores).shape)
     for held_out in np.array_split(np.random.default_rng(seed).permutation(n), folds):
-        oof[held_out] = predict(np.setdiff1d(np.arange(n), held_out), np.sort(held_out))
+        held_out = np.sort(held_out)  # predictions come back in this order, so rows are written in it too
+        oof[held_out] = predict(np.setdiff1d(np.arange(n), held_out), held_out)
     return fit_reliability(router, table, embeddings, oof, predict, seed=seed)
 
 

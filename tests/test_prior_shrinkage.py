@@ -7,15 +7,14 @@ import pytest
 import torch
 
 from carrot_hub import CarrotRouter
-from carrot_hub.building import fit_knn, new_router
+from carrot_hub.building import new_router
 from carrot_hub.modeling_carrot import PromptEncoding, interpolate_monotone
 from carrot_hub.prior_shrinkage import PRIOR_SHRINK_GRID, choose_prior_shrink, leave_one_out_prior, routing_aiq
-from carrot_hub.reliability import fit_knn_reliability
 from training import metrics
 from training.curves import decide_all
 
 from .conftest import TINY_MODELS, TINY_PRICES
-from .test_router_support import clustered_embeddings, synthetic_table
+from .test_reliability import clustered_knn_router
 
 
 def test_leave_one_out_prior_leaves_each_row_out_and_skips_missing_cells():
@@ -74,11 +73,7 @@ def test_noisy_predictions_get_some_shrinkage_that_routes_better_than_none():
 
 @pytest.fixture(scope="module")
 def knn_router():
-    embeddings, centres = clustered_embeddings(n_per_cluster=60)
-    table = synthetic_table(embeddings.shape[0])
-    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
-    fit_knn(router, embeddings, table)
-    report = fit_knn_reliability(router, table, embeddings)
+    router, report, _, _, centres = clustered_knn_router()
     return router, report, centres
 
 

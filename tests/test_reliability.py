@@ -17,6 +17,7 @@ from carrot_hub.reliability import (
     THRESHOLD_GRID,
     choose_calibration,
     choose_pessimism,
+    fit_knn_reliability,
     fit_validation_reliability,
     fit_reliability,
     knn_held_out_predictor,
@@ -76,19 +77,37 @@ def test_spherical_kmeans_finds_two_clusters():
     assert len(set(labels[:30])) == 1 and len(set(labels[30:])) == 1 and labels[0] != labels[-1]
 
 
-@pytest.fixture(scope="module")
-def fitted_knn():
+def clustered_knn_router():
+    """A kNN router (k = 8) over two synthetic clusters, its reliability fitted as training does:
+    `(router, fit report, embeddings, table, cluster centres)`."""
     embeddings, centres = clustered_embeddings(n_per_cluster=60)
     table = synthetic_table(embeddings.shape[0])
     router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
     fit_knn(router, embeddings, table)
+    report = fit_knn_reliability(router, table, embeddings)
+    return router, report, embeddings, table, centres
+
+
+@pytest.fixture(scope="module")
+def fitted_knn():
+    router, report, embeddings, _, centres = clustered_knn_router()
+    return router, report, embeddings, centres
+
+
+def test_knn_reliability_is_fitted_on_each_rows_own_out_of_fold_prediction(monkeypatch):
+    """Row i's out-of-fold quality is the kNN mean from a memory without i's fold (5 seeded folds)."""
+    import carrot_hub.reliability as reliability
+
+    captured = {}
+    monkeypatch.setattr(reliability, "fit_reliability", lambda router, table, embeddings, oof, predict, seed=0: captured.update(oof=oof))
+    router, _, embeddings, table, _ = clustered_knn_router()
     predict = knn_held_out_predictor(embeddings, table, 8)
     n = embeddings.shape[0]
-    oof = np.zeros((n, 3))
+    expected = np.zeros((n, 3))
     for fold in np.array_split(np.random.default_rng(0).permutation(n), 5):
-        oof[fold] = predict(np.setdiff1d(np.arange(n), fold), fold)
-    report = fit_reliability(router, table, embeddings, oof, predict)
-    return router, report, embeddings, centres
+        for row in fold:
+            expected[row] = predict(np.setdiff1d(np.arange(n), fold), np.array([row]))[0]
+    np.testing.assert_allclose(captured["oof"], expected, rtol=0, atol=1e-6)
 
 
 def test_fit_reliability_picks_from_its_grids_and_reports_the_evidence(fitted_knn):
@@ -288,7 +307,6 @@ def test_cautious_estimate_cuts_the_over_estimate_on_a_packaged_task_never_seen(
     from carrot_hub.data.packaged import EMBEDDINGS_FILENAME, packaged_table_dir
     from carrot_hub.default import DEFAULT_TABLE, new_default_router
     from carrot_hub.embedding_cache import embeddings_key, load_embeddings
-    from carrot_hub.reliability import fit_knn_reliability
 
     router, table = new_default_router("transformer", DEFAULT_TABLE)
     embeddings = load_embeddings(packaged_table_dir(DEFAULT_TABLE) / EMBEDDINGS_FILENAME, embeddings_key(router, table.prompts))
