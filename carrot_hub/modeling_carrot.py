@@ -525,8 +525,10 @@ class CarrotKNNMemory(nn.Module):
         """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows; `similarity (batch, n_memory)`."""
         n_memory = values.shape[0]
         k = max(1, min(k, n_memory))
-        depth = min(n_memory, k + int((observed == 0).sum(0).max()))
-        return CarrotKNNMemory._neighbour_mean(similarity.topk(depth, dim=1).indices, values, observed, k)
+        missing = observed == 0
+        depth = min(n_memory, k + int(missing.sum(0).max()))
+        nearest = similarity.topk(depth, dim=1).indices
+        return CarrotKNNMemory._neighbour_mean(nearest, values, observed, k, incomplete_rows=missing.sum(1) > 0)
 
     @staticmethod
     def _neighbour_mean(

@@ -65,11 +65,16 @@ def tiny_table() -> RoutingTable:
     return make_tiny_table()
 
 
+def tiny_knn_router(table: RoutingTable, **options) -> "carrot_hub.CarrotRouter":
+    """A real-encoder kNN router (k = 2) filled with `table`; `options` go to `new_router`."""
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=2, cost_scale=1e-3, **options)
+    fit_knn(router, router.encode(table.prompts).embeddings, table)
+    return router
+
+
 @pytest.fixture(scope="session")
 def knn_router_session(tiny_table):
-    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=2, cost_scale=1e-3)
-    fit_knn(router, router.encode(tiny_table.prompts).embeddings, tiny_table)
-    return router
+    return tiny_knn_router(tiny_table)
 
 
 @pytest.fixture
@@ -88,9 +93,7 @@ def saved_knn_router(knn_router_session, tmp_path_factory):
 @pytest.fixture(scope="session")
 def static_knn_router_session(tiny_table):
     """A kNN router on the static encoder shipped with the package (distilled from all-MiniLM-L6-v2)."""
-    router = new_router(TINY_MODELS, TINY_PRICES, encoder_kind="static", predictor_kind="knn", knn_k=2, cost_scale=1e-3)
-    fit_knn(router, router.encode(tiny_table.prompts).embeddings, tiny_table)
-    return router
+    return tiny_knn_router(tiny_table, encoder_kind="static")
 
 
 @pytest.fixture
