@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
 from carrot_hub.distillation import SHIPPED_STATIC_DIR
-from carrot_hub.modeling_carrot import _ASCII_WORD, CachedWordPieceTokenizer
+from carrot_hub.modeling_carrot import CachedWordPieceTokenizer
 
 TRICKY = [
     "Plain lowercase words.",
@@ -52,12 +52,12 @@ def test_fast_path_gives_the_backends_ids_on_tricky_text(static_tokenizer):
 
 
 def test_a_full_cache_is_cleared_and_ids_stay_exact(static_tokenizer):
-    fast = CachedWordPieceTokenizer(static_tokenizer.backend_tokenizer, ["[UNK]", "[PAD]"], max_words=20)
+    fast = CachedWordPieceTokenizer(static_tokenizer.backend_tokenizer, ["[UNK]", "[PAD]"], max_chunks=20)
     first, second = TRICKY[:2], TRICKY[2:4]
     assert fast(first) == backend_ids(static_tokenizer, first)
     assert fast(second) == backend_ids(static_tokenizer, second)
-    # Over 20 words: the cache was emptied before the second batch and holds only its words.
-    assert set(fast._word_ids) == {word for prompt in second for word in _ASCII_WORD.findall(prompt.lower())}
+    # Over 20 chunks: the cache was emptied before the second batch and holds only its chunks.
+    assert set(fast._chunk_ids) == {chunk for prompt in second for chunk in prompt.lower().split()}
 
 
 def test_the_transformer_encoders_tokenizer_also_qualifies(knn_router):
@@ -79,5 +79,49 @@ def test_static_router_embeds_the_same_with_and_without_the_fast_path(static_knn
     static_knn_router._word_piece_cache = None
     slow = static_knn_router.encode(prompts)
     assert torch.equal(fast.embeddings, slow.embeddings)
-    assert torch.equal(fast.input_tokens, slow.input_tokens)
     assert fast.truncated == slow.truncated and fast.fallback_embedding == slow.fallback_embedding
+    # The fast path tokenizes only the kept end of a long prompt and estimates the rest of its count.
+    whole = torch.tensor([len(prompt) <= 5 * static_knn_router.config.max_prompt_tokens for prompt in prompts])
+    assert whole.any() and (~whole).any()
+    assert torch.equal(fast.input_tokens[whole], slow.input_tokens[whole])
+    error = (fast.input_tokens[~whole] - slow.input_tokens[~whole]).abs() / slow.input_tokens[~whole]
+    assert float(error.mean()) < 0.03 and float(error.quantile(0.95)) < 0.08
+
+
+def kept_end(ids, unknown, limit, from_end=True):
+    known = [i for i in ids if i != unknown]
+    return known[-limit:] if from_end else known[:limit]
+
+
+@pytest.mark.parametrize("from_end", [True, False])
+def test_a_window_at_the_kept_end_gives_that_ends_ids_on_every_packaged_prompt(static_tokenizer, from_end):
+    prompts = load_routing_table(str(DEFAULT_DATA_DIR), split="test", progress=False).prompts
+    fast, unknown = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer), static_tokenizer.unk_token_id
+    ids, counts, outside = fast.window_ids(prompts, 128, from_end=from_end, skip_id=unknown)
+    full = backend_ids(static_tokenizer, prompts)
+    assert [kept_end(i, unknown, 128, from_end) for i in ids] == [kept_end(i, unknown, 128, from_end) for i in full]
+    assert sum(outside) > len(prompts) / 2  # most prompts are longer than their window
+    for window, whole, count, cut in zip(ids, full, counts, outside):
+        if not cut:  # tokenized whole: the exact ids and count
+            assert window == whole and count == len(whole)
+
+
+WINDOW_TRAPS = [
+    "café naïve 中文 🥕 " * 100 + "then a plain ASCII question at the end?",  # non-ASCII only at the far end
+    "plain words first " * 60 + " and then café, naïve and 中文 at the kept end",
+    "averyveryverylongwordwithoutanyspaces" * 40,  # no place to cut: tokenized whole
+    "supercalifragilisticexpialidocious " * 200,  # many characters per token: the window must grow
+    "1,2;3.4 " * 300,  # few characters per token
+    "\t\n\r".join(["tabbed", "and", "newlined"] * 200),
+    "[UNK] " * 300 + "words after unknown tokens",  # the skipped id does not count toward the window
+    "x" * 5000 + " tail",
+]
+
+
+@pytest.mark.parametrize("from_end", [True, False])
+def test_windows_stay_exact_on_text_built_to_trip_them(static_tokenizer, from_end):
+    fast, unknown = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer), static_tokenizer.unk_token_id
+    for limit in (1, 16, 128):
+        ids, _, _ = fast.window_ids(WINDOW_TRAPS, limit, from_end=from_end, skip_id=unknown)
+        full = backend_ids(static_tokenizer, WINDOW_TRAPS)
+        assert [kept_end(i, unknown, limit, from_end) for i in ids] == [kept_end(i, unknown, limit, from_end) for i in full]
