@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import sys
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ DOLLARS_PER_MILLION = 1e6
 # Prompts are tokenized this many at a time: the tokenizer's output for a whole list of long
 # prompts takes gigabytes (50,000 prompts of 400 words: ~4 GB), one chunk only a few hundred MB.
 TOKENIZE_CHUNK_PROMPTS = 1024
+PIPELINE_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while a static router tokenizes and predicts at once
+
 # A prompt is counted as at least one input token per this many UTF-8 bytes. The encoder's
 # tokenizer collapses some text (a word longer than 100 characters becomes one [UNK]; zero-width
 # and control characters are dropped) that the candidate LLMs still charge for, so its count alone
@@ -572,7 +575,8 @@ def top_k_mean_similarity(
         if exclude_self:
             rows = torch.arange(chunk.shape[0])
             similarity[rows, rows + start] = -math.inf
-        out[start : start + chunk.shape[0]] = similarity.topk(k, dim=1).values.mean(1).float().cpu()
+        nearest = similarity.amax(1) if k == 1 else similarity.topk(k, dim=1).values.mean(1)  # amax: a third of topk's time
+        out[start : start + chunk.shape[0]] = nearest.float().cpu()
     return out
 
 
@@ -688,14 +692,14 @@ class CarrotReliability(nn.Module):
         return adjusted, low, high
 
 
-_WORD_BOUNDARY = re.compile(r"[ \t\n\r]")  # where BERT's normalizer and pre-tokenizer always split
+_WORD_BOUNDARY = re.compile(r"[ \t\n\r]+")  # where BERT's normalizer and pre-tokenizer always split
 # ASCII control characters BERT's `clean_text` drops (tab, newline and return are whitespace).
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _whitespace(text: str) -> int:
-    """Spaces, tabs and newlines in `text`: about its number of words."""
-    return text.count(" ") + text.count("\n") + text.count("\t")
+    """Spaces and newlines in `text`: about its number of words."""
+    return text.count(" ") + text.count("\n")
 
 
 class CachedWordPieceTokenizer:
@@ -708,14 +712,17 @@ class CachedWordPieceTokenizer:
     tokenized on its own, and a chunk's ids can be cached: `str.split` and one dictionary lookup
     per chunk replace the tokenizer's per-character work (about 10 times faster on RouterBench's
     prompts, which repeat their chunks). Chunks not yet cached are tokenized by the backend, in one
-    batch. Prompts with non-ASCII or control characters, or containing an added token's text, go
-    through the backend whole, so every prompt gets exactly the backend's ids. The cache is
-    cleared when it passes `max_chunks` entries.
+    batch. Text with non-ASCII or control characters is split at spaces, tabs and newlines only and
+    its chunks are cached as written; prompts containing an added token's text go through the
+    backend whole. So every prompt gets exactly the backend's ids. The cache is cleared when it
+    passes `max_chunks` entries.
     """
 
     def __init__(self, backend, added_tokens: Sequence[str], max_chunks: int = 100_000):
         self.backend = backend
         self.added_tokens = [token.lower() for token in added_tokens if token]
+        # One search for all of them: an added token's text anywhere sends the prompt to the backend.
+        self._added_token = re.compile("|".join(map(re.escape, self.added_tokens))) if self.added_tokens else None
         self.max_chunks = max_chunks
         self._chunk_ids: dict[str, list[int]] = {}
 
@@ -741,15 +748,20 @@ class CachedWordPieceTokenizer:
         return cls(backend, [token.get("content", "") for token in spec.get("added_tokens") or []])
 
     def _chunks(self, prompt: str) -> list[str] | None:
-        """The prompt's lowercased whitespace-separated chunks when it can take the fast path, else None."""
-        if not prompt.isascii() or _ASCII_CONTROL.search(prompt):
+        """The prompt's chunks as cache keys, or None when it must go through the backend whole."""
+        if prompt.isascii() and not _ASCII_CONTROL.search(prompt):
+            lowered = prompt.lower()
+            if self._added_token is not None and self._added_token.search(lowered):
+                return None
+            # Only space, tab, newline and carriage return are left to split at (other ASCII
+            # controls, which str.split would also take for whitespace, were excluded above).
+            return lowered.split()
+        if self._added_token is not None and self._added_token.search(prompt.lower()):
             return None
-        lowered = prompt.lower()
-        if any(token in lowered for token in self.added_tokens):
-            return None
-        # Only space, tab, newline and carriage return are left to split at (other ASCII controls,
-        # which str.split would also take for whitespace, sent the prompt to the backend above).
-        return lowered.split()
+        # Other text is split only where BERT surely splits, each chunk kept as written: its
+        # normalizer (lowercasing, accents, Chinese characters, control characters) works
+        # character by character, so the backend gives a chunk alone the ids it gives it in context.
+        return [chunk for chunk in _WORD_BOUNDARY.split(prompt) if chunk]
 
     def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompts → their token ids without special tokens, as the backend gives them."""
@@ -825,13 +837,19 @@ class CachedWordPieceTokenizer:
 
     @staticmethod
     def _window(prompt: str, n_chars: int, from_end: bool) -> str:
-        """About the last (first) `n_chars` characters of `prompt`, cut at a space, tab or newline; the whole prompt when none."""
+        """About the last (first) `n_chars` characters of `prompt`, cut at a space or newline; the whole prompt when none."""
         if len(prompt) <= n_chars:
             return prompt
         if from_end:
-            match = _WORD_BOUNDARY.search(prompt, len(prompt) - n_chars)
-            return prompt[match.start() :] if match else prompt
-        cut = max(prompt.rfind(space, 0, n_chars) for space in " \t\n\r")
+            start = len(prompt) - n_chars
+            cut = prompt.find(" ", start)
+            if cut < 0 or cut - start > 200:  # no space near: the first newline, tab or return will do
+                match = _WORD_BOUNDARY.search(prompt, start)
+                cut = match.start() if match else -1
+            return prompt[cut:] if cut >= 0 else prompt
+        cut = prompt.rfind(" ", 0, n_chars)
+        if cut < n_chars - 200:
+            cut = max(prompt.rfind(space, 0, n_chars) for space in " \t\n\r")
         return prompt[:cut] if cut > 0 else prompt
 
 
@@ -1485,9 +1503,16 @@ class CarrotRouter(CarrotPreTrainedModel):
         chunks = [prompts[start : start + TOKENIZE_CHUNK_PROMPTS] for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)]
         if len(chunks) <= 1:
             return self.predict_encoded(self._encode_static(prompts))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
-            pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
-            return PromptPredictions.concatenate([future.result() for future in pending])
+        # The worker needs the GIL back after each torch call while tokenizing holds it; at Python's
+        # default 5 ms switch interval it waits that long each time (about 10% of the throughput).
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, PIPELINE_SWITCH_INTERVAL_S))
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
+                pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
+                return PromptPredictions.concatenate([future.result() for future in pending])
+        finally:
+            sys.setswitchinterval(switch_interval)
 
     @torch.inference_mode()
     def _predict_static_tokens(self, tokenized: tuple[list[list[int]], list[int], list[bool]]) -> PromptPredictions:
@@ -1566,7 +1591,8 @@ class CarrotRouter(CarrotPreTrainedModel):
                 counts, outside = [len(ids) for ids in encoded], [False] * len(prompts)
         token_ids, input_tokens, truncated = [], [], []
         for prompt, ids, n_tokens, cut in zip(prompts, encoded, counts, outside):
-            input_tokens.append(max(n_tokens, math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
+            n_bytes = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
+            input_tokens.append(max(n_tokens, math.ceil(n_bytes / MAX_BYTES_PER_TOKEN)))
             if unknown is not None and unknown in ids:
                 ids = [i for i in ids if i != unknown]
             if len(ids) > limit:

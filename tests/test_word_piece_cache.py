@@ -24,6 +24,12 @@ TRICKY = [
     "",
     "   ",
     "supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
+    # Unicode whose lowercasing, spacing or controls differ between Python and BERT:
+    "İstanbul ΣΟΦΟΣ ΟΔΟΣ ﬁne ligature, Ǆ digraph",
+    "no\u00a0break\u3000ideographic\u2003em space",
+    "next\x85line, zero\u200bwidth, joiner\u200d, bom\ufeffmark, soft\u00adhyphen",
+    "a combining mark after a space: \u0301abc and e\u0301 and \u1f600",
+    "mixed ascii words then naïve ones then ascii again, UPPER Case",
 ]
 
 
