@@ -495,31 +495,31 @@ class CarrotKNNMemory(nn.Module):
         """
         rows = self._rows()
         memory = rows[0]
-        values, observed, unobserved = self._stacked_targets(*rows[1:])
-        n_memory, n_models = memory.shape[0], values.shape[1] // 2
+        targets, unobserved = self._stacked_targets(*rows[1:])
+        n_memory, n_models = memory.shape[0], targets.shape[1] // 4
         k = max(1, min(k or self.k, n_memory))
         depth = min(n_memory, max(k + unobserved, similarity_k))
         similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
         nearest = similarity.topk(depth, dim=1)  # sorted, most similar first
         del similarity  # the neighbour mean builds a tensor of the same size
         top_similarity = nearest.values[:, :similarity_k].mean(1) if similarity_k else None
-        means = self._neighbour_mean(nearest.indices, values, observed, k, n_memory)  # (batch, 2 * n_models)
+        means = self._neighbour_mean(nearest.indices, targets, k, n_memory)  # (batch, 2 * n_models)
         return means[:, :n_models], means[:, n_models:], top_similarity
 
     def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
         """
-        `(values, observed, most_unobserved)`: quality and log-tokens side by side `(n_memory,
-        2 * n_models)` in float32 with their 0/1 masks (one neighbour search serves both), and the
+        `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
+        their 0/1 masks, `(n_memory, 4 * n_models)` float32 (one neighbour search serves all), and the
         most unobserved rows of any column; cached until one of the four buffers changes (in place
         or replaced).
         """
-        targets = (quality, quality_observed, log_output_tokens, output_tokens_observed)
-        key = tuple((id(tensor), tensor._version) for tensor in targets)
+        buffers = (quality, quality_observed, log_output_tokens, output_tokens_observed)
+        key = tuple((id(tensor), tensor._version) for tensor in buffers)
         cached = getattr(self, "_stacked_cache", None)
         if cached is None or cached[0] != key:
             observed = torch.cat([quality_observed, output_tokens_observed], 1).float()
-            values = torch.cat([quality, log_output_tokens], 1).float()
-            cached = self._stacked_cache = (key, (values, observed, int((observed == 0).sum(0).max())))
+            values = torch.cat([quality, log_output_tokens], 1).float() * observed
+            cached = self._stacked_cache = (key, (torch.cat([values, observed], 1), int((observed == 0).sum(0).max())))
         return cached[1]
 
     @staticmethod
@@ -529,31 +529,33 @@ class CarrotKNNMemory(nn.Module):
         k = max(1, min(k, n_memory))
         depth = min(n_memory, k + int((observed == 0).sum(0).max()))
         nearest = similarity.topk(depth, dim=1).indices
-        return CarrotKNNMemory._neighbour_mean(nearest, values.float(), observed.float(), k, n_memory)
+        observed = observed.float()
+        return CarrotKNNMemory._neighbour_mean(nearest, torch.cat([values.float() * observed, observed], 1), k, n_memory)
 
     @staticmethod
-    def _neighbour_mean(nearest: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int, n_memory: int) -> torch.Tensor:
+    def _neighbour_mean(nearest: torch.Tensor, targets: torch.Tensor, k: int, n_memory: int) -> torch.Tensor:
         """
-        Per candidate, the mean of `values (n_memory, n_models)` over the first k rows of `nearest
-        (batch, depth)` (row indices, most similar first) where the candidate is observed
-        (`observed (n_memory, n_models)`, 0/1).
+        Per column, the mean of values over the first k rows of `nearest (batch, depth)` (row
+        indices, most similar first) where the column is observed; `targets (n_memory, 2 * n)` holds
+        the values (0 where unobserved), then their 0/1 observed masks → `(batch, n)`.
 
         The k nearest rows' sums and observed counts come from one product of their 0/1 indicator
-        `(batch, n_memory)` with values and mask (a gather of `(batch, k, n_models)` costs ten times
-        more); a candidate missing c of those rows takes its next c observed rows, in order, from
-        the rest of `nearest`, which is deep enough for every candidate's unobserved rows.
+        `(batch, n_memory)` with `targets` (a gather of `(batch, k, n)` costs ten times more); a
+        column missing c of those rows takes its next c observed rows, in order, from the rest of
+        `nearest`, which is deep enough for every column's unobserved rows.
         """
-        n_models = values.shape[1]
+        n_columns = targets.shape[1] // 2
         k = min(k, nearest.shape[1])
-        indicator = torch.zeros(nearest.shape[0], n_memory, dtype=torch.float32, device=values.device)
+        indicator = torch.zeros(nearest.shape[0], n_memory, dtype=targets.dtype, device=targets.device)
         indicator.scatter_(1, nearest[:, :k], 1.0)
-        totals = indicator @ torch.cat([values * observed, observed], 1)  # (batch, 2 * n_models): sums, then counts (exact integers)
-        sums, counts = totals[:, :n_models], totals[:, n_models:]
+        totals = indicator @ targets  # (batch, 2 * n): sums, then counts (exact integers)
+        sums, counts = totals[:, :n_columns], totals[:, n_columns:]
         rest = nearest[:, k:]
         if rest.shape[1]:
-            rest_observed = observed[rest]  # (batch, depth - k, n_models)
+            rest_targets = targets[rest]  # (batch, depth - k, 2 * n)
+            rest_observed = rest_targets[..., n_columns:]
             taken = rest_observed * (rest_observed.cumsum(1) <= (k - counts)[:, None, :])
-            sums = sums + (values[rest] * taken).sum(1)
+            sums = sums + (rest_targets[..., :n_columns] * taken).sum(1)
             counts = counts + taken.sum(1)
         return sums / counts.clamp(min=1)
 
