@@ -13,6 +13,9 @@ Reports, for each encoder kind (the static one first, so that the peak memory it
 - median and 95th-percentile latency of routing one prompt, end to end through `route()`;
 - peak resident memory after that encoder's runs (ru_maxrss, a high-water mark) and the size of
   its `model.safetensors`.
+With `--static-mlp DIR`, also route() throughput and one-prompt latency of a static router with
+MLP heads instead of the kNN memory (trained into DIR with `carrot train --kind mlp --encoder static`
+on the packaged table when DIR holds no router yet, ~40 s): the heads cost less than the kNN search.
 Then, once (the predictor and the decision do not depend on the encoder): routing from precomputed
 embeddings, and 1,000 μ × 10,000 prompts decided from cached predictions, and one re-pricing.
 The static/transformer ratios come last; the last line is one JSON object with every figure.
@@ -170,6 +173,27 @@ def measure_encoder(kind: str, args, prompts: list[str], sample: list[str]) -> d
     return result
 
 
+def measure_static_mlp(folder: str, args, prompts: list[str], sample: list[str]) -> dict:
+    """route() throughput and one-prompt latency of the static MLP router in `folder` (trained there first if missing)."""
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        from training.train import main as train
+
+        print(f"\ntraining a static MLP router on routerbench-0shot into {folder} (once)...", flush=True)
+        code = train(["--data", "routerbench-0shot", "--kind", "mlp", "--encoder", "static", "--out", folder, "--no-progress"])
+        if code != 0:
+            raise SystemExit(f"training the static MLP router failed (exit {code})")
+    router = carrot_hub.CarrotRouter.from_pretrained(folder)
+    if not router.is_static or router.config.predictor_kind != "mlp":
+        raise SystemExit(f"--static-mlp {folder} holds a {router.config.encoder_kind} {router.config.predictor_kind} router, not a static MLP one")
+    n = len(prompts)
+    router.route(prompts[: args.batch_size])
+    (route_s,) = best_of(args.repeats, lambda: router.route(prompts, batch_size=args.batch_size))
+    p50, p95, cpu_p50 = one_prompt_latency(router, sample)
+    print(f"\n[static, MLP heads] route(): {n / route_s:9.1f} prompts/s; one-prompt latency p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+    return {"route_prompts_per_s": round(n / route_s, 1), "latency_p50_ms": round(p50, 3), "latency_p95_ms": round(p95, 3),
+            "latency_cpu_p50_ms": round(cpu_p50, 3)}
+
+
 def measure_decisions(router, prompts: list[str], batch_size: int) -> dict:
     """Routing from precomputed embeddings, a 1,000-μ sweep and a re-pricing, on 10,000 prompts."""
     encoding = router.encode(prompts, batch_size=batch_size)
@@ -218,6 +242,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--short-chars", type=int, default=256, help="static: also route prompts cut to this many characters")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts (quick runs)")
+    parser.add_argument("--static-mlp", metavar="DIR", default=None,
+                        help="also measure the static router with MLP heads in DIR (trained there when missing)")
     parser.add_argument("--dtype", choices=ENCODER_DTYPE_CHOICES, default="auto",
                         help="encoder dtype, as `carrot route --dtype` (default: auto; a static table stays float32)")
     args = parser.parse_args(argv)
@@ -240,6 +266,8 @@ def main(argv=None) -> dict:
         routers[kind] = results[kind].pop("_router")
         if kind != encoders[-1]:
             del routers[kind]  # free it before the next encoder's runs
+    if args.static_mlp:
+        results["static_mlp"] = measure_static_mlp(args.static_mlp, args, prompts, sample)
     results.update(measure_decisions(routers[encoders[-1]], prompts, args.batch_size))
     if {"static", "transformer"} <= set(encoders):
         static, transformer = results["static"], results["transformer"]

@@ -89,7 +89,8 @@ def test_speed_benchmark_runs_and_reports_every_figure(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py"
     env = {**os.environ, "CARROT_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(script), "--limit", "96", "--latency-samples", "8", "--repeats", "1", "--dtype", "auto"],
+        [sys.executable, str(script), "--limit", "96", "--latency-samples", "8", "--repeats", "1", "--dtype", "auto",
+         "--static-mlp", str(tmp_path / "static-mlp")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -107,3 +108,4 @@ def test_speed_benchmark_runs_and_reports_every_figure(tmp_path):
     for key in ("decide_10k_x_1000_s", "from_embeddings_prompts_per_s"):
         assert figures[key] > 0, key
     assert set(figures["static_vs_transformer"]) == {"route_throughput_ratio", "latency_p50_ratio", "model_safetensors_ratio"}
+    assert figures["static_mlp"]["route_prompts_per_s"] > 0 and figures["static_mlp"]["latency_p50_ms"] > 0
