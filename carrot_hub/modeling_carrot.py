@@ -1502,7 +1502,9 @@ class CarrotRouter(CarrotPreTrainedModel):
         one chunk is embedded and predicted on a worker thread, the next one is tokenized, so both cores
         of a small machine work.
         """
-        chunks = [prompts[start : start + TOKENIZE_CHUNK_PROMPTS] for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)]
+        # Chunks of equal size: a small last chunk would leave its predecessor's prediction with nothing to overlap.
+        size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / TOKENIZE_CHUNK_PROMPTS)))
+        chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
         if len(chunks) <= 1:
             return self.predict_encoded(self._encode_static(prompts))
         # The worker needs the GIL back after each torch call while tokenizing holds it; at Python's
