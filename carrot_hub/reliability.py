@@ -6,9 +6,14 @@ Everything here is chosen on the training data only, from two kinds of held-out 
   not see it); they fit the per-candidate calibration map and the in-distribution band;
 - *out of distribution*: each task of the training data (or, for data without several tasks, each
   cluster of its prompt embeddings) held out in turn, predicted by a predictor trained on the
-  others. It picks how support is measured (`support_k`), the in-distribution threshold, how far
-  quality moves toward the prior when support falls (`shrink_floor`), the out-of-distribution
-  band, and how far quality out of distribution is put toward the band's lower end (`ood_pessimism`).
+  others. The tasks pick how support is measured (`support_k`) and the in-distribution threshold.
+  The tasks and, beside them, `N_CLUSTERS` k-means clusters of all the prompts ([`quality_groups`])
+  pick how far quality moves toward the prior when support falls (`shrink_floor`), the
+  out-of-distribution band, and how far quality out of distribution is put toward the band's lower
+  end (`ood_pessimism`): a table has few tasks, each far from the others (two, when one of
+  RouterBench's three is held out to check the router); with two, the easier one is
+  under-estimated whatever is chosen, so the choice rests on one example of an unseen group. The
+  clusters add groups of other sizes and distances.
 
 The rules, and why:
 
@@ -81,6 +86,8 @@ CALIBRATION_METHODS = ("identity", "isotonic", "platt")
 MAX_KNOTS = 64
 BAND_Z = 1.2816  # an 80% two-sided normal band
 MIN_GROUP_SIZE = 20
+N_CLUSTERS = 4  # k-means clusters held out (for data without tasks; beside the tasks for the quality adjustments)
+SAME_GROUP_OVERLAP = 0.9  # a cluster overlapping a task this much (Jaccard) is that task again, not a further group
 MIN_VALIDATION_PROMPTS = 2 * MIN_GROUP_SIZE  # fewer: a fine-tuned router keeps support and prior only
 HELD_OUT_PROXY_K = 32  # neighbours of the kNN that stands in for a fine-tuned predictor on held-out groups
 HELD_IN_FRACTION = 0.2
@@ -225,7 +232,7 @@ def support_of(embeddings: torch.Tensor, memory: torch.Tensor, k: int) -> torch.
     return torch.searchsorted(reference, similarity, right=True).float() / reference.shape[0]
 
 
-def held_out_groups(table, embeddings: torch.Tensor, seed: int = 0, n_clusters: int = 4) -> tuple[list[np.ndarray], str]:
+def held_out_groups(table, embeddings: torch.Tensor, seed: int = 0, n_clusters: int = N_CLUSTERS) -> tuple[list[np.ndarray], str]:
     """
     Row groups to hold out one at a time: the table's tasks when it has at least two with
     `MIN_GROUP_SIZE` prompts each, else `n_clusters` k-means clusters of the embeddings.
@@ -234,10 +241,49 @@ def held_out_groups(table, embeddings: torch.Tensor, seed: int = 0, n_clusters: 
     names = [t for t in dict.fromkeys(tasks.tolist()) if (tasks == t).sum() >= MIN_GROUP_SIZE]
     if len(names) >= 2:
         return [np.flatnonzero(tasks == t) for t in names], "tasks: " + ", ".join(map(str, names))
+    groups = cluster_groups(embeddings, n_clusters, seed=seed)
+    return groups, f"{len(groups)} k-means clusters of the prompt embeddings (the data has fewer than two tasks)"
+
+
+def cluster_groups(embeddings: torch.Tensor, n_clusters: int = N_CLUSTERS, seed: int = 0) -> list[np.ndarray]:
+    """Row groups (index arrays): the `n_clusters` k-means clusters of `embeddings (n, hidden)` with `MIN_GROUP_SIZE` rows or more."""
     labels = spherical_kmeans(embeddings, n_clusters, seed=seed)
     groups = [np.flatnonzero(labels == c) for c in range(n_clusters)]
-    groups = [g for g in groups if g.size >= MIN_GROUP_SIZE]
-    return groups, f"{len(groups)} k-means clusters of the prompt embeddings (the data has fewer than two tasks)"
+    return [g for g in groups if g.size >= MIN_GROUP_SIZE]
+
+
+def quality_groups(groups: list[np.ndarray], grouping: str, embeddings: torch.Tensor, seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """
+    The held-out groups that choose the quality adjustments out of distribution (floor, band,
+    pessimism): the groups of [`held_out_groups`] and, when those are tasks, also the `N_CLUSTERS`
+    k-means clusters of all the prompts, less those that are a task again (Jaccard overlap with it
+    at least `SAME_GROUP_OVERLAP`) or leave fewer than `MIN_GROUP_SIZE` prompts to train on. On
+    RouterBench the clusters are each within one task: the tasks that differ most come back whole,
+    the others are cut in two or three. Support (k and threshold) is still chosen on the tasks
+    alone: it is to tell unseen tasks apart. Returns the groups (tasks first) and their description.
+    """
+    if not grouping.startswith("tasks"):
+        return groups, grouping
+
+    def overlap(a, b):
+        return np.intersect1d(a, b).size / np.union1d(a, b).size
+
+    n = embeddings.shape[0]
+    clusters = [
+        cluster for cluster in cluster_groups(embeddings, seed=seed)
+        if cluster.size <= n - MIN_GROUP_SIZE and all(overlap(cluster, task) < SAME_GROUP_OVERLAP for task in groups)
+    ]
+    return groups + clusters, f"{grouping}; and {len(clusters)} k-means clusters of all the prompts"
+
+
+def disjoint_groups(groups: list[np.ndarray], index: int) -> np.ndarray:
+    """
+    Indices of the groups that share no row with `groups[index]`; all the others when none does (a
+    cluster across every task; tasks are disjoint, so a task or a cluster within one always has some).
+    """
+    others = [other for other in range(len(groups)) if other != index]
+    disjoint = [other for other in others if np.intersect1d(groups[other], groups[index]).size == 0]
+    return np.array(disjoint or others, dtype=int)
 
 
 def spherical_kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, iterations: int = 30) -> np.ndarray:
@@ -520,6 +566,7 @@ def fit_reliability(
 
     floor, spread_out, pessimism, pessimism_support = 1.0, np.full(n_models, BAND_Z * 0.5), 0.0, threshold
     if len(groups) >= 2:
+        groups, report["quality_grouping"] = quality_groups(groups, grouping, embeddings, seed=seed)
         cells = {"calibrated": [], "prior": [], "scores": [], "support": [], "raw": [], "cost": []}
         deviations = []
         n = scores.shape[0]
@@ -564,9 +611,10 @@ def fit_reliability(
             },
             "mean_score_minus_prior": deviations.tolist(),
         }
-        # each held-out group's band from the other groups' deviations only (no group sees its own)
+        # each held-out group's band from the deviations of the groups that share none of its prompts
+        # (no group sees its own scores; a cluster and the task it is cut from overlap)
         cells["band"] = [
-            np.maximum(BAND_Z * np.sqrt((np.delete(deviations, index, axis=0) ** 2).mean(axis=0)), spread_in)
+            np.maximum(BAND_Z * np.sqrt((deviations[disjoint_groups(groups, index)] ** 2).mean(axis=0)), spread_in)
             for index in range(len(groups))
         ]
         (pessimism, pessimism_support), evidence_by_pair = choose_pessimism(

@@ -14,6 +14,7 @@ from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.reliability import (
     FLOOR_GRID,
     PESSIMISM_GRID,
+    MIN_GROUP_SIZE,
     THRESHOLD_GRID,
     choose_calibration,
     choose_pessimism,
@@ -22,7 +23,9 @@ from carrot_hub.reliability import (
     fit_reliability,
     knn_held_out_predictor,
     isotonic_knots,
+    disjoint_groups,
     platt_knots,
+    quality_groups,
     spherical_kmeans,
 )
 from training import metrics
@@ -126,6 +129,53 @@ def test_fit_reliability_picks_from_its_grids_and_reports_the_evidence(fitted_kn
     pessimism = report["ood_pessimism"]
     assert pessimism["chosen"] == config.ood_pessimism and pessimism["support"] == config.ood_pessimism_support
     assert pessimism["evidence"][f"{config.ood_pessimism}@{config.ood_pessimism_support}"]["allowed"]
+
+
+def test_quality_adjustments_hold_out_the_tasks_and_k_means_clusters_of_all_prompts(fitted_knn):
+    _, report, embeddings, _ = fitted_knn
+    n = embeddings.shape[0]
+    tasks = [np.arange(n // 2), np.arange(n // 2, n)]
+    groups, description = quality_groups(tasks, "tasks: a, b", embeddings)
+    assert groups[:2] == tasks and len(groups) > 2, "the clusters come beside the tasks"
+    assert "k-means clusters of all the prompts" in description
+    for cluster in groups[2:]:
+        assert MIN_GROUP_SIZE <= cluster.size <= n - MIN_GROUP_SIZE
+        assert not any(np.array_equal(cluster, task) for task in tasks)
+    # the fit chose the floor, band and pessimism on those groups: one held-out gap per group
+    assert report["quality_grouping"] == description
+    assert len(report["ood_pessimism"]["evidence"]["0.0@0.005"]["held_out_chosen_gap"]) == len(groups)
+    assert len(report["held_out_groups"]["mean_score_minus_prior"]) == len(groups)
+    # support is still chosen on the tasks alone
+    assert report["n_groups"] == 2 and len(report["support"]["auroc"]) > 0
+
+
+def test_quality_groups_skip_clusters_that_repeat_a_task_and_leave_cluster_groupings_alone(monkeypatch):
+    import carrot_hub.reliability as reliability
+
+    embeddings, _ = clustered_embeddings(n_per_cluster=40)
+    tasks = [np.arange(40), np.arange(40, 80)]
+    almost_a_task = np.r_[np.arange(39), 45]  # 39 of the 40 prompts of task a and one of b: Jaccard 39/41
+    clusters = [tasks[1], almost_a_task, np.arange(20, 60), np.arange(70)]
+    monkeypatch.setattr(reliability, "cluster_groups", lambda embeddings, seed=0: clusters)
+    groups, description = quality_groups(tasks, "tasks: a, b", embeddings)
+    # a task again (whole or nearly), and a cluster that leaves too few prompts to train on, are left out
+    assert len(groups) == 3 and np.array_equal(groups[2], np.arange(20, 60))
+    assert description.endswith("and 1 k-means clusters of all the prompts")
+    clusters = [np.arange(40), np.arange(40, 80)]
+    assert quality_groups(clusters, "2 k-means clusters of the prompt embeddings", embeddings) == (
+        clusters, "2 k-means clusters of the prompt embeddings"
+    )
+
+
+def test_a_held_out_groups_band_comes_from_the_groups_that_share_none_of_its_prompts():
+    tasks = [np.arange(0, 40), np.arange(40, 80), np.arange(80, 120)]
+    cut_from_first = np.arange(0, 20)
+    groups = tasks + [cut_from_first]
+    assert disjoint_groups(groups, 0).tolist() == [1, 2]  # not the cluster cut from it
+    assert disjoint_groups(groups, 3).tolist() == [1, 2]  # nor the task it is cut from
+    assert disjoint_groups(groups, 1).tolist() == [0, 2, 3]
+    across = [np.arange(0, 40), np.arange(40, 80), np.arange(20, 60)]
+    assert disjoint_groups(across, 2).tolist() == [0, 1]  # overlaps every other group: all of them
 
 
 def test_quality_moves_to_the_prior_and_the_band_widens_as_support_falls(fitted_knn, tmp_path):
