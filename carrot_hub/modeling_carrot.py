@@ -699,11 +699,6 @@ _WORD_BOUNDARY = re.compile(r"[ \t\n\r]+")  # where BERT's normalizer and pre-to
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _whitespace(text: str) -> int:
-    """Spaces and newlines in `text`: about its number of words."""
-    return text.count(" ") + text.count("\n")
-
-
 class CachedWordPieceTokenizer:
     """
     The same token ids as a lowercasing BERT WordPiece tokenizer (`tokenizers` backend), found faster.
@@ -716,8 +711,8 @@ class CachedWordPieceTokenizer:
     prompts, which repeat their chunks). Chunks not yet cached are tokenized by the backend, in one
     batch. Text with non-ASCII or control characters is split at spaces, tabs and newlines only and
     its chunks are cached as written; prompts containing an added token's text go through the
-    backend whole. So every prompt gets exactly the backend's ids. The cache is cleared when it
-    passes `max_chunks` entries.
+    backend whole. So every prompt gets exactly the backend's ids. [`count`] counts a text's ids
+    without building them, line by line. Each cache is cleared when it passes `max_chunks` entries.
     """
 
     def __init__(self, backend, added_tokens: Sequence[str], max_chunks: int = 100_000):
@@ -727,6 +722,8 @@ class CachedWordPieceTokenizer:
         self._added_token = re.compile("|".join(map(re.escape, self.added_tokens))) if self.added_tokens else None
         self.max_chunks = max_chunks
         self._chunk_ids: dict[str, list[int]] = {}
+        self._chunk_lengths: dict[str, int] = {}  # what `count` needs of them
+        self._line_lengths: dict[str, int] = {}  # `count`'s cache, cleared as the chunks' is
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "CachedWordPieceTokenizer | None":
@@ -789,33 +786,72 @@ class CachedWordPieceTokenizer:
                 ids[position] = encoding.ids
         return ids
 
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """
+        Texts → their numbers of token ids, as `len(ids)` of `self(texts)` without building the ids.
+        Counted line by line (BERT splits at a newline): the lines a few-shot prompt shares with
+        the prompts before it are counted once and looked up after that.
+        """
+        counts = [0] * len(texts)
+        lookup = self._line_lengths.__getitem__
+        unseen: dict[str, int] = {}
+        pending = []  # (text's position, its lines)
+        for position, text in enumerate(texts):
+            lines = text.split("\n")
+            try:
+                counts[position] = sum(map(lookup, lines))
+            except KeyError:
+                pending.append((position, lines))
+                unseen.update((line, 0) for line in lines if line not in self._line_lengths)
+        if pending:
+            if len(self._line_lengths) + len(unseen) > self.max_chunks:
+                self._line_lengths = {}
+            lines = list(unseen)
+            self._line_lengths.update(zip(lines, self._count_chunks(lines)))
+            for position, text_lines in pending:
+                counts[position] = sum(map(self._line_lengths.__getitem__, text_lines))
+        return counts
+
+    def _count_chunks(self, texts: list[str]) -> list[int]:
+        """Texts → their numbers of token ids, from their cached chunks' lengths."""
+        counts = [0] * len(texts)
+        lookup = self._chunk_lengths.__getitem__
+        rest = []  # texts with a chunk not cached yet, or for the backend whole
+        for position, text in enumerate(texts):
+            try:
+                counts[position] = sum(map(lookup, self._chunks(text)))
+            except (KeyError, TypeError):
+                rest.append(position)
+        for position, ids in zip(rest, self([texts[i] for i in rest])):
+            counts[position] = len(ids)
+        return counts
+
     def _learn_chunks(self, chunks: set[str]) -> None:
         """Cache the ids of `chunks` (the cache starts over when it would pass `max_chunks`)."""
         if len(self._chunk_ids) + len(chunks) > self.max_chunks:
-            self._chunk_ids = {}
+            self._chunk_ids, self._chunk_lengths = {}, {}
         missing = [chunk for chunk in chunks if chunk not in self._chunk_ids]
         for chunk, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
             self._chunk_ids[chunk] = encoding.ids
+            self._chunk_lengths[chunk] = len(encoding.ids)
 
     def window_ids(
         self, prompts: Sequence[str], tokens: int, from_end: bool = True, skip_id: int | None = None
-    ) -> tuple[list[list[int]], list[int], list[bool]]:
+    ) -> tuple[list[list[int]], list[int]]:
         """
         Each prompt's ids for a window of whole words at its end (its start, `from_end=False`)
-        holding at least `tokens` ids other than `skip_id`; the prompt's token count (exact when
-        the window is the whole prompt, else estimated); and whether text was left outside it.
+        holding at least `tokens` ids other than `skip_id`, and the prompt's number of token ids.
 
-        A router keeps only its last (or first) `max_prompt_tokens` tokens, so tokenizing a long
-        prompt's other end is wasted work. A window starts (ends) at a space, tab or newline: BERT
-        splits there whatever comes before (after), so the window's ids are exactly the whole
+        A router keeps only its last (or first) `max_prompt_tokens` tokens, so building the ids of a
+        long prompt's other end is wasted work. A window starts (ends) at a space, tab or newline:
+        BERT splits there whatever comes before (after), so the window's ids are exactly the whole
         prompt's ids at that end. It starts at `WINDOW_CHARS_PER_TOKEN` characters per token and
         grows, by the characters per token it found, until it holds enough ids or is the whole
-        prompt. The text left outside counts as many tokens per whitespace as the window has
-        (within 1.5% on average of the exact count on RouterBench's prompts, 5% at the 95th
-        percentile: characters per token varies more).
+        prompt. The text outside it is only counted ([`count`]): its cached chunks' lengths.
         """
         ids: list[list[int] | None] = [None] * len(prompts)
-        counts, cut = [0] * len(prompts), [False] * len(prompts)
+        counts = [0] * len(prompts)
+        outside: dict[int, str] = {}  # prompt → its text outside the window
         windows = {i: tokens * self.WINDOW_CHARS_PER_TOKEN for i in range(len(prompts))}  # characters, per prompt still to do
         while windows:
             texts = [self._window(prompts[i], window, from_end) for i, window in windows.items()]
@@ -823,17 +859,16 @@ class CachedWordPieceTokenizer:
             for (i, window), text, text_ids in zip(windows.items(), texts, self(texts)):
                 kept = len(text_ids) - (text_ids.count(skip_id) if skip_id is not None else 0)
                 prompt = prompts[i]
-                if len(text) == len(prompt):
+                if kept >= tokens or len(text) == len(prompt):
                     ids[i], counts[i] = text_ids, len(text_ids)
-                elif kept >= tokens:
-                    rest = prompt[: len(prompt) - len(text)] if from_end else prompt[len(text) :]
-                    ids[i], counts[i], cut[i] = text_ids, len(text_ids), not rest.isspace()
-                    if cut[i]:
-                        counts[i] += max(1, round(len(text_ids) * _whitespace(rest) / max(_whitespace(text), 1)))
+                    if len(text) < len(prompt):
+                        outside[i] = prompt[: len(prompt) - len(text)] if from_end else prompt[len(text) :]
                 else:  # grow it by the characters per token seen so far, with a margin
                     short[i] = int(max(window * 1.5, len(text) * 1.25 * tokens / max(kept, 1)))
             windows = short
-        return ids, counts, cut
+        for i, n_outside in zip(outside, self.count(list(outside.values()))):
+            counts[i] += n_outside
+        return ids, counts
 
     WINDOW_CHARS_PER_TOKEN = 5  # RouterBench averages ~4.3 characters per token; denser text takes a second pass
 
@@ -1574,10 +1609,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         As `_tokenize`, for the static encoder. Its tokenizer adds no special tokens (distillation
         removed them) and its unknown token has no row worth averaging: like model2vec, it is
         dropped, and the last `max_prompt_tokens` known tokens are kept (the first ones with
-        truncation_side="right"). With the word-piece fast path only a window at the kept end is
-        tokenized; a longer prompt's input tokens are then estimated from the window's tokens per
-        word (see `CachedWordPieceTokenizer.window_ids`: they only price the prompt, and the
-        candidate LLMs' own tokenizers count differently anyway).
+        truncation_side="right"). With the word-piece fast path only a window at the kept end gets
+        its ids built; the rest of the prompt is only counted (`CachedWordPieceTokenizer.window_ids`).
         """
         tokenizer = self.tokenizer
         unknown = tokenizer.unk_token_id
@@ -1589,14 +1622,15 @@ class CarrotRouter(CarrotPreTrainedModel):
                 self._word_piece_cache = (backend, CachedWordPieceTokenizer.for_tokenizer(tokenizer))
             fast_path = self._word_piece_cache[1]
             if fast_path is not None:
-                encoded, counts, outside = fast_path.window_ids(prompts, limit, from_end=keep_end, skip_id=unknown)
+                encoded, counts = fast_path.window_ids(prompts, limit, from_end=keep_end, skip_id=unknown)
             else:
                 encoded = [encoding.ids for encoding in backend.encode_batch_fast(prompts, add_special_tokens=False)]
-                counts, outside = [len(ids) for ids in encoded], [False] * len(prompts)
+                counts = [len(ids) for ids in encoded]
         token_ids, input_tokens, truncated = [], [], []
-        for prompt, ids, n_tokens, cut in zip(prompts, encoded, counts, outside):
+        for prompt, ids, n_tokens in zip(prompts, encoded, counts):
             n_bytes = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
             input_tokens.append(max(n_tokens, math.ceil(n_bytes / MAX_BYTES_PER_TOKEN)))
+            cut = n_tokens > len(ids)  # tokens outside the window
             if unknown is not None and unknown in ids:
                 ids = [i for i in ids if i != unknown]
             if len(ids) > limit:

@@ -57,6 +57,12 @@ def test_fast_path_gives_the_backends_ids_on_tricky_text(static_tokenizer):
         assert fast([prompt]) == backend_ids(static_tokenizer, [prompt])
 
 
+def test_counting_gives_the_number_of_ids_without_building_them(static_tokenizer):
+    fast = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer)
+    assert fast.count(TRICKY) == [len(ids) for ids in backend_ids(static_tokenizer, TRICKY)]
+    assert fast.count(TRICKY) == [len(ids) for ids in backend_ids(static_tokenizer, TRICKY)]  # from a warm cache
+
+
 def test_a_full_cache_is_cleared_and_ids_stay_exact(static_tokenizer):
     fast = CachedWordPieceTokenizer(static_tokenizer.backend_tokenizer, ["[UNK]", "[PAD]"], max_chunks=20)
     first, second = TRICKY[:2], TRICKY[2:4]
@@ -86,12 +92,7 @@ def test_static_router_embeds_the_same_with_and_without_the_fast_path(static_knn
     slow = static_knn_router.encode(prompts)
     assert torch.equal(fast.embeddings, slow.embeddings)
     assert fast.truncated == slow.truncated and fast.fallback_embedding == slow.fallback_embedding
-    # The fast path tokenizes only the kept end of a long prompt and estimates the rest of its count.
-    whole = torch.tensor([len(prompt) <= 5 * static_knn_router.config.max_prompt_tokens for prompt in prompts])
-    assert whole.any() and (~whole).any()
-    assert torch.equal(fast.input_tokens[whole], slow.input_tokens[whole])
-    error = (fast.input_tokens[~whole] - slow.input_tokens[~whole]).abs() / slow.input_tokens[~whole]
-    assert float(error.mean()) < 0.03 and float(error.quantile(0.95)) < 0.08
+    assert torch.equal(fast.input_tokens, slow.input_tokens)
 
 
 def kept_end(ids, unknown, limit, from_end=True):
@@ -103,13 +104,11 @@ def kept_end(ids, unknown, limit, from_end=True):
 def test_a_window_at_the_kept_end_gives_that_ends_ids_on_every_packaged_prompt(static_tokenizer, from_end):
     prompts = load_routing_table(str(DEFAULT_DATA_DIR), split="test", progress=False).prompts
     fast, unknown = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer), static_tokenizer.unk_token_id
-    ids, counts, outside = fast.window_ids(prompts, 128, from_end=from_end, skip_id=unknown)
+    ids, counts = fast.window_ids(prompts, 128, from_end=from_end, skip_id=unknown)
     full = backend_ids(static_tokenizer, prompts)
     assert [kept_end(i, unknown, 128, from_end) for i in ids] == [kept_end(i, unknown, 128, from_end) for i in full]
-    assert sum(outside) > len(prompts) / 2  # most prompts are longer than their window
-    for window, whole, count, cut in zip(ids, full, counts, outside):
-        if not cut:  # tokenized whole: the exact ids and count
-            assert window == whole and count == len(whole)
+    assert counts == [len(whole) for whole in full]  # the text outside the window is counted exactly
+    assert sum(len(window) < len(whole) for window, whole in zip(ids, full)) > len(prompts) / 2  # most are cut
 
 
 WINDOW_TRAPS = [
@@ -128,6 +127,7 @@ WINDOW_TRAPS = [
 def test_windows_stay_exact_on_text_built_to_trip_them(static_tokenizer, from_end):
     fast, unknown = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer), static_tokenizer.unk_token_id
     for limit in (1, 16, 128):
-        ids, _, _ = fast.window_ids(WINDOW_TRAPS, limit, from_end=from_end, skip_id=unknown)
+        ids, counts = fast.window_ids(WINDOW_TRAPS, limit, from_end=from_end, skip_id=unknown)
         full = backend_ids(static_tokenizer, WINDOW_TRAPS)
         assert [kept_end(i, unknown, limit, from_end) for i in ids] == [kept_end(i, unknown, limit, from_end) for i in full]
+        assert counts == [len(whole) for whole in full]
