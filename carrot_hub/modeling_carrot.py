@@ -712,11 +712,23 @@ class CachedWordPieceTokenizer:
     batch. Text with non-ASCII or control characters is split at spaces, tabs and newlines only and
     its chunks are cached as written; prompts containing an added token's text go through the
     backend whole. So every prompt gets exactly the backend's ids. [`count`] counts a text's ids
-    without building them, line by line. Each cache is cleared when it passes `max_chunks` entries.
+    without building them, line by line, caching each line's count. The caches hold at most
+    `max_chunks` chunks of at most `max_chunk_chars` characters (a prompt with a longer chunk goes to
+    the backend whole) and `max_lines` lines of at most `max_line_chars` (longer ones are counted
+    each time); a full cache is emptied.
     """
 
-    def __init__(self, backend, added_tokens: Sequence[str], max_chunks: int = 100_000):
+    def __init__(
+        self,
+        backend,
+        added_tokens: Sequence[str],
+        max_chunks: int = 100_000,
+        max_chunk_chars: int = 200,
+        max_lines: int = 20_000,
+        max_line_chars: int = 1_000,
+    ):
         self.backend = backend
+        self.max_chunk_chars, self.max_lines, self.max_line_chars = max_chunk_chars, max_lines, max_line_chars
         self.added_tokens = [token.lower() for token in added_tokens if token]
         # One search for all of them: an added token's text anywhere sends the prompt to the backend.
         self._added_token = re.compile("|".join(map(re.escape, self.added_tokens))) if self.added_tokens else None
@@ -775,6 +787,11 @@ class CachedWordPieceTokenizer:
                 except KeyError:
                     unseen.append(position)
         if unseen:
+            # A prompt with a chunk too long to keep (a blob without spaces) goes to the backend whole.
+            for position in unseen:
+                if max(map(len, chunks[position])) > self.max_chunk_chars:
+                    chunks[position] = None
+            unseen = [position for position in unseen if chunks[position] is not None]
             self._learn_chunks({chunk for position in unseen for chunk in chunks[position]})
             lookup = self._chunk_ids.__getitem__
             for position in unseen:
@@ -804,12 +821,14 @@ class CachedWordPieceTokenizer:
                 pending.append((position, lines))
                 unseen.update((line, 0) for line in lines if line not in self._line_lengths)
         if pending:
-            if len(self._line_lengths) + len(unseen) > self.max_chunks:
+            new_counts = dict(zip(unseen, self._count_chunks(list(unseen))))
+            if len(self._line_lengths) + len(new_counts) > self.max_lines:
                 self._line_lengths = {}
-            lines = list(unseen)
-            self._line_lengths.update(zip(lines, self._count_chunks(lines)))
+            # Long lines are counted each time: keeping them could hold gigabytes of text.
+            self._line_lengths.update((line, n) for line, n in new_counts.items() if len(line) <= self.max_line_chars)
+            known = self._line_lengths
             for position, text_lines in pending:
-                counts[position] = sum(map(self._line_lengths.__getitem__, text_lines))
+                counts[position] = sum(new_counts[line] if line in new_counts else known[line] for line in text_lines)
         return counts
 
     def _count_chunks(self, texts: list[str]) -> list[int]:

@@ -131,3 +131,15 @@ def test_windows_stay_exact_on_text_built_to_trip_them(static_tokenizer, from_en
         full = backend_ids(static_tokenizer, WINDOW_TRAPS)
         assert [kept_end(i, unknown, limit, from_end) for i in ids] == [kept_end(i, unknown, limit, from_end) for i in full]
         assert counts == [len(whole) for whole in full]
+
+
+def test_long_chunks_and_lines_are_never_kept(static_tokenizer):
+    """A served prompt with a blob or a very long line must not grow the caches by its size."""
+    fast = CachedWordPieceTokenizer.for_tokenizer(static_tokenizer)
+    blob = "base64:" + "QUJD" * 500  # one chunk of 2,007 characters
+    long_line = "word " * 400  # one line of 2,000 characters
+    prompts = [f"decode this {blob} please", f"{long_line}\nand a short last line"]
+    assert fast(prompts) == backend_ids(static_tokenizer, prompts)
+    assert fast.count(prompts) == [len(ids) for ids in backend_ids(static_tokenizer, prompts)]
+    assert max(map(len, fast._chunk_ids)) <= fast.max_chunk_chars
+    assert fast._line_lengths and max(map(len, fast._line_lengths)) <= fast.max_line_chars
