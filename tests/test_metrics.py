@@ -142,3 +142,28 @@ def test_cost_prediction_errors_mae_relative_error_and_bias():
     b = errors["per_model"]["b"]["output_tokens"]  # the unknown cell is left out
     assert b == pytest.approx({"mae": 1.0, "relative_error": 0.5, "bias": -0.5})
     assert errors["mean_output_tokens_relative_error"] == pytest.approx(0.5)
+
+
+def test_aiq_vs_zero_router_tells_a_real_gain_from_noise():
+    from training.metrics import aiq_vs_zero_router
+
+    rng = np.random.default_rng(1)
+    n = 400
+    # Two models: a cheap one right on 60% of prompts, an expensive one right on 80%, independently.
+    scores = np.stack([rng.random(n) < 0.6, rng.random(n) < 0.8], axis=1).astype(float)
+    cost = np.tile([1.0, 10.0], (n, 1))
+    # From all-cheap to all-expensive, through "the cheap model when it is right": above the hull.
+    oracle_like = np.stack([np.zeros(n, dtype=int), np.where(scores[:, 0] == 1, 0, 1), np.ones(n, dtype=int)])
+    always_expensive = np.ones((2, n), dtype=int)  # the expensive model alone: a point on the zero router's hull
+    gain = aiq_vs_zero_router(scores, cost, oracle_like, resamples=500)
+    none = aiq_vs_zero_router(scores, cost, always_expensive, resamples=500)
+    assert gain["difference"] > 0 and gain["ci95"][0] > 0 and gain["share_above"] == 1.0
+    assert none["difference"] <= 1e-12 and none["ci95"][1] <= 1e-12 and none["share_above"] == 0.0
+    assert aiq_vs_zero_router(scores, cost, oracle_like, resamples=500) == gain  # seeded: reproducible
+
+
+def test_aiq_vs_zero_router_refuses_mismatched_shapes():
+    from training.metrics import aiq_vs_zero_router
+
+    with pytest.raises(ValueError, match="n_prompts"):
+        aiq_vs_zero_router(np.zeros((5, 2)), np.ones((5, 2)), np.zeros((3, 4), dtype=int))

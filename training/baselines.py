@@ -286,6 +286,7 @@ def mf_curve(
     choices = np.where(to_strong, strong, weak)
     costs, qualities = truth.realised(choices)
     curve = CostQualityCurve("routellm-mf", "baseline", "threshold", thresholds, costs, qualities, top=0, info=dict(info or {}))
+    curve.choices = choices
     curve.params = np.where(np.isfinite(thresholds), thresholds, 1.0 + 1e-9)  # JSON has no infinity
     curve.pair_fraction = to_strong.mean(axis=1)
     curve.pair_qualities = qualities.copy()

@@ -137,6 +137,8 @@ class CostQualityCurve:
             `metrics.cost_prediction_errors`.
         oracle_cost (`CostQualityCurve` or None): the same router deciding with each prompt's TRUE
             output tokens instead of its predicted ones; the AIQ gap is what cost prediction costs.
+        choices (`np.ndarray` `(k, n)` or None): the column chosen per knob value and prompt (what
+            the bootstrap against the zero router resamples).
     """
 
     name: str
@@ -153,6 +155,7 @@ class CostQualityCurve:
     cost_prediction: dict | None = None
     oracle_cost: "CostQualityCurve | None" = None
     support: np.ndarray | None = None
+    choices: np.ndarray | None = None
 
 
 def decide_all(
@@ -194,6 +197,7 @@ def curve_from_predictions(
     choices = decide_all(quality, cost, mu_grid, cost_scale)
     costs, qualities = truth.realised(choices)
     curve = CostQualityCurve(name, kind, "mu", np.asarray(mu_grid, float), costs, qualities, top=int(np.argmin(mu_grid)), info=dict(info or {}))
+    curve.choices = choices
     if pair is not None:
         strong, weak = truth.column(pair[0]), truth.column(pair[1])
         pair_choices = decide_all(quality, cost, mu_grid, cost_scale, allowed_columns=[strong, weak])

@@ -178,6 +178,7 @@ def router_curve(
     choices = sweep(allowed)
     costs, qualities = truth.realised(choices)
     curve = CostQualityCurve(name, "router", "mu", mu_grid, costs, qualities, top=int(np.argmin(mu_grid)))
+    curve.choices = choices
     curve.info = {"cost_scale": float(router.config.cost_scale), "predictor_kind": router.config.predictor_kind}
     known_tokens = with_true_output_tokens(predictions, truth, router_models)
     oracle_costs, oracle_qualities = truth.realised(sweep(allowed, known_tokens))
@@ -396,6 +397,8 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
                 "points": {"mu": variant.params.tolist(), "cost": variant.costs.tolist(), "quality": variant.qualities.tolist()},
             }
             entry["aiq_lost_to_cost_prediction"] = entry["oracle_cost"]["aiq"] - entry["aiq"]
+        if curve.choices is not None:
+            entry["aiq_vs_zero_router"] = metrics.aiq_vs_zero_router(truth.scores, truth.cost, curve.choices)
         entry["info"] = curve.info
         entry["points"] = {
             curve.param_name: curve.params.tolist(),
@@ -495,6 +498,12 @@ def format_table(results: dict) -> str:
     )
     if results.get("pair"):
         lines.append(f"APGR/CPT pair: strong {results['pair']['strong']}, weak {results['pair']['weak']}")
+    versus = {name: entry["aiq_vs_zero_router"] for section in ("routers", "baselines")
+              for name, entry in results[section].items() if entry.get("aiq_vs_zero_router")}
+    if versus:
+        resamples = next(iter(versus.values()))["resamples"]
+        lines.append(f"AIQ − zero router [95% interval, {resamples:,} paired bootstrap resamples of the prompts]: " + "; ".join(
+            f"{name} {v['difference']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for name, v in versus.items()))
     fractional = {name: entry["prediction_quality"] for section in ("routers", "baselines")
                   for name, entry in results[section].items()
                   if (entry.get("prediction_quality") or {}).get("auroc_labels") == metrics.THRESHOLD_LABELS}

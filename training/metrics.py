@@ -366,3 +366,48 @@ __all__ = [
     "prediction_quality",
     "cost_prediction_errors",
 ]
+
+
+def aiq_vs_zero_router(scores, cost, choices, resamples: int = 1000, seed: int = 0) -> dict:
+    """
+    A router's AIQ minus the zero router's (the hull of the single models), with a 95% interval
+    from a paired bootstrap over the prompts: each resample draws the prompts with replacement and
+    scores both on the same draw. Tells a real difference from the noise of a small test split.
+
+    Args:
+        scores, cost: true quality and dollars `(n_prompts, n_models)`.
+        choices: the router's chosen column per knob value and prompt `(n_points, n_prompts)`.
+
+    Each AIQ uses its own draw's cost range (the most expensive point, router or single model).
+    Returns `difference` (on the prompts as given), `ci95` `[low, high]`, `share_above` (fraction of
+    resamples where the router is ahead), `resamples`, `seed`.
+    """
+    scores, cost = np.asarray(scores, dtype=np.float64), np.asarray(cost, dtype=np.float64)
+    choices = np.asarray(choices, dtype=np.int64)
+    if scores.shape != cost.shape or choices.ndim != 2 or choices.shape[1] != scores.shape[0]:
+        raise ValueError(
+            f"scores {scores.shape} and cost {cost.shape} must be (n_prompts, n_models) and choices "
+            f"{choices.shape} (n_points, n_prompts)."
+        )
+    choices = np.unique(choices, axis=0)  # knob values that choose alike give one point in every draw
+    rows = np.arange(scores.shape[0])[None, :]
+    chosen_quality, chosen_cost = scores[rows, choices], cost[rows, choices]  # (n_points, n_prompts)
+
+    def difference(weights: np.ndarray) -> float:  # weights (n_prompts,): how often each prompt is drawn
+        total = weights.sum()
+        router_q, router_c = chosen_quality @ weights / total, chosen_cost @ weights / total
+        single_q, single_c = weights @ scores / total, weights @ cost / total
+        max_cost = max(router_c.max(), single_c.max())
+        return aiq(router_c, router_q, max_cost) - aiq(single_c, single_q, max_cost)
+
+    rng = np.random.default_rng(seed)
+    n = scores.shape[0]
+    draws = np.array([difference(w) for w in rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)])
+    return {
+        "difference": difference(np.ones(n)),
+        "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))],
+        "share_above": float((draws > 0).mean()),
+        "resamples": int(resamples),
+        "seed": int(seed),
+    }
+
