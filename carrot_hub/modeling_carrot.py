@@ -699,6 +699,36 @@ _WORD_BOUNDARY = re.compile(r"[ \t\n\r]+")  # where BERT's normalizer and pre-to
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+class _ShortSwitchInterval:
+    """
+    Python's GIL switch interval at `PIPELINE_SWITCH_INTERVAL_S` while at least one static pipeline
+    runs, restored when the last one ends (concurrent route() calls share the process-wide setting).
+    The prediction thread needs the GIL back after each torch call while tokenizing holds it; at the
+    default 5 ms it waits that long each time (about 10% of the throughput).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, PIPELINE_SWITCH_INTERVAL_S))
+            self._active += 1
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                sys.setswitchinterval(self._saved)
+
+
+_SHORT_SWITCH_INTERVAL = _ShortSwitchInterval()
+
+
 class CachedWordPieceTokenizer:
     """
     The same token ids as a lowercasing BERT WordPiece tokenizer (`tokenizers` backend), found faster.
@@ -1562,16 +1592,9 @@ class CarrotRouter(CarrotPreTrainedModel):
         chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
         if len(chunks) <= 1:
             return self.predict_encoded(self._encode_static(prompts))
-        # The worker needs the GIL back after each torch call while tokenizing holds it; at Python's
-        # default 5 ms switch interval it waits that long each time (about 10% of the throughput).
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, PIPELINE_SWITCH_INTERVAL_S))
-        try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
-                pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
-                return PromptPredictions.concatenate([future.result() for future in pending])
-        finally:
-            sys.setswitchinterval(switch_interval)
+        with _SHORT_SWITCH_INTERVAL, ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
+            pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
+            return PromptPredictions.concatenate([future.result() for future in pending])
 
     @torch.inference_mode()
     def _predict_static_tokens(self, tokenized: tuple[list[list[int]], list[int], list[bool]]) -> PromptPredictions:

@@ -218,3 +218,23 @@ def test_many_prompts_are_predicted_chunk_by_chunk_as_in_one_pass(static_knn_rou
     for name in ("quality", "output_tokens", "input_tokens", "support", "quality_low", "quality_high"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
     assert chunked.truncated == whole.truncated and chunked.fallback_embedding == whole.fallback_embedding
+
+
+def test_concurrent_static_batches_restore_the_switch_interval(static_knn_router, monkeypatch):
+    import sys
+    import threading
+
+    from carrot_hub import modeling_carrot
+
+    monkeypatch.setattr(modeling_carrot, "TOKENIZE_CHUNK_PROMPTS", 2)  # several chunks: the pipelined path
+    before = sys.getswitchinterval()
+    prompts = [f"{prompt} (variant {i})" for i in range(4) for prompt in TINY_PROMPTS]
+    expected = static_knn_router.route(prompts).models
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(static_knn_router.route(prompts).models)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [expected] * 4
+    assert sys.getswitchinterval() == before
