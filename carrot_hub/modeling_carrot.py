@@ -517,20 +517,25 @@ class CarrotKNNMemory(nn.Module):
         key = tuple((id(tensor), tensor._version) for tensor in buffers)
         cached = getattr(self, "_stacked_cache", None)
         if cached is None or cached[0] != key:
-            observed = torch.cat([quality_observed, output_tokens_observed], 1).float()
-            values = torch.cat([quality, log_output_tokens], 1).float() * observed
-            cached = self._stacked_cache = (key, (torch.cat([values, observed], 1), int((observed == 0).sum(0).max())))
+            values = torch.cat([quality, log_output_tokens], 1)
+            observed = torch.cat([quality_observed, output_tokens_observed], 1)
+            cached = self._stacked_cache = (key, self._stack_targets(values, observed))
         return cached[1]
+
+    @staticmethod
+    def _stack_targets(values: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`values` and 0/1 `observed (n_memory, n)` → `[values · observed, observed]` `(n_memory, 2n)` float32, and the most unobserved rows of any column."""
+        observed = observed.float()
+        return torch.cat([values.float() * observed, observed], 1), int((observed == 0).sum(0).max())
 
     @staticmethod
     def observed_neighbour_mean(similarity: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
         """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows; `similarity (batch, n_memory)`."""
         n_memory = values.shape[0]
         k = max(1, min(k, n_memory))
-        depth = min(n_memory, k + int((observed == 0).sum(0).max()))
-        nearest = similarity.topk(depth, dim=1).indices
-        observed = observed.float()
-        return CarrotKNNMemory._neighbour_mean(nearest, torch.cat([values.float() * observed, observed], 1), k, n_memory)
+        targets, unobserved = CarrotKNNMemory._stack_targets(values, observed)
+        nearest = similarity.topk(min(n_memory, k + unobserved), dim=1).indices
+        return CarrotKNNMemory._neighbour_mean(nearest, targets, k, n_memory)
 
     @staticmethod
     def _neighbour_mean(nearest: torch.Tensor, targets: torch.Tensor, k: int, n_memory: int) -> torch.Tensor:
@@ -760,12 +765,11 @@ class CachedWordPieceTokenizer:
     ):
         self.backend = backend
         self.max_chunk_chars, self.max_lines, self.max_line_chars = max_chunk_chars, max_lines, max_line_chars
-        self.added_tokens = [token.lower() for token in added_tokens if token]
-        # One search for all of them: an added token's text anywhere sends the prompt to the backend.
-        self._added_token = re.compile("|".join(map(re.escape, self.added_tokens))) if self.added_tokens else None
+        # One search for all added tokens: an added token's text anywhere sends the prompt to the backend.
+        added = [re.escape(token.lower()) for token in added_tokens if token]
+        self._added_token = re.compile("|".join(added)) if added else None
         self.max_chunks = max_chunks
         self._chunk_ids: dict[str, list[int]] = {}
-        self._chunk_lengths: dict[str, int] = {}  # what `count` needs of them
         self._line_lengths: dict[str, int] = {}  # `count`'s cache, cleared as the chunks' is
 
     @classmethod
@@ -863,13 +867,13 @@ class CachedWordPieceTokenizer:
         return counts
 
     def _count_chunks(self, texts: list[str]) -> list[int]:
-        """Texts → their numbers of token ids, from their cached chunks' lengths."""
+        """Texts → their numbers of token ids, from their cached chunks' ids."""
         counts = [0] * len(texts)
-        lookup = self._chunk_lengths.__getitem__
+        lookup = self._chunk_ids.__getitem__
         rest = []  # texts with a chunk not cached yet, or for the backend whole
         for position, text in enumerate(texts):
             try:
-                counts[position] = sum(map(lookup, self._chunks(text)))
+                counts[position] = sum(map(len, map(lookup, self._chunks(text))))
             except (KeyError, TypeError):
                 rest.append(position)
         for position, ids in zip(rest, self([texts[i] for i in rest])):
@@ -879,11 +883,10 @@ class CachedWordPieceTokenizer:
     def _learn_chunks(self, chunks: set[str]) -> None:
         """Cache the ids of `chunks` (the cache starts over when it would pass `max_chunks`)."""
         if len(self._chunk_ids) + len(chunks) > self.max_chunks:
-            self._chunk_ids, self._chunk_lengths = {}, {}
+            self._chunk_ids = {}
         missing = [chunk for chunk in chunks if chunk not in self._chunk_ids]
         for chunk, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
             self._chunk_ids[chunk] = encoding.ids
-            self._chunk_lengths[chunk] = len(encoding.ids)
 
     def window_ids(
         self, prompts: Sequence[str], tokens: int, from_end: bool = True, skip_id: int | None = None

@@ -228,7 +228,11 @@ def binned_calibration_gap(quality: np.ndarray, scores: np.ndarray, bins: int = 
 def support_of(embeddings: torch.Tensor, memory: torch.Tensor, k: int) -> torch.Tensor:
     """Support `(n,)` of `embeddings` against `memory`, with `memory`'s own leave-one-out reference."""
     reference = top_k_mean_similarity(memory, memory, k, exclude_self=True).sort().values
-    similarity = top_k_mean_similarity(embeddings, memory, k)
+    return _rank_in(reference, top_k_mean_similarity(embeddings, memory, k))
+
+
+def _rank_in(reference: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """Support: the fraction of the sorted `reference (n_ref,)` at or below each `similarity (n,)`."""
     return torch.searchsorted(reference, similarity, right=True).float() / reference.shape[0]
 
 
@@ -445,8 +449,7 @@ def chosen_overestimate(
 def leave_one_out_support(embeddings: torch.Tensor, k: int) -> np.ndarray:
     """Support `(n,)` of each training prompt against the others (about uniform on [0, 1] by construction)."""
     similarity = top_k_mean_similarity(embeddings, embeddings, k, exclude_self=True)
-    reference = similarity.sort().values
-    return (torch.searchsorted(reference, similarity, right=True).float() / reference.shape[0]).numpy()
+    return _rank_in(similarity.sort().values, similarity).numpy()
 
 
 def masked_ece(quality: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
