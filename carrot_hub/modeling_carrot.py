@@ -500,12 +500,26 @@ class CarrotKNNMemory(nn.Module):
         k = max(1, min(k or self.k, n_memory))
         depth = min(n_memory, max(k + unobserved, similarity_k))
         similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
-        nearest = similarity.topk(depth, dim=1)  # sorted, most similar first
+        values, nearest, rest = self._nearest_rows(similarity, k, depth)
         del similarity  # the neighbour mean builds a tensor of the same size
-        top_similarity = nearest.values[:, :similarity_k].mean(1) if similarity_k else None
-        means = self._neighbour_mean(nearest.indices, targets, k, n_memory)  # (batch, 2 * n_models)
+        top_similarity = None
+        if similarity_k:
+            similarity_k = min(similarity_k, depth)
+            top_similarity = values.amax(1) if similarity_k == 1 else values.topk(similarity_k, dim=1).values.mean(1)
+        means = self._neighbour_mean(nearest, rest, targets, n_memory)  # (batch, 2 * n_models)
         return means[:, :n_models], means[:, n_models:], top_similarity
 
+    @staticmethod
+    def _nearest_rows(similarity: torch.Tensor, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        `similarity (batch, n_memory)` → the `depth` largest similarities `(batch, depth)` and
+        their row indices `(batch, depth)`, both in no order, and of those the `depth - k` rows
+        outside the k nearest `(batch, depth - k)`, most similar first. Only the short tail is
+        sorted: a sorted search of the whole depth costs a third more.
+        """
+        values, nearest = similarity.topk(depth, dim=1, sorted=False)
+        tail = values.topk(depth - k, dim=1, largest=False).indices.flip(1)  # positions, most similar first
+        return values, nearest, nearest.gather(1, tail)
     def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
         """
         `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
@@ -534,28 +548,30 @@ class CarrotKNNMemory(nn.Module):
         n_memory = values.shape[0]
         k = max(1, min(k, n_memory))
         targets, unobserved = CarrotKNNMemory._stack_targets(values, observed)
-        nearest = similarity.topk(min(n_memory, k + unobserved), dim=1).indices
-        return CarrotKNNMemory._neighbour_mean(nearest, targets, k, n_memory)
+        _, nearest, rest = CarrotKNNMemory._nearest_rows(similarity, k, min(n_memory, k + unobserved))
+        return CarrotKNNMemory._neighbour_mean(nearest, rest, targets, n_memory)
 
     @staticmethod
-    def _neighbour_mean(nearest: torch.Tensor, targets: torch.Tensor, k: int, n_memory: int) -> torch.Tensor:
+    def _neighbour_mean(nearest: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor, n_memory: int) -> torch.Tensor:
         """
-        Per column, the mean of values over the first k rows of `nearest (batch, depth)` (row
-        indices, most similar first) where the column is observed; `targets (n_memory, 2 * n)` holds
-        the values (0 where unobserved), then their 0/1 observed masks → `(batch, n)`.
+        Per column, the mean of values over the k nearest rows where the column is observed:
+        `nearest (batch, depth)` holds those k rows and the next `rest (batch, depth - k)` rows (most
+        similar first); `targets (n_memory, 2 * n)` holds the values (0 where unobserved), then
+        their 0/1 observed masks → `(batch, n)`.
 
         The k nearest rows' sums and observed counts come from one product of their 0/1 indicator
         `(batch, n_memory)` with `targets` (a gather of `(batch, k, n)` costs ten times more); a
-        column missing c of those rows takes its next c observed rows, in order, from the rest of
-        `nearest`, which is deep enough for every column's unobserved rows.
+        column missing c of those rows takes its next c observed rows, in order, from `rest`, which
+        is deep enough for every column's unobserved rows.
         """
         n_columns = targets.shape[1] // 2
-        k = min(k, nearest.shape[1])
+        k = nearest.shape[1] - rest.shape[1]
         indicator = torch.zeros(nearest.shape[0], n_memory, dtype=targets.dtype, device=targets.device)
-        indicator.scatter_(1, nearest[:, :k], 1.0)
+        indicator.scatter_(1, nearest, 1.0)
+        if rest.shape[1]:
+            indicator.scatter_(1, rest, 0.0)
         totals = indicator @ targets  # (batch, 2 * n): sums, then counts (exact integers)
         sums, counts = totals[:, :n_columns], totals[:, n_columns:]
-        rest = nearest[:, k:]
         if rest.shape[1]:
             rest_targets = targets[rest]  # (batch, depth - k, 2 * n)
             rest_observed = rest_targets[..., n_columns:]
@@ -1199,26 +1215,38 @@ class CarrotRouter(CarrotPreTrainedModel):
         quality, band and tokens `(batch, n_models)`, support `(batch,)` (NaN when the router has no
         support statistics, i.e. was saved before they existed).
         """
+        return self._finish_predictions(*self._search_predictions(embeddings))
+
+    def _search_predictions(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        The part of [`predict_with_support`] that reads the embeddings `(batch, hidden)`, in a few
+        large torch calls: the predictor's raw quality (logits for MLP heads) and log1p(tokens)
+        `(batch, n_models)`, and the mean similarity of the `support_k` nearest training prompts
+        `(batch,)` (None for a router without support statistics).
+        """
         reliability = self.reliability
-        shares_memory = (
-            reliability is not None
-            and reliability.support_embeddings is None
-            and isinstance(self.predictor, CarrotKNNMemory)
-        )
-        if shares_memory:  # support is measured against the kNN memory: one search serves both
-            quality, log_tokens, similarity = self.predictor.predict_with_similarity(
-                embeddings, similarity_k=self.config.support_k
-            )
-            output_tokens = self._tokens_from_log(log_tokens)
-        else:
-            quality, output_tokens = self.predict_raw(embeddings)
         if reliability is None:
-            support = torch.full((embeddings.shape[0],), math.nan, device=quality.device)
+            return *self._raw_predictions(embeddings), None
+        if reliability.support_embeddings is None and isinstance(self.predictor, CarrotKNNMemory):
+            # Support is measured against the kNN memory: one search serves both.
+            return self.predictor.predict_with_similarity(embeddings, similarity_k=self.config.support_k)
+        quality, log_tokens = self._raw_predictions(embeddings)
+        return quality, log_tokens, top_k_mean_similarity(embeddings, self.support_memory, self.config.support_k)
+
+    def _finish_predictions(
+        self, quality: torch.Tensor, log_tokens: torch.Tensor, similarity: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """
+        What [`_search_predictions`] gives → `(quality, output_tokens, support, quality_low,
+        quality_high)`: many small element-wise calls, cheap for any batch size.
+        """
+        if self.config.predictor_kind == "mlp":
+            quality = torch.sigmoid(quality)
+        output_tokens = self._tokens_from_log(log_tokens)
+        if similarity is None:
+            support = torch.full((quality.shape[0],), math.nan, device=quality.device)
             return quality, output_tokens, support, quality, quality
-        if shares_memory:
-            support = reliability.support_from_similarity(similarity).to(quality.device)
-        else:
-            support = reliability.support(embeddings, self.support_memory, self.config.support_k).to(quality.device)
+        support = self.reliability.support_from_similarity(similarity).to(quality.device)
         quality, low, high = self.reliability.adjust(
             quality, support, self.config.support_threshold, self.config.shrink_floor,
             self.config.prior_shrink, self.config.ood_pessimism, self.config.ood_pessimism_support,
@@ -1563,16 +1591,21 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def _embed_static_tokens(self, token_ids: list[list[int]], input_tokens: list[int], truncated: list[bool]) -> PromptEncoding:
         """What `_tokenize_static` gives → the prompts' `PromptEncoding`, in one table lookup."""
+        return PromptEncoding(
+            self._embed_static_ids(token_ids),
+            torch.tensor(input_tokens, dtype=torch.float32),
+            truncated,
+            fallback_embedding=[len(ids) == 0 for ids in token_ids],
+        )
+
+    def _embed_static_ids(self, token_ids: list[list[int]]) -> torch.Tensor:
+        """Prompts' token ids → their `(batch, embedding_size)` embeddings, in one table lookup."""
         lengths = [len(ids) for ids in token_ids]
-        fallback = [n == 0 for n in lengths]
         device = self.encoder.token_embeddings.weight.device
         offsets = _long_tensor(array.array("q", [0, *itertools.accumulate(lengths[:-1])])).to(device)
         flat = _long_tensor(array.array("q", itertools.chain.from_iterable(token_ids))).to(device)
-        empty = torch.tensor(fallback, device=device) if any(fallback) else False
-        embeddings = self.encoder.embed_bags(flat, offsets, empty).cpu()
-        return PromptEncoding(
-            embeddings, torch.tensor(input_tokens, dtype=torch.float32), truncated, fallback_embedding=fallback
-        )
+        empty = torch.tensor([n == 0 for n in lengths], device=device) if 0 in lengths else False
+        return self.encoder.embed_bags(flat, offsets, empty).cpu()
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
@@ -1586,22 +1619,42 @@ class CarrotRouter(CarrotPreTrainedModel):
     def _predict_static(self, prompts: list[str]) -> PromptPredictions:
         """
         A static router's predictions, `TOKENIZE_CHUNK_PROMPTS` prompts at a time. Tokenizing is Python
-        work that holds the GIL, the table lookup and predicting are torch work that releases it: while
-        one chunk is embedded and predicted on a worker thread, the next one is tokenized, so both cores
-        of a small machine work.
+        work that holds the GIL, the table lookup and the search are a few large torch calls that
+        release it: while one chunk is embedded and searched on a worker thread, the next one is
+        tokenized, so both cores of a small machine work. The many small calls that finish the
+        predictions run once, on the whole batch, after both: on the worker each would wait for the
+        GIL that tokenizing holds.
         """
-        # Chunks of equal size: a small last chunk would leave its predecessor's prediction with nothing to overlap.
+        # Chunks of equal size: a small last chunk would leave its predecessor's search with nothing to overlap.
         size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / TOKENIZE_CHUNK_PROMPTS)))
         chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
         if len(chunks) <= 1:
             return self.predict_encoded(self._encode_static(prompts))
+        tokenized, searches = [], []
         with _SHORT_SWITCH_INTERVAL, ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
-            pending = [pool.submit(self._predict_static_tokens, self._tokenize_static(chunk)) for chunk in chunks]
-            return PromptPredictions.concatenate([future.result() for future in pending])
+            for chunk in chunks:
+                tokenized.append(self._tokenize_static(chunk))
+                searches.append(pool.submit(self._search_static_tokens, tokenized[-1][0]))
+            searched = [future.result() for future in searches]
+        quality, log_tokens, similarity = (
+            None if parts[0] is None else torch.cat(parts) for parts in zip(*searched)
+        )
+        quality, output_tokens, support, low, high = (
+            value.float().cpu() for value in self._finish_predictions(quality, log_tokens, similarity)
+        )
+        fallback = [len(ids) == 0 for chunk in tokenized for ids in chunk[0]]
+        return PromptPredictions(
+            quality, output_tokens, torch.tensor([n for chunk in tokenized for n in chunk[1]], dtype=torch.float32),
+            [flag for chunk in tokenized for flag in chunk[2]],
+            candidate_models=list(self.config.candidate_models),
+            support=support, quality_low=low, quality_high=high, fallback_embedding=fallback,
+        )
 
     @torch.inference_mode()
-    def _predict_static_tokens(self, tokenized: tuple[list[list[int]], list[int], list[bool]]) -> PromptPredictions:
-        return self.predict_encoded(self._embed_static_tokens(*tokenized))
+    def _search_static_tokens(self, token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One chunk's token ids → what [`_search_predictions`] gives for its embeddings."""
+        embeddings = self._embed_static_ids(token_ids)
+        return self._search_predictions(embeddings.to(self.predictor_device, self.predictor_dtype))
 
     @torch.inference_mode()
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:

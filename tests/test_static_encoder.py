@@ -220,6 +220,22 @@ def test_many_prompts_are_predicted_chunk_by_chunk_as_in_one_pass(static_knn_rou
     assert chunked.truncated == whole.truncated and chunked.fallback_embedding == whole.fallback_embedding
 
 
+def test_an_mlp_router_with_its_own_support_memory_predicts_chunk_by_chunk_as_in_one_pass(tiny_table, monkeypatch):
+    from carrot_hub import modeling_carrot
+    from carrot_hub.building import fit_support_and_prior
+
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="mlp", encoder_kind="static", head_hidden_size=8)
+    fit_support_and_prior(router, tiny_table, embeddings=router.encode(tiny_table.prompts).embeddings)
+    assert router.reliability.support_embeddings is not None  # support is searched apart from the heads
+    monkeypatch.setattr(modeling_carrot, "TOKENIZE_CHUNK_PROMPTS", 3)  # several chunks: the pipelined path
+    prompts = [f"{TINY_PROMPTS[i % len(TINY_PROMPTS)]} (variant {i})" for i in range(11)]
+    chunked = router.predict(prompts)
+    whole = router.predict_encoded(router.encode(prompts), batch_size=len(prompts))
+    for name in ("quality", "output_tokens", "input_tokens", "support", "quality_low", "quality_high"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
+    assert not torch.isnan(chunked.support).any()
+
+
 def test_concurrent_static_batches_restore_the_switch_interval(static_knn_router, monkeypatch):
     import sys
     import threading
