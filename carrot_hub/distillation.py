@@ -29,7 +29,11 @@ from safetensors.torch import save_file
 
 from .errors import BadInputError
 
-DEFAULT_STATIC_DIMENSIONS = 256  # model2vec's default PCA width; the probe of issue 11 used it
+# PCA width of the distilled table. 5-fold out-of-fold routing AIQ on RouterBench's train split (mean
+# of 5 fold seeds, 128 kept tokens): 256 → 0.8313, 192 → 0.8312, 128 → 0.8304, 96 → 0.8307, 64 → 0.8299;
+# on 10 random halves 128 is within 0.0001 of 256 and 64 loses 0.0017; on ZeroEval all agree within
+# 0.0002. 128 halves the similarity product and the table (routing ~20% faster) for at most 0.001 AIQ.
+DEFAULT_STATIC_DIMENSIONS = 128
 SHIPPED_STATIC_DIR = Path(__file__).parent / "default_data" / "static-all-MiniLM-L6-v2"
 TABLE_FILE = "static_encoder.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -1,4 +1,4 @@
-"""Distil the static encoder that ships inside the package (all-MiniLM-L6-v2, 256 dimensions).
+"""Distil the static encoder that ships inside the package (all-MiniLM-L6-v2, 128 dimensions).
 
     python scripts/build_static_default.py
 

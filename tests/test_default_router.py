@@ -107,7 +107,7 @@ def test_static_default_router_is_built_from_the_shipped_data_and_routes(static_
 
     router = default_router(cache_dir=static_default_folder, encoder="static")
     assert router.config.encoder_kind == "static" and router.config.knn_k == DEFAULT_STATIC_KNN_K
-    assert router.config.knn_memory_size == 2225 and router.embedding_size == 256
+    assert router.config.knn_memory_size == 2225 and router.embedding_size == 128
     assert router.encoder.token_embeddings.weight.dtype == torch.float32  # "auto" keeps a table in float32
     best, cheapest = router.route(PROMPTS, mu=0.0), router.route(PROMPTS, mu=1.0)
     assert best.model_indices.tolist() == best.quality.argmax(1).tolist()

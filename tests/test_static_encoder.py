@@ -10,7 +10,13 @@ from transformers import AutoModel
 
 from carrot_hub import CarrotConfig, CarrotRouter
 from carrot_hub.building import default_encoder_path, new_router
-from carrot_hub.distillation import SHIPPED_STATIC_DIR, distill_static_encoder, distillation_key, load_static_table
+from carrot_hub.distillation import (
+    DEFAULT_STATIC_DIMENSIONS,
+    SHIPPED_STATIC_DIR,
+    distill_static_encoder,
+    distillation_key,
+    load_static_table,
+)
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
 from .hidden_package import run_without_carrot_hub
@@ -30,11 +36,11 @@ def manual_embedding(router, prompt: str) -> torch.Tensor:
 def test_static_router_has_the_shipped_table_and_its_tokenizer(static_knn_router):
     config = static_knn_router.config
     assert config.encoder_kind == "static" and config.encoder_config == {}
-    assert (config.static_vocab_size, config.static_embedding_size) == (29525, 256)
+    assert (config.static_vocab_size, config.static_embedding_size) == (29525, 128)
     assert len(static_knn_router.tokenizer) == config.static_vocab_size
     assert static_knn_router.tokenizer.num_special_tokens_to_add() == 0
     assert config.static_distillation["base_encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert static_knn_router.embedding_size == 256
+    assert static_knn_router.embedding_size == 128
 
 
 def test_shipped_static_table_matches_the_installed_encoder():
@@ -42,7 +48,7 @@ def test_shipped_static_table_matches_the_installed_encoder():
     from transformers import AutoTokenizer
 
     source = default_encoder_path()
-    key = distillation_key(HFAutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), 256, None)
+    key = distillation_key(HFAutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), DEFAULT_STATIC_DIMENSIONS, None)
     assert load_static_table(SHIPPED_STATIC_DIR, key) is not None, "stale: run scripts/build_static_default.py"
 
 
