@@ -524,6 +524,7 @@ class CarrotKNNMemory(nn.Module):
         values, nearest = similarity.topk(depth, dim=1, sorted=False)
         tail = values.topk(depth - k, dim=1, largest=False).indices.flip(1)  # positions, most similar first
         return values, nearest, nearest.gather(1, tail)
+
     def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
         """
         `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
