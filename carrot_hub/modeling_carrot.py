@@ -126,27 +126,6 @@ class PromptPredictions:
     def __len__(self) -> int:
         return self.quality.shape[0]
 
-    @classmethod
-    def concatenate(cls, parts: Sequence["PromptPredictions"]) -> "PromptPredictions":
-        """The predictions of consecutive chunks of prompts (same router) as one."""
-        first = parts[0]
-
-        def joined(name):
-            values = [getattr(part, name) for part in parts]
-            return None if any(value is None for value in values) else torch.cat(values)
-
-        return cls(
-            quality=joined("quality"),
-            output_tokens=joined("output_tokens"),
-            input_tokens=joined("input_tokens"),
-            truncated=[flag for part in parts for flag in part.truncated],
-            candidate_models=first.candidate_models,
-            support=joined("support"),
-            quality_low=joined("quality_low"),
-            quality_high=joined("quality_high"),
-            fallback_embedding=[flag for part in parts for flag in part.fallback_embedding],
-        )
-
 
 @dataclass
 class RoutingDecision:
@@ -920,8 +899,9 @@ class CachedWordPieceTokenizer:
         self, prompts: Sequence[str], tokens: int, from_end: bool = True, skip_id: int | None = None
     ) -> tuple[list[array.array], list[int]]:
         """
-        Each prompt's ids (an `array(TOKEN_ID_TYPE)`) for a window of whole words at its end (its start, `from_end=False`)
-        holding at least `tokens` ids other than `skip_id`, and the prompt's number of token ids.
+        Each prompt's ids (an `array(TOKEN_ID_TYPE)`) for a window of whole words at its end (its
+        start, `from_end=False`) holding at least `tokens` ids other than `skip_id`, and the
+        prompt's number of token ids.
 
         A router keeps only its last (or first) `max_prompt_tokens` tokens, so building the ids of a
         long prompt's other end is wasted work. A window starts (ends) at a space, tab or newline:
@@ -1718,11 +1698,12 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def _tokenize_static(self, prompts: list[str]) -> tuple[list[array.array], list[int], list[bool]]:
         """
-        As `_tokenize`, for the static encoder, each prompt's ids an `array(TOKEN_ID_TYPE)`. Its tokenizer adds no special tokens (distillation
-        removed them) and its unknown token has no row worth averaging: like model2vec, it is
-        dropped, and the last `max_prompt_tokens` known tokens are kept (the first ones with
-        truncation_side="right"). With the word-piece fast path only a window at the kept end gets
-        its ids built; the rest of the prompt is only counted (`CachedWordPieceTokenizer.window_ids`).
+        As `_tokenize`, for the static encoder, each prompt's ids an `array(TOKEN_ID_TYPE)`. Its
+        tokenizer adds no special tokens (distillation removed them) and its unknown token has no
+        row worth averaging: like model2vec, it is dropped, and the last `max_prompt_tokens` known
+        tokens are kept (the first ones with truncation_side="right"). With the word-piece fast path
+        only a window at the kept end gets its ids built; the rest of the prompt is only counted
+        (`CachedWordPieceTokenizer.window_ids`).
         """
         tokenizer = self.tokenizer
         unknown = tokenizer.unk_token_id
