@@ -487,9 +487,8 @@ class CarrotKNNMemory(nn.Module):
         del similarity  # the neighbour mean builds a tensor of the same size
         top_similarity = None
         if similarity_k:
-            similarity_k = min(similarity_k, depth)
-            top_similarity = values.amax(1) if similarity_k == 1 else values.topk(similarity_k, dim=1).values.mean(1)
-        means = self._neighbour_mean(nearest, rest, targets, n_memory)  # (batch, 2 * n_models)
+            top_similarity = mean_of_largest(values, min(similarity_k, depth))
+        means = self._neighbour_mean(nearest, rest, targets)  # (batch, 2 * n_models)
         return means[:, :n_models], means[:, n_models:], top_similarity
 
     @staticmethod
@@ -533,10 +532,10 @@ class CarrotKNNMemory(nn.Module):
         k = max(1, min(k, n_memory))
         targets, unobserved = CarrotKNNMemory._stack_targets(values, observed)
         _, nearest, rest = CarrotKNNMemory._nearest_rows(similarity, k, min(n_memory, k + unobserved))
-        return CarrotKNNMemory._neighbour_mean(nearest, rest, targets, n_memory)
+        return CarrotKNNMemory._neighbour_mean(nearest, rest, targets)
 
     @staticmethod
-    def _neighbour_mean(nearest: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor, n_memory: int) -> torch.Tensor:
+    def _neighbour_mean(nearest: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """
         Per column, the mean of values over the k nearest rows where the column is observed:
         `nearest (batch, depth)` holds those k rows and the next `rest (batch, depth - k)` rows (most
@@ -550,7 +549,7 @@ class CarrotKNNMemory(nn.Module):
         """
         n_columns = targets.shape[1] // 2
         k = nearest.shape[1] - rest.shape[1]
-        indicator = torch.zeros(nearest.shape[0], n_memory, dtype=targets.dtype, device=targets.device)
+        indicator = torch.zeros(nearest.shape[0], targets.shape[0], dtype=targets.dtype, device=targets.device)
         indicator.scatter_(1, nearest, 1.0)
         if rest.shape[1]:
             indicator.scatter_(1, rest, 0.0)
@@ -563,6 +562,11 @@ class CarrotKNNMemory(nn.Module):
             sums = sums + (rest_targets[..., :n_columns] * taken).sum(1)
             counts = counts + taken.sum(1)
         return sums / counts.clamp(min=1)
+
+
+def mean_of_largest(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of the `k` largest values of each row of `similarity (batch, n)` → `(batch,)`."""
+    return similarity.amax(1) if k == 1 else similarity.topk(k, dim=1).values.mean(1)  # amax: a third of topk's time
 
 
 def top_k_mean_similarity(
@@ -582,8 +586,7 @@ def top_k_mean_similarity(
         if exclude_self:
             rows = torch.arange(chunk.shape[0])
             similarity[rows, rows + start] = -math.inf
-        nearest = similarity.amax(1) if k == 1 else similarity.topk(k, dim=1).values.mean(1)  # amax: a third of topk's time
-        out[start : start + chunk.shape[0]] = nearest.float().cpu()
+        out[start : start + chunk.shape[0]] = mean_of_largest(similarity, k).float().cpu()
     return out
 
 
@@ -1595,8 +1598,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         lengths = [len(ids) for ids in token_ids]
         device = self.encoder.token_embeddings.weight.device
         offsets = _long_tensor(array.array("q", [0, *itertools.accumulate(lengths[:-1])])).to(device)
-        flat = array.array(TOKEN_ID_TYPE, b"".join(token_ids))  # one copy of the packed ids, no Python ints
-        flat = torch.frombuffer(flat, dtype=_TOKEN_ID_DTYPE).long() if len(flat) else torch.zeros(0, dtype=torch.long)
+        flat = bytearray().join(token_ids)  # the packed ids in one writable buffer, no Python ints
+        flat = torch.frombuffer(flat, dtype=_TOKEN_ID_DTYPE).long() if flat else torch.zeros(0, dtype=torch.long)
         empty = torch.tensor([n == 0 for n in lengths], device=device) if 0 in lengths else False
         return self.encoder.embed_bags(flat.to(device), offsets, empty).cpu()
 
