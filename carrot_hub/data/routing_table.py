@@ -82,6 +82,38 @@ class RoutingTable:
             metadata=dict(self.metadata),
         )
 
+    @classmethod
+    def concatenate(cls, tables: Sequence[RoutingTable]) -> RoutingTable:
+        """
+        The rows of `tables` one after another (e.g. a source's train and test splits pooled). The
+        tables must have the same models (columns follow the first table's order) and no prompt id
+        twice; prices and metadata are the first table's, `split` is None.
+        """
+        if not tables:
+            raise ValueError("concatenate needs at least one table.")
+        first = tables[0]
+        parts = []
+        for table in tables:
+            if set(table.models) != set(first.models):
+                raise ValueError(f"Cannot join tables with different models: {first.models} vs {table.models}.")
+            parts.append(table if list(table.models) == list(first.models) else table.select_models(first.models))
+        prompt_ids = [i for table in parts for i in table.prompt_ids]
+        if len(set(prompt_ids)) != len(prompt_ids):
+            repeated = sorted({i for i in prompt_ids if prompt_ids.count(i) > 1})[:5]
+            raise ValueError(f"The tables share prompt ids (e.g. {repeated}); a prompt may be in one of them only.")
+        return cls(
+            prompts=[p for table in parts for p in table.prompts],
+            prompt_ids=prompt_ids,
+            tasks=[t for table in parts for t in table.tasks],
+            models=list(first.models),
+            scores=np.concatenate([table.scores for table in parts]),
+            input_tokens=np.concatenate([table.input_tokens for table in parts]),
+            output_tokens=np.concatenate([table.output_tokens for table in parts]),
+            prices=first.prices,
+            split=None,
+            metadata=dict(first.metadata),
+        )
+
     def select_models(self, models: Sequence[str]) -> RoutingTable:
         """The table restricted to the given models (in that order)."""
         unknown = [m for m in models if m not in self.models]

@@ -1,0 +1,270 @@
+"""
+How much a table's one test split can say: pool its splits, draw many fresh train/test splits
+(per task, seeded, the same fraction as the table's own), train the router on each train part with
+the usual training code (k, calibration, shrinkage and the rest chosen out-of-fold on that part)
+and score it on the test part against the zero router (the hull of the single models on the same
+test part).
+
+    python -m training.resplit --data zeroeval-2024 --splits 30 --out resplits.json
+    python -m training.resplit --data routerbench-0shot --kind mlp --encoder static --splits 10
+
+A table's own test split is one draw. With a few hundred prompts the best single model on it is
+partly luck, and the zero router picks it with hindsight, so a router can trail it on that split
+while beating it on most others. The mean difference over the re-splits, its standard error and
+the share of re-splits the router wins, with the table's own split ranked among them, say which.
+This is an evaluation of the method, not a way to choose it: nothing here feeds back into a
+router's settings (those come from the train part alone, as in `training.train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from carrot_hub.errors import BadInputError
+from training.knn import DEFAULT_K_GRID
+
+KINDS = ("knn", "mlp")
+OWN_SPLIT = "own"  # the `seed` recorded for the table's own train/test split
+
+
+def pooled_table(source: str, splits: Sequence[str] = ("train", "test"), progress: bool = False):
+    """
+    Every named split of `source` joined into one table (same models, every model priced), and
+    `own_test_rows`, the rows of the last split (the table's own test split) in it.
+    """
+    from carrot_hub.data import load_routing_table
+    from carrot_hub.data.routing_table import RoutingTable
+
+    tables = [load_routing_table(source, split=split, progress=progress) for split in splits]
+    pooled = RoutingTable.concatenate(tables)
+    unpriced = [m for m in pooled.models if not pooled.prices or m not in pooled.prices]
+    if unpriced:
+        raise BadInputError(
+            f"The prices of {source} do not cover {', '.join(unpriced)}: add them to its prices.json "
+            "(US$ per million input and output tokens), or remove those models from the data."
+        )
+    own_test_rows = np.arange(len(pooled) - len(tables[-1]), len(pooled))
+    return pooled, own_test_rows
+
+
+def resplit_rows(tasks: Sequence[str], test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(train_rows, test_rows)`: every task split by `test_fraction`, seeded (see `split_indices`)."""
+    from carrot_hub.data.splitting import split_indices
+
+    return split_indices(len(tasks), test_fraction, seed=seed, groups=list(tasks))
+
+
+def train_router(kind: str, table, embeddings, seed: int, router_options: dict, k_grid, mlp_options: dict):
+    """`(router, training report)` of `kind` trained on `table` (embeddings `(n_prompts, hidden)`)."""
+    if kind == "knn":
+        from training.knn import train_knn_router
+
+        return train_knn_router(table, k_grid=k_grid, embeddings=embeddings, seed=seed, progress=False, **router_options)
+    from training.heads import train_heads_router
+
+    return train_heads_router(table, embeddings=embeddings, seed=seed, progress=False, **mlp_options, **router_options)
+
+
+def score_split(router, test_table, test_embeddings, mu_steps: int) -> dict:
+    """The router's AIQ, the zero router's, and what the benchmark reports beside them, on one test part."""
+    from training.evaluate import router_curve, summarize
+
+    curve, truth = router_curve(router, test_table, mu_grid=np.linspace(0, 1, mu_steps), embeddings=test_embeddings)
+    curve.choices = None  # the spread over re-splits replaces the per-split bootstrap
+    results = summarize([curve], truth)
+    mine = results["routers"][curve.name]
+    return {
+        "aiq": mine["aiq"],
+        "zero_router_aiq": results["zero_router"]["aiq"],
+        "aiq_minus_zero_router": mine["aiq"] - results["zero_router"]["aiq"],
+        "quality_mu0": mine["quality_mu0"],
+        "best_single": results["best_single"],
+        "cost_to_match_best": mine["cost_to_match_best"],
+    }
+
+
+def summarize_resplits(rows: Sequence[dict]) -> dict:
+    """Mean, standard error, normal 95% interval and win share of `aiq_minus_zero_router` over the re-splits."""
+    differences = np.array([row["aiq_minus_zero_router"] for row in rows], dtype=np.float64)
+    n = len(differences)
+    mean = float(differences.mean())
+    standard_error = float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    matched = [row["cost_to_match_best"] for row in rows]
+    reached = [value for value in matched if value is not None]
+    return {
+        "splits": n,
+        "aiq_minus_zero_router": {
+            "mean": mean,
+            "standard_error": standard_error,
+            "ci95_of_mean": [mean - 1.96 * standard_error, mean + 1.96 * standard_error],
+            "min": float(differences.min()),
+            "max": float(differences.max()),
+            "share_above_zero": float((differences > 0).mean()),
+        },
+        "aiq_mean": float(np.mean([row["aiq"] for row in rows])),
+        "zero_router_aiq_mean": float(np.mean([row["zero_router_aiq"] for row in rows])),
+        "quality_mu0_minus_best_single_mean": float(np.mean([row["quality_mu0"] - row["best_single"]["quality"] for row in rows])),
+        "best_single_reached_share": len(reached) / n,
+        "cost_to_match_best_median": float(np.median(reached)) if reached else None,
+    }
+
+
+def rank_of_own_split(own: dict, rows: Sequence[dict]) -> float:
+    """The share of re-splits on which the router did worse against the zero router than on the table's own split."""
+    differences = np.array([row["aiq_minus_zero_router"] for row in rows])
+    return float((differences < own["aiq_minus_zero_router"]).mean())
+
+
+def run_resplits(args: argparse.Namespace) -> dict:
+    """Run the re-split evaluation `args` describe (see the module docstring); returns the results dict."""
+    from carrot_hub.building import default_cost_scale, new_router
+    from carrot_hub.data.packaged import packaged_tables, read_router_defaults, resolve_table_source
+
+    from training.embeddings import embed_table
+
+    check_arguments(args)
+    source = resolve_table_source(args.data)
+    pooled, own_test_rows = pooled_table(source, (args.train_split, args.test_split), progress=not args.quiet)
+    test_fraction = args.test_fraction or len(own_test_rows) / len(pooled)
+    router_options = {"cost_scale": None}
+    if args.data in packaged_tables():  # the table's own default settings, chosen out-of-fold on its train split
+        defaults = read_router_defaults(args.data)
+        router_options.update({key: defaults[key] for key in ("max_prompt_tokens", "truncation_side") if key in defaults})
+    if args.max_prompt_tokens is not None:
+        router_options["max_prompt_tokens"] = args.max_prompt_tokens
+    if args.encoder == "static":
+        router_options["encoder_kind"] = "static"
+    mlp_options = {"hidden": args.hidden, "ensemble": args.ensemble}
+
+    started = time.perf_counter()
+    base = new_router(pooled.models, pooled.prices, cost_scale=default_cost_scale(pooled), progress=False,
+                      **{key: value for key, value in router_options.items() if key != "cost_scale"})
+    embeddings = embed_table(base, pooled, cache_dir=args.cache_dir, progress=not args.quiet)
+    draws = [(OWN_SPLIT, np.setdiff1d(np.arange(len(pooled)), own_test_rows), own_test_rows)]
+    draws += [(seed, *resplit_rows(pooled.tasks, test_fraction, seed)) for seed in range(args.first_seed, args.first_seed + args.splits)]
+    rows = []
+    for seed, train_rows, test_rows in draws:
+        began = time.perf_counter()
+        router, report = train_router(args.kind, pooled.subset(train_rows), embeddings[train_rows], args.seed,
+                                      router_options, args.k_grid, mlp_options)
+        row = {"seed": seed, "n_train": len(train_rows), "n_test": len(test_rows),
+               **score_split(router, pooled.subset(test_rows), embeddings[test_rows], args.mu_steps)}
+        if "k" in report:
+            row["k"] = report["k"]
+        row["seconds"] = round(time.perf_counter() - began, 1)
+        rows.append(row)
+        if not args.quiet:
+            print(f"split {seed}: AIQ {row['aiq']:.4f}, zero router {row['zero_router_aiq']:.4f}, "
+                  f"difference {row['aiq_minus_zero_router']:+.4f}", file=sys.stderr)
+    own, fresh = rows[0], rows[1:]
+    return {
+        "data": {"source": str(args.data), "n_prompts": len(pooled), "models": list(pooled.models),
+                 "tasks": sorted(set(pooled.tasks)), "pooled_splits": [args.train_split, args.test_split],
+                 "test_fraction": test_fraction},
+        "router": {"kind": args.kind, "encoder": args.encoder, "seed": args.seed,
+                   **{key: value for key, value in router_options.items() if value is not None},
+                   **({"k_grid": list(args.k_grid)} if args.kind == "knn" else mlp_options)},
+        "method": "each split: the table's rows re-split per task (numpy default_rng(seed), split_indices), "
+                  "the router trained on the train part as `training.train` does (its settings chosen "
+                  "out-of-fold there), scored on the test part; the zero router is the hull of the single "
+                  "models on that test part, and both AIQs share that part's cost range",
+        "summary": summarize_resplits(fresh),
+        "own_split": {**own, "share_of_resplits_below": rank_of_own_split(own, fresh)},
+        "splits": fresh,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def format_summary(results: dict) -> str:
+    """A few lines for the terminal."""
+    summary, own = results["summary"], results["own_split"]
+    gap = summary["aiq_minus_zero_router"]
+    cost = summary["cost_to_match_best_median"]
+    return "\n".join([
+        f"{results['data']['source']}: {results['router']['kind']} ({results['router']['encoder']}) over "
+        f"{summary['splits']} re-splits of {results['data']['n_prompts']} prompts",
+        f"  AIQ − zero router: mean {gap['mean']:+.4f} (SE {gap['standard_error']:.4f}, 95% of the mean "
+        f"[{gap['ci95_of_mean'][0]:+.4f}, {gap['ci95_of_mean'][1]:+.4f}]), range [{gap['min']:+.4f}, {gap['max']:+.4f}], "
+        f"router ahead on {gap['share_above_zero']:.0%}",
+        f"  best single model reached on {summary['best_single_reached_share']:.0%}; median cost to match it: "
+        + ("never reached" if cost is None else f"{cost:.0%} of its cost"),
+        f"  the table's own split: {own['aiq_minus_zero_router']:+.4f} "
+        f"(below {1 - own['share_of_resplits_below']:.0%} of the re-splits)",
+    ])
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad options fail before any work, with what to give instead."""
+    if args.splits < 2:
+        raise BadInputError(f"--splits must be at least 2 (a spread needs two re-splits), got {args.splits}.")
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        raise BadInputError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}.")
+    if args.mu_steps < 2:
+        raise BadInputError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.suffix.lower() != ".json":
+            raise BadInputError(f"--out writes JSON: give a file name ending in .json, not {args.out!r}.")
+        if out.exists() and not args.overwrite:
+            raise BadInputError(f"{args.out} already exists; pass --overwrite to replace it, or choose another --out.")
+
+
+def _k_grid(text: str) -> tuple[int, ...]:
+    from training.selection import parse_grid
+
+    grid = tuple(parse_grid(text, int, "--k-grid"))
+    if min(grid) < 1:
+        raise argparse.ArgumentTypeError(f"--k-grid takes positive integers, got {text!r}.")
+    return grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.resplit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="zeroeval-2024", help="a packaged table name or a SPROUT-layout folder (default: zeroeval-2024)")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test", help="the table's own test split, pooled with --train-split and ranked among the re-splits")
+    parser.add_argument("--kind", choices=KINDS, default="knn")
+    parser.add_argument("--encoder", choices=("transformer", "static"), default="transformer")
+    parser.add_argument("--splits", type=int, default=30, help="fresh re-splits (default: 30)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first re-split; the others follow")
+    parser.add_argument("--test-fraction", type=float, help="share of each task held out (default: the table's own)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (folds, MLP initialisation)")
+    parser.add_argument("--max-prompt-tokens", type=int, help="default: the packaged table's default router's, else the library's")
+    parser.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID, help="knn: the k values tried on each train part")
+    parser.add_argument("--hidden", type=int, default=64, help="mlp: hidden width (default: 64)")
+    parser.add_argument("--ensemble", type=int, default=5, help="mlp: seeds averaged (default: 5)")
+    parser.add_argument("--mu-steps", type=int, default=201)
+    parser.add_argument("--cache-dir", help="folder caching prompt embeddings between runs")
+    parser.add_argument("--out", help="results JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from training.evaluate import write_json
+
+    args = build_parser().parse_args(argv)
+    try:
+        results = run_resplits(args)
+    except (BadInputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(results))
+    if args.out:
+        print(f"written to {write_json(results, args.out)}")
+    else:
+        print(json.dumps(results["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
