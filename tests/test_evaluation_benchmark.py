@@ -53,7 +53,7 @@ def test_benchmark_end_to_end(tmp_path):
     out, plot = tmp_path / "results.json", tmp_path / "curves.png"
     code = benchmark_main(
         ["--data", "routerbench-0shot", "--out", str(out), "--plot", str(plot), "--kinds", "knn,mlp", "--cache-dir", str(tmp_path / "cache"),
-         "--routers-dir", str(tmp_path / "routers"), "--quiet"]
+         "--routers-dir", str(tmp_path / "routers"), "--resplits", "3", "--quiet"]
     )
     assert code == 0
     results = json.loads(out.read_text())
@@ -70,6 +70,11 @@ def test_benchmark_end_to_end(tmp_path):
     # A second run into the same folder is refused without --overwrite.
     assert benchmark_main(["--data", "routerbench-0shot", "--out", str(out), "--kinds", "knn", "--routers-dir",
                            str(tmp_path / "routers"), "--quiet"]) == 2
+
+
+def test_benchmark_refuses_a_single_resplit(tmp_path, capsys):
+    assert benchmark_main(["--data", "zeroeval-2024", "--out", str(tmp_path / "r.json"), "--resplits", "1", "--quiet"]) == 2
+    assert "--resplits must be 0 (skip) or at least 2" in capsys.readouterr().err
 
 
 def test_benchmark_encoders_option_names_the_routers():
@@ -107,7 +112,7 @@ def test_benchmark_runs_on_every_table_given_with_one_file_each_and_a_summary(tm
         [*(arg for folder in tables for arg in ("--data", str(folder))), "--out", str(out), "--kinds", "knn,mlp", "--encoders", "transformer",
          "--prompt-tokens-grid", "64,128", "--k-grid", "2,8", "--folds", "2", "--mlp-hidden", "8",
          "--mlp-weight-decay", "0.01,0.1", "--mlp-ensemble", "1", "--mu-steps", "5", "--cache-dir", str(tmp_path / "cache"),
-         "--quiet"]
+         "--resplits", "2", "--quiet"]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -126,6 +131,10 @@ def test_benchmark_runs_on_every_table_given_with_one_file_each_and_a_summary(tm
             row = summary["tables"][folder.name]["rows"][name]
             assert row["aiq"] == pytest.approx(entry["aiq"])
         assert {"carrot-knn-reference", "routerbench", "random"} <= set(results["baselines"])
+        resplits = results["resplits"]  # the kNN on fresh re-splits of the pooled 42 prompts, and on the table's own
+        assert [row["seed"] for row in resplits["splits"]] == [0, 1] and resplits["data"]["n_prompts"] == 42
+        assert resplits["own_split"]["aiq"] == pytest.approx(results["routers"]["carrot-knn"]["aiq"], abs=0.02)
+        assert summary["tables"][folder.name]["resplits"]["splits"] == 2
 
 
 def test_benchmark_chooses_the_static_encoders_prompt_tokens_by_its_own_out_of_fold_aiq(tmp_path):
@@ -133,7 +142,8 @@ def test_benchmark_chooses_the_static_encoders_prompt_tokens_by_its_own_out_of_f
     out, routers = tmp_path / "results.json", tmp_path / "routers"
     code = benchmark_main(
         ["--data", str(folder), "--out", str(out), "--kinds", "knn", "--encoders", "static", "--prompt-tokens-grid", "16,64",
-         "--k-grid", "2,8", "--folds", "2", "--mu-steps", "5", "--no-baselines", "--routers-dir", str(routers), "--quiet"]
+         "--k-grid", "2,8", "--folds", "2", "--mu-steps", "5", "--no-baselines", "--routers-dir", str(routers), "--resplits", "0",
+         "--quiet"]
     )
     assert code == 0
     results = json.loads(out.read_text())

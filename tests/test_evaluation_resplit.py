@@ -113,3 +113,17 @@ def test_resplit_command_refuses_bad_options_before_any_work(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and taken.read_text() == "{}"
     assert resplit_main(["--data", "no-such-table"]) == 2
     assert "routerbench-0shot" in capsys.readouterr().err  # the packaged names are listed
+
+
+def test_resplit_refuses_a_table_whose_prices_miss_a_model(tmp_path, capsys):
+    import shutil
+
+    from carrot_hub.data.packaged import packaged_table_dir
+
+    folder = tmp_path / "zeroeval-unpriced"
+    shutil.copytree(packaged_table_dir("zeroeval-2024"), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    prices = json.loads((folder / "prices.json").read_text())
+    del prices["prices"]["Qwen2-72B-Instruct"]
+    (folder / "prices.json").write_text(json.dumps(prices))
+    assert resplit_main(["--data", str(folder), "--splits", "2", "--quiet"]) == 2
+    assert "do not cover Qwen2-72B-Instruct" in capsys.readouterr().err

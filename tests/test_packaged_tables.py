@@ -136,7 +136,7 @@ def test_a_table_whose_prices_miss_a_model_is_refused_naming_it(tmp_path, capsys
     (folder / "prices.json").write_text(json.dumps(prices))
     from training.benchmark import main as benchmark_main
 
-    code = benchmark_main(["--data", str(folder), "--out", str(tmp_path / "out.json"), "--kinds", "knn", "--quiet"])
+    code = benchmark_main(["--data", str(folder), "--out", str(tmp_path / "out.json"), "--kinds", "knn", "--resplits", "0", "--quiet"])
     assert code == 2
     error = capsys.readouterr().err
     assert "do not cover Qwen2-72B-Instruct" in error and "zeroeval-unpriced" in error

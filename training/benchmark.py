@@ -74,6 +74,10 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--mlp-hidden", default="64,256", help="MLP hidden widths tried (comma-separated)")
     parser.add_argument("--mlp-weight-decay", default="0.01,0.1", help="MLP weight decays tried (comma-separated)")
     parser.add_argument("--mlp-ensemble", type=int, default=5)
+    parser.add_argument("--resplits", type=int, default=30,
+                        help="also score the kNN router against the zero router on this many fresh train/test "
+                             "re-splits of each table (training.resplit), to tell a method's gain from one test "
+                             "split's luck; 0 skips it (default: 30)")
     parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--routers-dir", default=None, help="save each trained router folder under this folder")
     parser.add_argument("--overwrite", action="store_true", help="replace routers already in --routers-dir")
@@ -177,6 +181,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     _parse_extra_routers(args.router)
     if args.mu_steps < 2:
         raise ValueError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    if args.resplits < 0 or args.resplits == 1:
+        raise ValueError(f"--resplits must be 0 (skip) or at least 2 (a spread needs two re-splits), got {args.resplits}.")
     if args.plot is not None and not str(args.plot).lower().endswith(".png"):
         raise ValueError(f"--plot writes a PNG: give a file name ending in .png, not {args.plot!r}.")
     _grids(args)  # bad grids fail before any work
@@ -407,6 +413,16 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
         "n_train_prompts": len(train), "prices_recorded_on": train.metadata.get("prices_recorded_on"),
         "prices_source": train.metadata.get("prices_source"),
     })
+    if args.resplits:
+        from training.resplit import resplit_evaluation
+
+        started = time.perf_counter()
+        results["resplits"] = resplit_evaluation(
+            source, kind="knn", splits=args.resplits, train_split=args.train_split, test_split=args.test_split,
+            seed=args.seed, k_grid=grids["k"], router_options={"encoder": args.encoder, "max_prompt_tokens": prompt_tokens},
+            mu_steps=args.mu_steps, cache_dir=args.cache_dir, progress=progress,
+        )
+        timings["resplits"] = time.perf_counter() - started
     results["benchmark"] = {
         "kinds": kinds,
         "encoders": encoders,
@@ -421,6 +437,10 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
         "routers_dir": str(routers_dir) if routers_dir is not None else None,
     }
     print(format_table(results))
+    if "resplits" in results:
+        from training.resplit import format_summary as format_resplits
+
+        print(format_resplits(results["resplits"]))
     print(f"results written to {write_json(results, out_json)}")
     if plot_png:
         from training.plots import plot_curves
@@ -456,6 +476,13 @@ def summarize_tables(everything: dict) -> dict:
             "max_prompt_tokens": results["benchmark"]["max_prompt_tokens"],
             "rows": rows,
         }
+        if "resplits" in results:
+            resplits = results["resplits"]
+            summary["tables"][name]["resplits"] = {
+                **resplits["summary"],
+                "own_split_aiq_minus_zero_router": resplits["own_split"]["aiq_minus_zero_router"],
+                "own_split_share_of_resplits_below": resplits["own_split"]["share_of_resplits_below"],
+            }
     return summary
 
 
@@ -473,6 +500,13 @@ def format_summary(summary: dict) -> str:
             match = "-" if row["cost_to_match_best"] is None else f"{row['cost_to_match_best']:.1%}"
             lost = "-" if row["aiq_lost_to_cost_prediction"] is None else f"{row['aiq_lost_to_cost_prediction']:.4f}"
             lines.append(f"  {row_name:<26.26} {row['aiq']:7.4f} {match:>7} {lost:>7}")
+        if "resplits" in table:
+            gap = table["resplits"]["aiq_minus_zero_router"]
+            lines.append(
+                f"  kNN AIQ − zero router over {table['resplits']['splits']} re-splits: {gap['mean']:+.4f} "
+                f"(SE {gap['standard_error']:.4f}, ahead on {gap['share_above_zero']:.0%}); "
+                f"this test split: {table['resplits']['own_split_aiq_minus_zero_router']:+.4f}"
+            )
     return "\n".join(lines)
 
 

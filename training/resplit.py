@@ -123,55 +123,72 @@ def rank_of_own_split(own: dict, rows: Sequence[dict]) -> float:
     return float((differences < own["aiq_minus_zero_router"]).mean())
 
 
-def run_resplits(args: argparse.Namespace) -> dict:
-    """Run the re-split evaluation `args` describe (see the module docstring); returns the results dict."""
+def resplit_evaluation(
+    source: str,
+    kind: str = "knn",
+    splits: int = 30,
+    first_seed: int = 0,
+    test_fraction: float | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    seed: int = 0,
+    k_grid: Sequence[int] = DEFAULT_K_GRID,
+    mlp_options: dict | None = None,
+    router_options: dict | None = None,
+    mu_steps: int = 201,
+    cache_dir=None,
+    progress: bool = False,
+) -> dict:
+    """
+    Train and score `kind` on the table's own split and on `splits` fresh re-splits of `source`.
+
+    Args:
+        source: a folder (or Hub id) with `train_split` and `test_split`, pooled.
+        test_fraction: share of each task held out (default: the own test split's share).
+        router_options: `new_router` / config fields of every router (`max_prompt_tokens`,
+            `truncation_side`, `encoder`, `encoder_kind`, ...); the cost scale is each train part's.
+        mlp_options: `train_heads_router` options (`hidden`, `ensemble`, ...) for `kind="mlp"`.
+
+    Returns:
+        JSON-ready `{"data", "router", "method", "summary", "own_split", "splits", "seconds"}`.
+    """
     from carrot_hub.building import default_cost_scale, new_router
-    from carrot_hub.data.packaged import packaged_tables, read_router_defaults, resolve_table_source
 
     from training.embeddings import embed_table
 
-    check_arguments(args)
-    source = resolve_table_source(args.data)
-    pooled, own_test_rows = pooled_table(source, (args.train_split, args.test_split), progress=not args.quiet)
-    test_fraction = args.test_fraction or len(own_test_rows) / len(pooled)
-    router_options = {"cost_scale": None}
-    if args.data in packaged_tables():  # the table's own default settings, chosen out-of-fold on its train split
-        defaults = read_router_defaults(args.data)
-        router_options.update({key: defaults[key] for key in ("max_prompt_tokens", "truncation_side") if key in defaults})
-    if args.max_prompt_tokens is not None:
-        router_options["max_prompt_tokens"] = args.max_prompt_tokens
-    if args.encoder == "static":
-        router_options["encoder_kind"] = "static"
-    mlp_options = {"hidden": args.hidden, "ensemble": args.ensemble}
+    if kind not in KINDS:
+        raise BadInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+    router_options, mlp_options = dict(router_options or {}), dict(mlp_options or {})
+    pooled, own_test_rows = pooled_table(source, (train_split, test_split), progress=progress)
+    test_fraction = test_fraction or len(own_test_rows) / len(pooled)
 
     started = time.perf_counter()
-    base = new_router(pooled.models, pooled.prices, cost_scale=default_cost_scale(pooled), progress=False,
-                      **{key: value for key, value in router_options.items() if key != "cost_scale"})
-    embeddings = embed_table(base, pooled, cache_dir=args.cache_dir, progress=not args.quiet)
+    base = new_router(pooled.models, pooled.prices, cost_scale=default_cost_scale(pooled), progress=False, **router_options)
+    embeddings = embed_table(base, pooled, cache_dir=cache_dir, progress=progress)
     draws = [(OWN_SPLIT, np.setdiff1d(np.arange(len(pooled)), own_test_rows), own_test_rows)]
-    draws += [(seed, *resplit_rows(pooled.tasks, test_fraction, seed)) for seed in range(args.first_seed, args.first_seed + args.splits)]
+    draws += [(s, *resplit_rows(pooled.tasks, test_fraction, s)) for s in range(first_seed, first_seed + splits)]
     rows = []
-    for seed, train_rows, test_rows in draws:
+    for split_seed, train_rows, test_rows in draws:
         began = time.perf_counter()
-        router, report = train_router(args.kind, pooled.subset(train_rows), embeddings[train_rows], args.seed,
-                                      router_options, args.k_grid, mlp_options)
-        row = {"seed": seed, "n_train": len(train_rows), "n_test": len(test_rows),
-               **score_split(router, pooled.subset(test_rows), embeddings[test_rows], args.mu_steps)}
+        router, report = train_router(kind, pooled.subset(train_rows), embeddings[train_rows], seed,
+                                      router_options, k_grid, mlp_options)
+        row = {"seed": split_seed, "n_train": len(train_rows), "n_test": len(test_rows),
+               **score_split(router, pooled.subset(test_rows), embeddings[test_rows], mu_steps)}
         if "k" in report:
             row["k"] = report["k"]
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
-        if not args.quiet:
-            print(f"split {seed}: AIQ {row['aiq']:.4f}, zero router {row['zero_router_aiq']:.4f}, "
+        if progress:
+            print(f"split {split_seed}: AIQ {row['aiq']:.4f}, zero router {row['zero_router_aiq']:.4f}, "
                   f"difference {row['aiq_minus_zero_router']:+.4f}", file=sys.stderr)
     own, fresh = rows[0], rows[1:]
     return {
-        "data": {"source": str(args.data), "n_prompts": len(pooled), "models": list(pooled.models),
-                 "tasks": sorted(set(pooled.tasks)), "pooled_splits": [args.train_split, args.test_split],
+        "data": {"source": str(source), "n_prompts": len(pooled), "models": list(pooled.models),
+                 "tasks": sorted(set(pooled.tasks)), "pooled_splits": [train_split, test_split],
                  "test_fraction": test_fraction},
-        "router": {"kind": args.kind, "encoder": args.encoder, "seed": args.seed,
+        "router": {"kind": kind, "encoder_kind": router_options.get("encoder_kind", "transformer"), "seed": seed,
                    **{key: value for key, value in router_options.items() if value is not None},
-                   **({"k_grid": list(args.k_grid)} if args.kind == "knn" else mlp_options)},
+                   **({"k_grid": list(k_grid)} if kind == "knn" else mlp_options)},
         "method": "each split: the table's rows re-split per task (numpy default_rng(seed), split_indices), "
                   "the router trained on the train part as `training.train` does (its settings chosen "
                   "out-of-fold there), scored on the test part; the zero router is the hull of the single "
@@ -183,13 +200,36 @@ def run_resplits(args: argparse.Namespace) -> dict:
     }
 
 
+def run_resplits(args: argparse.Namespace) -> dict:
+    """The re-split evaluation the command line `args` describe (see the module docstring)."""
+    from carrot_hub.data.packaged import packaged_tables, read_router_defaults, resolve_table_source
+
+    check_arguments(args)
+    router_options = {}
+    if args.data in packaged_tables():  # the table's own default settings, chosen out-of-fold on its train split
+        defaults = read_router_defaults(args.data)
+        router_options.update({key: defaults[key] for key in ("max_prompt_tokens", "truncation_side") if key in defaults})
+    if args.max_prompt_tokens is not None:
+        router_options["max_prompt_tokens"] = args.max_prompt_tokens
+    if args.encoder == "static":
+        router_options["encoder_kind"] = "static"
+    results = resplit_evaluation(
+        resolve_table_source(args.data), kind=args.kind, splits=args.splits, first_seed=args.first_seed,
+        test_fraction=args.test_fraction, train_split=args.train_split, test_split=args.test_split, seed=args.seed,
+        k_grid=args.k_grid, mlp_options={"hidden": args.hidden, "ensemble": args.ensemble},
+        router_options=router_options, mu_steps=args.mu_steps, cache_dir=args.cache_dir, progress=not args.quiet,
+    )
+    results["data"]["source"] = str(args.data)
+    return results
+
+
 def format_summary(results: dict) -> str:
     """A few lines for the terminal."""
     summary, own = results["summary"], results["own_split"]
     gap = summary["aiq_minus_zero_router"]
     cost = summary["cost_to_match_best_median"]
     return "\n".join([
-        f"{results['data']['source']}: {results['router']['kind']} ({results['router']['encoder']}) over "
+        f"{results['data']['source']}: {results['router']['kind']} ({results['router']['encoder_kind']}) over "
         f"{summary['splits']} re-splits of {results['data']['n_prompts']} prompts",
         f"  AIQ − zero router: mean {gap['mean']:+.4f} (SE {gap['standard_error']:.4f}, 95% of the mean "
         f"[{gap['ci95_of_mean'][0]:+.4f}, {gap['ci95_of_mean'][1]:+.4f}]), range [{gap['min']:+.4f}, {gap['max']:+.4f}], "
