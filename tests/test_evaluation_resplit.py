@@ -61,12 +61,15 @@ def test_summary_reports_the_mean_spread_and_win_share():
     assert rank_of_own_split({"aiq_minus_zero_router": 0.005}, rows) == 0.5
 
 
-def test_pooled_table_puts_the_own_test_split_last():
-    source = resolve_table_source("zeroeval-2024")
-    pooled, own_test_rows = pooled_table(source)
-    test = load_routing_table(source, split="test")
-    assert len(pooled) == 2119 and len(own_test_rows) == len(test) == 636
-    assert [pooled.prompt_ids[i] for i in own_test_rows] == test.prompt_ids
+def test_pooled_table_joins_the_splits_and_pools_a_repeated_prompt_once():
+    train, test, pooled, kept = pooled_table(resolve_table_source("zeroeval-2024"))
+    assert (len(train), len(test), len(pooled), len(kept)) == (1483, 636, 2119, 636)
+    assert pooled.prompt_ids == train.prompt_ids + test.prompt_ids
+    train, test, pooled, kept = pooled_table(resolve_table_source("routerbench-0shot"))
+    repeated = set(train.prompt_ids) & set(test.prompt_ids)  # the slice has a few prompts in both splits
+    assert len(repeated) > 0 and len(pooled) == len(train) + len(test) - len(repeated)
+    assert len(set(pooled.prompt_ids)) == len(pooled) and (len(train), len(test)) == (2225, 953)
+    assert [test.prompt_ids[i] for i in kept] == pooled.prompt_ids[len(train):]
 
 
 def test_resplit_command_scores_the_own_split_as_training_would(tmp_path, capsys):

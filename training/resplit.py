@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from carrot_hub.errors import BadInputError
 from training.knn import DEFAULT_K_GRID
@@ -37,22 +38,26 @@ OWN_SPLIT = "own"  # the `seed` recorded for the table's own train/test split
 
 def pooled_table(source: str, splits: Sequence[str] = ("train", "test"), progress: bool = False):
     """
-    Every named split of `source` joined into one table (same models, every model priced), and
-    `own_test_rows`, the rows of the last split (the table's own test split) in it.
+    `(own_train, own_test, pooled, test_rows_in_pool)`: the table's own two splits, and both joined
+    for re-splitting. A test prompt whose id is also in the train split (RouterBench's slice has a
+    few) is pooled once, as its train row, so that no prompt can fall on both sides of a re-split;
+    `test_rows_in_pool` are the rows of `own_test` that the pool keeps, after all of `own_train`'s.
+    Every model must be priced.
     """
     from carrot_hub.data import load_routing_table
     from carrot_hub.data.routing_table import RoutingTable
 
-    tables = [load_routing_table(source, split=split, progress=progress) for split in splits]
-    pooled = RoutingTable.concatenate(tables)
+    own_train, own_test = (load_routing_table(source, split=split, progress=progress) for split in splits)
+    seen = set(own_train.prompt_ids)
+    test_rows_in_pool = np.array([i for i, prompt_id in enumerate(own_test.prompt_ids) if prompt_id not in seen], dtype=np.int64)
+    pooled = RoutingTable.concatenate([own_train, own_test.subset(test_rows_in_pool)])
     unpriced = [m for m in pooled.models if not pooled.prices or m not in pooled.prices]
     if unpriced:
         raise BadInputError(
             f"The prices of {source} do not cover {', '.join(unpriced)}: add them to its prices.json "
             "(US$ per million input and output tokens), or remove those models from the data."
         )
-    own_test_rows = np.arange(len(pooled) - len(tables[-1]), len(pooled))
-    return pooled, own_test_rows
+    return own_train, own_test.select_models(pooled.models), pooled, test_rows_in_pool
 
 
 def resplit_rows(tasks: Sequence[str], test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,21 +164,24 @@ def resplit_evaluation(
     if kind not in KINDS:
         raise BadInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
     router_options, mlp_options = dict(router_options or {}), dict(mlp_options or {})
-    pooled, own_test_rows = pooled_table(source, (train_split, test_split), progress=progress)
-    test_fraction = test_fraction or len(own_test_rows) / len(pooled)
+    own_train, own_test, pooled, test_rows_in_pool = pooled_table(source, (train_split, test_split), progress=progress)
+    test_fraction = test_fraction or len(own_test) / (len(own_train) + len(own_test))
 
     started = time.perf_counter()
     base = new_router(pooled.models, pooled.prices, cost_scale=default_cost_scale(pooled), progress=False, **router_options)
-    embeddings = embed_table(base, pooled, cache_dir=cache_dir, progress=progress)
-    draws = [(OWN_SPLIT, np.setdiff1d(np.arange(len(pooled)), own_test_rows), own_test_rows)]
-    draws += [(s, *resplit_rows(pooled.tasks, test_fraction, s)) for s in range(first_seed, first_seed + splits)]
+    own_train_embeddings = embed_table(base, own_train, cache_dir=cache_dir, progress=progress)
+    own_test_embeddings = embed_table(base, own_test, cache_dir=cache_dir, progress=progress)
+    embeddings = torch.cat([own_train_embeddings, own_test_embeddings[test_rows_in_pool]])
+    draws = [(OWN_SPLIT, own_train, own_train_embeddings, own_test, own_test_embeddings)]
+    for split_seed in range(first_seed, first_seed + splits):
+        train_rows, test_rows = resplit_rows(pooled.tasks, test_fraction, split_seed)
+        draws.append((split_seed, pooled.subset(train_rows), embeddings[train_rows], pooled.subset(test_rows), embeddings[test_rows]))
     rows = []
-    for split_seed, train_rows, test_rows in draws:
+    for split_seed, train, train_embeddings, test, test_embeddings in draws:
         began = time.perf_counter()
-        router, report = train_router(kind, pooled.subset(train_rows), embeddings[train_rows], seed,
-                                      router_options, k_grid, mlp_options)
-        row = {"seed": split_seed, "n_train": len(train_rows), "n_test": len(test_rows),
-               **score_split(router, pooled.subset(test_rows), embeddings[test_rows], mu_steps)}
+        router, report = train_router(kind, train, train_embeddings, seed, router_options, k_grid, mlp_options)
+        row = {"seed": split_seed, "n_train": len(train), "n_test": len(test),
+               **score_split(router, test, test_embeddings, mu_steps)}
         if "k" in report:
             row["k"] = report["k"]
         row["seconds"] = round(time.perf_counter() - began, 1)
@@ -185,7 +193,7 @@ def resplit_evaluation(
     return {
         "data": {"source": str(source), "n_prompts": len(pooled), "models": list(pooled.models),
                  "tasks": sorted(set(pooled.tasks)), "pooled_splits": [train_split, test_split],
-                 "test_fraction": test_fraction},
+                 "test_prompts_also_in_train": len(own_test) - len(test_rows_in_pool), "test_fraction": test_fraction},
         "router": {"kind": kind, "encoder_kind": router_options.get("encoder_kind", "transformer"), "seed": seed,
                    **{key: value for key, value in router_options.items() if value is not None},
                    **({"k_grid": list(k_grid)} if kind == "knn" else mlp_options)},
