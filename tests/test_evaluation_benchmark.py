@@ -10,7 +10,7 @@ from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
 from training.baselines import trained_baselines
 from training.benchmark import main as benchmark_main
-from training.evaluate import evaluate_router, ground_truth, router_curve, summarize
+from training.evaluate import evaluate_router, format_table, ground_truth, router_curve, summarize
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,11 @@ def test_real_slice_router_and_baselines(real_slice):
     assert results["oracle"]["quality"] >= results["best_single"]["quality"]
     assert results["oracle"]["aiq"] >= entry["aiq"] and results["oracle"]["aiq"] >= results["zero_router"]["aiq"]
     assert 0 < results["zero_router"]["aiq"] <= 1
+    # routing by task alone (with hindsight) lies between the single models and the per-prompt oracle
+    task_oracle = results["task_oracle"]
+    assert results["zero_router"]["aiq"] <= task_oracle["aiq"] <= results["oracle"]["aiq"]
+    assert task_oracle["quality_mu0"] >= results["best_single"]["quality"]
+    assert "task oracle (best per task)" in format_table(results)
     json.dumps(results, allow_nan=False)
 
     truth = ground_truth(test)

@@ -167,3 +167,30 @@ def test_aiq_vs_zero_router_refuses_mismatched_shapes():
 
     with pytest.raises(ValueError, match="n_prompts"):
         aiq_vs_zero_router(np.zeros((5, 2)), np.ones((5, 2)), np.zeros((3, 4), dtype=int))
+
+
+def test_task_hull_is_the_frontier_of_every_per_task_choice():
+    """Against brute force: the hull of all m**2 ways to give each of two tasks one model."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores = (rng.random((30, 4)) < rng.random(4)).astype(float)
+        cost = rng.random((30, 4)) * rng.random(4)
+        tasks = np.array(["a"] * 12 + ["b"] * 18)
+        costs, qualities = metrics.task_hull(scores, cost, tasks)
+        a, b = tasks == "a", tasks == "b"
+        points = [(0.4 * cost[a, i].mean() + 0.6 * cost[b, j].mean(), 0.4 * scores[a, i].mean() + 0.6 * scores[b, j].mean())
+                  for i in range(4) for j in range(4)]
+        brute_costs, brute_qualities = metrics.upper_hull(*zip(*points))
+        np.testing.assert_allclose(costs, brute_costs, atol=1e-12)
+        np.testing.assert_allclose(qualities, brute_qualities, atol=1e-12)
+
+
+def test_task_hull_of_one_task_is_the_zero_routers_hull_and_specialists_beat_it():
+    scores = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=float)
+    cost = np.array([[1, 1], [1, 1], [1, 1], [1, 1]], dtype=float)
+    one = metrics.task_hull(scores, cost, ["t"] * 4)
+    np.testing.assert_allclose(one[1], metrics.upper_hull(cost.mean(0), scores.mean(0))[1])
+    costs, qualities = metrics.task_hull(scores, cost, ["x", "x", "y", "y"])  # model 0 solves x, model 1 solves y
+    assert qualities[-1] == 1.0 and costs[-1] == 1.0 and one[1][-1] == 0.5
+    with pytest.raises(ValueError, match="3 labels for 4 prompts"):
+        metrics.task_hull(scores, cost, ["x", "x", "y"])

@@ -41,6 +41,7 @@ class GroundTruth:
         output_tokens (`np.ndarray` `(n, m)`): true output tokens, NaN = missing.
         prices (`dict`): the price table the costs come from.
         missing_scores, missing_costs (`int`): cells filled as described.
+        tasks (`list[str]` or None): the task of each prompt.
     """
 
     models: list[str]
@@ -52,6 +53,7 @@ class GroundTruth:
     missing_scores: int = 0
     missing_costs: int = 0
     dropped_models: list[str] = field(default_factory=list)
+    tasks: list[str] | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -112,6 +114,7 @@ def ground_truth(table, on_unscored_model: str = "raise") -> GroundTruth:
         missing_scores=int(np.isnan(raw_scores).sum()),
         missing_costs=int(missing_cost.sum()),
         dropped_models=dropped,
+        tasks=list(table.tasks),
     )
 
 

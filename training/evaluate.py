@@ -355,7 +355,11 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
     best_quality, best_cost = float(mean_quality[best]), float(mean_cost[best])
     oracle = oracle_curve(truth)
     variants = [c.oracle_cost for c in curves if c.oracle_cost is not None]
-    max_cost = float(max([mean_cost.max(), *[c.costs.max() for c in [*curves, *variants]], oracle.costs.max()]))
+    task_frontier = None
+    if truth.tasks is not None and len(set(truth.tasks)) > 1:
+        task_frontier = metrics.task_hull(truth.scores, truth.cost, truth.tasks)
+    max_cost = float(max([mean_cost.max(), *[c.costs.max() for c in [*curves, *variants]], oracle.costs.max(),
+                          *([] if task_frontier is None else [task_frontier[0].max()])]))
 
     def match(costs, qualities, interpolate):
         value = metrics.cost_to_reach(costs, qualities, best_quality, interpolate=interpolate)
@@ -444,6 +448,7 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
             "definition": "per prompt the cheapest model with the best true score; `aiq` sweeps μ with "
             "true scores and costs (the ceiling curve), `aiq_point` is the single μ=0 point",
         },
+        "task_oracle": None if task_frontier is None else _task_oracle(*task_frontier, max_cost, match),
         "pair": pair_info,
         "routers": {},
         "baselines": {},
@@ -457,6 +462,20 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
         section = "routers" if curve.kind == "router" else "baselines"
         results[section][curve.name] = describe(curve)
     return results
+
+
+def _task_oracle(costs: np.ndarray, qualities: np.ndarray, max_cost: float, match) -> dict:
+    """The results entry of the task-level routers' frontier (`metrics.task_hull`, vertices `(k,)` each)."""
+    return {
+        "aiq": metrics.aiq(costs, qualities, max_cost),
+        "quality_mu0": float(qualities[-1]),
+        "cost_mu0": float(costs[-1]),
+        "cost_to_match_best": match(costs, qualities, True),
+        "hull": {"cost": costs.tolist(), "quality": qualities.tolist()},
+        "definition": "each task's prompts sent to the model mix that is best for that task, known with hindsight "
+        "from the test split's per-task means (the zero router's hindsight, per task); what a router that "
+        "learns only which model suits which task can reach at most",
+    }
 
 
 def format_table(results: dict) -> str:
@@ -486,6 +505,8 @@ def format_table(results: dict) -> str:
     for name, entry in results["baselines"].items():
         row(name, entry)
     row("zero router (single models)", results["zero_router"])
+    if results.get("task_oracle"):
+        row("task oracle (best per task)", results["task_oracle"])
     row("oracle", results["oracle"])
     best = results["best_single"]
     lines.append(

@@ -78,6 +78,41 @@ def best_single_model(qualities: Sequence[float], costs: Sequence[float]) -> int
     return int(np.lexsort((costs, -qualities))[0])
 
 
+def task_hull(scores: np.ndarray, cost: np.ndarray, tasks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The frontier of routers that only know each prompt's task: every task's prompts go to one
+    model, or a randomised mix, chosen with hindsight from each model's mean score and cost on that
+    task (as the zero router chooses its model). With one task it is the zero router's hull; a
+    router above it has learnt something about single prompts, not only which model suits which task.
+
+    Args:
+        scores, cost: true quality and dollars `(n_prompts, n_models)`, no missing cells.
+        tasks: the task of each prompt, `n_prompts` labels.
+
+    Returns:
+        `(costs, qualities)`: the hull's vertices, as `upper_hull` gives them.
+    """
+    scores, cost, tasks = np.asarray(scores, float), np.asarray(cost, float), np.asarray(tasks)
+    if len(tasks) != scores.shape[0]:
+        raise ValueError(f"tasks has {len(tasks)} labels for {scores.shape[0]} prompts.")
+    # Each task's own hull is concave, so the mix of tasks is: start every task at its cheapest
+    # vertex, then take the tasks' hull segments in order of quality gained per dollar.
+    start_cost = start_quality = 0.0
+    segments = []
+    for task in np.unique(tasks):
+        rows = tasks == task
+        share = rows.mean()
+        costs, qualities = upper_hull(cost[rows].mean(0), scores[rows].mean(0))
+        start_cost, start_quality = start_cost + share * costs[0], start_quality + share * qualities[0]
+        for step_cost, step_quality in zip(np.diff(costs) * share, np.diff(qualities) * share):
+            segments.append((step_quality / step_cost, step_cost, step_quality))
+    segments.sort(key=lambda segment: -segment[0])
+    steps = np.array([segment[1:] for segment in segments]).reshape(-1, 2)
+    costs = start_cost + np.concatenate([[0.0], np.cumsum(steps[:, 0])])
+    qualities = start_quality + np.concatenate([[0.0], np.cumsum(steps[:, 1])])
+    return upper_hull(costs, qualities)
+
+
 def oracle_choice(scores: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """
     Per prompt, the cheapest model with the best true score: `scores, cost (n, m)` → `(n,)` indices.
@@ -357,6 +392,7 @@ __all__ = [
     "cost_to_reach",
     "best_single_model",
     "oracle_choice",
+    "task_hull",
     "pgr_curve",
     "apgr",
     "cpt",
