@@ -47,7 +47,7 @@ def test_resplit_rows_hold_out_each_task_by_the_fraction_and_follow_the_seed():
 
 def test_summary_reports_the_mean_spread_and_win_share():
     rows = [
-        {"aiq": 0.9 + d, "zero_router_aiq": 0.9, "aiq_minus_zero_router": d, "quality_mu0": 0.8,
+        {"aiq": 0.9 + d, "zero_router_aiq": 0.9, "aiq_minus_zero_router": d, "quality_mu0": 0.8, "task_oracle_aiq": 0.91,
          "best_single": {"quality": 0.81}, "cost_to_match_best": c}
         for d, c in ((0.01, 0.5), (-0.002, None), (0.004, 0.7), (0.006, 0.9))
     ]
@@ -58,6 +58,7 @@ def test_summary_reports_the_mean_spread_and_win_share():
     assert gap["ci95_of_mean"][0] < gap["mean"] < gap["ci95_of_mean"][1]
     assert summary["best_single_reached_share"] == 0.75 and summary["cost_to_match_best_median"] == pytest.approx(0.7)
     assert summary["quality_mu0_minus_best_single_mean"] == pytest.approx(-0.01)
+    assert summary["task_oracle_aiq_mean"] == pytest.approx(0.91)
     assert rank_of_own_split({"aiq_minus_zero_router": 0.005}, rows) == 0.5
 
 
@@ -86,6 +87,7 @@ def test_resplit_command_scores_the_own_split_as_training_would(tmp_path, capsys
     own = results["own_split"]
     assert own["seed"] == "own" and 0.85 < own["aiq"] < 0.95 and 0.85 < own["zero_router_aiq"] < 0.95
     assert own["aiq_minus_zero_router"] == pytest.approx(own["aiq"] - own["zero_router_aiq"])
+    assert own["task_oracle_aiq"] >= own["zero_router_aiq"]  # two tasks: routing by task can only add
     assert results["splits"][0]["zero_router_aiq"] != pytest.approx(own["zero_router_aiq"])  # another test part
     assert results["router"]["max_prompt_tokens"] == 256  # the packaged table's default router's cut
     assert "AIQ − zero router: mean" in capsys.readouterr().out

@@ -12,7 +12,9 @@ With a folder as `--out` it writes `<table>.json` and `<table>.png` per table an
 `--plot`. Each results JSON holds, per router and baseline: `aiq`, `quality_mu0`,
 `cost_to_match_best`, APGR, CPT, prediction quality, cost prediction errors, the AIQ lost to cost
 prediction (against the same router knowing the true output tokens), the points; plus
-`zero_router`, `oracle`, `best_single`. With `--routers-dir` each trained router folder is saved.
+`zero_router`, `task_oracle`, `oracle`, `best_single`, and `resplits`: the kNN router against the
+zero router on 30 fresh train/test re-splits of the table (`training.resplit`; `--resplits 0` skips
+it). With `--routers-dir` each trained router folder is saved.
 Prompts are encoded once per encoder and cut (cached on disk with `--cache-dir`); every baseline
 works from those embeddings.
 

@@ -90,6 +90,7 @@ def score_split(router, test_table, test_embeddings, mu_steps: int) -> dict:
         "aiq": mine["aiq"],
         "zero_router_aiq": results["zero_router"]["aiq"],
         "aiq_minus_zero_router": mine["aiq"] - results["zero_router"]["aiq"],
+        "task_oracle_aiq": (results["task_oracle"] or {}).get("aiq"),
         "quality_mu0": mine["quality_mu0"],
         "best_single": results["best_single"],
         "cost_to_match_best": mine["cost_to_match_best"],
@@ -116,10 +117,15 @@ def summarize_resplits(rows: Sequence[dict]) -> dict:
         },
         "aiq_mean": float(np.mean([row["aiq"] for row in rows])),
         "zero_router_aiq_mean": float(np.mean([row["zero_router_aiq"] for row in rows])),
+        "task_oracle_aiq_mean": _mean_or_none([row.get("task_oracle_aiq") for row in rows]),
         "quality_mu0_minus_best_single_mean": float(np.mean([row["quality_mu0"] - row["best_single"]["quality"] for row in rows])),
         "best_single_reached_share": len(reached) / n,
         "cost_to_match_best_median": float(np.median(reached)) if reached else None,
     }
+
+
+def _mean_or_none(values: Sequence) -> float | None:
+    return None if any(value is None for value in values) else float(np.mean(values))
 
 
 def rank_of_own_split(own: dict, rows: Sequence[dict]) -> float:
@@ -244,6 +250,9 @@ def format_summary(results: dict) -> str:
         f"router ahead on {gap['share_above_zero']:.0%}",
         f"  best single model reached on {summary['best_single_reached_share']:.0%}; median cost to match it: "
         + ("never reached" if cost is None else f"{cost:.0%} of its cost"),
+        *([] if summary["task_oracle_aiq_mean"] is None else [
+            f"  mean AIQ: router {summary['aiq_mean']:.4f}, zero router {summary['zero_router_aiq_mean']:.4f}, "
+            f"task oracle {summary['task_oracle_aiq_mean']:.4f} (each task's best model mix, with hindsight)"]),
         f"  the table's own split: {own['aiq_minus_zero_router']:+.4f} "
         f"(below {1 - own['share_of_resplits_below']:.0%} of the re-splits)",
     ])
