@@ -19,7 +19,8 @@ def legend_label(name: str, entry: dict) -> str:
 def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = True) -> Path:
     """
     Draw every router's and baseline's points (lines, in knob order sorted by cost), the zero
-    router's hull (dashed), each single model (labelled dot) and the oracle (star) from the
+    router's hull (dashed), the task oracle's (dotted, when the prompts come from several tasks),
+    each single model (labelled dot) and the oracle (star) from the
     results of `training.evaluate.summarize`; write a PNG to `path` and return it. Every legend
     entry names what its figures are: AIQ (area under the curve) and quality (at μ = 0).
 
@@ -52,6 +53,16 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
         color="grey",
         label=legend_label("zero router", results["zero_router"]),
     )
+    task_oracle = results.get("task_oracle")
+    if task_oracle:  # several tasks: the best each task's own model mix can do, with hindsight
+        hull = task_oracle["hull"]
+        ax.plot(
+            list(hull["cost"]) + [results["aiq_max_cost"]],
+            list(hull["quality"]) + [hull["quality"][-1]],
+            linestyle=":",
+            color="black",
+            label=legend_label("task oracle", task_oracle),
+        )
     for model, entry in results["single_models"].items():
         ax.scatter([entry["cost"]], [entry["quality"]], s=18, color="black", zorder=3)
         ax.annotate(model.split("/")[-1], (entry["cost"], entry["quality"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
