@@ -344,10 +344,11 @@ def summarize(curves: Sequence[CostQualityCurve], truth: GroundTruth, pair: tupl
     The JSON-ready results of one evaluation: every curve's metrics on one shared cost range.
 
     Keys: `data` (prompts, models, missing cells, cost definition), `best_single`, `zero_router`,
-    `task_oracle` (None with one task), `oracle`, `single_models`, `pair`, `aiq_max_cost`, `routers` and `baselines` (name → metrics:
-    `aiq`, `quality_mu0`, `cost_mu0`, `cost_to_match_best` (fraction of the best single model's
-    cost, hull-interpolated; None when never reached), `cost_to_match_best_points` (no
-    interpolation), `apgr`, `cpt50`, `cpt80`, `prediction_quality`, `points`).
+    `task_oracle` (None with one task), `oracle`, `single_models`, `pair`, `aiq_max_cost`, `routers`
+    and `baselines` (name → metrics: `aiq`, `quality_mu0`, `cost_mu0`, `cost_to_match_best`
+    (fraction of the best single model's cost, hull-interpolated; None when never reached),
+    `cost_to_match_best_points` (no interpolation), `apgr`, `cpt50`, `cpt80`, `prediction_quality`,
+    `points`).
     """
     pair = _check_pair(truth, pair)
     mean_cost, mean_quality = truth.cost.mean(0), truth.scores.mean(0)
