@@ -421,7 +421,7 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
         started = time.perf_counter()
         results["resplits"] = resplit_evaluation(
             source, kind="knn", splits=args.resplits, train_split=args.train_split, test_split=args.test_split,
-            seed=args.seed, k_grid=grids["k"], router_options={"encoder": args.encoder, "max_prompt_tokens": prompt_tokens},
+            seed=args.seed, k_grid=grids["k"], folds=args.folds, router_options={"encoder": args.encoder, "max_prompt_tokens": prompt_tokens},
             mu_steps=args.mu_steps, cache_dir=args.cache_dir, progress=progress,
         )
         timings["resplits"] = time.perf_counter() - started

@@ -45,24 +45,13 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
             order = np.argsort(cost, kind="stable")
             label = legend_label(name, entry)
             ax.plot(cost[order], quality[order], label=label, **styles.get(entry.get("kind", "baseline"), styles["baseline"]))
-    zero = results["zero_router"]["hull"]
-    ax.plot(
-        list(zero["cost"]) + [results["aiq_max_cost"]],
-        list(zero["quality"]) + [zero["quality"][-1]],
-        linestyle="--",
-        color="grey",
-        label=legend_label("zero router", results["zero_router"]),
-    )
-    task_oracle = results.get("task_oracle")
-    if task_oracle:  # several tasks: the best each task's own model mix can do, with hindsight
-        hull = task_oracle["hull"]
-        ax.plot(
-            list(hull["cost"]) + [results["aiq_max_cost"]],
-            list(hull["quality"]) + [hull["quality"][-1]],
-            linestyle=":",
-            color="black",
-            label=legend_label("task oracle", task_oracle),
-        )
+    hulls = [("zero router", results["zero_router"], "--", "grey")]
+    if results.get("task_oracle"):  # several tasks: the best each task's own model mix can do, with hindsight
+        hulls.append(("task oracle", results["task_oracle"], ":", "black"))
+    for name, entry, linestyle, color in hulls:  # each hull extended flat to the shared cost range, as AIQ reads it
+        hull = entry["hull"]
+        ax.plot(list(hull["cost"]) + [results["aiq_max_cost"]], list(hull["quality"]) + [hull["quality"][-1]],
+                linestyle=linestyle, color=color, label=legend_label(name, entry))
     for model, entry in results["single_models"].items():
         ax.scatter([entry["cost"]], [entry["quality"]], s=18, color="black", zorder=3)
         ax.annotate(model.split("/")[-1], (entry["cost"], entry["quality"]), fontsize=6, xytext=(3, -8), textcoords="offset points")

@@ -31,6 +31,7 @@ import torch
 
 from carrot_hub.errors import BadInputError
 from training.knn import DEFAULT_K_GRID
+from training.train import _k_grid as k_grid_argument
 
 KINDS = ("knn", "mlp")
 OWN_SPLIT = "own"  # the `seed` recorded for the table's own train/test split
@@ -42,22 +43,18 @@ def pooled_table(source: str, splits: Sequence[str] = ("train", "test"), progres
     for re-splitting. A test prompt whose id is also in the train split (RouterBench's slice has a
     few) is pooled once, as its train row, so that no prompt can fall on both sides of a re-split;
     `test_rows_in_pool` are the rows of `own_test` that the pool keeps, after all of `own_train`'s.
-    Every model must be priced.
+    The splits are read and checked as the benchmark reads them (same models, every model priced).
     """
-    from carrot_hub.data import load_routing_table
+    from carrot_hub.data.packaged import table_name
     from carrot_hub.data.routing_table import RoutingTable
 
-    own_train, own_test = (load_routing_table(source, split=split, progress=progress) for split in splits)
+    from training.benchmark import load_benchmark_tables
+
+    own_train, own_test = load_benchmark_tables(table_name(source), source, *splits, progress=progress)
     seen = set(own_train.prompt_ids)
     test_rows_in_pool = np.array([i for i, prompt_id in enumerate(own_test.prompt_ids) if prompt_id not in seen], dtype=np.int64)
     pooled = RoutingTable.concatenate([own_train, own_test.subset(test_rows_in_pool)])
-    unpriced = [m for m in pooled.models if not pooled.prices or m not in pooled.prices]
-    if unpriced:
-        raise BadInputError(
-            f"The prices of {source} do not cover {', '.join(unpriced)}: add them to its prices.json "
-            "(US$ per million input and output tokens), or remove those models from the data."
-        )
-    return own_train, own_test.select_models(pooled.models), pooled, test_rows_in_pool
+    return own_train, own_test, pooled, test_rows_in_pool
 
 
 def resplit_rows(tasks: Sequence[str], test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +64,13 @@ def resplit_rows(tasks: Sequence[str], test_fraction: float, seed: int) -> tuple
     return split_indices(len(tasks), test_fraction, seed=seed, groups=list(tasks))
 
 
-def train_router(kind: str, table, embeddings, seed: int, router_options: dict, k_grid, mlp_options: dict):
+def train_router(kind: str, table, embeddings, seed: int, router_options: dict, k_grid, mlp_options: dict, folds: int = 5):
     """`(router, training report)` of `kind` trained on `table` (embeddings `(n_prompts, hidden)`)."""
     if kind == "knn":
         from training.knn import train_knn_router
 
-        return train_knn_router(table, k_grid=k_grid, embeddings=embeddings, seed=seed, progress=False, **router_options)
+        return train_knn_router(table, k_grid=k_grid, folds=folds, embeddings=embeddings, seed=seed, progress=False,
+                                **router_options)
     from training.heads import train_heads_router
 
     return train_heads_router(table, embeddings=embeddings, seed=seed, progress=False, **mlp_options, **router_options)
@@ -144,6 +142,7 @@ def resplit_evaluation(
     test_split: str = "test",
     seed: int = 0,
     k_grid: Sequence[int] = DEFAULT_K_GRID,
+    folds: int = 5,
     mlp_options: dict | None = None,
     router_options: dict | None = None,
     mu_steps: int = 201,
@@ -158,12 +157,13 @@ def resplit_evaluation(
         test_fraction: share of each task held out (default: the own test split's share).
         router_options: `new_router` / config fields of every router (`max_prompt_tokens`,
             `truncation_side`, `encoder`, `encoder_kind`, ...); the cost scale is each train part's.
+        k_grid, folds: the kNN's k values and the cross-validation folds that choose among them.
         mlp_options: `train_heads_router` options (`hidden`, `ensemble`, ...) for `kind="mlp"`.
 
     Returns:
         JSON-ready `{"data", "router", "method", "summary", "own_split", "splits", "seconds"}`.
     """
-    from carrot_hub.building import default_cost_scale, new_router
+    from carrot_hub.building import new_router
 
     from training.embeddings import embed_table
 
@@ -174,7 +174,7 @@ def resplit_evaluation(
     test_fraction = test_fraction or len(own_test) / (len(own_train) + len(own_test))
 
     started = time.perf_counter()
-    base = new_router(pooled.models, pooled.prices, cost_scale=default_cost_scale(pooled), progress=False, **router_options)
+    base = new_router(pooled.models, pooled.prices, progress=False, **router_options)  # encodes only
     own_train_embeddings = embed_table(base, own_train, cache_dir=cache_dir, progress=progress)
     own_test_embeddings = embed_table(base, own_test, cache_dir=cache_dir, progress=progress)
     embeddings = torch.cat([own_train_embeddings, own_test_embeddings[test_rows_in_pool]])
@@ -185,7 +185,7 @@ def resplit_evaluation(
     rows = []
     for split_seed, train, train_embeddings, test, test_embeddings in draws:
         began = time.perf_counter()
-        router, report = train_router(kind, train, train_embeddings, seed, router_options, k_grid, mlp_options)
+        router, report = train_router(kind, train, train_embeddings, seed, router_options, k_grid, mlp_options, folds)
         row = {"seed": split_seed, "n_train": len(train), "n_test": len(test),
                **score_split(router, test, test_embeddings, mu_steps)}
         if "k" in report:
@@ -274,15 +274,6 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise BadInputError(f"{args.out} already exists; pass --overwrite to replace it, or choose another --out.")
 
 
-def _k_grid(text: str) -> tuple[int, ...]:
-    from training.selection import parse_grid
-
-    grid = tuple(parse_grid(text, int, "--k-grid"))
-    if min(grid) < 1:
-        raise argparse.ArgumentTypeError(f"--k-grid takes positive integers, got {text!r}.")
-    return grid
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.resplit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="zeroeval-2024", help="a packaged table name or a SPROUT-layout folder (default: zeroeval-2024)")
@@ -295,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float, help="share of each task held out (default: the table's own)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (folds, MLP initialisation)")
     parser.add_argument("--max-prompt-tokens", type=int, help="default: the packaged table's default router's, else the library's")
-    parser.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID, help="knn: the k values tried on each train part")
+    parser.add_argument("--k-grid", type=k_grid_argument, default=DEFAULT_K_GRID, help="knn: the k values tried on each train part")
     parser.add_argument("--hidden", type=int, default=64, help="mlp: hidden width (default: 64)")
     parser.add_argument("--ensemble", type=int, default=5, help="mlp: seeds averaged (default: 5)")
     parser.add_argument("--mu-steps", type=int, default=201)

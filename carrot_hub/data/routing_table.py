@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ class RoutingTable:
             parts.append(table if list(table.models) == list(first.models) else table.select_models(first.models))
         prompt_ids = [i for table in parts for i in table.prompt_ids]
         if len(set(prompt_ids)) != len(prompt_ids):
-            repeated = sorted({i for i in prompt_ids if prompt_ids.count(i) > 1})[:5]
+            repeated = sorted(i for i, count in Counter(prompt_ids).items() if count > 1)[:5]
             raise ValueError(f"The tables share prompt ids (e.g. {repeated}); a prompt may be in one of them only.")
         return cls(
             prompts=[p for table in parts for p in table.prompts],
