@@ -41,6 +41,8 @@ from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
 logger = logging.getLogger("carrot_hub.serving")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DOLLARS_PER_MILLION = 1e6
+# Token counts an upstream reports are untrusted: above this (no context window comes close) they are invalid.
+MAX_REPORTED_TOKENS = 100_000_000
 
 
 @dataclass
@@ -76,6 +78,7 @@ class _Served:
     fallbacks: list | None = None
     status: str = "ok"
     usage: dict | None = None
+    usage_invalid: str | None = None  # why the upstream's usage block was refused, when it was
     ttfb_s: float | None = None
     error: str | None = None
 
@@ -91,6 +94,8 @@ class Gateway:
         self.outcome_log = outcome_log
         self.learner = learner
         self.metrics = GatewayMetrics()
+        if outcome_log is not None:
+            self.metrics.log_failing.set_function(lambda: float(outcome_log.failing))
         self.candidates = list(router.config.candidate_models)
         unknown = [name for name in upstreams.names if name not in self.candidates]
         if unknown:
@@ -181,7 +186,13 @@ class Gateway:
     # ------------------------------------------------------------------------------ endpoints
 
     async def health(self, request: Request):
-        return JSONResponse({"status": "ok", "candidates": self.callable})
+        """200 while the gateway answers; `degraded` (still 200) while the outcome log cannot be written."""
+        body = {"status": "ok", "candidates": self.callable}
+        if self.outcome_log is not None:
+            body["outcome_log"] = self.outcome_log.health()
+            if self.outcome_log.failing:
+                body["status"] = "degraded"
+        return JSONResponse(body)
 
     async def prometheus(self, request: Request):
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -210,6 +221,11 @@ class Gateway:
         loop = asyncio.get_running_loop()
         try:
             record = await loop.run_in_executor(self._log_writer, self.outcome_log.feedback, request_id, float(score))
+        except OSError as error:  # a full disk: the label was not written
+            self.metrics.records_lost.inc()
+            raise RequestError(f"The outcome log cannot be written ({error.strerror or type(error).__name__}); "
+                               "the label was not recorded. Retry later.", status=503, code="outcome_log_unavailable",
+                               type_="server_error") from None
         except KeyError as error:
             raise RequestError(str(error) if str(error).startswith("No ") else
                                f"No served request has the id {request_id!r}.", status=404, param="request_id",
@@ -344,7 +360,7 @@ class Gateway:
             return answer
         served.model = name
         answer["model"] = name
-        served.usage = _usage(answer.get("usage"))
+        served.usage, served.usage_invalid = _usage(answer.get("usage"))
         served.ttfb_s = time.perf_counter() - served.started
         headers = self._headers(served)
         self._finish(served)
@@ -393,9 +409,11 @@ class Gateway:
         finally:
             if not finished and served.status == "ok":
                 served.status = "stream_error"
-            self._finish(served)
-            with anyio.CancelScope(shield=True):  # also when the client left and the task is cancelled
-                await stream.aclose()
+            try:
+                self._finish(served)
+            finally:  # the upstream connection goes back to its pool whatever happened above
+                with anyio.CancelScope(shield=True):  # also when the client left and the task is cancelled
+                    await stream.aclose()
 
     def _rewrite_chunk(self, served: _Served, data: str) -> str | None:
         try:
@@ -407,7 +425,7 @@ class Gateway:
         if "model" in chunk:
             chunk["model"] = served.model
         if chunk.get("usage"):
-            served.usage = _usage(chunk["usage"])
+            served.usage, served.usage_invalid = _usage(chunk["usage"])
             if not served.chat.client_wants_usage:
                 if not chunk.get("choices"):
                     return None  # the usage-only chunk the gateway asked for, not the client
@@ -417,22 +435,44 @@ class Gateway:
     # ------------------------------------------------------------------------------ outcome
 
     def _finish(self, served: _Served) -> None:
-        """Count the request in the metrics and queue its outcome-log record."""
+        """
+        Count the request in the metrics and queue its outcome-log record. Never raises: it runs after
+        the upstream answered (and was paid), so a failure here must not cost the client its answer,
+        the record, or the upstream connection.
+        """
         latency = time.perf_counter() - served.started
+        realised = None
+        try:
+            realised = self._count(served, latency)
+        except Exception:  # noqa: BLE001  (metrics are best effort; the record below is not)
+            logger.exception("could not count %s in the metrics", served.request_id)
+        if self.outcome_log is None:
+            return
+        try:
+            self._queue_record(served, latency, realised)
+        except Exception:  # noqa: BLE001
+            logger.exception("could not queue the outcome record of %s", served.request_id)
+
+    def _count(self, served: _Served, latency: float) -> float | None:
+        """The request in the metrics; returns its realised cost (None when unknown)."""
         model = served.model or "none"
         stream = "true" if served.chat.stream else "false"
         self.metrics.requests.labels(model, served.status).inc()
         self.metrics.latency.labels(stream).observe(latency)
         if served.ttfb_s is not None:
             self.metrics.ttfb.labels(stream).observe(served.ttfb_s)
+        if served.usage_invalid:
+            self.metrics.invalid_usage.labels(model).inc()
         realised = _realised_cost(served.usage, served.prices.get(served.model)) if served.model else None
         if realised is not None:
             self.metrics.spend.labels(model).inc(realised)
         if served.usage:
-            self.metrics.tokens.labels(model, "prompt").inc(served.usage.get("prompt_tokens") or 0)
-            self.metrics.tokens.labels(model, "completion").inc(served.usage.get("completion_tokens") or 0)
-        if self.outcome_log is None:
-            return
+            self.metrics.tokens.labels(model, "prompt").inc(served.usage["prompt_tokens"])
+            self.metrics.tokens.labels(model, "completion").inc(served.usage["completion_tokens"])
+        return realised
+
+    def _queue_record(self, served: _Served, latency: float, realised: float | None) -> None:
+        """Queue the outcome-log record of `served` on the writer thread (feedback waits for it)."""
         estimate = served.choice.estimate(served.model) if served.choice and served.model else None
         record = {
             "request_id": served.request_id,
@@ -455,26 +495,41 @@ class Gateway:
         }
         if served.error:
             record["error"] = served.error
+        if served.usage_invalid:
+            record["usage_invalid"] = served.usage_invalid
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._log_writer, self._write_record, record)
         self._pending_records[served.request_id] = future
         future.add_done_callback(lambda _: self._pending_records.pop(served.request_id, None))
 
     def _write_record(self, record: dict) -> None:
+        """On the writer thread. A record that cannot be written (a full disk) is counted and logged, and
+        serving goes on: the client already has its answer, and refusing traffic would turn a logging
+        problem into an outage. `/health` says `degraded` and `/metrics` counts the lost records meanwhile."""
         try:
             self.outcome_log.record(record)
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001  (OSError from the disk; anything else is a bug, logged the same)
+            self.metrics.records_lost.inc()
             logger.error("could not write the outcome record of %s: %s", record["request_id"], error)
-            raise
 
 
-def _usage(usage) -> dict | None:
+def _usage(usage) -> tuple[dict | None, str | None]:
+    """
+    An upstream's `usage` block, untrusted: `(usage, None)` when both counts are whole numbers in
+    [0, MAX_REPORTED_TOKENS], `(None, why)` when the block is there but wrong, `(None, None)` without one.
+    """
+    if usage is None:
+        return None, None
     if not isinstance(usage, Mapping):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return {"prompt_tokens": prompt, "completion_tokens": completion}
+        return None, f"usage is a {type(usage).__name__}, not an object"
+    counts = {}
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+            shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+            return None, f"{key} {shown[:80]} is not a whole number in [0, {MAX_REPORTED_TOKENS}]"
+        counts[key] = value
+    return counts, None
 
 
 def _realised_cost(usage: dict | None, price: dict | None) -> float | None:

@@ -3,7 +3,7 @@ do not collide). `GET /metrics` serves `GatewayMetrics.render()`."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -25,6 +25,8 @@ class GatewayMetrics:
                                  ["model", "reason"], registry=r)
         self.spend = Counter("carrot_spend_dollars", "Realised spend in US dollars (upstream usage x prices in force)",
                              ["model"], registry=r)
+        self.invalid_usage = Counter("carrot_invalid_usage", "Answers whose usage block was not valid token counts "
+                                     "(recorded without usage)", ["model"], registry=r)
         self.tokens = Counter("carrot_tokens", "Tokens reported by the upstreams", ["model", "kind"], registry=r)
         self.latency = Histogram("carrot_request_latency_seconds", "Time from request to the end of the answer",
                                  ["stream"], buckets=LATENCY_BUCKETS, registry=r)
@@ -34,6 +36,10 @@ class GatewayMetrics:
                                          buckets=ROUTING_BUCKETS, registry=r)
         self.routing_batch = Histogram("carrot_routing_batch_size", "Prompts routed together in one batch",
                                        buckets=BATCH_BUCKETS, registry=r)
+        self.records_lost = Counter("carrot_outcome_records_lost", "Outcome-log records (served or feedback) that "
+                                    "could not be written, e.g. on a full disk", registry=r)
+        self.log_failing = Gauge("carrot_outcome_log_failing", "1 while the outcome log's latest write failed, else 0",
+                                 registry=r)
         self.rejected = Counter("carrot_rejected_requests", "Requests refused before any upstream call, by HTTP status",
                                 ["status"], registry=r)
 

@@ -17,6 +17,12 @@ token, and are created with `O_EXCL`), so worker processes never share a file; w
 serialises writers, and each record is one `write()` of one whole line to an `O_APPEND` descriptor. A
 reader never sees half a record: an unterminated last line is left out until it is complete.
 
+Failures: a write that fails (a full disk: ENOSPC, EFBIG) is cut back to the last whole line
+(`ftruncate`), so no half record is ever left to fuse with the next one; the error is raised to the
+caller and kept in `health()` until a later write succeeds. A shard deleted or replaced while open
+is noticed before the next write (its inode is compared with the path's) and a new shard is opened,
+so later records are not written into a file nobody can see.
+
 Durability (`fsync`): `"rotate"` (default) hands each line to the operating system at once (a crash
 of the gateway process loses nothing) and forces shards to disk when they are rotated or closed (a
 power cut can lose the records of the open shard still in the OS cache); `"always"` forces every
@@ -25,8 +31,11 @@ line to disk (slower: one disk flush per request); `"never"` leaves flushing to 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -47,6 +56,9 @@ from carrot_hub.data.outcome_logs import (
 from carrot_hub.data.prices import PRICES_FILENAME, validate_prices
 
 FSYNC_POLICIES = ("rotate", "always", "never")
+logger = logging.getLogger(__name__)
+# The one call that writes records (a seam for tests that simulate a full disk).
+_write = os.write
 
 
 class UnknownRequestError(KeyError):
@@ -188,6 +200,9 @@ class OutcomeLog:
         self._shard_opened = 0.0
         self._closed = False
         self._index = _ServedIndex(self.folder)
+        self.write_errors = 0  # failed appends since start
+        self.reopened = 0  # shards found deleted or replaced while open
+        self._last_error: str | None = None  # the latest failed append's error, until one succeeds
         if prices is not None:
             self._write_prices(validate_prices(prices), prices_recorded_on)
 
@@ -254,17 +269,69 @@ class OutcomeLog:
                 raise RuntimeError(f"The outcome log {self.folder} is closed; nothing more can be written.")
             if os.getpid() != self._pid:  # a forked child: never write to the parent's shard
                 self._pid, self._fd, self._shard, self._token = os.getpid(), None, None, secrets.token_hex(3)
-            if self._fd is not None and self._should_rotate(len(data)):
-                self._close_shard()
-            if self._fd is None:
-                self._open_shard()
+            try:
+                if self._fd is not None and not self._shard_in_place():
+                    self._reopen_removed_shard()
+                if self._fd is not None and self._should_rotate(len(data)):
+                    self._close_shard()
+                if self._fd is None:
+                    self._open_shard()
+                self._write_line(data)
+            except OSError as error:
+                self.write_errors += 1
+                self._last_error = f"{errno.errorcode.get(error.errno, 'OSError')}: {error.strerror or error}"
+                raise
+            self._last_error = None
+
+    def _write_line(self, data: bytes) -> None:
+        """Append one whole line, or nothing: on failure the shard is cut back to where it was."""
+        before = os.fstat(self._fd).st_size
+        try:
             view = memoryview(data)
             while view:  # a regular-file write is whole in practice; loop in case it is not
-                written = os.write(self._fd, view)
+                written = _write(self._fd, view)
                 view = view[written:]
-            self._shard_bytes += len(data)
             if self.fsync == "always":
                 os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, before)
+            except OSError:  # cannot cut back: leave the torn line last in a shard nobody appends to again
+                self._abandon_shard()
+            raise
+        self._shard_bytes += len(data)
+
+    def _shard_in_place(self) -> bool:
+        """Whether the open descriptor is still the file at the shard's path (not deleted, not replaced)."""
+        try:
+            on_disk = os.stat(self._shard)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._fd)
+        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+    def _reopen_removed_shard(self) -> None:
+        logger.warning("The outcome-log shard %s was deleted or replaced while open; writing to a new shard.",
+                       self._shard.name)
+        self.reopened += 1
+        self._abandon_shard()
+
+    def _abandon_shard(self) -> None:
+        """Close the open shard without forcing it to disk; the next append opens a new one."""
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def health(self) -> dict:
+        """`{"status": "ok" | "failing", "write_errors", "reopened_shards", "last_error"}`: failing while
+        the latest append failed (until one succeeds)."""
+        return {"status": "failing" if self._last_error else "ok", "write_errors": self.write_errors,
+                "reopened_shards": self.reopened, "last_error": self._last_error}
+
+    @property
+    def failing(self) -> bool:
+        """Whether the latest append failed."""
+        return self._last_error is not None
 
     def _should_rotate(self, incoming: int) -> bool:
         if self._shard_bytes and self._shard_bytes + incoming > self.max_shard_bytes:

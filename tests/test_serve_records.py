@@ -1,0 +1,203 @@
+"""The gateway keeps its records under hostile upstreams and a hostile disk: untrusted usage, the open
+shard deleted, a full disk, huge upstream bodies (issue 23, items 6, 7, 8, 10)."""
+
+import errno
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from carrot_hub.data.outcome_logs import read_outcome_log, shard_paths
+from carrot_hub.serving import outcome_log as outcome_log_module
+from carrot_hub.serving.local_server import LocalServer
+from carrot_hub.serving.outcome_log import OutcomeLog
+from tests.serve_fixtures import running_gateway, served_records
+
+USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
+
+
+class HostileUpstream:
+    """An OpenAI-compatible upstream whose usage block (and answer size) the test sets."""
+
+    def __init__(self):
+        self.usage = {"prompt_tokens": 5, "completion_tokens": 7}
+        self.padding = 0  # extra bytes of content in a plain answer
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+    async def chat(self, request):
+        body = await request.json()
+        if not body.get("stream"):
+            return JSONResponse({"id": "x", "object": "chat.completion", "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": "hi" + "x" * self.padding}}],
+                                 "usage": self.usage})
+        chunks = [{"id": "x", "object": "chat.completion.chunk", "model": body["model"],
+                   "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+                  {"id": "x", "object": "chat.completion.chunk", "model": body["model"], "choices": [],
+                   "usage": self.usage}]
+        text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+        return Response(text, media_type="text/event-stream")
+
+
+@pytest.fixture
+def hostile():
+    upstream = HostileUpstream()
+    with LocalServer(upstream.app) as server:
+        yield upstream, server
+
+
+def entries_for(server, **extra):
+    # One connection per upstream: a connection never released makes the next request wait for the pool.
+    return {name: {"base_url": server.base_url, "model": "m", "timeout": 2.0, "max_concurrency": 1, **extra}
+            for name in ("big-model", "mid-model", "small-model")}
+
+
+def wait_records(gateway):
+    gateway._log_writer.submit(lambda: None).result(timeout=5)
+
+
+BAD_USAGES = [
+    {"prompt_tokens": -5, "completion_tokens": 7},
+    {"prompt_tokens": 5, "completion_tokens": 10**400},
+    {"prompt_tokens": 5, "completion_tokens": 2**63},
+    {"prompt_tokens": 5.5, "completion_tokens": 7},
+    {"prompt_tokens": "5", "completion_tokens": 7},
+    {"prompt_tokens": True, "completion_tokens": 7},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_untrusted_usage_is_recorded_as_invalid_and_never_breaks_a_request(knn_router, hostile, tmp_path, stream):
+    upstream, server = hostile
+    log = OutcomeLog(tmp_path / "log")
+    with running_gateway(knn_router, entries_for(server), log=log, route_window_s=0.0) as (gateway, gw):
+        with httpx.Client(base_url=gw.base_url, timeout=10) as client:
+            ids = []
+            for usage in BAD_USAGES:
+                upstream.usage = usage
+                response = client.post("chat/completions", json={"model": "big-model", "messages": USER, "stream": stream})
+                assert response.status_code == 200, response.text
+                assert "hi" in response.text and (not stream or response.text.rstrip().endswith("[DONE]"))
+                ids.append(response.headers["x-carrot-request-id"])
+            # Every connection was released: more requests than the pool holds still get through.
+            upstream.usage = {"prompt_tokens": 5, "completion_tokens": 7}
+            for _ in range(3):
+                response = client.post("chat/completions", json={"model": "big-model", "messages": USER, "stream": stream})
+                assert response.status_code == 200, response.text
+            wait_records(gateway)
+            metrics = client.get(gw.url + "/metrics").text
+    records = served_records(log)
+    for request_id in ids:
+        record = records[request_id]
+        assert record["status"] == "ok" and record["usage"] is None and record["realised_cost"] is None
+        assert "usage_invalid" in record and len(record["usage_invalid"]) <= 200
+    assert 'carrot_invalid_usage_total{model="big-model"} 6.0' in metrics
+
+
+# ------------------------------------------------------------------ 7. the open shard deleted
+
+
+def test_a_shard_deleted_while_open_is_noticed_and_later_records_and_their_feedback_survive(knn_router, hostile, tmp_path):
+    _, server = hostile
+    log = OutcomeLog(tmp_path / "log")
+    with running_gateway(knn_router, entries_for(server), log=log, route_window_s=0.0) as (gateway, gw):
+        with httpx.Client(base_url=gw.base_url, timeout=10) as client:
+            assert client.post("chat/completions", json={"model": "big-model", "messages": USER}).status_code == 200
+            wait_records(gateway)
+            deleted = log.shard
+            deleted.unlink()  # an operator cleaning up, or logrotate
+            later = [client.post("chat/completions", json={"model": "big-model", "messages": USER}) for _ in range(3)]
+            wait_records(gateway)
+            for response in later:
+                feedback = client.post("feedback", json={"request_id": response.headers["x-carrot-request-id"],
+                                                         "score": 1.0})
+                assert feedback.status_code == 200, feedback.text
+            health = client.get(gw.url + "/health").json()
+    assert log.shard != deleted and log.shard.exists()
+    contents = read_outcome_log(log.folder)
+    assert {r.headers["x-carrot-request-id"] for r in later} <= set(contents.served)
+    assert {r.headers["x-carrot-request-id"] for r in later} <= set(contents.labels)
+    assert health["outcome_log"]["reopened_shards"] == 1 and health["status"] == "ok"
+
+
+def test_a_shard_replaced_while_open_is_noticed(tmp_path):
+    with OutcomeLog(tmp_path) as log:
+        log.record({"request_id": "r1", "model": "big-model"})
+        first = log.shard
+        first.rename(tmp_path / "moved-away.jsonl")
+        first.write_text("")  # another file now has the shard's name
+        log.record({"request_id": "r2", "model": "big-model"})
+        assert log.shard != first and log.reopened == 1
+    assert set(read_outcome_log(tmp_path).served) == {"r2"}
+
+
+# ------------------------------------------------------------------ 8. a full disk
+
+
+class FullDisk:
+    """`os.write` for the outcome log that writes part of a line, then fails like a full disk."""
+
+    def __init__(self, code=errno.ENOSPC):
+        self.code, self.full, self.calls = code, True, 0
+
+    def __call__(self, fd, data):
+        import os
+
+        self.calls += 1
+        if not self.full:
+            return os.write(fd, data)
+        os.write(fd, bytes(data[: max(1, len(data) // 2)]))  # half the line reaches the file
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_failed_write_leaves_no_half_record(tmp_path, monkeypatch, code):
+    disk = FullDisk(code)
+    with OutcomeLog(tmp_path) as log:
+        log.record({"request_id": "r1", "model": "big-model"})
+        monkeypatch.setattr(outcome_log_module, "_write", disk)
+        with pytest.raises(OSError):
+            log.record({"request_id": "r2", "model": "big-model"})
+        assert log.health()["status"] == "failing" and log.write_errors == 1
+        assert errno.errorcode[code] in log.health()["last_error"]
+        disk.full = False  # space comes back
+        log.record({"request_id": "r3", "model": "big-model"})
+        assert log.health()["status"] == "ok"
+    text = b"".join(path.read_bytes() for path in shard_paths(tmp_path))
+    assert all(json.loads(line) for line in text.splitlines())  # every line whole: nothing fused
+    contents = read_outcome_log(tmp_path)
+    assert set(contents.served) == {"r1", "r3"} and not contents.bad_lines and contents.torn_lines == 0
+
+
+def test_a_full_disk_is_reported_and_serving_goes_on(knn_router, hostile, tmp_path, monkeypatch):
+    _, server = hostile
+    disk = FullDisk()
+    log = OutcomeLog(tmp_path / "log")
+    with running_gateway(knn_router, entries_for(server), log=log, route_window_s=0.0) as (gateway, gw):
+        with httpx.Client(base_url=gw.base_url, timeout=10) as client:
+            kept = client.post("chat/completions", json={"model": "big-model", "messages": USER})
+            wait_records(gateway)
+            monkeypatch.setattr(outcome_log_module, "_write", disk)
+            lost = client.post("chat/completions", json={"model": "big-model", "messages": USER})
+            assert lost.status_code == 200  # the answer still reaches the client
+            wait_records(gateway)
+            health = client.get(gw.url + "/health").json()
+            metrics = client.get(gw.url + "/metrics").text
+            feedback = client.post("feedback", json={"request_id": kept.headers["x-carrot-request-id"], "score": 1})
+            assert feedback.status_code == 503 and feedback.json()["error"]["code"] == "outcome_log_unavailable"
+            disk.full = False
+            again = client.post("chat/completions", json={"model": "big-model", "messages": USER})
+            wait_records(gateway)
+            healed = client.get(gw.url + "/health").json()
+            assert client.post("feedback", json={"request_id": again.headers["x-carrot-request-id"],
+                                                 "score": 1}).status_code == 200
+    assert health["status"] == "degraded" and health["outcome_log"]["status"] == "failing"
+    assert "ENOSPC" in health["outcome_log"]["last_error"]
+    assert "carrot_outcome_log_failing 1.0" in metrics and "carrot_outcome_records_lost_total 1.0" in metrics
+    assert healed["status"] == "ok"
+    contents = read_outcome_log(log.folder)
+    ids = {r.headers["x-carrot-request-id"] for r in (kept, again)}
+    assert set(contents.served) == ids and not contents.bad_lines and contents.torn_lines == 0
