@@ -42,7 +42,7 @@ DEFAULT_EMBEDDINGS = DEFAULT_DATA_DIR / EMBEDDINGS_FILENAME
 # encoder's embeddings: `python -m training.train --kind knn [--encoder static]`.
 DEFAULT_KNN_K = 128
 DEFAULT_STATIC_KNN_K = 192
-DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see README, "Static encoder"
+DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see docs/static-encoder.md
 _CACHE_VERSION = "v10"  # v10: tasks and k-means clusters held out for the band and pessimism; v9: calibration fitted on out-of-fold predictions in their own rows (v8 scrambled them within folds)
 _STATIC_CACHE_VERSION = "v8"  # v8: the shipped table 128 wide (was 256); v7: as v10 above; v6: as v9 above; v5: the shipped table rebuilt (rows on their own tokens), 128 tokens, k = 192
 

