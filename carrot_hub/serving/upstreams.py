@@ -15,13 +15,20 @@ is the upstream's fault (no connection, timeout, 429, 5xx, or a refused key) rai
 `UpstreamFailure` so that the gateway can try the next candidate, while a 4xx caused by the request
 itself raises `UpstreamRejected`, returned to the client as is. Key values are scrubbed from every
 message and error body that leaves this module.
+
+Callers that would rather wait than fall back (`carrot collect`) use `complete_with_retries`: at most
+`max_concurrency` calls in flight per upstream, and transient failures (timeouts, lost connections,
+408/409/429/5xx) retried with exponential backoff that honours the upstream's `Retry-After`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,8 @@ DEFAULT_MAX_CONCURRENCY = 64
 UPSTREAM_KEYS = ("base_url", "model", "api_key_env", "timeout", "max_concurrency")
 # Statuses that say the upstream (or its key) failed, not the request: the next candidate is tried.
 FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
+# Of those failures, the ones worth asking the same upstream again (a refused key or unknown model is not).
+RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 class UpstreamConfigError(ValueError):
@@ -136,9 +145,17 @@ def check_candidates(specs: Mapping[str, UpstreamSpec], candidates) -> None:
 class UpstreamFailure(Exception):
     """The upstream failed (connection, timeout, 429, 5xx, refused key): try the next candidate."""
 
-    def __init__(self, name: str, reason: str, status: int | None = None, body: bytes = b""):
+    def __init__(self, name: str, reason: str, status: int | None = None, body: bytes = b"",
+                 retry_after: float | None = None):
         super().__init__(f"{name}: {reason}")
         self.name, self.reason, self.status, self.body = name, reason, status, body
+        self.retry_after = retry_after  # seconds the upstream asked us to wait (`Retry-After`), if it said
+        self.attempts = 1  # calls made before giving up (set by `complete_with_retries`)
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying on the same upstream: no answer at all (timeout, connection), 408/409/429 or 5xx."""
+        return self.status is None or self.status in RETRY_STATUSES or self.status >= 500
 
 
 class UpstreamRejected(Exception):
@@ -167,6 +184,7 @@ class Upstream:
     def __init__(self, spec: UpstreamSpec, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None):
         self.spec = spec
         self.name = spec.name
+        self._slots: asyncio.Semaphore | None = None  # made on first use, inside the caller's event loop
         self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
@@ -199,7 +217,8 @@ class Upstream:
         body = self._redact_bytes(body)
         if status >= 500 or status in FALLBACK_STATUSES:
             detail = _error_message(body)
-            raise UpstreamFailure(self.name, f"HTTP {status}" + (f" ({detail})" if detail else ""), status, body)
+            raise UpstreamFailure(self.name, f"HTTP {status}" + (f" ({detail})" if detail else ""), status, body,
+                                  retry_after=parse_retry_after(response.headers.get("retry-after")))
         raise UpstreamRejected(self.name, status, body, response.headers.get("content-type", "application/json"))
 
     def _failure(self, error: Exception) -> UpstreamFailure:
@@ -222,6 +241,32 @@ class Upstream:
         if not isinstance(answer, dict):
             raise UpstreamFailure(self.name, "answered with JSON that is not an object", response.status_code)
         return answer
+
+    async def complete_with_retries(self, payload: dict, retries: RetryPolicy | None = None) -> RetriedAnswer:
+        """
+        `complete`, with at most `max_concurrency` calls of this upstream in flight (the others wait
+        their turn, so queued work never times out in the connection pool) and transient failures
+        retried per `retries` (backoff sleeps hold no slot). The last failure is raised once retries are
+        spent (its `attempts` says how many calls were made); `UpstreamRejected` and non-transient
+        failures at once.
+        """
+        retries = retries or RetryPolicy()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.spec.max_concurrency)
+        attempt = 0
+        while True:
+            async with self._slots:
+                started = time.perf_counter()
+                try:
+                    answer = await self.complete(payload)
+                    return RetriedAnswer(answer, time.perf_counter() - started, attempt + 1)
+                except UpstreamFailure as failure:
+                    failure.attempts = attempt + 1
+                    if not failure.transient or attempt >= retries.max_retries:
+                        raise
+                    delay = retries.delay(attempt, failure.retry_after)
+            attempt += 1
+            await asyncio.sleep(delay)
 
     async def open_stream(self, payload: dict) -> UpstreamStream:
         """
@@ -257,6 +302,53 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How `complete_with_retries` waits: attempt n (0-based) sleeps `base_s * 2**n` seconds, at most
+    `max_s`, with ±`jitter` of it at random (so that many callers do not retry in step), unless the
+    upstream said `Retry-After`, which is honoured (up to `max_retry_after_s`).
+    """
+
+    max_retries: int = 5
+    base_s: float = 0.5
+    max_s: float = 30.0
+    jitter: float = 0.25
+    max_retry_after_s: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after_s)
+        delay = min(self.base_s * 2**attempt, self.max_s)
+        return delay * (1 + self.jitter * (2 * random.random() - 1))
+
+
+@dataclass(frozen=True)
+class RetriedAnswer:
+    """What `complete_with_retries` got: the upstream's JSON answer, the successful call's latency, the calls made."""
+
+    answer: dict
+    latency_s: float
+    attempts: int
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _error_message(body: bytes, limit: int = 200) -> str:
