@@ -10,7 +10,9 @@ requests, with one of `FAILURE_KINDS`:
 - `"midstream"`: a stream sends two chunks, then drops the connection (a plain answer drops at once).
 
 It remembers what it last received (`received`: bodies; `authorizations`: headers) for tests to inspect.
-Answers are not language: the content is `"<model> says: "` followed by numbered words.
+Answers are not language: the content is `"<model> says: "` followed by numbered words; or, in replay
+mode (`replay`: a `ReplayRecord`), the recorded answer of the request's model to its prompt, with the
+record's token counts as `usage` and every cell's requests counted (`GET /v1/replay/counts`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class FakeUpstreamConfig:
     hang_s: float = 30.0
     api_key: str | None = None
     seed: int = 0
+    send_usage: bool = True  # False: answers carry no `usage` (as some servers do)
+    retry_after_s: float | None = None  # sent as `Retry-After` with injected 429/503 failures
+    replay: object | None = None  # a `ReplayRecord`: answer from the record instead of numbered words
 
     def __post_init__(self):
         if self.failure not in FAILURE_KINDS:
@@ -71,6 +76,7 @@ class FakeUpstream:
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            Route("/v1/replay/counts", self._replay_counts, methods=["GET"]),
         ])
 
     def fail_next(self, kind: str, count: int = 1) -> None:
@@ -96,6 +102,11 @@ class FakeUpstream:
         return JSONResponse({"object": "list", "data": [{"id": self.config.model, "object": "model",
                                                          "owned_by": "fake"}]})
 
+    async def _replay_counts(self, request: Request):
+        if self.config.replay is None:
+            return _error(404, "this fake upstream is not in replay mode", "not_found")
+        return JSONResponse(self.config.replay.count_summary())
+
     async def _chat(self, request: Request):
         body = await request.json()
         authorization = request.headers.get("authorization")
@@ -110,13 +121,25 @@ class FakeUpstream:
         if failure == "timeout":
             await asyncio.sleep(config.hang_s)
         elif failure is not None and failure.isdigit():
-            return _error(int(failure), f"injected failure {failure}", "injected")
+            headers = ({"retry-after": f"{config.retry_after_s:g}"}
+                       if config.retry_after_s is not None and failure in ("429", "503") else None)
+            return _error(int(failure), f"injected failure {failure}", "injected", headers)
         if config.latency_s:
             await asyncio.sleep(config.latency_s)
         words = [f"w{i}" for i in range(config.reply_words)]
         prompt_tokens = sum(len(_text(m).split()) for m in body.get("messages", []))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
+        content = f"{config.model} says: " + " ".join(words)
+        if config.replay is not None:
+            users = [_text(m) for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
+            recorded = config.replay.lookup(users[-1] if users else "", body.get("model"))
+            if recorded is None:
+                return _error(404, f"the replay record has no answer of {body.get('model')!r} to this prompt",
+                              "not_recorded")
+            content, words = recorded.text, recorded.text.split()
+            usage = {"prompt_tokens": recorded.input_tokens, "completion_tokens": recorded.output_tokens,
+                     "total_tokens": (recorded.input_tokens or 0) + (recorded.output_tokens or 0)}
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         if failure == "drop" or (failure == "midstream" and not body.get("stream")):
@@ -125,8 +148,8 @@ class FakeUpstream:
             return JSONResponse({
                 "id": completion_id, "object": "chat.completion", "created": created, "model": body.get("model"),
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"{config.model} says: " + " ".join(words)}}],
-                "usage": usage,
+                             "message": {"role": "assistant", "content": content}}],
+                **({"usage": usage} if config.send_usage else {}),
             })
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = [_chunk(completion_id, created, body.get("model"), {"role": "assistant", "content": ""})]
@@ -172,9 +195,10 @@ async def _dropping(frames: list[bytes]):
     raise ConnectionAbortedError("injected connection drop")
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
+def _error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
     kind = "rate_limit_error" if status == 429 else ("server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 def main(argv=None) -> int:
@@ -193,10 +217,19 @@ def main(argv=None) -> int:
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--failure", choices=FAILURE_KINDS, default="500")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replay", metavar="TABLE",
+                        help="replay mode: answer from this SPROUT-layout table's record (e.g. zeroeval-2024)")
+    parser.add_argument("--responses", metavar="PATH",
+                        help="the recorded answers (parquet file or folder; default: TABLE/responses)")
     args = parser.parse_args(argv)
+    replay = None
+    if args.replay:
+        from .replay_record import ReplayRecord
+
+        replay = ReplayRecord.from_files(args.replay, args.responses)
     fake = FakeUpstream(FakeUpstreamConfig(model=args.model, latency_s=args.latency_ms / 1000,
                                            reply_words=args.reply_words, failure_rate=args.failure_rate,
-                                           failure=args.failure, seed=args.seed))
+                                           failure=args.failure, seed=args.seed, replay=replay))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalServer(fake.app, port=args.port, backlog=4096, timeout_keep_alive=75) as server:
