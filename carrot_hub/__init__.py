@@ -16,6 +16,7 @@ CarrotConfig.register_for_auto_class()
 CarrotRouter.register_for_auto_class("AutoModel")
 
 from .building import new_router  # noqa: E402
+from .collect import collect  # noqa: E402
 from .data import load_routing_table  # noqa: E402
 from .default import default_router  # noqa: E402
 from .pipeline import register_pipeline as _register_pipeline  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "CarrotRouterOutput",
     "PromptPredictions",
     "RoutingDecision",
+    "collect",
     "default_router",
     "load_routing_table",
     "new_router",

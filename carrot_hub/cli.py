@@ -37,6 +37,8 @@ EXTERNAL_COMMANDS = {
              "push a carrot serve outcome log to a Hub dataset repo (carrot logs push LOG_DIR REPO_ID)"),
     "serve": ("carrot_hub.serving.command", "add_serve_arguments", "run_serve",
               "an OpenAI-compatible gateway that routes each request to an LLM"),
+    "collect": ("carrot_hub.collect.command", "add_collect_arguments", "run_collect",
+                "ask your upstream LLMs a prompt set, score the answers, write a routing table"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DETAIL_LIMIT = 10  # the table shows every candidate's predictions for inputs up to this many prompts

@@ -1,0 +1,242 @@
+"""`carrot collect` on fake upstreams: the table, the store, resuming, retries, spend, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from carrot_hub.cli import main
+from carrot_hub.collect import CollectError, collect
+from carrot_hub.collect.cell_store import CELLS_FILENAME, CellStore, StoreError
+from carrot_hub.data import load_routing_table
+from carrot_hub.serving.upstreams import RetryPolicy, parse_retry_after
+
+from .collect_fixtures import ContainsScorer, write_prompts, write_upstreams
+from .serve_fixtures import fake_upstreams
+
+FAST_RETRIES = RetryPolicy(max_retries=2, base_s=0.001, max_s=0.01)
+PRICES = {"alpha": {"input": 1.0, "output": 2.0}, "beta": {"input": 0.5, "output": 4.0}}
+
+
+@pytest.fixture
+def two_fakes():
+    with fake_upstreams(["alpha", "beta"], reply_words=6) as upstreams:
+        yield upstreams
+
+
+def _collect(tmp_path, upstreams_file, **options):
+    options.setdefault("out", tmp_path / "table")
+    options.setdefault("scorers", {"default": ContainsScorer()})
+    options.setdefault("progress", False)
+    options.setdefault("retries", FAST_RETRIES)
+    prompts = options.pop("prompts", tmp_path / "prompts.jsonl")
+    return collect(prompts, upstreams_file, **options)
+
+
+def test_collect_writes_a_table_load_routing_table_reads(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=5)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    result = _collect(tmp_path, upstreams, prices=PRICES, temperature=0.0, max_tokens=64)
+    assert result.ok and result.counts.asked == 10 and result.counts.answered == 10
+    table = load_routing_table(str(result.table))
+    assert table.models == ["alpha", "beta"] and table.prompt_ids == [f"q{i}" for i in range(5)]
+    assert np.all(table.scores == 1.0)  # "w3" is among the six words every fake answers
+    assert np.all(table.output_tokens == 6) and table.prices == PRICES
+    answers = pq.read_table(result.table / "answers" / "train.parquet").to_pylist()
+    assert len(answers) == 10 and all(a["answer"].startswith(f"{a['model']}-upstream-id says:") for a in answers)
+    assert all(a["status"] == "answered" and a["scorer"] == "contains" and not a["tokens_counted"] for a in answers)
+    expected = (answers[0]["input_tokens"] * 1.0 + 6 * 2.0) / 1e6 if answers[0]["model"] == "alpha" else None
+    assert expected is None or answers[0]["cost"] == pytest.approx(expected)
+    assert result.spent == pytest.approx(sum(a["cost"] for a in answers))
+    info = json.loads((result.table / "collect.json").read_text())
+    assert info["sampling"] == {"temperature": 0.0, "max_tokens": 64}
+    sent = two_fakes["alpha"][0].received[-1]
+    assert sent["temperature"] == 0.0 and sent["max_tokens"] == 64 and sent["model"] == "alpha-upstream-id"
+    by_model = {s["model"]: s for s in result.summary}
+    assert by_model["beta"]["score"] == 1.0 and by_model["beta"]["mean_output_tokens"] == 6
+    assert by_model["beta"]["cost_per_1000"] == pytest.approx(
+        1000 * np.mean([a["cost"] for a in answers if a["model"] == "beta"]))
+
+
+def test_a_rerun_asks_nothing_again_and_rescoring_needs_no_call(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=4)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    _collect(tmp_path, upstreams)
+    requests = {name: fake.requests for name, (fake, _) in two_fakes.items()}
+    first = (tmp_path / "table" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    again = _collect(tmp_path, upstreams)
+    assert again.counts.asked == 0 and {n: f.requests for n, (f, _) in two_fakes.items()} == requests
+    assert (tmp_path / "table" / "data" / "train-00000-of-00001.parquet").read_bytes() == first
+    rescored = _collect(tmp_path, upstreams, scorers={"default": ContainsScorer("contains-v2")})
+    assert rescored.counts.asked == 0 and rescored.counts.scored == 8
+    # More prompts later: only the new cells are asked.
+    write_prompts(tmp_path / "prompts.jsonl", n=6)
+    more = _collect(tmp_path, upstreams)
+    assert more.counts.asked == 4 and len(load_routing_table(str(more.table))) == 6
+
+
+def test_the_store_drops_a_torn_last_line_and_refuses_other_sampling(tmp_path):
+    from carrot_hub.collect.contracts import Completion
+
+    with CellStore.open(tmp_path / "store", {"temperature": 0.0, "max_tokens": None}) as store:
+        store.add_answer("k1", "sha", Completion("m", "hello", 3, 1))
+    with open(tmp_path / "store" / CELLS_FILENAME, "ab") as handle:
+        handle.write(b'{"type": "answer", "key": "k2", "mod')  # a write cut short by a kill
+    with CellStore.open(tmp_path / "store", {"temperature": 0.0, "max_tokens": None}) as store:
+        assert store.torn_lines == 1 and set(store.answers) == {("k1", "m")}
+        store.add_answer("k3", "sha", Completion("m", "again", 3, 1))
+    lines = (tmp_path / "store" / CELLS_FILENAME).read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["k1", "k3"]
+    with pytest.raises(StoreError, match="temperature"):
+        CellStore.open(tmp_path / "store", {"temperature": 0.7, "max_tokens": None})
+    with CellStore.open(tmp_path / "store", {"temperature": 0.0, "max_tokens": None}):
+        with pytest.raises(StoreError, match="Another carrot collect"):
+            CellStore.open(tmp_path / "store", {"temperature": 0.0, "max_tokens": None})
+
+
+def test_tokens_are_counted_and_flagged_when_the_upstream_gives_no_usage(tmp_path):
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    with fake_upstreams(["alpha"], send_usage=False) as fakes:
+        result = _collect(tmp_path, write_upstreams(tmp_path / "upstreams.json", fakes))
+    answers = pq.read_table(result.table / "answers" / "train.parquet").to_pylist()
+    assert all(a["tokens_counted"] and a["output_tokens"] > 0 and a["input_tokens"] > 0 for a in answers)
+
+
+def test_transient_failures_are_retried_honouring_retry_after(tmp_path):
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    with fake_upstreams(["alpha"], retry_after_s=0.2) as fakes:
+        fakes["alpha"][0].fail_next("429", 1)
+        fakes["alpha"][0].fail_next("503", 1)
+        import time
+
+        started = time.perf_counter()
+        result = _collect(tmp_path, write_upstreams(tmp_path / "upstreams.json", fakes, max_concurrency=1),
+                          retries=RetryPolicy(max_retries=3, base_s=0.001))
+        elapsed = time.perf_counter() - started
+    assert result.ok and result.counts.answered == 2 and fakes["alpha"][0].requests == 4
+    assert elapsed >= 0.4  # two Retry-After waits of 0.2 s, not the 1 ms backoff
+
+
+def test_retry_after_and_backoff():
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    policy = RetryPolicy(base_s=1.0, max_s=5.0, jitter=0.0)
+    assert [policy.delay(n) for n in range(4)] == [1.0, 2.0, 4.0, 5.0] and policy.delay(0, retry_after=7) == 7
+
+
+def test_an_upstream_failing_every_retry_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    write_prompts(tmp_path / "prompts.jsonl", n=3)
+    with fake_upstreams(["alpha"]) as good, fake_upstreams(["beta"], failure_rate=1.0, failure="502") as bad:
+        upstreams = write_upstreams(tmp_path / "upstreams.json", {**good, **bad})
+        code = main(["collect", str(tmp_path / "prompts.jsonl"), "--upstreams", str(upstreams), "--out",
+                     str(tmp_path / "table"), "--retries", "1", "--no-progress"])
+        assert bad["beta"][0].requests == 3 * 2  # each cell: the call and one retry
+    out, err = capsys.readouterr()
+    assert code == 1 and "3 cells failed every retry" in err and "beta" in out and "alpha" in out
+    table = load_routing_table(str(tmp_path / "table"))
+    assert np.all(np.isnan(table.scores[:, 1])) and not np.any(np.isnan(table.output_tokens[:, 0]))
+    answers = pq.read_table(tmp_path / "table" / "answers" / "train.parquet").to_pylist()
+    failed = [a for a in answers if a["model"] == "beta"]
+    assert all(a["status"] == "failed" and "HTTP 502" in a["failure"] and a["attempts"] == 2 for a in failed)
+
+
+def test_unscorable_answers_are_unscored_with_a_reason_never_zero(tmp_path):
+    from carrot_hub.collect.contracts import Score
+
+    class Unparseable(ContainsScorer):
+        async def score(self, item):
+            return Score(None, "the judge's reply holds no score", self.name, judge_model="beta", judge_cost=0.001)
+
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    with fake_upstreams(["alpha"]) as fakes:
+        result = _collect(tmp_path, write_upstreams(tmp_path / "upstreams.json", fakes),
+                          scorers={"default": Unparseable("judge:beta")}, prices=PRICES)
+    table = load_routing_table(str(result.table))
+    assert np.all(np.isnan(table.scores)) and np.all(table.output_tokens == 8)
+    answers = pq.read_table(result.table / "answers" / "train.parquet").to_pylist()
+    assert {a["unscored_reason"] for a in answers} == {"the judge's reply holds no score"}
+    assert all(a["judge_cost"] == 0.001 and a["judge_model"] == "beta" for a in answers)
+    assert result.summary[0]["unscored"] == 2 and result.summary[0]["score"] is None
+    # The judge's cost is its own: the judged model's cost is its tokens at its price only.
+    assert all(a["cost"] == pytest.approx((a["input_tokens"] * 1.0 + 8 * 2.0) / 1e6) for a in answers)
+    assert result.judge_spent == pytest.approx(0.002)
+
+
+def test_max_spend_stops_before_the_estimate_passes_it(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=20)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes, max_concurrency=1)
+    prices = {"alpha": {"input": 100.0, "output": 100.0}, "beta": {"input": 100.0, "output": 100.0}}
+    # No history: each call is predicted at max_tokens = 10 output tokens; prompts are ~9 tokens.
+    result = _collect(tmp_path, upstreams, prices=prices, max_spend=0.02, max_tokens=10)
+    assert result.stopped_by_max_spend and 0 < result.counts.asked < 40 and result.counts.not_asked > 0
+    assert result.spent <= 0.02
+    table = load_routing_table(str(result.table))
+    assert int(np.sum(~np.isnan(table.output_tokens))) == result.counts.answered
+
+
+def test_into_adds_a_model_and_refuses_clashes(tmp_path, two_fakes, capsys):
+    write_prompts(tmp_path / "prompts.jsonl", n=4)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    _collect(tmp_path, upstreams, models=["alpha"], prices=PRICES)
+    added = _collect(tmp_path, upstreams, models=["beta"], out=None, into=tmp_path / "table", prices=PRICES)
+    table = load_routing_table(str(added.table))
+    assert table.models == ["alpha", "beta"] and len(table) == 4 and not np.any(np.isnan(table.scores))
+    assert table.prices == PRICES
+    # The same --into again writes the same values: no clash, nothing asked.
+    again = _collect(tmp_path, upstreams, models=["beta"], out=None, into=tmp_path / "table")
+    assert again.counts.asked == 0
+    # Another store with other answers for cells the table has: a clash, and the table is left as it was.
+    before = (tmp_path / "table" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    with fake_upstreams(["beta"], reply_words=3) as other:
+        upstreams2 = write_upstreams(tmp_path / "upstreams2.json", other)
+        code = main(["collect", str(tmp_path / "prompts.jsonl"), "--upstreams", str(upstreams2), "--into",
+                     str(tmp_path / "table"), "--store", str(tmp_path / "other-store"), "--no-progress"])
+    assert code == 2 and "already has 'beta' on prompt" in capsys.readouterr().err
+    assert (tmp_path / "table" / "data" / "train-00000-of-00001.parquet").read_bytes() == before
+
+
+def test_out_never_replaces_a_folder_it_did_not_write(tmp_path, two_fakes, capsys):
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "mine.txt").write_text("keep me")
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    code = main(["collect", str(tmp_path / "prompts.jsonl"), "--upstreams", str(upstreams), "--out",
+                 str(tmp_path / "table"), "--no-progress"])
+    assert code == 2 and "was not written by this collection" in capsys.readouterr().err
+    assert (tmp_path / "table" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("unknown model", "'gamma' not in the upstreams file"),
+    ("no prompt column", "has no prompt column"),
+    ("negative max spend", "--max-spend"),
+    ("unpriced max spend", "needs a price for every model"),
+    ("reference missing", "needs a reference on every row it scores, and 3 of the 3 prompts have none"),
+    ("into not a table", "not a routing table folder"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, two_fakes, capsys, case, needle, monkeypatch):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n=3, reference=None if case == "reference missing" else "w3")
+    if case == "no prompt column":
+        prompts.write_text('{"question": "hi"}\n')
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    argv = ["collect", str(prompts), "--upstreams", str(upstreams), "--out", str(tmp_path / "table"), "--no-progress"]
+    if case == "unknown model":
+        argv += ["--models", "alpha,gamma"]
+    elif case == "negative max spend":
+        argv += ["--max-spend", "-1"]
+    elif case == "unpriced max spend":
+        argv += ["--max-spend", "1"]
+    elif case == "into not a table":
+        (tmp_path / "empty").mkdir()
+        argv = argv[:4] + ["--into", str(tmp_path / "empty"), "--no-progress"]
+    if case == "reference missing":  # the CLI builds scorers by spec; give the Python API a scorer object
+        with pytest.raises(CollectError, match=needle):
+            _collect(tmp_path, upstreams)
+        return
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert sum(f.requests for f, _ in two_fakes.values()) == 0  # nothing asked
