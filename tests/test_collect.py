@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from carrot_hub.cli import main
-from carrot_hub.collect import CollectError, collect
+from carrot_hub.collect import collect
 from carrot_hub.collect.cell_store import CELLS_FILENAME, CellStore, StoreError
 from carrot_hub.data import load_routing_table
 from carrot_hub.serving.upstreams import RetryPolicy, parse_retry_after
@@ -214,7 +214,11 @@ def test_out_never_replaces_a_folder_it_did_not_write(tmp_path, two_fakes, capsy
     ("no prompt column", "has no prompt column"),
     ("negative max spend", "--max-spend"),
     ("unpriced max spend", "needs a price for every model"),
-    ("reference missing", "needs a reference on every row it scores, and 3 of the 3 prompts have none"),
+    ("reference missing", "needs a reference, and 3 of 3 rows have none"),
+    ("unknown scorer", "Unknown scorer 'vibes'"),
+    ("judge not an upstream", "The judge 'gamma' is not an upstream"),
+    ("code not allowed", "pass --allow-code-execution"),
+    ("task without scorer", "No scorer for task 'words'"),
     ("into not a table", "not a routing table folder"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, two_fakes, capsys, case, needle, monkeypatch):
@@ -229,13 +233,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, two_fakes, capsys, case, need
         argv += ["--max-spend", "-1"]
     elif case == "unpriced max spend":
         argv += ["--max-spend", "1"]
+    elif case == "reference missing":
+        argv += ["--scorer", "number"]
+    elif case == "unknown scorer":
+        argv += ["--scorer", "vibes"]
+    elif case == "judge not an upstream":
+        argv += ["--scorer", "judge:gamma"]
+    elif case == "code not allowed":
+        argv += ["--scorer", "code"]
+    elif case == "task without scorer":
+        argv += ["--scorer", "gsm8k=number"]
     elif case == "into not a table":
         (tmp_path / "empty").mkdir()
         argv = argv[:4] + ["--into", str(tmp_path / "empty"), "--no-progress"]
-    if case == "reference missing":  # the CLI builds scorers by spec; give the Python API a scorer object
-        with pytest.raises(CollectError, match=needle):
-            _collect(tmp_path, upstreams)
-        return
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

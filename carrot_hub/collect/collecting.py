@@ -24,7 +24,7 @@ from .asking import Asker, TokenCounter
 from .cell_store import CellStore, StoreError
 from .contracts import Scorer
 from .prompt_sets import PromptSet, read_log_prompt_set, read_prompt_set
-from .runner import CollectionRun, RunCounts, scorer_for
+from .runner import CollectionRun, RunCounts
 from .spending import SpendTracker
 from .summary import summarise
 from .table_building import COLLECT_FILENAME, answers_table, cell_rows, routing_table, write_collected_table
@@ -97,49 +97,30 @@ def _models(models, specs: Mapping[str, UpstreamSpec]) -> list[str]:
 
 def build_scorers(scorers, ask, candidates: Sequence[str], allow_code_execution: bool) -> tuple[dict, dict]:
     """
-    `({task: Scorer}, {task: spec})` from `scorers`: None, spec strings (`["gsm8k=number",
+    `({task: Scorer}, {task: scorer name})` from `scorers`: None, spec strings (`["gsm8k=number",
     "default=judge:gpt-4o"]`, a bare spec meaning `default`), or a mapping task → spec or `Scorer`.
+    Unknown scorers, a judge that is not an upstream and `code` without `allow_code_execution` raise
+    `ScorerSpecError` (see `carrot_hub.collect.scorers`).
     """
+    from . import scorers as scoring
+
     if not scorers:
         return {}, {}
     if isinstance(scorers, str):
         scorers = [scorers]
-    if isinstance(scorers, Mapping):
-        specs = dict(scorers)
-    else:
-        from .scorers import parse_scorer_specs
-
-        specs = parse_scorer_specs(list(scorers))
-    built, names, cache = {}, {}, {}
-    for task, spec in specs.items():
-        if isinstance(spec, str):
-            if spec not in cache:
-                from .scorers import build_scorer
-
-                cache[spec] = build_scorer(spec, ask=ask, candidates=list(candidates),
-                                           allow_code_execution=allow_code_execution)
-            built[task] = cache[spec]
-        else:
-            built[task] = spec
-        names[task] = built[task].name
-    return built, names
+    specs = dict(scorers) if isinstance(scorers, Mapping) else scoring.parse_scorer_specs(list(scorers))
+    by_spec = scoring.build_scorers({t: s for t, s in specs.items() if isinstance(s, str)}, ask=ask,
+                                    candidates=list(candidates), allow_code_execution=allow_code_execution)
+    built = {task: by_spec.get(task, spec) for task, spec in specs.items()}
+    return built, {task: scorer.name for task, scorer in built.items()}
 
 
 def _check_scorer_inputs(prompt_set: PromptSet, scorers: Mapping[str, Scorer]) -> None:
-    """A scorer that needs references (or tests) on rows without them: say how many, before any call."""
-    for need, attribute, option in (("reference", "needs_reference", "reference (or golden_answer)"),
-                                    ("tests", "needs_tests", "tests")):
-        lacking: dict[str, int] = {}
-        for item in prompt_set.items:
-            scorer = scorer_for(scorers, item.task)
-            if scorer is not None and getattr(scorer, attribute, False) and not getattr(item, need):
-                lacking[scorer.name] = lacking.get(scorer.name, 0) + 1
-        for name, count in lacking.items():
-            raise CollectError(
-                f"The scorer {name} needs a {need} on every row it scores, and {count} of the "
-                f"{len(prompt_set)} prompts have none: add a {option} column, or choose another scorer for "
-                "their task (--scorer TASK=SPEC)."
-            )
+    """Every task has a scorer, and no row lacks the reference (or tests) its scorer needs: else say how many."""
+    from .scorers import check_scorer_inputs
+
+    if scorers:
+        check_scorer_inputs(scorers, ((item.task, item.reference, item.tests) for item in prompt_set.items))
 
 
 def _prices(prices, *fallbacks) -> dict:

@@ -100,6 +100,9 @@ def run_collect(args) -> int:
         print(f"This run: {counts.asked} calls, {counts.answered} answered, {counts.failed} failed, "
               f"{counts.scored} scored; spent ${result.spent:.4f} on candidates and ${result.judge_spent:.4f} "
               f"on judges in {result.elapsed_s:.1f} s.")
+        if not args.scorer:
+            print("No --scorer given: answers are stored but every cell is unscored; rerun with --scorer "
+                  "TASK=SPEC to score them (no model is asked again).")
         if result.stopped_by_max_spend:
             print(f"Stopped by --max-spend: {counts.not_asked} cells not asked; rerun with a higher limit to continue.")
         print(f"Table: {result.table}  (answers stored in {result.store})")
