@@ -193,3 +193,91 @@ def test_choice_scorer_takes_a_reference_given_as_option_text():
 def test_choice_letter_ignores_words_that_start_with_a_capital():
     assert choice_letter("I think so", {}) is None
     assert choice_letter("E", {"A": "x", "B": "y"}) is None
+
+
+# --- math ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, reference, value", [
+    ("The answer is $\\frac{1}{2}$.", "0.5", 1.0),
+    ("so $\\boxed{\\frac{1}{2}}$", "\\frac12", 1.0),
+    ('{"answer": "1/2"}', "\\frac{1}{2}", 1.0),
+    ("The set is $\\{1,2\\}$", "\\{2, 1\\}", 1.0),
+    ("The answer is $[1,2)$.", "[1, 2)", 1.0),
+    ("The answer is $[1,2]$.", "[1, 2)", 0.0),
+    ("#### 72", "72", 1.0),
+    ("x = 3", "4", 0.0),
+])
+def test_math_scorer_decides_equivalence_with_math_verify(answer, reference, value):
+    assert score("math", answer, reference=reference).value == value
+
+
+def test_math_scorer_gives_0_to_an_answer_without_mathematics_and_leaves_an_unreadable_reference_unscored():
+    assert score("math", "I do not know.", reference="3").value == 0.0
+    assert score("math", "3", reference="?").value is None
+
+
+# --- judge --------------------------------------------------------------------------------------------
+
+from carrot_hub.collect.contracts import Completion  # noqa: E402
+from carrot_hub.collect.judge import judge_request, parse_grade, rubric  # noqa: E402
+from carrot_hub.serving.upstreams import UpstreamFailure  # noqa: E402
+
+
+def judge_with(reply=None, failure=None, cost=0.002):
+    asked = []
+
+    async def ask(candidate, messages, sampling):
+        asked.append((candidate, messages, sampling))
+        if failure:
+            raise UpstreamFailure(candidate, failure, status=503)
+        return Completion(model=candidate, text=reply, cost=cost)
+
+    scorer = build_scorer("judge:grader", ask=ask, candidates=["grader", "small"], allow_code_execution=False)
+    return scorer, asked
+
+
+def test_rubrics_ship_as_package_data_with_and_without_a_reference():
+    assert "{reference}" in rubric(True) and "{reference}" not in rubric(False)
+    assert all("{prompt}" in rubric(r) and "{answer}" in rubric(r) and "Score: N" in rubric(r) for r in (True, False))
+
+
+@pytest.mark.parametrize("reply, grade", [
+    ("Correct and complete.\nScore: 10", 1.0), ("Partly right.\nScore: 7/10", 0.7), ("**Score:** 3", 0.3),
+    ("score: 4\n...on reflection\nScore: 6", 0.6), ("Score: 11", None), ("I think it is fine.", None), ("", None),
+])
+def test_parse_grade(reply, grade):
+    assert parse_grade(reply) == grade
+
+
+def test_judge_scores_in_0_1_and_keeps_its_cost_apart():
+    scorer, asked = judge_with("The result matches the reference.\nScore: 8")
+    result = asyncio.run(scorer.score(ScoringInput("What is 9*2?", "18", reference="18")))
+    assert (result.value, result.judge_model, result.judge_cost, result.scorer) == (0.8, "grader", 0.002, "judge:grader")
+    candidate, messages, sampling = asked[0]
+    assert candidate == "grader" and sampling["temperature"] == 0
+    assert "[Reference answer]\n18" in messages[0]["content"] and "What is 9*2?" in messages[0]["content"]
+
+
+def test_judge_without_reference_uses_the_other_rubric():
+    scorer, asked = judge_with("Score: 5")
+    asyncio.run(scorer.score(ScoringInput("Write a haiku.", "Autumn moon...")))
+    assert "No reference answer" in asked[0][1][0]["content"]
+
+
+def test_judge_leaves_unparseable_replies_failures_and_refusals_unscored():
+    scorer, _ = judge_with("Looks good to me!")
+    result = asyncio.run(scorer.score(ScoringInput("q", "an answer")))
+    assert result.value is None and "no 'Score: N'" in result.reason and result.judge_cost == 0.002
+    scorer, _ = judge_with(failure="HTTP 503")
+    result = asyncio.run(scorer.score(ScoringInput("q", "an answer")))
+    assert result.value is None and "failed" in result.reason
+    scorer, asked = judge_with("Score: 0")
+    assert asyncio.run(scorer.score(ScoringInput("q", "I can't help with that."))).value is None
+    assert asked == []  # a refusal is not worth paying a judge for
+
+
+def test_judge_sees_the_whole_conversation():
+    messages = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "And 2+2?"})
+    content = judge_request(ScoringInput("And 2+2?", "4", messages=messages))[0]["content"]
+    assert "assistant: Hello!" in content and "user: And 2+2?" in content
