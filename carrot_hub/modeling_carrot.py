@@ -1,8 +1,11 @@
-"""CARROT router: a sentence encoder plus per-candidate predictions of quality and output tokens,
-and the cost-aware decision rule that turns them into a choice of LLM.
+"""CARROT router: a prompt encoder plus per-candidate predictions of quality and output tokens,
+and `route()`, which turns them into a choice of LLM with the cost-aware decision rule.
 
-This file travels to the Hub next to `configuration_carrot.py` as remote code: it imports only
-torch, numpy, transformers, the standard library and its sibling (relative import).
+This file travels to the Hub as remote code with `configuration_carrot.py` and its flat siblings
+(the decision rule and outputs, the kNN memory, reliability, the static tokenizer, the encoders):
+it imports only torch, transformers, the standard library and those siblings (relative imports,
+which transformers follows to download and save them). Names that moved to a sibling are
+imported here, so `from carrot_hub.modeling_carrot import X` keeps working.
 """
 
 import array
@@ -10,19 +13,16 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 from transformers.utils.logging import tqdm
 
@@ -35,16 +35,25 @@ from .configuration_carrot import (
     check_positive_int,
     check_price,
 )
+from .decision_carrot import (
+    DOLLARS_PER_MILLION,
+    CarrotRouterOutput,
+    PromptEncoding,
+    PromptPredictions,
+    RoutingDecision,
+    carrot_utility,
+    choose_candidates,
+    predicted_cost,
+)
+from .encoder_carrot import CarrotStaticEncoder, _transformer_encoder, mean_pool
+from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, top_k_mean_similarity
+from .reliability_carrot import CarrotReliability, interpolate_monotone
+from .tokenization_carrot import _TOKEN_ID_DTYPE, TOKEN_ID_TYPE, CachedWordPieceTokenizer
 
-DOLLARS_PER_MILLION = 1e6
 # Prompts are tokenized this many at a time: the tokenizer's output for a whole list of long
 # prompts takes gigabytes (50,000 prompts of 400 words: ~4 GB), one chunk only a few hundred MB.
 TOKENIZE_CHUNK_PROMPTS = 1024
 PIPELINE_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while a static router tokenizes and predicts at once
-# A static router's token ids travel as `array.array` of C ints (4 bytes), not lists of Python ints.
-TOKEN_ID_TYPE = "i"
-_TOKEN_ID_BYTES = array.array(TOKEN_ID_TYPE).itemsize
-_TOKEN_ID_DTYPE = {4: torch.int32, 8: torch.int64}[_TOKEN_ID_BYTES]
 
 # A prompt is counted as at least one input token per this many UTF-8 bytes. The encoder's
 # tokenizer collapses some text (a word longer than 100 characters becomes one [UNK]; zero-width
@@ -55,278 +64,6 @@ MAX_BYTES_PER_TOKEN = 8
 # Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
 _NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 logger = transformers_logging.get_logger(__name__)
-
-
-@dataclass
-class CarrotRouterOutput(ModelOutput):
-    """
-    Output of [`CarrotRouter.forward`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): quality BCE + log-token MSE, when targets are given.
-        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
-        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens (≥ 0).
-        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
-    """
-
-    loss: torch.FloatTensor | None = None
-    quality: torch.FloatTensor | None = None
-    output_tokens: torch.FloatTensor | None = None
-    embeddings: torch.FloatTensor | None = None
-
-
-@dataclass
-class PromptEncoding:
-    """
-    Prompts turned into what the predictor needs.
-
-    Args:
-        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
-        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
-        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
-        fallback_embedding (`list[bool]`): whether the prompt had no token in a static encoder's
-            vocabulary and got its fallback embedding (always False for a transformer encoder).
-    """
-
-    embeddings: torch.Tensor
-    input_tokens: torch.Tensor
-    truncated: list[bool] = field(default_factory=list)
-    fallback_embedding: list[bool] = field(default_factory=list)
-
-
-@dataclass
-class PromptPredictions:
-    """
-    What the router predicts for a list of prompts, before any μ or price is applied.
-
-    Args:
-        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
-        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
-        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
-        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
-        candidate_models (`list[str]`, *optional*): the candidates of the router that made them, in
-            column order (so that another router cannot mistake them for its own).
-        support (`torch.FloatTensor` of shape `(batch,)`, *optional*): how well the training prompts
-            cover each prompt, in [0, 1] (see [`CarrotReliability`]); NaN where unknown.
-        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`, *optional*): a
-            band around `quality` that widens as support falls.
-        fallback_embedding (`list[bool]`): prompts embedded with the static encoder's fallback.
-    """
-
-    quality: torch.Tensor
-    output_tokens: torch.Tensor
-    input_tokens: torch.Tensor
-    truncated: list[bool] = field(default_factory=list)
-    candidate_models: list[str] | None = None
-    support: torch.Tensor | None = None
-    quality_low: torch.Tensor | None = None
-    quality_high: torch.Tensor | None = None
-    fallback_embedding: list[bool] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return self.quality.shape[0]
-
-
-@dataclass
-class RoutingDecision:
-    """
-    The router's decision for a list of prompts.
-
-    Args:
-        models (`list[str]`): the chosen candidate per prompt.
-        model_indices (`torch.LongTensor` of shape `(batch,)`): index of the chosen candidate.
-        candidate_models (`list[str]`): the candidates, in column order of the tensors below.
-        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality.
-        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
-        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens counted by the router's tokenizer.
-        cost (`torch.FloatTensor` of shape `(batch, n_models)`): predicted US dollars with the prices in force.
-        utility (`torch.FloatTensor` of shape `(batch, n_models)`): (1 − μ)·quality − μ·cost / cost_scale;
-            `-inf` for candidates excluded by `allowed` or `max_cost`.
-        mu (`float`): the μ used.
-        prices (`dict`): the price table used, `{model: {"input": $/M, "output": $/M}}`.
-        truncated (`list[bool]`): prompts cut to the router's maximum length before encoding.
-        over_budget (`list[bool]`): prompts for which no allowed candidate fitted `max_cost`; the
-            cheapest allowed candidate was chosen instead.
-        support (`torch.FloatTensor` of shape `(batch,)`): where each prompt's similarity to the
-            training prompts falls among the training prompts' own leave-one-out similarities
-            (0.02 = less similar than 98% of them); NaN = unknown (a router saved before support).
-        in_distribution (`list[bool | None]`): support above `config.support_threshold`; None = unknown.
-        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`): a band around
-            `quality` that widens as support falls (equal to `quality` when support is unknown).
-        ood_policy (`str`): the policy used for prompts out of distribution.
-        ood_applied (`list[bool]`): prompts the policy changed the rule for (out of distribution
-            under `"prior"` or `"model:<name>"`).
-        fallback_embedding (`list[bool]`): prompts none of whose tokens is in a static encoder's
-            vocabulary (e.g. only emoji or an unknown script): they were embedded with the encoder's
-            fallback embedding, so their predictions are those of a typical prompt, not of this one.
-    """
-
-    models: list[str]
-    model_indices: torch.Tensor
-    candidate_models: list[str]
-    quality: torch.Tensor
-    output_tokens: torch.Tensor
-    input_tokens: torch.Tensor
-    cost: torch.Tensor
-    utility: torch.Tensor
-    mu: float
-    prices: dict
-    truncated: list[bool]
-    over_budget: list[bool]
-    support: torch.Tensor | None = None
-    in_distribution: list | None = None
-    quality_low: torch.Tensor | None = None
-    quality_high: torch.Tensor | None = None
-    ood_policy: str = "predict"
-    ood_applied: list[bool] | None = None
-    fallback_embedding: list[bool] | None = None
-
-    def __post_init__(self):
-        n = len(self.models)
-        if self.support is None:
-            self.support = torch.full((n,), math.nan)
-        if self.in_distribution is None:
-            self.in_distribution = [None] * n
-        if self.quality_low is None:
-            self.quality_low = self.quality
-        if self.quality_high is None:
-            self.quality_high = self.quality
-        if self.ood_applied is None:
-            self.ood_applied = [False] * n
-        if not self.fallback_embedding:
-            self.fallback_embedding = [False] * n
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    @property
-    def chosen_cost(self) -> torch.Tensor:
-        """Predicted cost of the chosen model, shape `(batch,)`."""
-        return self.cost.gather(1, self.model_indices[:, None]).squeeze(1)
-
-    @property
-    def chosen_quality(self) -> torch.Tensor:
-        """Predicted quality of the chosen model, shape `(batch,)`."""
-        return self.quality.gather(1, self.model_indices[:, None]).squeeze(1)
-
-    def to_records(self) -> list[dict]:
-        """One plain dict per prompt (JSON-serialisable)."""
-        records = []
-        for row, chosen in enumerate(self.models):
-            support = float(self.support[row])
-            records.append(
-                {
-                    "model": chosen,
-                    "truncated": self.truncated[row],
-                    "over_budget": self.over_budget[row],
-                    "fallback_embedding": bool(self.fallback_embedding[row]) if self.fallback_embedding else False,
-                    "input_tokens": int(self.input_tokens[row]),
-                    "support": None if math.isnan(support) else support,
-                    "in_distribution": self.in_distribution[row],
-                    "ood_policy": self.ood_policy,
-                    "ood_applied": self.ood_applied[row],
-                    "predictions": {
-                        name: {
-                            "quality": float(self.quality[row, col]),
-                            "quality_low": float(self.quality_low[row, col]),
-                            "quality_high": float(self.quality_high[row, col]),
-                            "output_tokens": float(self.output_tokens[row, col]),
-                            "cost": float(self.cost[row, col]),
-                        }
-                        for col, name in enumerate(self.candidate_models)
-                    },
-                }
-            )
-        return records
-
-
-def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the token states over real tokens: `(batch, seq, hidden)` → `(batch, hidden)`."""
-    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def predicted_cost(
-    input_tokens: torch.Tensor,
-    output_tokens: torch.Tensor,
-    input_price_per_million: torch.Tensor,
-    output_price_per_million: torch.Tensor,
-) -> torch.Tensor:
-    """
-    Dollars per prompt and candidate: `input_tokens (batch,)`, `output_tokens (batch, n_models)`,
-    prices `(n_models,)` → `(batch, n_models)`.
-    """
-    return (
-        input_tokens[:, None] * input_price_per_million[None, :]
-        + output_tokens * output_price_per_million[None, :]
-    ) / DOLLARS_PER_MILLION
-
-
-def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: float) -> torch.Tensor:
-    """
-    CARROT's objective (1 − μ)·quality − μ·cost / cost_scale, in float32.
-
-    `quality`, `cost`: `(batch, n_models)`; `mu`: a float, or a tensor of shape `(n_mu,)` for a sweep,
-    in which case the result is `(n_mu, batch, n_models)`.
-    """
-    # Written as quality − μ·(quality + cost / cost_scale): one fused multiply-add per μ, and the
-    # same arithmetic for a single μ and for a sweep, so both give bit-identical utilities.
-    # The cost term is divided in float64 and capped at float32's largest number: an astronomical
-    # cost is then the worst finite penalty instead of inf, and μ = 0 never meets 0·inf = NaN.
-    quality = quality.float()
-    largest = torch.finfo(torch.float32).max
-    penalty = quality + (cost.double() / cost_scale).clamp(max=largest).float()
-    mu = torch.as_tensor(mu, dtype=torch.float32, device=quality.device)
-    if mu.ndim == 1:
-        mu = mu[:, None, None]
-    return torch.addcmul(quality, mu, penalty, value=-1)
-
-
-def choose_candidates(
-    quality: torch.Tensor,
-    cost: torch.Tensor,
-    mu,
-    cost_scale: float,
-    allowed_mask: torch.Tensor | None = None,
-    max_cost: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    The decision rule with its constraints.
-
-    Args:
-        quality, cost: `(batch, n_models)`.
-        mu: a float, or a `(n_mu,)` tensor to decide for many μ at once (no re-encoding).
-        allowed_mask: `(n_models,)` bool, candidates that may be chosen.
-        max_cost: candidates whose predicted cost exceeds it are excluded; when none fits a prompt,
-            its cheapest allowed candidate is chosen.
-
-    Returns:
-        `(indices, utility, over_budget)`: indices `(batch,)` or `(n_mu, batch)`, utility of the same
-        leading shape plus `n_models` (`-inf` where excluded), over_budget `(batch,)` bool.
-    """
-    n_models = quality.shape[-1]
-    over_budget = torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
-    feasible = None  # None: every candidate may be chosen (the masks are skipped, a per-prompt saving)
-    if allowed_mask is not None or max_cost is not None:
-        if allowed_mask is None:
-            allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
-        feasible = allowed_mask[None, :].expand_as(cost)
-        if max_cost is not None:
-            within = feasible & (cost <= max_cost)
-            over_budget = ~within.any(dim=1)
-            cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
-            fallback = F.one_hot(cheapest, n_models).bool()
-            feasible = torch.where(over_budget[:, None], fallback, within)
-    utility = carrot_utility(quality, cost, mu, cost_scale)
-    if torch.isnan(utility).any():  # argmax would pick the NaN column: never decide on it
-        row = int(torch.isnan(utility).flatten(0, -2).any(-1).nonzero()[0]) % cost.shape[0]
-        raise ValueError(
-            f"The predictions for prompt {row} are not numbers (quality {quality[row].tolist()}, cost "
-            f"{cost[row].tolist()}): the router's weights or the predictions passed in are corrupted."
-        )
-    if feasible is not None:
-        utility = utility.masked_fill(~feasible, -math.inf)
-    return utility.argmax(dim=-1), utility, over_budget
 
 
 class CarrotMLPHeads(nn.Module):
@@ -345,366 +82,6 @@ class CarrotMLPHeads(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(batch, hidden)` → quality logits `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
         return self.quality(embeddings), self.log_output_tokens(embeddings)
-
-
-def _check_finite_rows(embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
-    """Raise `ValueError` before NaN or infinite values enter a kNN memory (NaN cells mean "not observed")."""
-    if not bool(torch.isfinite(embeddings).all()):
-        raise ValueError("The kNN memory's embeddings hold NaN or infinite values; encode the prompts again.")
-    for name, values in (("quality", quality), ("output_tokens", output_tokens)):
-        if bool(torch.isinf(values).any()):
-            raise ValueError(f"The kNN memory's {name} hold infinite values; a missing cell is NaN, not inf.")
-
-
-class CarrotKNNMemory(nn.Module):
-    """
-    CARROT-KNN: the training prompts' embeddings with their per-candidate scores and output tokens,
-    stored as buffers (so they live in `model.safetensors`). A prompt's prediction for candidate m
-    is the mean over its k nearest training prompts (cosine) *among those where m's cell is
-    observed*, so that missing cells never count as zeros and a candidate added later with a few
-    hundred prompts leaves the other candidates' predictions untouched.
-    """
-
-    def __init__(self, config: CarrotConfig, embedding_size: int):
-        super().__init__()
-        n_memory, n_models = config.knn_memory_size, config.num_candidates
-        self.k = config.knn_k
-        self._rows_lock = threading.Lock()
-        self.register_buffer("embeddings", torch.zeros(n_memory, embedding_size))
-        self.register_buffer("quality", torch.zeros(n_memory, n_models))
-        self.register_buffer("quality_observed", torch.zeros(n_memory, n_models))
-        self.register_buffer("log_output_tokens", torch.zeros(n_memory, n_models))
-        self.register_buffer("output_tokens_observed", torch.zeros(n_memory, n_models))
-
-    @torch.no_grad()
-    def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
-        """
-        Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
-        `(n, n_models)` with NaN for missing cells (infinities are refused).
-        """
-        _check_finite_rows(embeddings, quality, output_tokens)
-        self._set_rows(
-            embeddings.detach().float().clone(),
-            torch.nan_to_num(quality.float(), nan=0.0),
-            (~torch.isnan(quality)).float(),
-            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
-            (~torch.isnan(output_tokens)).float(),
-        )
-
-    def _set_rows(self, embeddings, quality, quality_observed, log_output_tokens, output_tokens_observed) -> None:
-        # All five buffers change together under the lock, and `forward` reads them together under it,
-        # so a prediction made while `remember()` grows the memory sees either the old or the new rows.
-        with self._rows_lock:
-            self.embeddings = embeddings
-            self.quality = quality
-            self.quality_observed = quality_observed
-            self.log_output_tokens = log_output_tokens
-            self.output_tokens_observed = output_tokens_observed
-
-    def _rows(self) -> tuple[torch.Tensor, ...]:
-        with self._rows_lock:
-            return (self.embeddings, self.quality, self.quality_observed, self.log_output_tokens, self.output_tokens_observed)
-
-    @torch.no_grad()
-    def append(
-        self,
-        embeddings: torch.Tensor,
-        quality: torch.Tensor,
-        output_tokens: torch.Tensor,
-        n_remembered: int,
-        cap: int,
-    ) -> tuple[int, int]:
-        """
-        Add rows after the existing ones and evict down to `cap` rows.
-
-        Args:
-            embeddings: `(n_new, hidden)` L2-normalised.
-            quality, output_tokens: `(n_new, n_models)`, NaN where the cell is not observed.
-            n_remembered: how many existing rows (the last ones) were remembered rather than trained on.
-            cap: the most rows to keep.
-
-        Eviction when over `cap`: remembered rows go first, oldest first (earlier remembered rows,
-        then the oldest of the new ones). Training rows go only when the cap is below their number:
-        then the oldest training rows make room for the new rows.
-
-        Returns:
-            `(n_remembered, n_evicted)` after the change: the new rows count as remembered.
-        """
-        _check_finite_rows(embeddings, quality, output_tokens)
-        old = self._rows()
-        device = old[0].device
-        n_old = old[0].shape[0]
-        n_training, n_new = n_old - n_remembered, embeddings.shape[0]
-        excess = max(0, n_old + n_new - cap)
-        drop_remembered = min(excess, n_remembered)
-        rest = excess - drop_remembered
-        if cap >= n_training:  # training rows stay; the oldest of the new rows go
-            drop_training, drop_new = 0, rest
-        else:  # the cap is below the training rows: the oldest of them make room for what was just learned
-            drop_training = min(rest, n_training)
-            drop_new = rest - drop_training
-        kept_old = torch.cat(
-            [torch.arange(drop_training, n_training), torch.arange(n_training + drop_remembered, n_old)]
-        ).to(device)
-        new = (
-            embeddings.float(),
-            torch.nan_to_num(quality.float(), nan=0.0),
-            (~torch.isnan(quality)).float(),
-            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
-            (~torch.isnan(output_tokens)).float(),
-        )
-        rows = [
-            torch.cat([current[kept_old], added[drop_new:].to(current.device, current.dtype)], 0).contiguous()
-            for current, added in zip(old, new)
-        ]
-        self._set_rows(*rows)
-        return n_remembered - drop_remembered + n_new - drop_new, excess
-
-    def forward(self, embeddings: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
-        quality, log_tokens, _ = self.predict_with_similarity(embeddings, k)
-        return quality, log_tokens
-
-    def predict_with_similarity(
-        self, embeddings: torch.Tensor, k: int | None = None, similarity_k: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """
-        `(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`, and, with
-        `similarity_k`, the mean cosine similarity of the `similarity_k` nearest rows `(batch,)` (what
-        support needs), all from one similarity product and one top-k search.
-
-        Candidate m's k nearest observed rows are among the k + u_m nearest rows overall, u_m being
-        its number of unobserved rows, so one search of depth k + max(u_m) serves every candidate.
-        """
-        rows = self._rows()
-        memory = rows[0]
-        targets, unobserved = self._stacked_targets(*rows[1:])
-        n_memory, n_models = memory.shape[0], targets.shape[1] // 4
-        k = max(1, min(k or self.k, n_memory))
-        depth = min(n_memory, max(k + unobserved, similarity_k))
-        similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
-        values, nearest, rest = self._nearest_rows(similarity, k, depth)
-        del similarity  # the neighbour mean builds a tensor of the same size
-        top_similarity = None
-        if similarity_k:
-            top_similarity = mean_of_largest(values, min(similarity_k, depth))
-        means = self._neighbour_mean(nearest, rest, targets)  # (batch, 2 * n_models)
-        return means[:, :n_models], means[:, n_models:], top_similarity
-
-    @staticmethod
-    def _nearest_rows(similarity: torch.Tensor, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        `similarity (batch, n_memory)` → the `depth` largest similarities `(batch, depth)` and
-        their row indices `(batch, depth)`, both in no order, and of those the `depth - k` rows
-        outside the k nearest `(batch, depth - k)`, most similar first. Only the short tail is
-        sorted: a sorted search of the whole depth costs a third more.
-        """
-        values, nearest = similarity.topk(depth, dim=1, sorted=False)
-        tail = values.topk(depth - k, dim=1, largest=False).indices.flip(1)  # positions, most similar first
-        return values, nearest, nearest.gather(1, tail)
-
-    def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
-        """
-        `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
-        their 0/1 masks, `(n_memory, 4 * n_models)` float32 (one neighbour search serves all), and the
-        most unobserved rows of any column; cached until one of the four buffers changes (in place
-        or replaced).
-        """
-        buffers = (quality, quality_observed, log_output_tokens, output_tokens_observed)
-        key = tuple((id(tensor), tensor._version) for tensor in buffers)
-        cached = getattr(self, "_stacked_cache", None)
-        if cached is None or cached[0] != key:
-            values = torch.cat([quality, log_output_tokens], 1)
-            observed = torch.cat([quality_observed, output_tokens_observed], 1)
-            cached = self._stacked_cache = (key, self._stack_targets(values, observed))
-        return cached[1]
-
-    @staticmethod
-    def _stack_targets(values: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """`values` and 0/1 `observed (n_memory, n)` → `[values · observed, observed]` `(n_memory, 2n)` float32, and the most unobserved rows of any column."""
-        observed = observed.float()
-        return torch.cat([values.float() * observed, observed], 1), int((observed == 0).sum(0).max())
-
-    @staticmethod
-    def observed_neighbour_mean(similarity: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
-        """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows; `similarity (batch, n_memory)`."""
-        n_memory = values.shape[0]
-        k = max(1, min(k, n_memory))
-        targets, unobserved = CarrotKNNMemory._stack_targets(values, observed)
-        _, nearest, rest = CarrotKNNMemory._nearest_rows(similarity, k, min(n_memory, k + unobserved))
-        return CarrotKNNMemory._neighbour_mean(nearest, rest, targets)
-
-    @staticmethod
-    def _neighbour_mean(nearest: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """
-        Per column, the mean of values over the k nearest rows where the column is observed:
-        `nearest (batch, depth)` holds those k rows and the next `rest (batch, depth - k)` rows (most
-        similar first); `targets (n_memory, 2 * n)` holds the values (0 where unobserved), then
-        their 0/1 observed masks → `(batch, n)`.
-
-        The k nearest rows' sums and observed counts come from one product of their 0/1 indicator
-        `(batch, n_memory)` with `targets` (a gather of `(batch, k, n)` costs ten times more); a
-        column missing c of those rows takes its next c observed rows, in order, from `rest`, which
-        is deep enough for every column's unobserved rows.
-        """
-        n_columns = targets.shape[1] // 2
-        k = nearest.shape[1] - rest.shape[1]
-        indicator = torch.zeros(nearest.shape[0], targets.shape[0], dtype=targets.dtype, device=targets.device)
-        indicator.scatter_(1, nearest, 1.0)
-        if rest.shape[1]:
-            indicator.scatter_(1, rest, 0.0)
-        totals = indicator @ targets  # (batch, 2 * n): sums, then counts (exact integers)
-        sums, counts = totals[:, :n_columns], totals[:, n_columns:]
-        if rest.shape[1]:
-            rest_targets = targets[rest]  # (batch, depth - k, 2 * n)
-            rest_observed = rest_targets[..., n_columns:]
-            taken = rest_observed * (rest_observed.cumsum(1) <= (k - counts)[:, None, :])
-            sums = sums + (rest_targets[..., :n_columns] * taken).sum(1)
-            counts = counts + taken.sum(1)
-        return sums / counts.clamp(min=1)
-
-
-def mean_of_largest(similarity: torch.Tensor, k: int) -> torch.Tensor:
-    """The mean of the `k` largest values of each row of `similarity (batch, n)` → `(batch,)`."""
-    return similarity.amax(1) if k == 1 else similarity.topk(k, dim=1).values.mean(1)  # amax: a third of topk's time
-
-
-def top_k_mean_similarity(
-    embeddings: torch.Tensor, memory: torch.Tensor, k: int, exclude_self: bool = False, chunk_size: int = 1024
-) -> torch.Tensor:
-    """
-    Mean cosine similarity of each row of `embeddings (n, hidden)` to its `k` most similar rows of
-    `memory (n_memory, hidden)` (both L2-normalised) → `(n,)`. With `exclude_self`, `embeddings` is
-    `memory` itself and each row leaves itself out (its leave-one-out similarity).
-    """
-    n_memory = memory.shape[0]
-    k = max(1, min(int(k), n_memory - (1 if exclude_self else 0)))
-    out = torch.empty(embeddings.shape[0], dtype=torch.float32)
-    for start in range(0, embeddings.shape[0], chunk_size):
-        chunk = embeddings[start : start + chunk_size].to(memory.dtype)
-        similarity = chunk @ memory.T
-        if exclude_self:
-            rows = torch.arange(chunk.shape[0])
-            similarity[rows, rows + start] = -math.inf
-        out[start : start + chunk.shape[0]] = mean_of_largest(similarity, k).float().cpu()
-    return out
-
-
-def interpolate_monotone(values: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
-    """
-    Per-column piecewise-linear map: `values (batch, n_models)`, knots `(n_models, n_knots)` sorted
-    along the last axis → `(batch, n_models)`; flat beyond the first and last knots.
-    """
-    x = values.T.contiguous().to(knots_x.dtype)  # (n_models, batch)
-    n_knots = knots_x.shape[1]
-    right = torch.searchsorted(knots_x, x).clamp(1, n_knots - 1)
-    x0, x1 = knots_x.gather(1, right - 1), knots_x.gather(1, right)
-    y0, y1 = knots_y.gather(1, right - 1), knots_y.gather(1, right)
-    width = x1 - x0
-    t = torch.where(width > 0, (x - x0) / width.clamp(min=1e-12), torch.ones_like(x)).clamp(0, 1)
-    return (y0 + t * (y1 - y0)).T
-
-
-class CarrotReliability(nn.Module):
-    """
-    What the router knows about how far to trust its own predictions.
-
-    **Support.** A prompt's similarity to the training prompts is the mean cosine similarity of its
-    `support_k` most similar training prompts (the kNN memory, or `support_embeddings` for routers
-    without one). Its support is the fraction of the training prompts whose own leave-one-out
-    similarity (to the other training prompts) is at most that: 0.02 = less similar to the training
-    data than 98% of the training prompts are to each other. For prompts like the training ones it
-    is about uniform on [0, 1]; a prompt is in distribution when it is above `support_threshold`.
-    The reference distribution is stored, so support stays defined when a kNN memory grows.
-
-    **Calibrated, support-aware quality.** Per candidate, a monotone piecewise-linear map
-    (`calibration_x` → `calibration_y`, fitted on out-of-fold predictions at training time) turns the
-    predictor's quality into a calibrated one. Out of distribution the prediction is not to be
-    trusted, so it moves toward the candidate's prior quality (its mean score on the training
-    data): with t = min(1, support / threshold), quality = prior + w · (calibrated − prior) and
-    w = (1 − λ) · (floor + (1 − floor) · t). The floor is chosen at training time on prompts of
-    tasks held out of the training data (see `carrot_hub.reliability`). λ (`config.prior_shrink`)
-    moves predictions toward the prior in distribution too (support ≥ threshold: w = 1 − λ): a
-    per-prompt prediction is a noisy estimate, and routing at small μ picks the candidate whose
-    noise is highest; λ is chosen by out-of-fold routing AIQ on the training data (0 = none).
-    The band `[quality_low, quality_high]` is quality ± (t · spread_in + (1 − t) · spread_out):
-    `spread_in` is the out-of-fold calibration error in distribution, `spread_out` how far a
-    held-out task's mean quality fell from the prior; it widens as support falls whatever the floor.
-
-    **A cautious estimate out of distribution.** Held out of the training data, a task's mean
-    quality lands anywhere within about ± `spread_out` of the prior (its difficulty is not in data
-    from other tasks), and routing picks the candidate whose estimate is highest, so a central
-    estimate over-states the chosen model's quality on the harder tasks by the full difference.
-    With `pessimism` p (config `ood_pessimism`) the quality used and reported is lowered by
-    p · (1 − min(1, support / s_p)) · spread_out, s_p = `ood_pessimism_support`: at support 0 and
-    p = 1 it is the band's lower end; from s_p up nothing moves. The band stays centred on the
-    central estimate.
-
-    Buffers:
-        reference (`(n_reference,)`): sorted leave-one-out similarities (or their quantiles).
-        support_embeddings (`(n_support, hidden)`): only for routers without a kNN memory.
-        calibration_x, calibration_y (`(n_models, n_knots)`): the calibration maps' knots.
-        prior (`(n_models,)`): each candidate's mean training score.
-        spread_in, spread_out (`(n_models,)`): half-widths of the band in and out of distribution.
-    """
-
-    def __init__(self, config: CarrotConfig, embedding_size: int):
-        super().__init__()
-        n_models, n_knots = config.num_candidates, max(config.calibration_knots, 2)
-        self.register_buffer("reference", torch.zeros(config.support_reference_size))
-        if config.support_memory_size > 0:
-            self.register_buffer("support_embeddings", torch.zeros(config.support_memory_size, embedding_size))
-        else:
-            self.support_embeddings = None
-        self.register_buffer("calibration_x", torch.linspace(0, 1, n_knots).repeat(n_models, 1))
-        self.register_buffer("calibration_y", torch.linspace(0, 1, n_knots).repeat(n_models, 1))
-        self.register_buffer("prior", torch.full((n_models,), 0.5))
-        self.register_buffer("spread_in", torch.zeros(n_models))
-        self.register_buffer("spread_out", torch.zeros(n_models))
-
-    def support(self, embeddings: torch.Tensor, memory: torch.Tensor, k: int) -> torch.Tensor:
-        """`(batch, hidden)` embeddings and the training prompts' `(n, hidden)` → support `(batch,)` in [0, 1]."""
-        return self.support_from_similarity(top_k_mean_similarity(embeddings, memory, k))
-
-    def support_from_similarity(self, similarity: torch.Tensor) -> torch.Tensor:
-        """Mean similarity to the nearest training prompts `(batch,)` → support `(batch,)` in [0, 1]."""
-        similarity = similarity.to(self.reference.device, self.reference.dtype)
-        below = torch.searchsorted(self.reference, similarity.contiguous(), right=True)
-        return below.float() / self.reference.shape[0]
-
-    def adjust(
-        self,
-        quality: torch.Tensor,
-        support: torch.Tensor,
-        threshold: float,
-        floor: float,
-        prior_shrink: float = 0.0,
-        pessimism: float = 0.0,
-        pessimism_support: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Raw predicted quality `(batch, n_models)` and support `(batch,)` → calibrated quality moved
-        toward the prior by `prior_shrink` and further as support falls (and, with `pessimism`, down
-        the band), and its band: three `(batch, n_models)` tensors.
-        """
-        calibrated = interpolate_monotone(quality.float(), self.calibration_x, self.calibration_y)
-        trust = support.float().clamp(0, 1) / threshold if threshold > 0 else torch.ones_like(support.float())
-        trust = trust.clamp(max=1.0)[:, None]  # (batch, 1): 0 at support 0, 1 from the threshold up
-        weight = (1.0 - prior_shrink) * (floor + (1.0 - floor) * trust)
-        adjusted = torch.where(
-            weight >= 1.0, calibrated, self.prior[None, :] + weight * (calibrated - self.prior[None, :])
-        )
-        half_width = trust * self.spread_in[None, :] + (1.0 - trust) * self.spread_out[None, :]
-        low, high = (adjusted - half_width).clamp(0, 1), (adjusted + half_width).clamp(0, 1)
-        if pessimism > 0:
-            caution = 1.0 - (support.float().clamp(0, 1) / pessimism_support).clamp(max=1.0)[:, None]
-            adjusted = (adjusted - pessimism * caution * self.spread_out[None, :]).clamp(0, 1)
-        return adjusted, low, high
-
-
-_WORD_BOUNDARY = re.compile(r"[ \t\n\r]+")  # where BERT's normalizer and pre-tokenizer always split
-# ASCII control characters BERT's `clean_text` drops (tab, newline and return are whitespace).
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class _ShortSwitchInterval:
@@ -735,277 +112,6 @@ class _ShortSwitchInterval:
 
 
 _SHORT_SWITCH_INTERVAL = _ShortSwitchInterval()
-
-
-class CachedWordPieceTokenizer:
-    """
-    The same token ids as a lowercasing BERT WordPiece tokenizer (`tokenizers` backend), found faster.
-
-    For ASCII text BERT's normalizer only lowercases and its pre-tokenizer splits at spaces, tabs
-    and newlines first (then between letters/digits and punctuation, within each piece). So a
-    prompt's ids are the concatenation of the ids of its whitespace-separated chunks, each
-    tokenized on its own, and a chunk's ids can be cached: `str.split` and one dictionary lookup
-    per chunk replace the tokenizer's per-character work (RouterBench's prompts tokenize about ten
-    times as fast as with the backend; caching words instead of chunks ran at half that speed).
-    A chunk's ids are kept packed as C ints (`bytes`), so a prompt's ids are one `bytes.join` of
-    its chunks' ([`packed`]): no Python int per token is made, and a batch's ids reach torch as one
-    buffer (building and flattening lists of ints took a third of the tokenizing time).
-    Chunks not yet cached are tokenized by the backend, in one
-    batch. Text with non-ASCII or control characters is split at spaces, tabs and newlines only and
-    its chunks are cached as written; prompts containing an added token's text go through the
-    backend whole. So every prompt gets exactly the backend's ids. [`count`] counts a text's ids
-    without building them, line by line, caching each line's count. The caches hold at most
-    `max_chunks` chunks of at most `max_chunk_chars` characters (a prompt with a longer chunk goes to
-    the backend whole) and `max_lines` lines of at most `max_line_chars` (longer ones are counted
-    each time); a full cache is emptied.
-    """
-
-    def __init__(
-        self,
-        backend,
-        added_tokens: Sequence[str],
-        max_chunks: int = 100_000,
-        max_chunk_chars: int = 200,
-        max_lines: int = 20_000,
-        max_line_chars: int = 1_000,
-    ):
-        self.backend = backend
-        self.max_chunk_chars, self.max_lines, self.max_line_chars = max_chunk_chars, max_lines, max_line_chars
-        # One search for all added tokens: an added token's text anywhere sends the prompt to the backend.
-        added = [re.escape(token.lower()) for token in added_tokens if token]
-        self._added_token = re.compile("|".join(added)) if added else None
-        self.max_chunks = max_chunks
-        self._chunk_ids: dict[str, bytes] = {}  # chunk → its ids, packed as `array(TOKEN_ID_TYPE)`
-        self._line_lengths: dict[str, int] = {}  # `count`'s cache, cleared as the chunks' is
-
-    @classmethod
-    def for_tokenizer(cls, tokenizer) -> "CachedWordPieceTokenizer | None":
-        """The fast path for `tokenizer`, or None when it is not a lowercasing BERT WordPiece tokenizer."""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            return None
-        try:
-            spec = json.loads(backend.to_str())
-        except Exception:
-            return None
-        normalizer, pre_tokenizer, model = (spec.get(key) or {} for key in ("normalizer", "pre_tokenizer", "model"))
-        is_bert_wordpiece = (
-            normalizer.get("type") == "BertNormalizer"
-            and normalizer.get("lowercase") is True
-            and pre_tokenizer.get("type") == "BertPreTokenizer"
-            and model.get("type") == "WordPiece"
-        )
-        if not is_bert_wordpiece:
-            return None
-        return cls(backend, [token.get("content", "") for token in spec.get("added_tokens") or []])
-
-    def _chunks(self, prompt: str) -> list[str] | None:
-        """The prompt's chunks as cache keys, or None when it must go through the backend whole."""
-        if prompt.isascii() and not _ASCII_CONTROL.search(prompt):
-            lowered = prompt.lower()
-            if self._added_token is not None and self._added_token.search(lowered):
-                return None
-            # Only space, tab, newline and carriage return are left to split at (other ASCII
-            # controls, which str.split would also take for whitespace, were excluded above).
-            return lowered.split()
-        if self._added_token is not None and self._added_token.search(prompt.lower()):
-            return None
-        # Other text is split only where BERT surely splits, each chunk kept as written: its
-        # normalizer (lowercasing, accents, Chinese characters, control characters) works
-        # character by character, so the backend gives a chunk alone the ids it gives it in context.
-        return [chunk for chunk in _WORD_BOUNDARY.split(prompt) if chunk]
-
-    def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompts → their token ids without special tokens, as the backend gives them."""
-        return [ids.tolist() for ids in self.packed(prompts)]
-
-    def packed(self, prompts: Sequence[str]) -> list[array.array]:
-        """As calling it, each prompt's ids as an `array(TOKEN_ID_TYPE)`, joined from the cache without Python ints."""
-        chunks = [self._chunks(prompt) for prompt in prompts]
-        ids: list[array.array | None] = [None] * len(prompts)
-        join, lookup = b"".join, self._chunk_ids.__getitem__
-        unseen = []  # positions of prompts with a chunk not cached yet
-        for position, prompt_chunks in enumerate(chunks):
-            if prompt_chunks is not None:
-                try:
-                    ids[position] = array.array(TOKEN_ID_TYPE, join(map(lookup, prompt_chunks)))
-                except KeyError:
-                    unseen.append(position)
-        if unseen:
-            # A prompt with a chunk too long to keep (a blob without spaces) goes to the backend whole.
-            for position in unseen:
-                if max(map(len, chunks[position])) > self.max_chunk_chars:
-                    chunks[position] = None
-            unseen = [position for position in unseen if chunks[position] is not None]
-            self._learn_chunks({chunk for position in unseen for chunk in chunks[position]})
-            lookup = self._chunk_ids.__getitem__
-            for position in unseen:
-                ids[position] = array.array(TOKEN_ID_TYPE, join(map(lookup, chunks[position])))
-        slow = [position for position, prompt_chunks in enumerate(chunks) if prompt_chunks is None]
-        if slow:
-            encodings = self.backend.encode_batch_fast([prompts[i] for i in slow], add_special_tokens=False)
-            for position, encoding in zip(slow, encodings):
-                ids[position] = array.array(TOKEN_ID_TYPE, encoding.ids)
-        return ids
-
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """
-        Texts → their numbers of token ids, as `len(ids)` of `self(texts)` without building the ids.
-        Counted line by line (BERT splits at a newline): the lines a few-shot prompt shares with
-        the prompts before it are counted once and looked up after that.
-        """
-        counts = [0] * len(texts)
-        lookup = self._line_lengths.__getitem__
-        unseen: dict[str, int] = {}
-        pending = []  # (text's position, its lines)
-        for position, text in enumerate(texts):
-            lines = text.split("\n")
-            try:
-                counts[position] = sum(map(lookup, lines))
-            except KeyError:
-                pending.append((position, lines))
-                unseen.update((line, 0) for line in lines if line not in self._line_lengths)
-        if pending:
-            new_counts = dict(zip(unseen, self._count_chunks(list(unseen))))
-            if len(self._line_lengths) + len(new_counts) > self.max_lines:
-                self._line_lengths = {}
-            # Long lines are counted each time: keeping them could hold gigabytes of text.
-            self._line_lengths.update((line, n) for line, n in new_counts.items() if len(line) <= self.max_line_chars)
-            known = self._line_lengths
-            for position, text_lines in pending:
-                counts[position] = sum(new_counts[line] if line in new_counts else known[line] for line in text_lines)
-        return counts
-
-    def _count_chunks(self, texts: list[str]) -> list[int]:
-        """Texts → their numbers of token ids, from their cached chunks' ids."""
-        counts = [0] * len(texts)
-        lookup = self._chunk_ids.__getitem__
-        rest = []  # texts with a chunk not cached yet, or for the backend whole
-        for position, text in enumerate(texts):
-            try:
-                counts[position] = sum(map(len, map(lookup, self._chunks(text)))) // _TOKEN_ID_BYTES
-            except (KeyError, TypeError):
-                rest.append(position)
-        for position, ids in zip(rest, self.packed([texts[i] for i in rest])):
-            counts[position] = len(ids)
-        return counts
-
-    def _learn_chunks(self, chunks: set[str]) -> None:
-        """Cache the ids of `chunks` (the cache starts over when it would pass `max_chunks`)."""
-        if len(self._chunk_ids) + len(chunks) > self.max_chunks:
-            self._chunk_ids = {}
-        missing = [chunk for chunk in chunks if chunk not in self._chunk_ids]
-        for chunk, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
-            self._chunk_ids[chunk] = array.array(TOKEN_ID_TYPE, encoding.ids).tobytes()
-
-    def window_ids(
-        self, prompts: Sequence[str], tokens: int, from_end: bool = True, skip_id: int | None = None
-    ) -> tuple[list[array.array], list[int]]:
-        """
-        Each prompt's ids (an `array(TOKEN_ID_TYPE)`) for a window of whole words at its end (its
-        start, `from_end=False`) holding at least `tokens` ids other than `skip_id`, and the
-        prompt's number of token ids.
-
-        A router keeps only its last (or first) `max_prompt_tokens` tokens, so building the ids of a
-        long prompt's other end is wasted work. A window starts (ends) at a space, tab or newline:
-        BERT splits there whatever comes before (after), so the window's ids are exactly the whole
-        prompt's ids at that end. It starts at `WINDOW_CHARS_PER_TOKEN` characters per token and
-        grows, by the characters per token it found, until it holds enough ids or is the whole
-        prompt. The text outside it is only counted, line by line ([`count`]).
-        """
-        ids: list[array.array | None] = [None] * len(prompts)
-        counts = [0] * len(prompts)
-        outside: dict[int, str] = {}  # prompt → its text outside the window
-        windows = {i: tokens * self.WINDOW_CHARS_PER_TOKEN for i in range(len(prompts))}  # characters, per prompt still to do
-        while windows:
-            texts = [self._window(prompts[i], window, from_end) for i, window in windows.items()]
-            short = {}
-            for (i, window), text, text_ids in zip(windows.items(), texts, self.packed(texts)):
-                kept = len(text_ids) - (text_ids.count(skip_id) if skip_id is not None else 0)
-                prompt = prompts[i]
-                if kept >= tokens or len(text) == len(prompt):
-                    ids[i], counts[i] = text_ids, len(text_ids)
-                    if len(text) < len(prompt):
-                        outside[i] = prompt[: len(prompt) - len(text)] if from_end else prompt[len(text) :]
-                else:  # grow it by the characters per token seen so far, with a margin
-                    short[i] = int(max(window * 1.5, len(text) * 1.25 * tokens / max(kept, 1)))
-            windows = short
-        for i, n_outside in zip(outside, self.count(list(outside.values()))):
-            counts[i] += n_outside
-        return ids, counts
-
-    WINDOW_CHARS_PER_TOKEN = 5  # RouterBench averages ~4.3 characters per token; denser text takes a second pass
-
-    @staticmethod
-    def _window(prompt: str, n_chars: int, from_end: bool) -> str:
-        """About the last (first) `n_chars` characters of `prompt`, cut at a space or newline; the whole prompt when none."""
-        if len(prompt) <= n_chars:
-            return prompt
-        if from_end:
-            start = len(prompt) - n_chars
-            cut = prompt.find(" ", start)
-            if cut < 0 or cut - start > 200:  # no space near: the first newline, tab or return will do
-                match = _WORD_BOUNDARY.search(prompt, start)
-                cut = match.start() if match else -1
-            return prompt[cut:] if cut >= 0 else prompt
-        cut = prompt.rfind(" ", 0, n_chars)
-        if cut < n_chars - 200:
-            cut = max(prompt.rfind(space, 0, n_chars) for space in " \t\n\r")
-        return prompt[:cut] if cut > 0 else prompt
-
-
-class CarrotStaticEncoder(nn.Module):
-    r"""
-    A static sentence encoder: one vector per token of the vocabulary, distilled from a sentence
-    encoder (model2vec: each token's embedding by the encoder, reduced by PCA and weighted by a
-    Zipf estimate of its frequency), averaged over a prompt's tokens and L2-normalised. No attention
-    and no positions: a prompt costs one table lookup per token, so the tokenizer is the main cost.
-
-    Buffers and weights (all in `model.safetensors`):
-        token_embeddings.weight `(vocab_size, embedding_size)`: the distilled rows, SIF weight
-            folded in (model2vec multiplies them at encoding time: the mean is the same).
-        fallback `(embedding_size,)`: the embedding given to a prompt with no token of the
-            vocabulary (the L2-normalised mean of all rows: the "average token").
-    """
-
-    def __init__(self, vocab_size: int, embedding_size: int):
-        super().__init__()
-        self.token_embeddings = nn.EmbeddingBag(vocab_size, embedding_size, mode="mean")
-        self.register_buffer("fallback", torch.zeros(embedding_size))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.token_embeddings.num_embeddings
-
-    @property
-    def embedding_size(self) -> int:
-        return self.token_embeddings.embedding_dim
-
-    def embed_bags(
-        self, token_ids: torch.Tensor, offsets: torch.Tensor, empty: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """
-        Prompts as one flat `token_ids (n_tokens,)` tensor and the `offsets (batch,)` where each
-        prompt starts → `(batch, embedding_size)` float32 L2-normalised embeddings; a prompt with no
-        tokens gets `fallback`. `empty (batch,)` bool, when the caller knows it, saves finding them.
-        """
-        # The functional form: the module's call costs more than the lookup for a single prompt.
-        pooled = F.embedding_bag(token_ids, self.token_embeddings.weight, offsets, mode="mean").float()
-        if empty is None:
-            empty = torch.diff(offsets, append=offsets.new_tensor([token_ids.numel()])) == 0
-        return self._normalise(pooled, empty)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Padded `(batch, seq)` token ids and mask → `(batch, embedding_size)`, as [`embed_bags`]."""
-        rows = F.embedding(input_ids, self.token_embeddings.weight).float()
-        pooled = mean_pool(rows, attention_mask)
-        return self._normalise(pooled, attention_mask.sum(1) == 0)
-
-    def _normalise(self, pooled: torch.Tensor, empty: torch.Tensor | bool) -> torch.Tensor:
-        embeddings = F.normalize(pooled, p=2, dim=-1)
-        if isinstance(empty, torch.Tensor) and bool(empty.any()):
-            embeddings[empty] = self.fallback.float()
-        return embeddings
 
 
 class CarrotPreTrainedModel(PreTrainedModel):
@@ -1069,16 +175,6 @@ def check_predictor_weights(model, loading_info: dict, source: str) -> None:
         f"model.safetensors lacks {missing[0]!r} ({len(missing)} predictor weights missing; {saved}). "
         "Restore the config.json saved with these weights."
     )
-
-
-def _transformer_encoder(config: CarrotConfig) -> nn.Module:
-    """The BERT-family encoder `config.encoder_config` describes, without its pooler (weights unset)."""
-    encoder_config = dict(config.encoder_config or {"model_type": "bert"})
-    model_type = encoder_config.pop("model_type", "bert")
-    # The encoder's own saved dtype is dropped so that it follows `from_pretrained(dtype=...)`.
-    for key in ("architectures", "transformers_version", "auto_map", "_name_or_path", "dtype", "torch_dtype"):
-        encoder_config.pop(key, None)
-    return AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False)
 
 
 def _static_table_mismatch(source) -> str | None:
@@ -2152,12 +1248,22 @@ def _parse_price_entry(name: str, price) -> tuple[float | None, float | None]:
 __all__ = [
     "CarrotRouter",
     "CarrotPreTrainedModel",
+    "CarrotMLPHeads",
+    # re-exported from the siblings, for code that imports them from here
     "CarrotRouterOutput",
     "CarrotReliability",
+    "CarrotKNNMemory",
+    "CarrotStaticEncoder",
+    "CachedWordPieceTokenizer",
     "RoutingDecision",
     "PromptPredictions",
     "PromptEncoding",
+    "DOLLARS_PER_MILLION",
     "choose_candidates",
     "carrot_utility",
     "predicted_cost",
+    "mean_pool",
+    "mean_of_largest",
+    "top_k_mean_similarity",
+    "interpolate_monotone",
 ]

@@ -1,0 +1,280 @@
+"""What a CARROT router predicts and decides, and the cost-aware decision rule that turns
+predictions, μ and prices into a choice of LLM.
+
+This file travels to the Hub next to `modeling_carrot.py` as remote code: it imports only torch,
+transformers, the standard library and its flat siblings (relative imports).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from transformers.utils import ModelOutput
+
+
+DOLLARS_PER_MILLION = 1e6
+
+@dataclass
+class CarrotRouterOutput(ModelOutput):
+    """
+    Output of [`CarrotRouter.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): quality BCE + log-token MSE, when targets are given.
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens (≥ 0).
+        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    quality: torch.FloatTensor | None = None
+    output_tokens: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class PromptEncoding:
+    """
+    Prompts turned into what the predictor needs.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`): L2-normalised prompt embeddings.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
+        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+        fallback_embedding (`list[bool]`): whether the prompt had no token in a static encoder's
+            vocabulary and got its fallback embedding (always False for a transformer encoder).
+    """
+
+    embeddings: torch.Tensor
+    input_tokens: torch.Tensor
+    truncated: list[bool] = field(default_factory=list)
+    fallback_embedding: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class PromptPredictions:
+    """
+    What the router predicts for a list of prompts, before any μ or price is applied.
+
+    Args:
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality in [0, 1].
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens (untruncated).
+        truncated (`list[bool]`): whether the prompt was cut to `max_prompt_tokens` before encoding.
+        candidate_models (`list[str]`, *optional*): the candidates of the router that made them, in
+            column order (so that another router cannot mistake them for its own).
+        support (`torch.FloatTensor` of shape `(batch,)`, *optional*): how well the training prompts
+            cover each prompt, in [0, 1] (see [`CarrotReliability`]); NaN where unknown.
+        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`, *optional*): a
+            band around `quality` that widens as support falls.
+        fallback_embedding (`list[bool]`): prompts embedded with the static encoder's fallback.
+    """
+
+    quality: torch.Tensor
+    output_tokens: torch.Tensor
+    input_tokens: torch.Tensor
+    truncated: list[bool] = field(default_factory=list)
+    candidate_models: list[str] | None = None
+    support: torch.Tensor | None = None
+    quality_low: torch.Tensor | None = None
+    quality_high: torch.Tensor | None = None
+    fallback_embedding: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.quality.shape[0]
+
+
+@dataclass
+class RoutingDecision:
+    """
+    The router's decision for a list of prompts.
+
+    Args:
+        models (`list[str]`): the chosen candidate per prompt.
+        model_indices (`torch.LongTensor` of shape `(batch,)`): index of the chosen candidate.
+        candidate_models (`list[str]`): the candidates, in column order of the tensors below.
+        quality (`torch.FloatTensor` of shape `(batch, n_models)`): predicted quality.
+        output_tokens (`torch.FloatTensor` of shape `(batch, n_models)`): predicted output tokens.
+        input_tokens (`torch.FloatTensor` of shape `(batch,)`): prompt tokens counted by the router's tokenizer.
+        cost (`torch.FloatTensor` of shape `(batch, n_models)`): predicted US dollars with the prices in force.
+        utility (`torch.FloatTensor` of shape `(batch, n_models)`): (1 − μ)·quality − μ·cost / cost_scale;
+            `-inf` for candidates excluded by `allowed` or `max_cost`.
+        mu (`float`): the μ used.
+        prices (`dict`): the price table used, `{model: {"input": $/M, "output": $/M}}`.
+        truncated (`list[bool]`): prompts cut to the router's maximum length before encoding.
+        over_budget (`list[bool]`): prompts for which no allowed candidate fitted `max_cost`; the
+            cheapest allowed candidate was chosen instead.
+        support (`torch.FloatTensor` of shape `(batch,)`): where each prompt's similarity to the
+            training prompts falls among the training prompts' own leave-one-out similarities
+            (0.02 = less similar than 98% of them); NaN = unknown (a router saved before support).
+        in_distribution (`list[bool | None]`): support above `config.support_threshold`; None = unknown.
+        quality_low, quality_high (`torch.FloatTensor` of shape `(batch, n_models)`): a band around
+            `quality` that widens as support falls (equal to `quality` when support is unknown).
+        ood_policy (`str`): the policy used for prompts out of distribution.
+        ood_applied (`list[bool]`): prompts the policy changed the rule for (out of distribution
+            under `"prior"` or `"model:<name>"`).
+        fallback_embedding (`list[bool]`): prompts none of whose tokens is in a static encoder's
+            vocabulary (e.g. only emoji or an unknown script): they were embedded with the encoder's
+            fallback embedding, so their predictions are those of a typical prompt, not of this one.
+    """
+
+    models: list[str]
+    model_indices: torch.Tensor
+    candidate_models: list[str]
+    quality: torch.Tensor
+    output_tokens: torch.Tensor
+    input_tokens: torch.Tensor
+    cost: torch.Tensor
+    utility: torch.Tensor
+    mu: float
+    prices: dict
+    truncated: list[bool]
+    over_budget: list[bool]
+    support: torch.Tensor | None = None
+    in_distribution: list | None = None
+    quality_low: torch.Tensor | None = None
+    quality_high: torch.Tensor | None = None
+    ood_policy: str = "predict"
+    ood_applied: list[bool] | None = None
+    fallback_embedding: list[bool] | None = None
+
+    def __post_init__(self):
+        n = len(self.models)
+        if self.support is None:
+            self.support = torch.full((n,), math.nan)
+        if self.in_distribution is None:
+            self.in_distribution = [None] * n
+        if self.quality_low is None:
+            self.quality_low = self.quality
+        if self.quality_high is None:
+            self.quality_high = self.quality
+        if self.ood_applied is None:
+            self.ood_applied = [False] * n
+        if not self.fallback_embedding:
+            self.fallback_embedding = [False] * n
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def chosen_cost(self) -> torch.Tensor:
+        """Predicted cost of the chosen model, shape `(batch,)`."""
+        return self.cost.gather(1, self.model_indices[:, None]).squeeze(1)
+
+    @property
+    def chosen_quality(self) -> torch.Tensor:
+        """Predicted quality of the chosen model, shape `(batch,)`."""
+        return self.quality.gather(1, self.model_indices[:, None]).squeeze(1)
+
+    def to_records(self) -> list[dict]:
+        """One plain dict per prompt (JSON-serialisable)."""
+        records = []
+        for row, chosen in enumerate(self.models):
+            support = float(self.support[row])
+            records.append(
+                {
+                    "model": chosen,
+                    "truncated": self.truncated[row],
+                    "over_budget": self.over_budget[row],
+                    "fallback_embedding": bool(self.fallback_embedding[row]) if self.fallback_embedding else False,
+                    "input_tokens": int(self.input_tokens[row]),
+                    "support": None if math.isnan(support) else support,
+                    "in_distribution": self.in_distribution[row],
+                    "ood_policy": self.ood_policy,
+                    "ood_applied": self.ood_applied[row],
+                    "predictions": {
+                        name: {
+                            "quality": float(self.quality[row, col]),
+                            "quality_low": float(self.quality_low[row, col]),
+                            "quality_high": float(self.quality_high[row, col]),
+                            "output_tokens": float(self.output_tokens[row, col]),
+                            "cost": float(self.cost[row, col]),
+                        }
+                        for col, name in enumerate(self.candidate_models)
+                    },
+                }
+            )
+        return records
+
+def predicted_cost(
+    input_tokens: torch.Tensor,
+    output_tokens: torch.Tensor,
+    input_price_per_million: torch.Tensor,
+    output_price_per_million: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Dollars per prompt and candidate: `input_tokens (batch,)`, `output_tokens (batch, n_models)`,
+    prices `(n_models,)` → `(batch, n_models)`.
+    """
+    return (
+        input_tokens[:, None] * input_price_per_million[None, :]
+        + output_tokens * output_price_per_million[None, :]
+    ) / DOLLARS_PER_MILLION
+
+
+def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: float) -> torch.Tensor:
+    """
+    CARROT's objective (1 − μ)·quality − μ·cost / cost_scale, in float32.
+
+    `quality`, `cost`: `(batch, n_models)`; `mu`: a float, or a tensor of shape `(n_mu,)` for a sweep,
+    in which case the result is `(n_mu, batch, n_models)`.
+    """
+    # Written as quality − μ·(quality + cost / cost_scale): one fused multiply-add per μ, and the
+    # same arithmetic for a single μ and for a sweep, so both give bit-identical utilities.
+    # The cost term is divided in float64 and capped at float32's largest number: an astronomical
+    # cost is then the worst finite penalty instead of inf, and μ = 0 never meets 0·inf = NaN.
+    quality = quality.float()
+    largest = torch.finfo(torch.float32).max
+    penalty = quality + (cost.double() / cost_scale).clamp(max=largest).float()
+    mu = torch.as_tensor(mu, dtype=torch.float32, device=quality.device)
+    if mu.ndim == 1:
+        mu = mu[:, None, None]
+    return torch.addcmul(quality, mu, penalty, value=-1)
+
+
+def choose_candidates(
+    quality: torch.Tensor,
+    cost: torch.Tensor,
+    mu,
+    cost_scale: float,
+    allowed_mask: torch.Tensor | None = None,
+    max_cost: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The decision rule with its constraints.
+
+    Args:
+        quality, cost: `(batch, n_models)`.
+        mu: a float, or a `(n_mu,)` tensor to decide for many μ at once (no re-encoding).
+        allowed_mask: `(n_models,)` bool, candidates that may be chosen.
+        max_cost: candidates whose predicted cost exceeds it are excluded; when none fits a prompt,
+            its cheapest allowed candidate is chosen.
+
+    Returns:
+        `(indices, utility, over_budget)`: indices `(batch,)` or `(n_mu, batch)`, utility of the same
+        leading shape plus `n_models` (`-inf` where excluded), over_budget `(batch,)` bool.
+    """
+    n_models = quality.shape[-1]
+    over_budget = torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
+    feasible = None  # None: every candidate may be chosen (the masks are skipped, a per-prompt saving)
+    if allowed_mask is not None or max_cost is not None:
+        if allowed_mask is None:
+            allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
+        feasible = allowed_mask[None, :].expand_as(cost)
+        if max_cost is not None:
+            within = feasible & (cost <= max_cost)
+            over_budget = ~within.any(dim=1)
+            cheapest = cost.masked_fill(~feasible, math.inf).argmin(dim=1)
+            fallback = F.one_hot(cheapest, n_models).bool()
+            feasible = torch.where(over_budget[:, None], fallback, within)
+    utility = carrot_utility(quality, cost, mu, cost_scale)
+    if torch.isnan(utility).any():  # argmax would pick the NaN column: never decide on it
+        row = int(torch.isnan(utility).flatten(0, -2).any(-1).nonzero()[0]) % cost.shape[0]
+        raise ValueError(
+            f"The predictions for prompt {row} are not numbers (quality {quality[row].tolist()}, cost "
+            f"{cost[row].tolist()}): the router's weights or the predictions passed in are corrupted."
+        )
+    if feasible is not None:
+        utility = utility.masked_fill(~feasible, -math.inf)
+    return utility.argmax(dim=-1), utility, over_budget

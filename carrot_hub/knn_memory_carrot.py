@@ -1,0 +1,257 @@
+"""CARROT-KNN: the training prompts' embeddings with their observed scores and output tokens, and the
+nearest-neighbour searches over them.
+
+This file travels to the Hub next to `modeling_carrot.py` as remote code: it imports only torch,
+transformers, the standard library and its flat siblings (relative imports).
+"""
+
+import math
+import threading
+
+import torch
+from torch import nn
+
+from .configuration_carrot import CarrotConfig
+
+
+def _check_finite_rows(embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
+    """Raise `ValueError` before NaN or infinite values enter a kNN memory (NaN cells mean "not observed")."""
+    if not bool(torch.isfinite(embeddings).all()):
+        raise ValueError("The kNN memory's embeddings hold NaN or infinite values; encode the prompts again.")
+    for name, values in (("quality", quality), ("output_tokens", output_tokens)):
+        if bool(torch.isinf(values).any()):
+            raise ValueError(f"The kNN memory's {name} hold infinite values; a missing cell is NaN, not inf.")
+
+
+class CarrotKNNMemory(nn.Module):
+    """
+    CARROT-KNN: the training prompts' embeddings with their per-candidate scores and output tokens,
+    stored as buffers (so they live in `model.safetensors`). A prompt's prediction for candidate m
+    is the mean over its k nearest training prompts (cosine) *among those where m's cell is
+    observed*, so that missing cells never count as zeros and a candidate added later with a few
+    hundred prompts leaves the other candidates' predictions untouched.
+    """
+
+    def __init__(self, config: CarrotConfig, embedding_size: int):
+        super().__init__()
+        n_memory, n_models = config.knn_memory_size, config.num_candidates
+        self.k = config.knn_k
+        self._rows_lock = threading.Lock()
+        self.register_buffer("embeddings", torch.zeros(n_memory, embedding_size))
+        self.register_buffer("quality", torch.zeros(n_memory, n_models))
+        self.register_buffer("quality_observed", torch.zeros(n_memory, n_models))
+        self.register_buffer("log_output_tokens", torch.zeros(n_memory, n_models))
+        self.register_buffer("output_tokens_observed", torch.zeros(n_memory, n_models))
+
+    @torch.no_grad()
+    def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
+        """
+        Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
+        `(n, n_models)` with NaN for missing cells (infinities are refused).
+        """
+        _check_finite_rows(embeddings, quality, output_tokens)
+        self._set_rows(
+            embeddings.detach().float().clone(),
+            torch.nan_to_num(quality.float(), nan=0.0),
+            (~torch.isnan(quality)).float(),
+            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
+            (~torch.isnan(output_tokens)).float(),
+        )
+
+    def _set_rows(self, embeddings, quality, quality_observed, log_output_tokens, output_tokens_observed) -> None:
+        # All five buffers change together under the lock, and `forward` reads them together under it,
+        # so a prediction made while `remember()` grows the memory sees either the old or the new rows.
+        with self._rows_lock:
+            self.embeddings = embeddings
+            self.quality = quality
+            self.quality_observed = quality_observed
+            self.log_output_tokens = log_output_tokens
+            self.output_tokens_observed = output_tokens_observed
+
+    def _rows(self) -> tuple[torch.Tensor, ...]:
+        with self._rows_lock:
+            return (self.embeddings, self.quality, self.quality_observed, self.log_output_tokens, self.output_tokens_observed)
+
+    @torch.no_grad()
+    def append(
+        self,
+        embeddings: torch.Tensor,
+        quality: torch.Tensor,
+        output_tokens: torch.Tensor,
+        n_remembered: int,
+        cap: int,
+    ) -> tuple[int, int]:
+        """
+        Add rows after the existing ones and evict down to `cap` rows.
+
+        Args:
+            embeddings: `(n_new, hidden)` L2-normalised.
+            quality, output_tokens: `(n_new, n_models)`, NaN where the cell is not observed.
+            n_remembered: how many existing rows (the last ones) were remembered rather than trained on.
+            cap: the most rows to keep.
+
+        Eviction when over `cap`: remembered rows go first, oldest first (earlier remembered rows,
+        then the oldest of the new ones). Training rows go only when the cap is below their number:
+        then the oldest training rows make room for the new rows.
+
+        Returns:
+            `(n_remembered, n_evicted)` after the change: the new rows count as remembered.
+        """
+        _check_finite_rows(embeddings, quality, output_tokens)
+        old = self._rows()
+        device = old[0].device
+        n_old = old[0].shape[0]
+        n_training, n_new = n_old - n_remembered, embeddings.shape[0]
+        excess = max(0, n_old + n_new - cap)
+        drop_remembered = min(excess, n_remembered)
+        rest = excess - drop_remembered
+        if cap >= n_training:  # training rows stay; the oldest of the new rows go
+            drop_training, drop_new = 0, rest
+        else:  # the cap is below the training rows: the oldest of them make room for what was just learned
+            drop_training = min(rest, n_training)
+            drop_new = rest - drop_training
+        kept_old = torch.cat(
+            [torch.arange(drop_training, n_training), torch.arange(n_training + drop_remembered, n_old)]
+        ).to(device)
+        new = (
+            embeddings.float(),
+            torch.nan_to_num(quality.float(), nan=0.0),
+            (~torch.isnan(quality)).float(),
+            torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
+            (~torch.isnan(output_tokens)).float(),
+        )
+        rows = [
+            torch.cat([current[kept_old], added[drop_new:].to(current.device, current.dtype)], 0).contiguous()
+            for current, added in zip(old, new)
+        ]
+        self._set_rows(*rows)
+        return n_remembered - drop_remembered + n_new - drop_new, excess
+
+    def forward(self, embeddings: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
+        quality, log_tokens, _ = self.predict_with_similarity(embeddings, k)
+        return quality, log_tokens
+
+    def predict_with_similarity(
+        self, embeddings: torch.Tensor, k: int | None = None, similarity_k: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        `(batch, hidden)` → quality `(batch, n_models)`, log1p(tokens) `(batch, n_models)`, and, with
+        `similarity_k`, the mean cosine similarity of the `similarity_k` nearest rows `(batch,)` (what
+        support needs), all from one similarity product and one top-k search.
+
+        Candidate m's k nearest observed rows are among the k + u_m nearest rows overall, u_m being
+        its number of unobserved rows, so one search of depth k + max(u_m) serves every candidate.
+        """
+        rows = self._rows()
+        memory = rows[0]
+        targets, unobserved = self._stacked_targets(*rows[1:])
+        n_memory, n_models = memory.shape[0], targets.shape[1] // 4
+        k = max(1, min(k or self.k, n_memory))
+        depth = min(n_memory, max(k + unobserved, similarity_k))
+        similarity = embeddings.to(memory.dtype) @ memory.T  # (batch, n_memory)
+        values, nearest, rest = self._nearest_rows(similarity, k, depth)
+        del similarity  # the neighbour mean builds a tensor of the same size
+        top_similarity = None
+        if similarity_k:
+            top_similarity = mean_of_largest(values, min(similarity_k, depth))
+        means = self._neighbour_mean(nearest, rest, targets)  # (batch, 2 * n_models)
+        return means[:, :n_models], means[:, n_models:], top_similarity
+
+    @staticmethod
+    def _nearest_rows(similarity: torch.Tensor, k: int, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        `similarity (batch, n_memory)` → the `depth` largest similarities `(batch, depth)` and
+        their row indices `(batch, depth)`, both in no order, and of those the `depth - k` rows
+        outside the k nearest `(batch, depth - k)`, most similar first. Only the short tail is
+        sorted: a sorted search of the whole depth costs a third more.
+        """
+        values, nearest = similarity.topk(depth, dim=1, sorted=False)
+        tail = values.topk(depth - k, dim=1, largest=False).indices.flip(1)  # positions, most similar first
+        return values, nearest, nearest.gather(1, tail)
+
+    def _stacked_targets(self, quality, quality_observed, log_output_tokens, output_tokens_observed):
+        """
+        `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
+        their 0/1 masks, `(n_memory, 4 * n_models)` float32 (one neighbour search serves all), and the
+        most unobserved rows of any column; cached until one of the four buffers changes (in place
+        or replaced).
+        """
+        buffers = (quality, quality_observed, log_output_tokens, output_tokens_observed)
+        key = tuple((id(tensor), tensor._version) for tensor in buffers)
+        cached = getattr(self, "_stacked_cache", None)
+        if cached is None or cached[0] != key:
+            values = torch.cat([quality, log_output_tokens], 1)
+            observed = torch.cat([quality_observed, output_tokens_observed], 1)
+            cached = self._stacked_cache = (key, self._stack_targets(values, observed))
+        return cached[1]
+
+    @staticmethod
+    def _stack_targets(values: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`values` and 0/1 `observed (n_memory, n)` → `[values · observed, observed]` `(n_memory, 2n)` float32, and the most unobserved rows of any column."""
+        observed = observed.float()
+        return torch.cat([values.float() * observed, observed], 1), int((observed == 0).sum(0).max())
+
+    @staticmethod
+    def observed_neighbour_mean(similarity: torch.Tensor, values: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
+        """Per candidate, mean of `values (n_memory, n_models)` over the k most similar observed rows; `similarity (batch, n_memory)`."""
+        n_memory = values.shape[0]
+        k = max(1, min(k, n_memory))
+        targets, unobserved = CarrotKNNMemory._stack_targets(values, observed)
+        _, nearest, rest = CarrotKNNMemory._nearest_rows(similarity, k, min(n_memory, k + unobserved))
+        return CarrotKNNMemory._neighbour_mean(nearest, rest, targets)
+
+    @staticmethod
+    def _neighbour_mean(nearest: torch.Tensor, rest: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """
+        Per column, the mean of values over the k nearest rows where the column is observed:
+        `nearest (batch, depth)` holds those k rows and the next `rest (batch, depth - k)` rows (most
+        similar first); `targets (n_memory, 2 * n)` holds the values (0 where unobserved), then
+        their 0/1 observed masks → `(batch, n)`.
+
+        The k nearest rows' sums and observed counts come from one product of their 0/1 indicator
+        `(batch, n_memory)` with `targets` (a gather of `(batch, k, n)` costs ten times more); a
+        column missing c of those rows takes its next c observed rows, in order, from `rest`, which
+        is deep enough for every column's unobserved rows.
+        """
+        n_columns = targets.shape[1] // 2
+        k = nearest.shape[1] - rest.shape[1]
+        indicator = torch.zeros(nearest.shape[0], targets.shape[0], dtype=targets.dtype, device=targets.device)
+        indicator.scatter_(1, nearest, 1.0)
+        if rest.shape[1]:
+            indicator.scatter_(1, rest, 0.0)
+        totals = indicator @ targets  # (batch, 2 * n): sums, then counts (exact integers)
+        sums, counts = totals[:, :n_columns], totals[:, n_columns:]
+        if rest.shape[1]:
+            rest_targets = targets[rest]  # (batch, depth - k, 2 * n)
+            rest_observed = rest_targets[..., n_columns:]
+            taken = rest_observed * (rest_observed.cumsum(1) <= (k - counts)[:, None, :])
+            sums = sums + (rest_targets[..., :n_columns] * taken).sum(1)
+            counts = counts + taken.sum(1)
+        return sums / counts.clamp(min=1)
+
+
+def mean_of_largest(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """The mean of the `k` largest values of each row of `similarity (batch, n)` → `(batch,)`."""
+    return similarity.amax(1) if k == 1 else similarity.topk(k, dim=1).values.mean(1)  # amax: a third of topk's time
+
+
+def top_k_mean_similarity(
+    embeddings: torch.Tensor, memory: torch.Tensor, k: int, exclude_self: bool = False, chunk_size: int = 1024
+) -> torch.Tensor:
+    """
+    Mean cosine similarity of each row of `embeddings (n, hidden)` to its `k` most similar rows of
+    `memory (n_memory, hidden)` (both L2-normalised) → `(n,)`. With `exclude_self`, `embeddings` is
+    `memory` itself and each row leaves itself out (its leave-one-out similarity).
+    """
+    n_memory = memory.shape[0]
+    k = max(1, min(int(k), n_memory - (1 if exclude_self else 0)))
+    out = torch.empty(embeddings.shape[0], dtype=torch.float32)
+    for start in range(0, embeddings.shape[0], chunk_size):
+        chunk = embeddings[start : start + chunk_size].to(memory.dtype)
+        similarity = chunk @ memory.T
+        if exclude_self:
+            rows = torch.arange(chunk.shape[0])
+            similarity[rows, rows + start] = -math.inf
+        out[start : start + chunk.shape[0]] = mean_of_largest(similarity, k).float().cpu()
+    return out
