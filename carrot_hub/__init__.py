@@ -11,7 +11,7 @@ from .modeling_carrot import CarrotRouter, CarrotRouterOutput, PromptPredictions
 
 AutoConfig.register(CarrotConfig.model_type, CarrotConfig, exist_ok=True)
 AutoModel.register(CarrotConfig, CarrotRouter, exist_ok=True)
-# save_pretrained then writes auto_map and copies the two Hub files next to config.json.
+# save_pretrained then writes auto_map and copies the Hub files (hub_code.py lists them) next to config.json.
 CarrotConfig.register_for_auto_class()
 CarrotRouter.register_for_auto_class("AutoModel")
 

@@ -31,12 +31,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from .atomic_writing import atomic_folder
 from .configuration_carrot import CarrotConfig
 from .hub_checks import PublishError, check_repo_id, check_revision, hub_refused, is_pull_request, require_token
+from .hub_code import code_files
 from .router_folder import check_output_dir
 
 CARD_FILENAME = "README.md"
 PLOT_FILENAME = "cost_quality.png"
 EVAL_FILENAME = "eval_results.json"
-CODE_FILES = ("configuration_carrot.py", "modeling_carrot.py")
 WEIGHTS_FILE = "model.safetensors"
 # A tokenizer needs its config plus one vocabulary file; any of these found is sent along.
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -75,8 +75,11 @@ def router_files(folder: str | os.PathLike) -> list[str]:
     if not folder.is_dir():
         raise PublishError(f"{folder} is not a folder; save the router first with router.save_pretrained('{folder}').")
     present = {path.name for path in folder.iterdir() if path.is_file()}
-    required = ["config.json", *CODE_FILES, WEIGHTS_FILE, TOKENIZER_CONFIG]
-    missing = [name for name in required if name not in present]
+    # The code files are those the folder's own modeling_carrot.py imports (a router saved by an
+    # older release carries fewer), found as transformers' loader will find them on the Hub.
+    code, missing_code = code_files(folder)
+    required = ["config.json", *code, WEIGHTS_FILE, TOKENIZER_CONFIG]
+    missing = [*missing_code, *(name for name in required if name not in present)]
     vocabularies = [name for name in TOKENIZER_VOCABULARIES if name in present]
     if not vocabularies:
         missing.append(f"a tokenizer vocabulary ({' or '.join(TOKENIZER_VOCABULARIES[:2])})")

@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 
 import carrot_hub.router_publishing as publishing
+from carrot_hub.hub_code import package_code_files
 from carrot_hub.router_publishing import PublishError, publish_router
 
 from .hidden_package import run_without_carrot_hub
@@ -20,8 +21,7 @@ from .hub_errors import hub_http_error
 
 ROUTER_FILES = {
     "config.json",
-    "configuration_carrot.py",
-    "modeling_carrot.py",
+    *package_code_files(),
     "model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -249,12 +249,12 @@ def test_malformed_repo_id(saved_knn_router, hub, repo_id):
 def test_missing_files_are_all_listed(saved_knn_router, hub, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(saved_knn_router, broken)
-    for name in ("model.safetensors", "tokenizer.json", "modeling_carrot.py"):
+    for name in ("model.safetensors", "tokenizer.json", "decision_carrot.py"):
         (broken / name).unlink()
     with pytest.raises(PublishError) as error:
         publish_router(broken, "someone/tiny-router")
     message = str(error.value)
-    assert "model.safetensors" in message and "modeling_carrot.py" in message and "tokenizer.json" in message
+    assert "model.safetensors" in message and "decision_carrot.py" in message and "tokenizer.json" in message
     assert "save_pretrained" in message and "\n" not in message
     assert hub.calls == []
 

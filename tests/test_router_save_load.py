@@ -10,22 +10,30 @@ from transformers import AutoModel
 
 from carrot_hub import CarrotRouter
 from carrot_hub.building import new_router
+from carrot_hub.hub_code import PACKAGE_DIR, code_files, package_code_files
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
 from .hidden_package import run_without_carrot_hub
 
 HUB_FILES = {
     "config.json",
-    "configuration_carrot.py",
-    "modeling_carrot.py",
+    *package_code_files(),
     "model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
 }
 
 
+def test_the_code_files_are_the_entry_files_and_every_sibling_they_import():
+    code = set(package_code_files())
+    assert {"configuration_carrot.py", "modeling_carrot.py", "decision_carrot.py", "knn_memory_carrot.py"} <= code
+    # Every flat sibling in the package is reached by the imports: none is shipped by accident or left behind.
+    assert code == {path.name for path in PACKAGE_DIR.glob("*_carrot.py")}
+
+
 def test_save_writes_code_weights_tokenizer_and_auto_map(saved_knn_router):
     assert HUB_FILES <= {p.name for p in saved_knn_router.iterdir()}
+    assert code_files(saved_knn_router) == (sorted(package_code_files()), [])
     config = json.loads((saved_knn_router / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_carrot.CarrotConfig",
@@ -37,15 +45,17 @@ def test_save_writes_code_weights_tokenizer_and_auto_map(saved_knn_router):
 
 
 def test_hub_files_import_nothing_from_the_package(saved_knn_router):
-    for name in ("configuration_carrot.py", "modeling_carrot.py"):
+    code = package_code_files()
+    siblings = {name.removesuffix(".py") for name in code}
+    for name in code:
         tree = ast.parse((saved_knn_router / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert not any(alias.name.startswith("carrot_hub") for alias in node.names)
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("carrot_hub"), name
-                if node.level:  # relative imports: only the sibling file
-                    assert node.module in {"configuration_carrot", "modeling_carrot"}, name
+                if node.level:  # relative imports: only flat siblings (`from .x import`, one level)
+                    assert node.level == 1 and node.module in siblings, name
 
 
 def test_automodel_round_trip_gives_identical_predictions_and_decisions(knn_router, saved_knn_router):
