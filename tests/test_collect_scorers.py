@@ -145,12 +145,13 @@ def test_an_answer_with_no_number_is_wrong_not_unscored():
 
 # --- exact --------------------------------------------------------------------------------------------
 
-def test_normalise_exact_drops_outer_space_and_one_pair_of_quotes_only():
+def test_normalise_exact_drops_outer_space_and_quotes_and_writes_line_breaks_as_escapes():
     assert normalise_exact("  'abc' ") == "abc"
     assert normalise_exact('"abc"') == normalise_exact("`abc`") == "abc"
     assert normalise_exact("' a  b '") == " a  b "
     assert normalise_exact("'ABC'") != normalise_exact("abc")
     assert normalise_exact("Paris.", prose=True) == "Paris"
+    assert normalise_exact("a\nb", literal=True) == normalise_exact("'a\\nb'") == "a\\nb"
 
 
 @pytest.mark.parametrize("answer, reference, value", [
@@ -161,6 +162,10 @@ def test_normalise_exact_drops_outer_space_and_one_pair_of_quotes_only():
     ('{"answer": ""}', "''", 1.0),
     ("The answer is Paris.", "Paris", 1.0),
     ('{"answer": "Hello"}', "'hello'", 0.0),
+    ('{"answer": "\\"Vipra\\""}', "'Vipra'", 1.0),  # quotes escaped inside the JSON string
+    ('{"answer": "5"}', "'5'", 1.0),  # a normalised string: the quotes around an answer do not count
+    ('{"answer": "two\\nlines"}', "'two\\nlines'", 1.0),  # a line break and its escape are one answer
+    ('{"answer": {"a": 1}}', "{'a': 1}", 1.0),  # a JSON value in Python notation
 ])
 def test_exact_scorer(answer, reference, value):
     assert score("exact", answer, reference=reference).value == value

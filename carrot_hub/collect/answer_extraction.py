@@ -81,7 +81,7 @@ def _json_answer(reply: str) -> AnswerSpan | None:
                 if key.strip().lower() == "answer" and field is not None:
                     if isinstance(field, str):
                         return AnswerSpan(field, JSON_FIELD, literal=True)
-                    return AnswerSpan(json.dumps(field), JSON_FIELD)
+                    return AnswerSpan(repr(field), JSON_FIELD)  # Python notation: [1, 'a'], True, None
     match = _ANSWER_KEY.search(reply)  # e.g. an unescaped quote broke the object: read the field alone
     if match is None:
         return None

@@ -4,8 +4,10 @@ The rules are the ones graders of GSM8K-style, exact-match and multiple-choice b
 - numbers: thousands commas, `$`, units and a trailing period are ignored ("$1,234.50 per day." is
   1234.5); a fraction `3/4` or `\\frac{3}{4}` is its value; the first number of a marked answer counts
   ("18 dollars (9 × 2)" is 18), the last number of an unmarked reply ("... so she makes 18.");
-- strings: outer whitespace and one pair of matching outer quotes or backticks are dropped, case and
-  inner spacing are kept (`'abc'`, `"abc"` and `abc` are one answer; `'ABC'` is another);
+- exact answers: compared as strings, with outer whitespace and the quotes or backticks around the
+  answer dropped and a line break read as its escape `\\n` (`'abc'`, `"abc"` and `abc` are one
+  answer, so are `'5'` and `5`, or a two-line string and its Python repr); case and inner spacing are
+  kept (`'ABC'` is another answer than `'abc'`, `[1,2]` another than `[1, 2]`);
 - choices: a letter ("B", "(B)", "B) Paris", "B. Paris") or an option's text, mapped to the option's
   letter through the options listed in the prompt ("A) ...", "(B) ...", "C. ...").
 """
@@ -58,17 +60,15 @@ def same_number(a: float, b: float) -> bool:
 
 def normalise_exact(text: str, literal: bool = False, prose: bool = False) -> str:
     """
-    `text` as exact match compares it: outer whitespace (unless `literal`: a JSON string's exact value)
-    and one pair of matching outer quotes or backticks dropped; with `prose` (an answer read from a
-    sentence) a final period too.
+    `text` as exact match compares it: outer whitespace (unless `literal`: a JSON string's exact value,
+    whose spaces are its own) and the quotes or backticks around it dropped, line breaks written as
+    `\\n`; with `prose` (an answer read from a sentence) a final period dropped too.
     """
     if not literal:
         text = text.strip()
         if prose and text.endswith(".") and not text.endswith(".."):
             text = text[:-1].rstrip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
-        text = text[1:-1]
-    return text
+    return text.strip(_QUOTES).replace("\r\n", "\n").replace("\n", "\\n")
 
 
 def answer_exact(reply: str) -> tuple[str, AnswerSpan]:
