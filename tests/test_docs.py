@@ -1,7 +1,7 @@
 """The README and the documentation site (mkdocs.yml, docs/): the site builds with no warning (a broken
 link or anchor fails), the README stays one screen long and its links lead somewhere, the layout names
 paths that exist, and every command the pages quote names a command, module, script and options that
-exist."""
+exist, and every Python, JSON and YAML example parses."""
 
 import argparse
 import ast
@@ -206,3 +206,21 @@ def test_the_layout_names_paths_that_exist():
             if not exists:
                 missing.append(f"{where}: `{path}`")
     assert not missing, "the layout names paths that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_python_json_and_yaml_example_parses():
+    import json
+
+    import yaml
+
+    checked, problems = 0, []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        for language, body in re.findall(r"^```(python|json|yaml)\n(.*?)^```", text, re.S | re.M):
+            checked += 1
+            try:
+                {"python": ast.parse, "json": json.loads, "yaml": yaml.safe_load}[language](body)
+            except (SyntaxError, ValueError, yaml.YAMLError) as error:
+                problems.append(f"{page.relative_to(ROOT)}: a {language} example does not parse ({error}):\n{body[:300]}")
+    assert checked > 15
+    assert not problems, "\n\n".join(problems)
