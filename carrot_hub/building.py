@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from .configuration_carrot import ENCODER_KINDS, CarrotConfig
-from .modeling_carrot import CarrotRouter
+from .modeling_carrot import CarrotRouter, prompt_key_of
 
 
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -213,7 +213,10 @@ def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
         torch.as_tensor(embeddings, dtype=torch.float32),
         torch.as_tensor(table.scores, dtype=torch.float32),
         torch.as_tensor(table.output_tokens, dtype=torch.float32),
+        torch.tensor([prompt_key_of(prompt) for prompt in table.prompts], dtype=torch.int64),
     )
+    router.config.knn_prompt_keys = True
+    router.predictor.keep_prompt_keys()
     router.config.knn_memory_size = int(embeddings.shape[0])
     router.config.knn_remembered_rows = 0
     fit_support_and_prior(router, table)

@@ -56,6 +56,8 @@ class CarrotConfig(PretrainedConfig):
             their number (then their oldest make room for the newly remembered rows).
         knn_remembered_rows (`int`): how many of the memory's rows, its last ones in arrival order,
             were added by `remember()` (served traffic) rather than by training.
+        knn_prompt_keys (`bool`): whether the kNN memory stores each row's prompt key (`prompt_keys`),
+            so that `remember()` fills the cell of a prompt it already holds instead of adding a row.
         head_hidden_size (`int`): width of the hidden layer of the MLP heads.
         head_dropout (`float`): dropout of the MLP heads during training.
         encoder_kind (`str`): `"transformer"` (a BERT-family sentence encoder, mean pooled) or
@@ -125,6 +127,7 @@ class CarrotConfig(PretrainedConfig):
         knn_memory_size: int = 0,
         knn_memory_cap: int | None = None,
         knn_remembered_rows: int = 0,
+        knn_prompt_keys: bool = False,
         head_hidden_size: int = 256,
         head_dropout: float = 0.1,
         encoder_config: dict[str, Any] | None = None,
@@ -165,6 +168,7 @@ class CarrotConfig(PretrainedConfig):
         self.knn_memory_size = int(knn_memory_size)
         self.knn_memory_cap = None if knn_memory_cap is None else int(knn_memory_cap)
         self.knn_remembered_rows = int(knn_remembered_rows)
+        self.knn_prompt_keys = bool(knn_prompt_keys)
         self.head_hidden_size = int(head_hidden_size)
         self.head_dropout = float(head_dropout)
         self.encoder_config = dict(encoder_config or {})

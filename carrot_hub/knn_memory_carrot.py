@@ -5,8 +5,10 @@ This file travels to the Hub next to `modeling_carrot.py` as remote code: it imp
 transformers, the standard library and its flat siblings (relative imports).
 """
 
+import hashlib
 import math
 import threading
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,24 +44,36 @@ class CarrotKNNMemory(nn.Module):
         self.register_buffer("quality_observed", torch.zeros(n_memory, n_models))
         self.register_buffer("log_output_tokens", torch.zeros(n_memory, n_models))
         self.register_buffer("output_tokens_observed", torch.zeros(n_memory, n_models))
+        # Each row's prompt key (`prompt_key_of`; 0: unknown), so a label for a remembered prompt fills
+        # its row's cell instead of adding a row. Saved only by routers whose config says they have it.
+        self.register_buffer("prompt_keys", torch.zeros(n_memory, dtype=torch.int64),
+                             persistent=bool(getattr(config, "knn_prompt_keys", False)))
 
     @torch.no_grad()
-    def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor) -> None:
+    def fill(self, embeddings: torch.Tensor, quality: torch.Tensor, output_tokens: torch.Tensor,
+             prompt_keys: torch.Tensor | None = None) -> None:
         """
         Store the memory. `embeddings (n, hidden)` L2-normalised; `quality`, `output_tokens`
-        `(n, n_models)` with NaN for missing cells (infinities are refused).
+        `(n, n_models)` with NaN for missing cells (infinities are refused); `prompt_keys (n,)` int64
+        (`prompt_key_of` of each row's prompt; None: unknown).
         """
         _check_finite_rows(embeddings, quality, output_tokens)
+        n = embeddings.shape[0]
+        keys = torch.zeros(n, dtype=torch.int64) if prompt_keys is None else torch.as_tensor(prompt_keys, dtype=torch.int64)
+        if keys.shape != (n,):
+            raise ValueError(f"prompt_keys must hold one key per row ({n}), got shape {tuple(keys.shape)}.")
         self._set_rows(
             embeddings.detach().float().clone(),
             torch.nan_to_num(quality.float(), nan=0.0),
             (~torch.isnan(quality)).float(),
             torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
             (~torch.isnan(output_tokens)).float(),
+            keys.to(embeddings.device).clone(),
         )
 
-    def _set_rows(self, embeddings, quality, quality_observed, log_output_tokens, output_tokens_observed) -> None:
-        # All five buffers change together under the lock, and `forward` reads them together under it,
+    def _set_rows(self, embeddings, quality, quality_observed, log_output_tokens, output_tokens_observed,
+                  prompt_keys=None) -> None:
+        # All buffers change together under the lock, and `forward` reads them together under it,
         # so a prediction made while `remember()` grows the memory sees either the old or the new rows.
         with self._rows_lock:
             self.embeddings = embeddings
@@ -67,6 +81,45 @@ class CarrotKNNMemory(nn.Module):
             self.quality_observed = quality_observed
             self.log_output_tokens = log_output_tokens
             self.output_tokens_observed = output_tokens_observed
+            if prompt_keys is not None:
+                self.prompt_keys = prompt_keys
+
+    def keep_prompt_keys(self) -> None:
+        """Save `prompt_keys` with the other buffers from now on (the caller sets `config.knn_prompt_keys`)."""
+        self._non_persistent_buffers_set.discard("prompt_keys")
+
+    def rows_of(self, keys: Sequence[int]) -> list[int | None]:
+        """The memory row holding each prompt key (its latest row), or None where no row has it."""
+        with self._rows_lock:
+            prompt_keys = self.prompt_keys
+        version = (id(prompt_keys), prompt_keys._version)
+        cached = getattr(self, "_row_index", None)
+        if cached is None or cached[0] != version:
+            index = {key: row for row, key in enumerate(prompt_keys.tolist()) if key}
+            cached = self._row_index = (version, index)
+        return [cached[1].get(int(key)) if key else None for key in keys]
+
+    @torch.no_grad()
+    def fill_cells(self, rows: torch.Tensor, columns: torch.Tensor, quality: torch.Tensor,
+                   output_tokens: torch.Tensor) -> None:
+        """
+        Set observed cells of existing rows: `rows`, `columns`, `quality`, `output_tokens` `(n,)`
+        (a NaN token count leaves that token cell as it was). The changed buffers are copied and
+        swapped whole, so a prediction meanwhile sees the old or the new cells.
+        """
+        old = self._rows()
+        with self._rows_lock:
+            keys = self.prompt_keys
+        quality_values, quality_seen, log_tokens, tokens_seen = (tensor.clone() for tensor in old[1:])
+        rows, columns = rows.to(quality_values.device), columns.to(quality_values.device)
+        quality_values[rows, columns] = quality.float().to(quality_values.device)
+        quality_seen[rows, columns] = 1.0
+        has_tokens = ~torch.isnan(output_tokens)
+        if bool(has_tokens.any()):
+            token_rows, token_columns = rows[has_tokens], columns[has_tokens]
+            log_tokens[token_rows, token_columns] = torch.log1p(output_tokens[has_tokens].float().clamp(min=0)).to(log_tokens.device)
+            tokens_seen[token_rows, token_columns] = 1.0
+        self._set_rows(old[0], quality_values, quality_seen, log_tokens, tokens_seen, keys)
 
     def _rows(self) -> tuple[torch.Tensor, ...]:
         with self._rows_lock:
@@ -80,6 +133,7 @@ class CarrotKNNMemory(nn.Module):
         output_tokens: torch.Tensor,
         n_remembered: int,
         cap: int,
+        prompt_keys: torch.Tensor | None = None,
     ) -> tuple[int, int]:
         """
         Add rows after the existing ones and evict down to `cap` rows.
@@ -89,6 +143,7 @@ class CarrotKNNMemory(nn.Module):
             quality, output_tokens: `(n_new, n_models)`, NaN where the cell is not observed.
             n_remembered: how many existing rows (the last ones) were remembered rather than trained on.
             cap: the most rows to keep.
+            prompt_keys: `(n_new,)` int64 keys of the new rows' prompts (None: unknown).
 
         Eviction when over `cap`: remembered rows go first, oldest first (earlier remembered rows,
         then the oldest of the new ones). Training rows go only when the cap is below their number:
@@ -120,9 +175,12 @@ class CarrotKNNMemory(nn.Module):
             torch.log1p(torch.nan_to_num(output_tokens.float(), nan=0.0).clamp(min=0)),
             (~torch.isnan(output_tokens)).float(),
         )
+        with self._rows_lock:
+            old_keys = self.prompt_keys
+        new_keys = torch.zeros(n_new, dtype=torch.int64) if prompt_keys is None else torch.as_tensor(prompt_keys, dtype=torch.int64)
         rows = [
             torch.cat([current[kept_old], added[drop_new:].to(current.device, current.dtype)], 0).contiguous()
-            for current, added in zip(old, new)
+            for current, added in zip((*old, old_keys), (*new, new_keys))
         ]
         self._set_rows(*rows)
         return n_remembered - drop_remembered + n_new - drop_new, excess
@@ -229,6 +287,12 @@ class CarrotKNNMemory(nn.Module):
             sums = sums + (rest_targets[..., :n_columns] * taken).sum(1)
             counts = counts + taken.sum(1)
         return sums / counts.clamp(min=1)
+
+
+def prompt_key_of(prompt: str) -> int:
+    """A prompt's key in the kNN memory: the first 8 bytes of its UTF-8 text's SHA-256 as a nonzero int64."""
+    key = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "little", signed=True)
+    return key or 1
 
 
 def mean_of_largest(similarity: torch.Tensor, k: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ from .decision_carrot import (
     predicted_cost,
 )
 from .encoder_carrot import CarrotStaticEncoder, _transformer_encoder, mean_pool
-from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, top_k_mean_similarity
+from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, prompt_key_of, top_k_mean_similarity
 from .reliability_carrot import CarrotReliability, interpolate_monotone
 from .tokenization_carrot import _TOKEN_ID_DTYPE, TOKEN_ID_TYPE, CachedWordPieceTokenizer
 
@@ -146,6 +146,10 @@ class CarrotPreTrainedModel(PreTrainedModel):
             raise explained from error
         source = str(pretrained_model_name_or_path)
         check_predictor_weights(model, info, source)
+        memory = getattr(model, "predictor", None)
+        if isinstance(memory, CarrotKNNMemory) and not model.config.knn_prompt_keys:
+            # saved without prompt keys: the buffer was not in the file (and may hold garbage), so none is known
+            memory.prompt_keys = torch.zeros(memory.embeddings.shape[0], dtype=torch.int64)
         model.check_consistency(source=source)
         if isinstance(model, CarrotRouter):
             model.tokenizer  # a router without its tokenizer fails here, not at the first route()
@@ -993,15 +997,18 @@ class CarrotRouter(CarrotPreTrainedModel):
         batch_size: int = 64,
     ) -> dict:
         """
-        Add observed cells to a kNN router's memory, without retraining: each prompt joins the memory
-        as a new row where only its model's cell is observed (the other candidates' cells stay
-        unobserved, so their predictions ignore the row). Later predictions for that model count the
-        new rows among its neighbours. `save_pretrained` keeps them.
+        Add observed cells to a kNN router's memory, without retraining. A prompt the memory already
+        holds (a training prompt, or one remembered before: found by its text's key, `prompt_key_of`)
+        gets its row's cell for `model` set; any other prompt joins the memory as a new row where only
+        its model's cell is observed (the other candidates' cells stay unobserved, so their
+        predictions ignore the row). Only new prompts are encoded, all in one pass, so a batch of
+        labels costs one encoder batch at most. A cell labelled again takes the latest label (also
+        within one call: the later entry wins). `save_pretrained` keeps the result.
 
         Memory is bounded by `config.knn_memory_cap` (None: the training rows plus
         `DEFAULT_MAX_REMEMBERED_ROWS`); past it the oldest remembered rows are evicted first, training
         rows only when the cap is below their number (see [`CarrotKNNMemory.append`]). Memory costs
-        4·(hidden + 4·n_models) bytes per row (1.7 kB for all-MiniLM-L6-v2 and 11 candidates).
+        4·(hidden + 4·n_models) + 8 bytes per row (1.7 kB for all-MiniLM-L6-v2 and 11 candidates).
 
         Args:
             prompts: `n` prompts (a single string counts as one).
@@ -1012,7 +1019,8 @@ class CarrotRouter(CarrotPreTrainedModel):
             batch_size: prompts encoded per forward pass.
 
         Returns:
-            `{"added", "evicted", "memory_size", "remembered_rows"}`.
+            `{"added", "filled", "evicted", "memory_size", "remembered_rows"}`: `added` new rows,
+            `filled` labels written into rows the memory already held.
         """
         if self.config.predictor_kind != "knn":
             raise TypeError(
@@ -1030,24 +1038,49 @@ class CarrotRouter(CarrotPreTrainedModel):
         tokens = [None] * n if output_tokens is None else _observed_values(output_tokens, n, "output_tokens", allow_none=True)
         memory = self.predictor
         if n == 0:
-            return {"added": 0, "evicted": 0, "memory_size": self.config.knn_memory_size,
+            return {"added": 0, "filled": 0, "evicted": 0, "memory_size": self.config.knn_memory_size,
                     "remembered_rows": self.config.knn_remembered_rows}
-        embeddings = self.encode(prompts, batch_size=batch_size).embeddings
-        n_models = self.config.num_candidates
-        quality = torch.full((n, n_models), math.nan)
-        token_cells = torch.full((n, n_models), math.nan)
-        rows = torch.arange(n)
-        quality[rows, torch.tensor(columns)] = torch.tensor(scores, dtype=torch.float32)
-        token_cells[rows, torch.tensor(columns)] = torch.tensor([math.nan if t is None else t for t in tokens])
-        with self._remember_lock:  # two concurrent calls must not both grow the same old memory
-            cap = self.config.knn_memory_cap
-            if cap is None:
-                cap = self.config.knn_memory_size - self.config.knn_remembered_rows + DEFAULT_MAX_REMEMBERED_ROWS
-            remembered, evicted = memory.append(embeddings, quality, token_cells, self.config.knn_remembered_rows, cap)
-            self.config.knn_memory_size = int(memory.embeddings.shape[0])
-            self.config.knn_remembered_rows = int(remembered)
-        return {"added": n, "evicted": int(evicted), "memory_size": self.config.knn_memory_size,
-                "remembered_rows": self.config.knn_remembered_rows}
+        keys = [prompt_key_of(prompt) for prompt in prompts]
+        token_values = [math.nan if t is None else float(t) for t in tokens]
+        # One lock for lookup, encoding and growth: two calls must not both add a row for one new prompt.
+        with self._remember_lock:
+            if not self.config.knn_prompt_keys:
+                self.config.knn_prompt_keys = True
+                memory.keep_prompt_keys()
+            rows = memory.rows_of(keys)
+            known = [i for i in range(n) if rows[i] is not None]
+            new_rows: dict[int, int] = {}  # key → index among the new rows, in first-seen order
+            first_prompt: list[str] = []
+            for i in range(n):
+                if rows[i] is None and keys[i] not in new_rows:
+                    new_rows[keys[i]] = len(first_prompt)
+                    first_prompt.append(prompts[i])
+            if known:
+                memory.fill_cells(
+                    torch.tensor([rows[i] for i in known]), torch.tensor([columns[i] for i in known]),
+                    torch.tensor([scores[i] for i in known], dtype=torch.float32),
+                    torch.tensor([token_values[i] for i in known], dtype=torch.float32),
+                )
+            evicted = 0
+            if first_prompt:
+                embeddings = self.encode(first_prompt, batch_size=batch_size).embeddings
+                n_new, n_models = len(first_prompt), self.config.num_candidates
+                quality = torch.full((n_new, n_models), math.nan)
+                token_cells = torch.full((n_new, n_models), math.nan)
+                for i in range(n):  # in order: a later label of the same cell wins
+                    if rows[i] is None:
+                        quality[new_rows[keys[i]], columns[i]] = scores[i]
+                        if not math.isnan(token_values[i]):
+                            token_cells[new_rows[keys[i]], columns[i]] = token_values[i]
+                cap = self.config.knn_memory_cap
+                if cap is None:
+                    cap = self.config.knn_memory_size - self.config.knn_remembered_rows + DEFAULT_MAX_REMEMBERED_ROWS
+                remembered, evicted = memory.append(embeddings, quality, token_cells, self.config.knn_remembered_rows,
+                                                    cap, prompt_keys=torch.tensor(list(new_rows), dtype=torch.int64))
+                self.config.knn_memory_size = int(memory.embeddings.shape[0])
+                self.config.knn_remembered_rows = int(remembered)
+        return {"added": len(first_prompt), "filled": len(known), "evicted": int(evicted),
+                "memory_size": self.config.knn_memory_size, "remembered_rows": self.config.knn_remembered_rows}
 
     # ----------------------------------------------------------------------------------- prices
 

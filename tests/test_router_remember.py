@@ -23,7 +23,7 @@ def router(saved_knn_router):
 def test_remembered_cells_are_observed_for_their_model_only(router):
     before = router.predictor.quality_observed.clone()
     report = router.remember(NEW_PROMPTS, "small-model", [1.0, 0.0], [17, None])
-    assert report == {"added": 2, "evicted": 0, "memory_size": 8, "remembered_rows": 2}
+    assert report == {"added": 2, "filled": 0, "evicted": 0, "memory_size": 8, "remembered_rows": 2}
     memory = router.predictor
     assert torch.equal(memory.quality_observed[:6], before)  # training rows untouched
     small = TINY_MODELS.index("small-model")
@@ -83,7 +83,7 @@ def test_cap_evicts_the_oldest_remembered_rows_first(router):
     router.remember(["second remembered prompt"], "big-model", [1.0])
     training = router.predictor.embeddings[:6].clone()
     report = router.remember(["third remembered prompt"], "big-model", [0.0])
-    assert report == {"added": 1, "evicted": 1, "memory_size": 8, "remembered_rows": 2}
+    assert report == {"added": 1, "filled": 0, "evicted": 1, "memory_size": 8, "remembered_rows": 2}
     assert torch.equal(router.predictor.embeddings[:6], training)  # training rows kept
     kept = router.predictor.embeddings[6:]
     expected = router.encode(["second remembered prompt", "third remembered prompt"]).embeddings
@@ -94,7 +94,7 @@ def test_training_rows_go_only_when_the_cap_is_below_their_number(router):
     router.config.knn_memory_cap = 5
     training = router.predictor.embeddings.clone()
     report = router.remember(NEW_PROMPTS, "big-model", [1.0, 1.0])
-    assert report == {"added": 2, "evicted": 3, "memory_size": 5, "remembered_rows": 2}
+    assert report == {"added": 2, "filled": 0, "evicted": 3, "memory_size": 5, "remembered_rows": 2}
     assert torch.equal(router.predictor.embeddings[:3], training[3:])  # the oldest training rows went
 
 
@@ -148,3 +148,52 @@ def test_routing_goes_on_while_the_memory_grows(router):
         stop.set()
         thread.join(timeout=60)
     assert not errors and router.config.knn_memory_size == 16
+
+
+def test_a_remembered_prompt_fills_its_rows_cell_instead_of_adding_a_row(router, tmp_path):
+    small = TINY_MODELS.index("small-model")
+    report = router.remember([TINY_PROMPTS[2]], "small-model", [1.0], [44])  # a training prompt
+    assert report["added"] == 0 and report["filled"] == 1 and router.config.knn_memory_size == 6
+    assert router.predictor.quality[2, small].item() == 1.0
+    assert router.predictor.log_output_tokens[2, small].item() == pytest.approx(torch.log1p(torch.tensor(44.0)).item())
+    # a new prompt labelled twice in one call, for two models: one row, both cells, the later label wins
+    report = router.remember([NEW_PROMPTS[0]] * 3, ["small-model", "big-model", "small-model"], [0.0, 1.0, 1.0])
+    assert report["added"] == 1 and report["filled"] == 0 and router.config.knn_memory_size == 7
+    assert router.predictor.quality_observed[6].tolist() == [1, 0, 1] and router.predictor.quality[6, small].item() == 1.0
+    report = router.remember([NEW_PROMPTS[0]], "mid-model", [0.5])  # remembered before: filled
+    assert report["added"] == 0 and report["filled"] == 1 and router.predictor.quality_observed[6].tolist() == [1, 1, 1]
+    router.save_pretrained(tmp_path / "grown")
+    back = CarrotRouter.from_pretrained(tmp_path / "grown")
+    assert back.config.knn_prompt_keys and torch.equal(back.predictor.prompt_keys, router.predictor.prompt_keys)
+    assert back.remember([TINY_PROMPTS[0]], "small-model", [0.0])["filled"] == 1
+
+
+def test_filling_every_masked_cell_gives_the_retrained_router(tiny_table):
+    import numpy as np
+
+    from .conftest import tiny_knn_router
+
+    small = TINY_MODELS.index("small-model")
+    masked = tiny_table.select_models(TINY_MODELS)
+    masked.scores = masked.scores.copy()
+    masked.output_tokens = masked.output_tokens.copy()
+    masked.scores[:, small] = np.nan
+    masked.output_tokens[:, small] = np.nan
+    grown, retrained = tiny_knn_router(masked), tiny_knn_router(tiny_table)
+    grown.remember(list(tiny_table.prompts), "small-model", tiny_table.scores[:, small].tolist(),
+                   tiny_table.output_tokens[:, small].tolist())
+    for name in ("embeddings", "quality", "quality_observed", "log_output_tokens", "output_tokens_observed", "prompt_keys"):
+        assert torch.equal(getattr(grown.predictor, name), getattr(retrained.predictor, name)), name
+    assert grown.route(NEW_PROMPTS, mu=0.3).models == retrained.route(NEW_PROMPTS, mu=0.3).models
+
+
+def test_a_router_saved_without_prompt_keys_learns_and_saves_them(router, tmp_path):
+    router.config.knn_prompt_keys = False
+    router.predictor._non_persistent_buffers_set.add("prompt_keys")
+    router.save_pretrained(tmp_path / "old")
+    old = CarrotRouter.from_pretrained(tmp_path / "old")
+    assert not old.config.knn_prompt_keys and old.predictor.prompt_keys.tolist() == [0] * 6
+    assert old.remember([TINY_PROMPTS[0]], "small-model", [1.0])["added"] == 1  # training rows have no key
+    old.save_pretrained(tmp_path / "grown")
+    back = CarrotRouter.from_pretrained(tmp_path / "grown")
+    assert back.config.knn_prompt_keys and back.remember([TINY_PROMPTS[0]], "big-model", [1.0])["filled"] == 1
