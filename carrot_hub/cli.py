@@ -35,6 +35,8 @@ EXTERNAL_COMMANDS = {
                      "remove a candidate LLM from a router"),
     "logs": ("carrot_hub.data.outcome_log_publishing", "add_logs_arguments", "run_logs",
              "push a carrot serve outcome log to a Hub dataset repo (carrot logs push LOG_DIR REPO_ID)"),
+    "learn": ("carrot_hub.log_learning", "add_learn_arguments", "run_learn",
+              "apply the labels of outcome logs to a kNN router and publish new revisions (one writer per store)"),
     "serve": ("carrot_hub.serving.command", "add_serve_arguments", "run_serve",
               "an OpenAI-compatible gateway that routes each request to an LLM"),
     "collect": ("carrot_hub.collect.command", "add_collect_arguments", "run_collect",
@@ -302,6 +304,13 @@ def load_router(
             raise Failure(f"Cannot build the embedded default router: {_first_line(error)}") from error
     dtype = resolve_encoder_dtype(dtype)
     path = Path(spec).expanduser()
+    if path.is_dir() and (path / "LATEST").is_file() and not (path / "config.json").is_file():
+        from .router_store import resolve_router_source
+
+        try:
+            path = Path(resolve_router_source(path)[0])  # a store of router revisions: its current one
+        except FileNotFoundError as error:
+            raise Failure(str(error)) from None
     if path.exists():
         if not (path / "config.json").is_file():
             raise Failure(f"{spec} is not a router folder: it has no config.json.")

@@ -135,6 +135,7 @@ def publish_router(
     create_pr: bool = False,
     commit_description: str | None = None,
     tags: list[str] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> PublishResult:
     """
     Publish a saved router folder to the Hub in one commit, with a generated README.md card.
@@ -154,6 +155,8 @@ def publish_router(
         card_date: date used in the card for undated changes (default today).
         check_weights: load the router once to make sure the weights match the config.
         tags: extra Hub tags for the card.
+        extra_files: more files for the same commit, `{path in repo: content}` (`carrot learn` sends
+            its learning.json this way, so a revision and its log position are one commit).
 
     Returns:
         A [`PublishResult`] (files sent with their sizes, the card, the Hub's commit info).
@@ -203,6 +206,9 @@ def publish_router(
     if plot_path is not None:
         operations.append(CommitOperationAdd(path_in_repo=PLOT_FILENAME, path_or_fileobj=str(plot_path)))
         sizes.append((PLOT_FILENAME, plot_path.stat().st_size))
+    for name, content in (extra_files or {}).items():
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=bytes(content)))
+        sizes.append((name, len(content)))
     if results is not None:
         eval_bytes = (json.dumps(results, indent=2, sort_keys=True) + "\n").encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo=EVAL_FILENAME, path_or_fileobj=eval_bytes))

@@ -361,8 +361,12 @@ def test_learn_applies_feedback_to_the_router(saved_knn_router, upstreams, tmp_p
                            json={"request_id": response.headers["x-carrot-request-id"], "score": 0.0})
         assert label.status_code == 200
         assert learner.stats["learned"] == 1
-    # Shutting the gateway down saved the grown router as a new folder.
-    assert learner.saved and CarrotRouter.from_pretrained(learner.saved[-1]).config.knn_memory_size == rows + 1
+    # Shutting the gateway down saved the grown router as a new folder. The prompt is a training
+    # prompt: its row's cell for the model that answered was filled, no row was added.
+    grown = CarrotRouter.from_pretrained(learner.saved[-1])
+    column = grown.config.candidate_models.index(response.headers["x-carrot-model"])
+    assert grown.config.knn_memory_size == rows and grown.predictor.quality[0, column].item() == 0.0
+    assert grown.predictor.quality_observed[0, column].item() == 1.0
 
 
 # ----------------------------------------------------------------------------------- security

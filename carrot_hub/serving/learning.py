@@ -1,29 +1,28 @@
 """`carrot serve --learn`: feedback grows the served kNN router's memory as it arrives.
 
-Each label (`POST /v1/feedback`) becomes one remembered row (`CarrotRouter.remember`): the served
-prompt, the model that answered, the score, and the output tokens the upstream reported. Routing goes
-on meanwhile (the memory is swapped whole under a lock). The grown router is saved every `every`
-labels and on shutdown, each time into a NEW folder under `save_dir`, written as a temporary folder
-and renamed into place; the folder the router was loaded from is never written to.
+Each label (`POST /v1/feedback`) is applied with `CarrotRouter.remember` (the served prompt, the
+model that answered, the score, and the output tokens the upstream reported): a prompt the memory
+already holds gets its cell filled, a new one adds a row. Routing goes on meanwhile (the memory is
+swapped whole under a lock). The grown router is published every `every` labels and on shutdown as a
+new revision of a folder store (`carrot_hub.router_store.FolderStore`, the same store and publishing
+code as `carrot learn`): a new folder written as a temporary folder and renamed into place, then
+named by `LATEST`; the folder the router was loaded from is never written to. This is learning for
+one process; with several workers or replicas, run one `carrot learn` on their logs instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+from ..router_store import LATEST_FILENAME, FolderStore
 from .outcome_log import check_score
 
 logger = logging.getLogger(__name__)
 
-LATEST_FILENAME = "LATEST"
-SNAPSHOT_PREFIX = "router-"
 # Request ids already learned, kept to ignore a second label for the same request (bounded).
 MAX_LEARNED_IDS = 1_000_000
 
@@ -57,14 +56,8 @@ class OnlineLearner:
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValueError(f"keep must be a positive number of snapshots or None, got {keep!r}.")
         self.router = router
-        self.save_dir = Path(save_dir).expanduser()
-        if self.save_dir.exists() and not self.save_dir.is_dir():
-            raise NotADirectoryError(f"{self.save_dir} exists and is not a folder; choose another folder for the grown routers.")
-        if (self.save_dir / "config.json").exists():
-            raise ValueError(
-                f"{self.save_dir} holds a router (config.json); grown routers are saved as new folders inside "
-                "save_dir, so give a separate folder."
-            )
+        self.store = FolderStore(save_dir, keep=keep)
+        self.save_dir = self.store.folder
         source = str(getattr(router, "name_or_path", "") or "")
         if source and Path(source).exists() and Path(source).resolve() == self.save_dir.resolve():
             raise ValueError(f"save_dir {self.save_dir} is the folder the router was loaded from; give a separate folder.")
@@ -80,6 +73,7 @@ class OnlineLearner:
         self._lock = threading.Lock()  # stats, queue, saves
         self._apply_lock = threading.Lock()  # one thread grows the memory at a time
         self._closed = False
+        self._store_lock = None  # the store's writer lock, taken at the first save
 
     def on_feedback(self, request_id: str, score: float, record: dict) -> None:
         """
@@ -154,50 +148,28 @@ class OnlineLearner:
             return self._save()
 
     def _save(self) -> Path | None:
-        """Write a snapshot; the caller holds the apply lock (the memory does not change meanwhile)."""
+        """Publish a revision; the caller holds the apply lock (the memory does not change meanwhile)."""
         if self._unsaved == 0:
             return None
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        name = f"{SNAPSHOT_PREFIX}{stamp}-{self.stats['learned']}labels"
-        target = self.save_dir / name
-        suffix = 1
-        while target.exists():
-            suffix += 1
-            target = self.save_dir / f"{name}-{suffix}"
-        temporary = self.save_dir / f".{target.name}.{os.getpid()}.tmp"
-        try:
-            self.router.save_pretrained(temporary)
-            self._write_card(temporary)
-            note = {
-                "grown_from": self.source,
-                "labels_learned": self.stats["learned"],
-                "memory_size": self.router.config.knn_memory_size,
-                "remembered_rows": self.router.config.knn_remembered_rows,
-                "saved_at": time.time(),
-            }
-            (temporary / "learning.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-            os.rename(temporary, target)  # a folder appears whole or not at all
-        finally:
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
-        latest = self.save_dir / f".{LATEST_FILENAME}.{os.getpid()}.tmp"
-        latest.write_text(target.name + "\n", encoding="utf-8")
-        os.replace(latest, self.save_dir / LATEST_FILENAME)
+        if self._store_lock is None:  # one writer per store: a carrot learn or another --learn on it refuses
+            self._store_lock = self.store.lock("carrot serve --learn")
+            self.store.clean_temporary()
+        state = {
+            "grown_from": self.source,
+            "labels_applied": self.stats["learned"],
+            "labels_learned": self.stats["learned"],
+            "memory_size": self.router.config.knn_memory_size,
+            "remembered_rows": self.router.config.knn_remembered_rows,
+            "saved_at": time.time(),
+            "published_at": time.time(),
+        }
+        target = self.store.path(self.store.publish(self.router, state))
+        self.saved = [path for path in self.saved if path.exists()]
         self.saved.append(target)
         self.stats["saves"] += 1
         self._unsaved = 0
-        while self.keep is not None and len(self.saved) > self.keep:
-            shutil.rmtree(self.saved.pop(0), ignore_errors=True)
         logger.info("Saved the grown router (%d labels learned) to %s", self.stats["learned"], target)
         return target
-
-    def _write_card(self, folder: Path) -> None:
-        try:
-            from model_card.build import build_model_card
-        except ImportError:  # the card builder ships with the package; a trimmed install saves without it
-            return
-        (folder / "README.md").write_text(build_model_card(self.router), encoding="utf-8")
 
     def close(self) -> Path | None:
         """Save what was learned since the last save and stop learning; returns the last folder saved."""
@@ -208,6 +180,8 @@ class OnlineLearner:
         with self._apply_lock:
             if not already:
                 self._save()
+                if self._store_lock is not None:
+                    self._store_lock.release()
             return self.saved[-1] if self.saved else None
 
 
