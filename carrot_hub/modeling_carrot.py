@@ -8,23 +8,19 @@ which transformers follows to download and save them). Names that moved to a sib
 imported here, so `from carrot_hub.modeling_carrot import X` keeps working.
 """
 
-import array
 import itertools
 import json
 import math
 import os
-import sys
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
-from transformers.utils.logging import tqdm
 
 from .configuration_carrot import (
     DEFAULT_MAX_REMEMBERED_ROWS,
@@ -45,22 +41,21 @@ from .decision_carrot import (
     choose_candidates,
     predicted_cost,
 )
-from .encoder_carrot import CarrotStaticEncoder, _transformer_encoder, mean_pool
+from .encoder_carrot import (
+    MAX_BYTES_PER_TOKEN,
+    TOKENIZE_CHUNK_PROMPTS,
+    CarrotStaticEncoder,
+    PromptEncoder,
+    StaticPromptEncoder,
+    TransformerPromptEncoder,
+    mean_pool,
+    pad_batch,
+    prompt_encoder_for,
+)
 from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, prompt_key_of, top_k_mean_similarity
 from .reliability_carrot import CarrotReliability, interpolate_monotone
-from .tokenization_carrot import _TOKEN_ID_DTYPE, TOKEN_ID_TYPE, CachedWordPieceTokenizer
+from .tokenization_carrot import CachedWordPieceTokenizer
 
-# Prompts are tokenized this many at a time: the tokenizer's output for a whole list of long
-# prompts takes gigabytes (50,000 prompts of 400 words: ~4 GB), one chunk only a few hundred MB.
-TOKENIZE_CHUNK_PROMPTS = 1024
-PIPELINE_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while a static router tokenizes and predicts at once
-
-# A prompt is counted as at least one input token per this many UTF-8 bytes. The encoder's
-# tokenizer collapses some text (a word longer than 100 characters becomes one [UNK]; zero-width
-# and control characters are dropped) that the candidate LLMs still charge for, so its count alone
-# could be gamed. Ordinary text never reaches the bound: RouterBench prompts average 4.3 bytes per
-# WordPiece token and the densest has 6.6, so their counts stay the tokenizer's exact ones.
-MAX_BYTES_PER_TOKEN = 8
 # Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
 _NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 logger = transformers_logging.get_logger(__name__)
@@ -82,36 +77,6 @@ class CarrotMLPHeads(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(batch, hidden)` → quality logits `(batch, n_models)`, log1p(tokens) `(batch, n_models)`."""
         return self.quality(embeddings), self.log_output_tokens(embeddings)
-
-
-class _ShortSwitchInterval:
-    """
-    Python's GIL switch interval at `PIPELINE_SWITCH_INTERVAL_S` while at least one static pipeline
-    runs, restored when the last one ends (concurrent route() calls share the process-wide setting).
-    The prediction thread needs the GIL back after each torch call while tokenizing holds it; at the
-    default 5 ms it waits that long each time (about 10% of the throughput).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._active = 0
-        self._saved = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._active == 0:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved, PIPELINE_SWITCH_INTERVAL_S))
-            self._active += 1
-
-    def __exit__(self, *exc_info) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0:
-                sys.setswitchinterval(self._saved)
-
-
-_SHORT_SWITCH_INTERVAL = _ShortSwitchInterval()
 
 
 class CarrotPreTrainedModel(PreTrainedModel):
@@ -247,10 +212,9 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def __init__(self, config: CarrotConfig):
         super().__init__(config)
-        if config.encoder_kind == "static":
-            self.encoder = CarrotStaticEncoder(config.static_vocab_size, config.static_embedding_size)
-        else:
-            self.encoder = _transformer_encoder(config)
+        # One implementation per encoder kind (transformer or static table); the router never branches on it.
+        self.prompt_encoder = prompt_encoder_for(config)
+        self.encoder = self.prompt_encoder.build_module(config)
         hidden = self.embedding_size
         if config.predictor_kind == "knn":
             self.predictor = CarrotKNNMemory(config, hidden)
@@ -260,8 +224,6 @@ class CarrotRouter(CarrotPreTrainedModel):
         self.reliability = CarrotReliability(config, hidden) if config.has_support else None
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
-        # (backend tokenizer, its CachedWordPieceTokenizer or None), made on first use.
-        self._word_piece_cache = None
         self._remember_lock = threading.Lock()
         self.post_init()
 
@@ -273,20 +235,13 @@ class CarrotRouter(CarrotPreTrainedModel):
     @property
     def embedding_size(self) -> int:
         """Width of the prompt embeddings the encoder gives (and the predictor reads)."""
-        if self.is_static:
-            return self.encoder.embedding_size
-        return self.encoder.config.hidden_size
+        return self.prompt_encoder.embedding_size(self)
 
     # ----------------------------------------------------------------------------------- tensors
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`(batch, seq)` token ids → `(batch, hidden)` float32 L2-normalised mean-pooled embeddings."""
-        if self.is_static:
-            return self.encoder(input_ids, attention_mask)
-        hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # Pool in float32 whatever the encoder runs in (bfloat16 runs it about 1.8x faster on CPUs
-        # with bf16 units), so the predictor, kept in float32, always sees float32 embeddings.
-        return F.normalize(mean_pool(hidden_states.float(), attention_mask), p=2, dim=-1)
+        return self.prompt_encoder.embed(self, input_ids, attention_mask)
 
     def predict_from_embeddings(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -541,32 +496,14 @@ class CarrotRouter(CarrotPreTrainedModel):
                             f"This router has no tokenizer (looked in {source!r}: {error}). Save one next "
                             "to config.json (router.set_tokenizer(tok); router.save_pretrained(folder))."
                         ) from error
-                    if self.is_static:
-                        tokenizer = self._prepare_static_tokenizer(tokenizer, source)
-                    else:
-                        self._check_tokenizer(tokenizer, source)
+                    tokenizer = self.prompt_encoder.prepare_tokenizer(self, tokenizer, source)
+                    self.prompt_encoder.check_loaded_tokenizer(self, tokenizer, source)
                     self._tokenizer = tokenizer
         return self._tokenizer
 
-    def _check_tokenizer(self, tokenizer, source) -> None:
-        """Raise `OSError` when the tokenizer's vocabulary cannot be the encoder's (wrong or empty tokenizer.json)."""
-        vocab_size = getattr(getattr(self.encoder, "config", None), "vocab_size", None)
-        if not isinstance(vocab_size, int):
-            return
-        # A tokenizer a little smaller than the embedding table is normal (padded tables); one with a
-        # few special tokens only, or with ids beyond the table, would route on unknown tokens.
-        if not vocab_size // 2 <= len(tokenizer) <= vocab_size:
-            raise OSError(
-                f"The tokenizer of the router at {source!r} (tokenizer.json) has {len(tokenizer)} tokens but "
-                f"its encoder embeds {vocab_size}: it is not the encoder's tokenizer. Save the encoder's "
-                "tokenizer with the router (router.set_tokenizer(tok); router.save_pretrained(folder))."
-            )
-
     def set_tokenizer(self, tokenizer) -> None:
         """Attach the tokenizer of the encoder; `save_pretrained` saves it next to the weights."""
-        if self.is_static:
-            tokenizer = self._prepare_static_tokenizer(tokenizer, "the given tokenizer")
-        self._tokenizer = tokenizer
+        self._tokenizer = self.prompt_encoder.prepare_tokenizer(self, tokenizer, "the given tokenizer")
 
     # Filled in by the carrot_hub package when it is imported; this file travels to the Hub alone and
     # imports nothing from it. `model_card_writer(router, folder)` writes the CARROT model card
@@ -575,26 +512,6 @@ class CarrotRouter(CarrotPreTrainedModel):
     # `save_pretrained` / `push_to_hub` apply.
     model_card_writer = None
     hub_publisher = None
-    def _prepare_static_tokenizer(self, tokenizer, source):
-        """
-        Check that a static router's tokenizer indexes its token table (one row per token) and turn
-        off any padding or truncation its backend was saved with (prompts are cut by the router).
-        """
-        size = len(tokenizer)
-        if size != self.config.static_vocab_size:
-            raise ValueError(
-                f"The static encoder's token table has {self.config.static_vocab_size} rows but the tokenizer "
-                f"({source}) has {size} tokens: they come from different distillations. Save the router with "
-                "the tokenizer it was distilled with (the one `distill_static_encoder` returned)."
-            )
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise ValueError(f"A static router needs a fast (tokenizers-backed) tokenizer; {source} is not one.")
-        if backend.padding is not None:
-            backend.no_padding()
-        if backend.truncation is not None:
-            backend.no_truncation()
-        return tokenizer
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """
@@ -627,130 +544,18 @@ class CarrotRouter(CarrotPreTrainedModel):
 
     def encode(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptEncoding:
         """
-        Tokenize and embed prompts. They are tokenized `TOKENIZE_CHUNK_PROMPTS` at a time (memory
-        stays flat however many prompts are given), each chunk sorted by length so that each batch
-        pads little, encoded under inference mode, and returned in input order: embeddings
-        `(batch, hidden)`, as ordinary tensors (usable to train heads on).
+        Tokenize and embed prompts, a chunk of them at a time (memory stays flat however many are
+        given; see the encoder kind's [`PromptEncoder.encode`]): embeddings `(batch, hidden)` in
+        input order, as ordinary tensors (usable to train heads on).
         """
         prompts = check_prompts(prompts)
         batch_size = check_positive_int(batch_size, "batch_size")
-        if self.is_static:
-            return self._encode_static(prompts)
-        hidden = self.embedding_size
-        embeddings = torch.empty(len(prompts), hidden)
-        input_tokens = torch.empty(len(prompts))
-        truncated = []
-        pad_id = self.tokenizer.pad_token_id or 0
-        n_batches = sum(
-            math.ceil(min(TOKENIZE_CHUNK_PROMPTS, len(prompts) - start) / batch_size)
-            for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)
-        )
-        bar = tqdm(total=n_batches, desc="encoding prompts", unit="batch", disable=not progress)
-        for offset in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS):
-            chunk = prompts[offset : offset + TOKENIZE_CHUNK_PROMPTS]
-            token_ids, counts, chunk_truncated = self._tokenize(chunk)
-            order = sorted(range(len(chunk)), key=lambda i: len(token_ids[i]))
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, attention_mask = pad_batch([token_ids[i] for i in rows], pad_id)
-                with torch.inference_mode():
-                    batch_embeddings = self.embed(input_ids.to(self.device), attention_mask.to(self.device))
-                embeddings[torch.tensor(rows) + offset] = batch_embeddings.float().cpu()
-                bar.update(1)
-            input_tokens[offset : offset + len(chunk)] = torch.tensor(counts, dtype=torch.float32)
-            truncated.extend(chunk_truncated)
-        bar.close()
-        return PromptEncoding(embeddings, input_tokens, truncated, fallback_embedding=[False] * len(prompts))
-
-    @torch.inference_mode()
-    def _encode_static(self, prompts: list[str]) -> PromptEncoding:
-        """
-        A static encoder's embeddings: `TOKENIZE_CHUNK_PROMPTS` prompts at a time (memory stays flat),
-        each chunk in one table lookup, with no sorting or padding (a bag of tokens has no length).
-        """
-        parts = [
-            self._encode_static_chunk(prompts[start : start + TOKENIZE_CHUNK_PROMPTS])
-            for start in range(0, len(prompts), TOKENIZE_CHUNK_PROMPTS)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return PromptEncoding(
-            torch.cat([part.embeddings for part in parts]) if parts else torch.zeros(0, self.embedding_size),
-            torch.cat([part.input_tokens for part in parts]) if parts else torch.zeros(0),
-            [flag for part in parts for flag in part.truncated],
-            fallback_embedding=[flag for part in parts for flag in part.fallback_embedding],
-        )
-
-    def _encode_static_chunk(self, prompts: list[str]) -> PromptEncoding:
-        return self._embed_static_tokens(*self._tokenize_static(prompts))
-
-    def _embed_static_tokens(self, token_ids: list[array.array], input_tokens: list[int], truncated: list[bool]) -> PromptEncoding:
-        """What `_tokenize_static` gives → the prompts' `PromptEncoding`, in one table lookup."""
-        return PromptEncoding(
-            self._embed_static_ids(token_ids),
-            torch.tensor(input_tokens, dtype=torch.float32),
-            truncated,
-            fallback_embedding=[len(ids) == 0 for ids in token_ids],
-        )
-
-    def _embed_static_ids(self, token_ids: Sequence[array.array]) -> torch.Tensor:
-        """Prompts' token ids (`array(TOKEN_ID_TYPE)` each) → their `(batch, embedding_size)` embeddings, in one table lookup."""
-        lengths = [len(ids) for ids in token_ids]
-        device = self.encoder.token_embeddings.weight.device
-        offsets = _long_tensor(array.array("q", [0, *itertools.accumulate(lengths[:-1])])).to(device)
-        flat = bytearray().join(token_ids)  # the packed ids in one writable buffer, no Python ints
-        flat = torch.frombuffer(flat, dtype=_TOKEN_ID_DTYPE).long() if flat else torch.zeros(0, dtype=torch.long)
-        empty = torch.tensor([n == 0 for n in lengths], device=device) if 0 in lengths else False
-        return self.encoder.embed_bags(flat.to(device), offsets, empty).cpu()
+        return self.prompt_encoder.encode(self, prompts, batch_size, progress)
 
     @torch.inference_mode()
     def predict(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> PromptPredictions:
         """Encode prompts and predict, for every candidate, quality and output tokens `(batch, n_models)`."""
-        if self.is_static:
-            return self._predict_static(check_prompts(prompts))
-        encoding = self.encode(prompts, batch_size=batch_size, progress=progress)
-        return self.predict_encoded(encoding, batch_size=batch_size)
-
-    @torch.inference_mode()
-    def _predict_static(self, prompts: list[str]) -> PromptPredictions:
-        """
-        A static router's predictions, `TOKENIZE_CHUNK_PROMPTS` prompts at a time. Tokenizing is Python
-        work that holds the GIL, the table lookup and the search are a few large torch calls that
-        release it: while one chunk is embedded and searched on a worker thread, the next one is
-        tokenized, so both cores of a small machine work. The many small calls that finish the
-        predictions run once, on the whole batch, after both: on the worker each would wait for the
-        GIL that tokenizing holds.
-        """
-        # Chunks of equal size: a small last chunk would leave its predecessor's search with nothing to overlap.
-        size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / TOKENIZE_CHUNK_PROMPTS)))
-        chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
-        if len(chunks) <= 1:
-            return self.predict_encoded(self._encode_static(prompts))
-        tokenized, searches = [], []
-        with _SHORT_SWITCH_INTERVAL, ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-predict") as pool:
-            for chunk in chunks:
-                tokenized.append(self._tokenize_static(chunk))
-                searches.append(pool.submit(self._search_static_tokens, tokenized[-1][0]))
-            searched = [future.result() for future in searches]
-        quality, log_tokens, similarity = (
-            None if parts[0] is None else torch.cat(parts) for parts in zip(*searched)
-        )
-        quality, output_tokens, support, low, high = (
-            value.float().cpu() for value in self._finish_predictions(quality, log_tokens, similarity)
-        )
-        fallback = [len(ids) == 0 for chunk in tokenized for ids in chunk[0]]
-        return PromptPredictions(
-            quality, output_tokens, torch.tensor([n for chunk in tokenized for n in chunk[1]], dtype=torch.float32),
-            [flag for chunk in tokenized for flag in chunk[2]],
-            candidate_models=list(self.config.candidate_models),
-            support=support, quality_low=low, quality_high=high, fallback_embedding=fallback,
-        )
-
-    @torch.inference_mode()
-    def _search_static_tokens(self, token_ids: list[array.array]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One chunk's token ids → what [`_search_predictions`] gives for its embeddings."""
-        embeddings = self._embed_static_ids(token_ids)
-        return self._search_predictions(embeddings.to(self.predictor_device, self.predictor_dtype))
+        return self.prompt_encoder.predict(self, check_prompts(prompts), batch_size, progress)
 
     @torch.inference_mode()
     def predict_encoded(self, encoding: PromptEncoding, batch_size: int = 1024) -> PromptPredictions:
@@ -771,71 +576,12 @@ class CarrotRouter(CarrotPreTrainedModel):
             fallback_embedding=list(encoding.fallback_embedding),
         )
 
-    def _tokenize(self, prompts: list[str]) -> tuple[list[list[int]], list[int], list[bool]]:
+    def _tokenize(self, prompts: list[str]) -> tuple[list, list[int], list[bool]]:
         """
-        Prompts → token ids cut to `max_prompt_tokens` (special tokens included), input token
-        counts (untruncated, at least one per `MAX_BYTES_PER_TOKEN` UTF-8 bytes), truncated flags.
+        Prompts → token ids cut to `max_prompt_tokens`, input token counts (untruncated, at least one
+        per `MAX_BYTES_PER_TOKEN` UTF-8 bytes), truncated flags (see [`PromptEncoder.tokenize`]).
         """
-        if self.is_static:
-            return self._tokenize_static(prompts)
-        tokenizer = self.tokenizer
-        max_length = self.config.max_prompt_tokens
-        # The tokenizer's padding/truncation state is shared; concurrent calls must not interleave.
-        with self._tokenizer_lock:
-            encoded = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-            n_special = tokenizer.num_special_tokens_to_add(pair=False)
-        token_ids, input_tokens, truncated = [], [], []
-        keep_end = self.config.truncation_side == "left"
-        for prompt, ids in zip(prompts, encoded):
-            input_tokens.append(max(len(ids) - n_special, math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
-            if len(ids) > max_length:
-                if keep_end:  # keep the opening special token and the last tokens (the question)
-                    ids = ids[:1] + ids[-(max_length - 1) :]
-                else:  # keep the leading tokens and the closing special token ([SEP] / </s>)
-                    ids = ids[: max_length - 1] + ids[-1:]
-                truncated.append(True)
-            else:
-                truncated.append(False)
-            token_ids.append(ids)
-        return token_ids, input_tokens, truncated
-
-    def _tokenize_static(self, prompts: list[str]) -> tuple[list[array.array], list[int], list[bool]]:
-        """
-        As `_tokenize`, for the static encoder, each prompt's ids an `array(TOKEN_ID_TYPE)`. Its
-        tokenizer adds no special tokens (distillation removed them) and its unknown token has no
-        row worth averaging: like model2vec, it is dropped, and the last `max_prompt_tokens` known
-        tokens are kept (the first ones with truncation_side="right"). With the word-piece fast path
-        only a window at the kept end gets its ids built; the rest of the prompt is only counted
-        (`CachedWordPieceTokenizer.window_ids`).
-        """
-        tokenizer = self.tokenizer
-        unknown = tokenizer.unk_token_id
-        limit = self.config.max_prompt_tokens
-        keep_end = self.config.truncation_side == "left"
-        with self._tokenizer_lock:
-            backend = tokenizer.backend_tokenizer
-            if self._word_piece_cache is None or self._word_piece_cache[0] is not backend:
-                self._word_piece_cache = (backend, CachedWordPieceTokenizer.for_tokenizer(tokenizer))
-            fast_path = self._word_piece_cache[1]
-            if fast_path is not None:
-                encoded, counts = fast_path.window_ids(prompts, limit, from_end=keep_end, skip_id=unknown)
-            else:
-                encodings = backend.encode_batch_fast(prompts, add_special_tokens=False)
-                encoded = [array.array(TOKEN_ID_TYPE, encoding.ids) for encoding in encodings]
-                counts = [len(ids) for ids in encoded]
-        token_ids, input_tokens, truncated = [], [], []
-        for prompt, ids, n_tokens in zip(prompts, encoded, counts):
-            n_bytes = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
-            input_tokens.append(max(n_tokens, math.ceil(n_bytes / MAX_BYTES_PER_TOKEN)))
-            cut = n_tokens > len(ids)  # tokens outside the window
-            if unknown is not None and unknown in ids:
-                ids = array.array(TOKEN_ID_TYPE, [i for i in ids if i != unknown])
-            if len(ids) > limit:
-                ids = ids[-limit:] if keep_end else ids[:limit]
-                cut = True
-            truncated.append(cut)
-            token_ids.append(ids)
-        return token_ids, input_tokens, truncated
+        return self.prompt_encoder.tokenize(self, prompts)
 
     def route(
         self,
@@ -1200,22 +946,6 @@ def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is
     return loss
 
 
-def _long_tensor(values: array.array) -> torch.Tensor:
-    """An int64 tensor over an `array('q')` (about 3 times faster than `torch.tensor` from a list)."""
-    return torch.frombuffer(values, dtype=torch.long) if len(values) else torch.zeros(0, dtype=torch.long)
-
-
-def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: → input_ids `(batch, seq)`, attention_mask `(batch, seq)`."""
-    longest = max(len(ids) for ids in token_ids)
-    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
 def prompt_has_content(prompt: str) -> bool:
     """Whether `prompt` holds anything but whitespace, separators, control and zero-width characters."""
     return any(unicodedata.category(character) not in _NO_CONTENT_CATEGORIES for character in prompt)
@@ -1288,6 +1018,12 @@ __all__ = [
     "CarrotKNNMemory",
     "CarrotStaticEncoder",
     "CachedWordPieceTokenizer",
+    "PromptEncoder",
+    "StaticPromptEncoder",
+    "TransformerPromptEncoder",
+    "MAX_BYTES_PER_TOKEN",
+    "TOKENIZE_CHUNK_PROMPTS",
+    "pad_batch",
     "RoutingDecision",
     "PromptPredictions",
     "PromptEncoding",

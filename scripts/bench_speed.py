@@ -133,10 +133,10 @@ def measure_encoder(kind: str, args, prompts: list[str], sample: list[str]) -> d
         backend = router.tokenizer.backend_tokenizer
         tokenize_s, backend_s = best_of(
             args.repeats,
-            lambda: router._tokenize_static(prompts),
+            lambda: router._tokenize(prompts),
             lambda: backend.encode_batch_fast(prompts, add_special_tokens=False),
         )
-        router._word_piece_cache = None  # the word cache starts empty: a first pass over unseen text
+        router.prompt_encoder.word_piece_cache = None  # the word cache starts empty: a first pass over unseen text
         cold_s = seconds(lambda: router.route(prompts, batch_size=args.batch_size))
         short = [prompt[-args.short_chars :] for prompt in prompts]
         (short_s,) = best_of(args.repeats, lambda: router.route(short, batch_size=args.batch_size))

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
+import carrot_hub.encoder_carrot as encoder_carrot
 import carrot_hub.modeling_carrot as modeling
 from carrot_hub import CarrotRouter
 from carrot_hub.configuration_carrot import CarrotConfig
@@ -200,14 +201,14 @@ def test_encode_tokenizes_chunk_by_chunk_with_the_same_results(knn_router, monke
     prompts = [f"{p} ({i})" for i, p in enumerate(TINY_PROMPTS * 2)]
     whole = knn_router.encode(prompts, batch_size=4)
     sizes = []
-    tokenize = knn_router._tokenize
+    tokenize = knn_router.prompt_encoder.tokenize
 
-    def spy(chunk):
+    def spy(router, chunk):
         sizes.append(len(chunk))
-        return tokenize(chunk)
+        return tokenize(router, chunk)
 
-    monkeypatch.setattr(modeling, "TOKENIZE_CHUNK_PROMPTS", 5)
-    monkeypatch.setattr(knn_router, "_tokenize", spy)
+    monkeypatch.setattr(encoder_carrot, "TOKENIZE_CHUNK_PROMPTS", 5)
+    monkeypatch.setattr(knn_router.prompt_encoder, "tokenize", spy)
     chunked = knn_router.encode(prompts, batch_size=4)
     assert sizes == [5, 5, 2]
     torch.testing.assert_close(chunked.embeddings, whole.embeddings)

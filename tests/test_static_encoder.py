@@ -215,7 +215,7 @@ def test_distillation_with_model2vec_from_the_encoder_folder(tmp_path):
 
 
 def test_many_prompts_are_predicted_chunk_by_chunk_as_in_one_pass(static_knn_router):
-    from carrot_hub.modeling_carrot import TOKENIZE_CHUNK_PROMPTS
+    from carrot_hub.encoder_carrot import TOKENIZE_CHUNK_PROMPTS
 
     prompts = [f"{TINY_PROMPTS[i % len(TINY_PROMPTS)]} (variant {i})" for i in range(TOKENIZE_CHUNK_PROMPTS * 2 + 7)]
     chunked = static_knn_router.predict(prompts)  # tokenizing overlaps predicting, three chunks
@@ -227,13 +227,13 @@ def test_many_prompts_are_predicted_chunk_by_chunk_as_in_one_pass(static_knn_rou
 
 
 def test_an_mlp_router_with_its_own_support_memory_predicts_chunk_by_chunk_as_in_one_pass(tiny_table, monkeypatch):
-    from carrot_hub import modeling_carrot
+    from carrot_hub import encoder_carrot
     from carrot_hub.building import fit_support_and_prior
 
     router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="mlp", encoder_kind="static", head_hidden_size=8)
     fit_support_and_prior(router, tiny_table, embeddings=router.encode(tiny_table.prompts).embeddings)
     assert router.reliability.support_embeddings is not None  # support is searched apart from the heads
-    monkeypatch.setattr(modeling_carrot, "TOKENIZE_CHUNK_PROMPTS", 3)  # several chunks: the pipelined path
+    monkeypatch.setattr(encoder_carrot, "TOKENIZE_CHUNK_PROMPTS", 3)  # several chunks: the pipelined path
     prompts = [f"{TINY_PROMPTS[i % len(TINY_PROMPTS)]} (variant {i})" for i in range(11)]
     chunked = router.predict(prompts)
     whole = router.predict_encoded(router.encode(prompts), batch_size=len(prompts))
@@ -246,9 +246,9 @@ def test_concurrent_static_batches_restore_the_switch_interval(static_knn_router
     import sys
     import threading
 
-    from carrot_hub import modeling_carrot
+    from carrot_hub import encoder_carrot
 
-    monkeypatch.setattr(modeling_carrot, "TOKENIZE_CHUNK_PROMPTS", 2)  # several chunks: the pipelined path
+    monkeypatch.setattr(encoder_carrot, "TOKENIZE_CHUNK_PROMPTS", 2)  # several chunks: the pipelined path
     before = sys.getswitchinterval()
     prompts = [f"{prompt} (variant {i})" for i in range(4) for prompt in TINY_PROMPTS]
     expected = static_knn_router.route(prompts).models
@@ -260,3 +260,14 @@ def test_concurrent_static_batches_restore_the_switch_interval(static_knn_router
         thread.join(timeout=120)
     assert results == [expected] * 4
     assert sys.getswitchinterval() == before
+
+
+def test_the_encoder_kind_is_one_object_chosen_once(knn_router, static_knn_router):
+    from carrot_hub.encoder_carrot import StaticPromptEncoder, TransformerPromptEncoder
+
+    assert isinstance(static_knn_router.prompt_encoder, StaticPromptEncoder)
+    assert isinstance(knn_router.prompt_encoder, TransformerPromptEncoder)
+    # The implementation is plain Python: the encoder's weights stay the router's `encoder.*` module.
+    assert not any(name.startswith("prompt_encoder") for name in static_knn_router.state_dict())
+    assert static_knn_router.embedding_size == static_knn_router.encoder.embedding_size
+    assert knn_router.embedding_size == knn_router.encoder.config.hidden_size

@@ -88,7 +88,7 @@ def test_static_router_embeds_the_same_with_and_without_the_fast_path(static_knn
     prompts += [prompt for prompt in TRICKY if prompt.strip()]
     fast = static_knn_router.encode(prompts)
     monkeypatch.setattr(CachedWordPieceTokenizer, "for_tokenizer", classmethod(lambda cls, tokenizer: None))
-    static_knn_router._word_piece_cache = None
+    static_knn_router.prompt_encoder.word_piece_cache = None
     slow = static_knn_router.encode(prompts)
     assert torch.equal(fast.embeddings, slow.embeddings)
     assert fast.truncated == slow.truncated and fast.fallback_embedding == slow.fallback_embedding
