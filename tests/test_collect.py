@@ -250,3 +250,79 @@ def test_bad_input_exits_2_with_one_line(tmp_path, two_fakes, capsys, case, need
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert sum(f.requests for f, _ in two_fakes.values()) == 0  # nothing asked
+
+
+def test_from_log_asks_the_served_prompts_and_only_out_of_distribution_ones(tmp_path, two_fakes):
+    from carrot_hub.serving.outcome_log import OutcomeLog
+
+    with OutcomeLog(tmp_path / "log") as log:
+        for i, flag in enumerate([True, False, False, None]):
+            log.record({"request_id": f"r{i}", "prompt": f"served prompt {i % 3}", "model": "alpha", "status": "ok",
+                        "in_distribution": flag})
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    everything = collect(None, upstreams, from_log=tmp_path / "log", out=tmp_path / "all", progress=False)
+    assert everything.prompts == 3 and everything.counts.asked == 6  # "served prompt 0" was served twice
+    flagged = collect(None, upstreams, from_log=tmp_path / "log", only_out_of_distribution=True,
+                      out=tmp_path / "ood", progress=False)
+    table = load_routing_table(str(flagged.table))
+    assert sorted(table.prompts) == ["served prompt 1", "served prompt 2"] and set(table.tasks) == {"served"}
+
+
+def test_from_log_without_the_flag_is_refused(tmp_path, two_fakes, capsys):
+    from carrot_hub.serving.outcome_log import OutcomeLog
+
+    with OutcomeLog(tmp_path / "log") as log:
+        log.record({"request_id": "r0", "prompt": "an old record", "model": "alpha", "status": "ok"})
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    code = main(["collect", "--from-log", str(tmp_path / "log"), "--only-out-of-distribution", "--upstreams",
+                 str(upstreams), "--out", str(tmp_path / "table"), "--no-progress"])
+    assert code == 2 and "does not record the router's out-of-distribution flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "messages", "packaged", "hub-streaming"])
+def test_prompt_sets_of_every_kind(tmp_path, kind, monkeypatch):
+    import pyarrow as pa
+
+    from carrot_hub.collect.prompt_sets import read_prompt_set
+
+    rows = [{"key": f"k{i}", "prompt": f"Question {i}?", "reference": str(i), "task": "t"} for i in range(3)]
+    if kind == "csv":
+        source = tmp_path / "prompts.csv"
+        source.write_text("key,prompt,reference,task\n" + "".join(f"k{i},Question {i}?,{i},t\n" for i in range(3)))
+    elif kind == "parquet":
+        source = tmp_path / "prompts.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), source)
+    elif kind == "messages":
+        source = tmp_path / "chats.jsonl"
+        source.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                                           {"role": "user", "content": r["prompt"]}],
+                                              "golden_answer": r["reference"]}) + "\n" for r in rows))
+    elif kind == "packaged":
+        prompt_set = read_prompt_set("zeroeval-2024", split="test", limit=5)
+        assert len(prompt_set) == 5 and prompt_set.items[0].reference is not None and prompt_set.prices
+        assert {item.task for item in prompt_set.items} <= {"gsm8k", "cruxeval"}
+        return
+    else:  # a Hub id is read by datasets.load_dataset(id, streaming=True): here a local copy stands in for the Hub
+        import datasets
+
+        folder = tmp_path / "hub-copy"
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
+        real = datasets.load_dataset
+        calls = []
+
+        def load_dataset(path, *args, **kwargs):
+            calls.append((path, kwargs.get("streaming")))
+            return real(str(folder), *args[1:], **{k: v for k, v in kwargs.items() if k != "name"})
+
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        prompt_set = read_prompt_set("someone/prompts", streaming=True)
+        assert calls[0] == ("someone/prompts", True) and [i.prompt for i in prompt_set.items] == [r["prompt"] for r in rows]
+        return
+    prompt_set = read_prompt_set(source)
+    items = prompt_set.items
+    assert [i.prompt for i in items] == [r["prompt"] for r in rows] and [i.reference for i in items] == ["0", "1", "2"]
+    if kind == "messages":
+        assert items[0].messages[0] == {"role": "system", "content": "Be brief."} and items[0].key.startswith("sha256-")
+    else:
+        assert [i.key for i in items] == ["k0", "k1", "k2"] and items[0].task == "t"

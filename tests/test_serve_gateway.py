@@ -81,6 +81,7 @@ def test_routed_answer_says_what_happened_and_passes_options_through(served, cli
     record = record_of(log, response)
     assert record["model"] == "big-model" and record["status"] == "ok" and record["fallbacks"] == []
     assert record["prompt"] == USER[0]["content"] and record["route_on"] == "last-user"
+    assert "in_distribution" in record  # the router's support flag (None: unknown), for carrot collect --from-log
     assert record["usage"] == {"prompt_tokens": answer["usage"]["prompt_tokens"],
                                "completion_tokens": answer["usage"]["completion_tokens"]}
     prices = gateway.router.config.prices["big-model"]

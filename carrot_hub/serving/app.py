@@ -480,6 +480,7 @@ class Gateway:
             "prompt": served.chat.routed_text,
             "model": served.model,
             "mu": served.choice.mu if served.choice else None,
+            "in_distribution": served.choice.in_distribution if served.choice else None,
             "predicted_quality": estimate.quality if estimate else None,
             "predicted_output_tokens": estimate.output_tokens if estimate else None,
             "predicted_cost": estimate.cost if estimate else None,

@@ -58,6 +58,7 @@ class RoutedChoice:
     prices: dict
     truncated: bool
     over_budget: bool
+    in_distribution: bool | None = None  # the router's support flag (None: unknown); `carrot collect` reads it
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -93,6 +94,7 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
                 prices=decision.prices,
                 truncated=bool(decision.truncated[row]),
                 over_budget=bool(decision.over_budget[row]),
+                in_distribution=decision.in_distribution[row] if decision.in_distribution is not None else None,
             )
         )
     return choices
