@@ -125,9 +125,9 @@ def new_router(
         tokenizer.init_kwargs.pop(machine_specific, None)
     encoder_config = pretrained.config.to_dict()
     encoder_config.pop("_name_or_path", None)  # a local path means nothing on another machine
-    max_tokens = config_fields.pop("max_prompt_tokens", None) or min(
-        DEFAULT_MAX_PROMPT_TOKENS, getattr(pretrained.config, "max_position_embeddings", 512)
-    )
+    max_tokens = config_fields.pop("max_prompt_tokens", None)
+    if max_tokens is None:  # `is None`, not `or`: a 0 given must reach the config's check, not become the default
+        max_tokens = min(DEFAULT_MAX_PROMPT_TOKENS, getattr(pretrained.config, "max_position_embeddings", 512))
     config = CarrotConfig(
         candidate_models=list(candidate_models),
         input_price_per_million=[float(prices[name]["input"]) for name in candidate_models],
@@ -172,7 +172,7 @@ def _new_static_router(
         static_vocab_size=table.vocab_size,
         static_embedding_size=table.dimensions,
         static_distillation=table.distillation,
-        max_prompt_tokens=config_fields.pop("max_prompt_tokens", None) or DEFAULT_STATIC_MAX_PROMPT_TOKENS,
+        max_prompt_tokens=_given_or(config_fields.pop("max_prompt_tokens", None), DEFAULT_STATIC_MAX_PROMPT_TOKENS),
         **config_fields,
     )
     router = CarrotRouter(config)
@@ -239,3 +239,8 @@ def fit_support_and_prior(router: CarrotRouter, table, embeddings=None, **suppor
     identity = torch.tensor([0.0, 1.0]).repeat(n_models, 1)
     router.set_calibration(identity, identity.clone(), torch.as_tensor(prior, dtype=torch.float32), method="identity")
     return router
+
+
+def _given_or(value, default):
+    """`value` unless it is None (a 0 given is kept, to be refused by the check that reads it)."""
+    return default if value is None else value

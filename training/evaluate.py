@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_
 from training.overlap import router_training_overlap, shared_prompts
 
 DEFAULT_MU_STEPS = 101
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 CPT_LEVELS = (0.5, 0.8)
 DEFAULT_TEST_SPLITS = ("test", "validation")  # what `carrot evaluate` judges on when no --split is given
 
@@ -603,18 +605,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out", ".json")  # before the run, not after it
     check_output_file(args.plot, "--plot", ".png")
     check_output_file(args.reliability_plot, "--reliability-plot", ".png")
+    for source_router in args.router:
+        check_router_source(source_router)
+    pair = _pair_option(args.pair)
     source, described = _data_source(args.data)
     progress = not args.quiet
     split, table = load_test_split(source, args.split, progress=progress)
     note = "" if args.split or split == "test" else " (the data has no 'test' split)"
     print(f"Evaluating on {described}, split {split!r}{note}: {len(table)} prompts.", file=sys.stderr)
     train = _baseline_training_split(source, split, table, args) if args.baselines else None
-    pair = None
-    if args.pair:
-        parts = [p.strip() for p in args.pair.split(",")]
-        if len(parts) != 2 or not all(parts):
-            raise BadInputError(f"--pair takes two model names separated by a comma, got {args.pair!r}.")
-        pair = (parts[0], parts[1])
+    _check_pair_models(pair, table.models)
     mu_grid = np.linspace(0, 1, args.mu_steps)
     options = dict(
         on_model_mismatch="intersect" if args.intersect else "raise",
@@ -726,6 +726,37 @@ def load_test_split(source, split: str | None = None, progress: bool = False):
     raise BadInputError(f"{last} Neither {' nor '.join(map(repr, DEFAULT_TEST_SPLITS))} exists: pass the held-out split with --split.")
 
 
+def _pair_option(text: str | None) -> tuple[str, str] | None:
+    """`--pair strong,weak` as `(strong, weak)`; exit code 2 unless it names two different models."""
+    if not text:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise BadInputError(f"--pair takes two model names separated by a comma, got {text!r:.200}.")
+    if parts[0] == parts[1]:
+        raise BadInputError(f"--pair names {parts[0]!r:.100} twice: give a strong and a different weak model.")
+    return parts[0], parts[1]
+
+
+def _check_pair_models(pair: tuple[str, str] | None, models) -> None:
+    """Exit code 2 when `--pair` names a model the evaluated data does not have."""
+    unknown = [name for name in pair or () if name not in models]
+    if unknown:
+        raise BadInputError(f"--pair names {unknown[0]!r:.100}, which is not a model of the evaluated data "
+                            f"(its models: {', '.join(models)}).")
+
+
+def check_router_source(source: str) -> None:
+    """A router argument that is neither a router folder nor shaped like a Hub id (owner/name) fails here, in one line."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"{source} is not a router folder: it has no config.json.")
+        return
+    if source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
+        raise BadInputError(f"No router folder {source}: it does not exist (and is not a Hub id such as owner/name).")
+
+
 def check_output_file(path, option: str, suffix: str) -> None:
     """Refuse (exit code 2) an output file that cannot be written, before any work is done."""
     if path is None:
@@ -738,6 +769,8 @@ def check_output_file(path, option: str, suffix: str) -> None:
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise BadInputError(f"{option} {path}: {parent} is a file, not a folder.")
+    if not path.absolute().parent.is_dir():  # never create folders the user did not ask for
+        raise BadInputError(f"{option} {path}: the folder {path.parent} does not exist; create it first.")
     if parent is not None and not os.access(parent, os.W_OK):
         raise BadInputError(f"{option} {path}: cannot write into {parent}.")
 

@@ -266,6 +266,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise BadInputError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}.")
     if args.mu_steps < 2:
         raise BadInputError(f"--mu-steps must be at least 2, got {args.mu_steps}.")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 2:
+        raise BadInputError(f"--max-prompt-tokens must be at least 2, got {args.max_prompt_tokens}.")
+    if args.train_split == args.test_split:
+        raise BadInputError(f"--train-split and --test-split are both {args.train_split!r}: the test split would be "
+                            "pooled with itself. Name two different splits (e.g. train and test).")
+    if args.hidden < 1 or args.ensemble < 1:
+        raise BadInputError(f"--hidden and --ensemble must be at least 1, got {args.hidden} and {args.ensemble}.")
     if args.out is not None:
         out = Path(args.out)
         if out.suffix.lower() != ".json":
@@ -303,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         results = run_resplits(args)
-    except (BadInputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (BadInputError, ValueError, OSError) as error:  # OSError: a missing --data folder or split
+        print(f"python -m training.resplit: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(format_summary(results))
     if args.out:

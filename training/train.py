@@ -72,7 +72,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help=f"k values tried (default: {','.join(map(str, DEFAULT_K_GRID))})")
     knn.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     heads = parser.add_argument_group("mlp / finetune")
-    heads.add_argument("--hidden", type=int, default=256, help="hidden width of the heads (default: 256)")
+    heads.add_argument("--hidden", type=positive_int, default=256, help="hidden width of the heads (default: 256)")
     heads.add_argument("--dropout", type=float, default=0.1)
     heads.add_argument("--lr", type=float, help="learning rate (mlp: heads, default 1e-3; finetune: encoder, default 3e-5)")
     heads.add_argument("--weight-decay", type=float, default=1e-2)

@@ -124,6 +124,8 @@ def _jsonl_lines(path: Path):
                 yield line_number, json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 yield line_number, error
+            except RecursionError as error:  # a line of thousands of nested brackets
+                yield line_number, error
 
 
 def _read_outcome_log_table(folder: Path, on_error, prices, split, require_all_models) -> RoutingTable:
@@ -182,6 +184,9 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
         n_lines += 1
         if isinstance(record, json.JSONDecodeError):
             bad(line_number, f"not valid JSON ({record.msg})")
+            continue
+        if isinstance(record, RecursionError):
+            bad(line_number, "JSON nested too deeply to be a record")
             continue
         if isinstance(record, UnicodeDecodeError):
             bad(line_number, f"not UTF-8 text (byte {record.object[record.start:record.start + 1]!r} "

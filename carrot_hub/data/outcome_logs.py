@@ -56,12 +56,13 @@ def answered(record: dict) -> bool:
     return status == "ok"
 
 
-def read_shard_lines(path: Path, start: int = 0) -> tuple[list[tuple[int, int, str]], int]:
+def read_shard_lines(path: Path, start: int = 0) -> tuple[list[tuple[int, int, str | None]], int]:
     """
     Complete lines of one shard from byte `start`: `([(byte offset, line number or 0, text)], end)`,
     `end` being the offset just after the last complete line. A trailing line without its newline (a
     writer that died mid-write, or one still writing) is not returned; reading again from `end` picks
-    it up once complete. Line numbers are only counted when reading from the start (else 0).
+    it up once complete. Line numbers are only counted when reading from the start (else 0). A line
+    that is not UTF-8 has text None (a bad line, never silently repaired with U+FFFD).
     """
     with path.open("rb") as handle:
         handle.seek(start)
@@ -71,9 +72,26 @@ def read_shard_lines(path: Path, start: int = 0) -> tuple[list[tuple[int, int, s
         return [], start
     lines, offset = [], start
     for number, raw in enumerate(data[: last_newline + 1].splitlines(keepends=True), start=1):
-        lines.append((offset, number if start == 0 else 0, raw.decode("utf-8", errors="replace")))
+        lines.append((offset, number if start == 0 else 0, _decoded(raw)))
         offset += len(raw)
     return lines, start + last_newline + 1
+
+
+def _decoded(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_line(text: str):
+    """One shard line as JSON; `ValueError` naming the problem (bad JSON, or nested too deeply to read)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be a record") from None
 
 
 @dataclass
@@ -123,13 +141,16 @@ def read_outcome_log(folder: str | os.PathLike) -> OutcomeLogContents:
         if end < path.stat().st_size:
             contents.torn_lines += 1
         for _, number, text in lines:
+            where = f"{path.name}:{number}"
+            if text is None:
+                contents.bad_lines.append({"line": where, "reason": "not UTF-8 text"})
+                continue
             if not text.strip():
                 continue
-            where = f"{path.name}:{number}"
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                contents.bad_lines.append({"line": where, "reason": f"not valid JSON ({error.msg})"})
+                record = parse_line(text)
+            except ValueError as error:
+                contents.bad_lines.append({"line": where, "reason": str(error)})
                 continue
             problem = _record_problem(record)
             if problem:
@@ -216,8 +237,8 @@ def iter_shard_records(folder: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     for path in shard_paths(folder):
         lines, _ = read_shard_lines(path)
         for _, number, text in lines:
-            if text.strip():
+            if text is not None and text.strip():
                 try:
-                    yield f"{path.name}:{number}", json.loads(text)
-                except json.JSONDecodeError:
+                    yield f"{path.name}:{number}", parse_line(text)
+                except ValueError:
                     continue

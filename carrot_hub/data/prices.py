@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import BadInputError
+
 PRICES_FILENAME = "prices.json"
 
 
@@ -35,19 +37,26 @@ def validate_prices(prices: Mapping, where: str = "prices") -> dict[str, dict[st
 
 
 def read_prices_file(path: str | os.PathLike) -> dict:
-    """Read and validate a prices.json; returns `{"recorded_on", "source", "prices"}`."""
+    """
+    Read and validate a prices.json; returns `{"recorded_on", "source", "prices"}`. A file that cannot
+    be read or is wrong raises `BadInputError` (bad input: exit code 2 on the command line).
+    """
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+        raise BadInputError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path} is not UTF-8 text; write the price table as JSON.") from None
+    except RecursionError:
+        raise BadInputError(f"{path} is nested too deeply to be a price table.") from None
     if not isinstance(document, dict) or "prices" not in document:
-        raise ValueError(f"{path} must be an object with a 'prices' entry: {{'recorded_on', 'source', 'prices'}}.")
-    return {
-        "recorded_on": document.get("recorded_on"),
-        "source": document.get("source"),
-        "prices": validate_prices(document["prices"], where=f"{path.name}: prices"),
-    }
+        raise BadInputError(f"{path} must be an object with a 'prices' entry: {{'recorded_on', 'source', 'prices'}}.")
+    try:
+        prices = validate_prices(document["prices"], where=f"{path.name}: prices")
+    except ValueError as error:
+        raise BadInputError(f"{path}: {error}") from None
+    return {"recorded_on": document.get("recorded_on"), "source": document.get("source"), "prices": prices}
 
 
 def write_prices_file(path: str | os.PathLike, prices: Mapping, recorded_on: str | None, source: str | None) -> Path:

@@ -43,6 +43,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DOLLARS_PER_MILLION = 1e6
 # Token counts an upstream reports are untrusted: above this (no context window comes close) they are invalid.
 MAX_REPORTED_TOKENS = 100_000_000
+# The gateway's ids are "carrot-" + 32 hex digits; a longer one is unknown without a lookup (and is not echoed).
+MAX_REQUEST_ID_CHARS = 128
 
 
 @dataclass
@@ -211,6 +213,10 @@ class Gateway:
         request_id, score = body.get("request_id"), body.get("score")
         if not isinstance(request_id, str) or not request_id:
             raise RequestError("`request_id` must be the x-carrot-request-id of a served request.", param="request_id")
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise RequestError(f"`request_id` is {len(request_id)} characters long; the ids this gateway gives "
+                               "(x-carrot-request-id) are short.", status=404, param="request_id",
+                               code="unknown_request_id")
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
             raise RequestError(f"`score` must be a number in [0, 1], got {score!r}.", param="score")
         if self.outcome_log is None:
@@ -226,9 +232,9 @@ class Gateway:
             raise RequestError(f"The outcome log cannot be written ({error.strerror or type(error).__name__}); "
                                "the label was not recorded. Retry later.", status=503, code="outcome_log_unavailable",
                                type_="server_error") from None
-        except KeyError as error:
-            raise RequestError(str(error) if str(error).startswith("No ") else
-                               f"No served request has the id {request_id!r}.", status=404, param="request_id",
+        except KeyError:  # the log's own message names its folder: not for clients
+            raise RequestError(f"No served request has the id {request_id!r}: send the x-carrot-request-id of a "
+                               "response this gateway gave.", status=404, param="request_id",
                                code="unknown_request_id") from None
         except ValueError as error:  # e.g. the request was not answered: nothing to score
             raise RequestError(str(error), param="request_id") from None

@@ -50,6 +50,7 @@ from carrot_hub.data.outcome_logs import (
     SHARD_PREFIX,
     SHARD_SUFFIX,
     answered,
+    parse_line,
     read_shard_lines,
     shard_paths,
 )
@@ -123,11 +124,11 @@ class _ServedIndex:
             except FileNotFoundError:  # removed meanwhile
                 continue
             for offset, _, text in lines:
-                if f'"{SERVED}"' not in text:
+                if text is None or f'"{SERVED}"' not in text:
                     continue
                 try:
-                    record = json.loads(text)
-                except json.JSONDecodeError:
+                    record = parse_line(text)
+                except ValueError:
                     continue
                 if isinstance(record, dict) and record.get("type") == SERVED and isinstance(record.get("request_id"), str):
                     self.where[record["request_id"]] = (path, offset)

@@ -71,15 +71,52 @@ def read_upstreams_file(path: str | os.PathLike) -> dict[str, UpstreamSpec]:
         raise UpstreamConfigError(f"Cannot read the upstreams file {path}: {reason}.") from None
     try:
         if path.suffix.lower() == ".json":
-            content = json.loads(text)
+            content = json.loads(text, object_pairs_hook=_mapping_without_duplicates)
         else:  # YAML is a superset of JSON
-            import yaml
-
-            content = yaml.safe_load(text)
+            content = _load_yaml_without_duplicates(text)
+    except DuplicateKeyError as error:
+        raise UpstreamConfigError(f"The upstreams file {path} {error}") from None
     except Exception as error:  # noqa: BLE001  (the parser's own message, one line)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UpstreamConfigError(f"The upstreams file {path} is not valid YAML/JSON: {first}") from None
     return parse_upstreams(content, source=str(path))
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping in the upstreams file names one key twice (a parser would silently keep the last)."""
+
+
+def _mapping_without_duplicates(pairs) -> dict:
+    mapping = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise DuplicateKeyError(f"names {str(key)[:100]!r} twice; keep one entry.")
+        mapping[key] = value
+    return mapping
+
+
+def _load_yaml_without_duplicates(text: str):
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise DuplicateKeyError(f"names {str(key)[:100]!r} twice (line {key_node.start_mark.line + 1}); "
+                                            "keep one entry.")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def _has_host(url: str) -> bool:
+    try:
+        return bool(httpx.URL(url).host)
+    except Exception:  # noqa: BLE001  (httpx's own InvalidURL and friends)
+        return False
 
 
 def parse_upstreams(content, source: str = "the upstreams") -> dict[str, UpstreamSpec]:
@@ -102,8 +139,9 @@ def parse_upstreams(content, source: str = "the upstreams") -> dict[str, Upstrea
         if unknown:
             raise UpstreamConfigError(f"{where} has unknown keys {unknown}; allowed: {', '.join(UPSTREAM_KEYS)}.")
         base_url = entry.get("base_url")
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise UpstreamConfigError(f"{where}: base_url must be an http(s) URL, got {base_url!r}.")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")) or not _has_host(base_url):
+            raise UpstreamConfigError(f"{where}: base_url must be an http(s) URL with a host, such as "
+                                      f"https://api.openai.com/v1, got {base_url!r:.200}.")
         model = entry.get("model")
         if not isinstance(model, str) or not model.strip():
             raise UpstreamConfigError(f"{where}: model (the upstream's own model id) must be a non-empty string.")
