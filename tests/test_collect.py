@@ -37,6 +37,9 @@ def _collect(tmp_path, upstreams_file, **options):
 
 
 def test_collect_writes_a_table_load_routing_table_reads(tmp_path, two_fakes):
+    import carrot_hub
+
+    assert carrot_hub.collect is collect
     write_prompts(tmp_path / "prompts.jsonl", n=5)
     upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
     result = _collect(tmp_path, upstreams, prices=PRICES, temperature=0.0, max_tokens=64)
