@@ -329,3 +329,31 @@ def test_prompt_sets_of_every_kind(tmp_path, kind, monkeypatch):
         assert items[0].messages[0] == {"role": "system", "content": "Be brief."} and items[0].key.startswith("sha256-")
     else:
         assert [i.key for i in items] == ["k0", "k1", "k2"] and items[0].task == "t"
+
+
+def test_a_judge_is_asked_through_its_upstream_and_its_cost_kept_apart(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    result = _collect(tmp_path, upstreams, models=["alpha"], scorers=["judge:beta"], prices=PRICES)
+    answers = pq.read_table(result.table / "answers" / "train.parquet").to_pylist()
+    judged = two_fakes["beta"][0].received[-1]["messages"]
+    assert any("alpha-upstream-id says:" in str(m["content"]) for m in judged)  # the judge saw the answer
+    # The fake judge answers words, not "Score: N": unscored with the reason, its cost recorded apart.
+    assert all(a["score"] is None and "Score" in a["unscored_reason"] and a["judge_model"] == "beta" for a in answers)
+    assert all(a["judge_cost"] > 0 and a["cost"] == pytest.approx((a["input_tokens"] * 1.0 + 6 * 2.0) / 1e6)
+               for a in answers)
+    assert result.judge_spent == pytest.approx(sum(a["judge_cost"] for a in answers))
+    assert result.spent == pytest.approx(sum(a["cost"] for a in answers))
+
+
+def test_into_adds_prompts_as_rows(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=3)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes)
+    _collect(tmp_path, upstreams)
+    write_prompts(tmp_path / "prompts.jsonl", n=5)
+    grown = _collect(tmp_path, upstreams, out=None, into=tmp_path / "table")
+    assert grown.counts.asked == 4  # two new prompts × two models
+    table = load_routing_table(str(grown.table))
+    assert table.prompt_ids == [f"q{i}" for i in range(5)] and not np.any(np.isnan(table.scores))
+    answers = pq.read_table(grown.table / "answers" / "train.parquet")
+    assert answers.num_rows == 10
