@@ -197,6 +197,13 @@ def collect(
         A `CollectResult`; `result.ok` is False when some cells failed every retry.
     """
     started = time.perf_counter()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise CollectError("collect() runs its own event loop and cannot be called from a running one (a notebook "
+                           "cell, an async function): call it from a thread, e.g. await asyncio.to_thread(collect, ...).")
     if (out is None) == (into is None):
         raise CollectError("Give exactly one of out (a new table folder) or into (an existing table to extend).")
     if (prompts is None) == (from_log is None):
