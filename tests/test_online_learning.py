@@ -62,7 +62,9 @@ def test_what_cannot_be_learned_is_counted_not_learned(router, tmp_path):
     serve_and_label(plain, learner, "r1", PROMPTS[1], "big-model", 1.0)
     learner.on_feedback("r1", 0.0, plain.feedback("r1", 0.0))  # a second label for the same request
     learner.on_feedback("r2", 1.0, {"prompt": "x", "model": "not-a-candidate"})
-    assert learner.stats == {"learned": 1, "repeated": 1, "without_prompt": 1, "unknown_model": 1, "saves": 0}
+    learner.on_feedback("r4", 1.0, {"prompt": "\u200b\u2060", "model": "big-model"})  # pinned, zero-width only
+    assert learner.stats == {"learned": 1, "repeated": 1, "without_prompt": 1, "empty_prompt": 1, "unknown_model": 1,
+                             "saves": 0}
     assert router.config.knn_remembered_rows == 1
     with pytest.raises(ValueError, match=r"score must be in \[0, 1\]"):
         learner.on_feedback("r3", 2.0, {"prompt": "x", "model": "big-model"})

@@ -44,6 +44,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--split", default="train", help="split to train on (default: train)")
     data.add_argument("--validation-split", help="split for early stopping / validation (default: held out of --split)")
     data.add_argument("--streaming", action="store_true", help="stream the data set (Hub data sets)")
+    data.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                      help="a bad line in a log (JSONL file or outcome-log folder): raise stops naming it (default); "
+                           "skip leaves it out with a warning")
     data.add_argument("--drop-unscored-models", action="store_true",
                       help="leave out candidates whose scores are all missing (default: stop with an error)")
     out = parser.add_argument_group("output")
@@ -179,11 +182,13 @@ def run_train(args) -> int:
     progress = not args.no_progress
     started = time.time()
     args.data = resolve_table_source(args.data, strict=False)  # a packaged table's name reads its folder
-    table = load_routing_table(args.data, split=args.split, streaming=args.streaming, progress=progress)
+    table = load_routing_table(args.data, split=args.split, streaming=args.streaming, on_error=args.on_error,
+                               progress=progress)
     table.metadata.setdefault("source", str(args.data))
     validation = None
     if args.validation_split:
-        validation = load_routing_table(args.data, split=args.validation_split, streaming=args.streaming, progress=progress)
+        validation = load_routing_table(args.data, split=args.validation_split, streaming=args.streaming,
+                                        on_error=args.on_error, progress=progress)
     common = dict(
         seed=args.seed,
         **encoder_options,

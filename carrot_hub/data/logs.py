@@ -61,8 +61,10 @@ def _check_record(record) -> str | None:
     prompt = record["prompt"]
     if not isinstance(prompt, str):
         return "prompt is not text"
-    if not prompt.strip():
-        return "prompt is empty"
+    from .outcome_logs import EMPTY_PROMPT, prompt_has_content
+
+    if not prompt_has_content(prompt):  # the router's test: zero-width characters are empty too
+        return EMPTY_PROMPT
     if not isinstance(record["model"], str) or not record["model"].strip():
         return "model must be a non-empty string"
     score = record["score"]
@@ -141,10 +143,10 @@ def _read_outcome_log_table(folder: Path, on_error, prices, split, require_all_m
     if summary["bad_lines"] and on_error == "raise":
         first = summary["bad_lines"][0]
         raise RoutingDataError(
-            f"{folder} {first['line']}: {first['reason']}. Fix the line, or pass on_error='skip' to leave bad lines out."
+            f"{folder} {first['line']}: {first['reason']}. Fix the line, or leave bad lines out with on_error='skip' (carrot train --on-error skip)."
         )
     if (folder / PRICES_FILENAME).is_file():
-        prices = read_prices_file(folder / PRICES_FILENAME)["prices"]
+        prices = _served_models_prices(read_prices_file(folder / PRICES_FILENAME)["prices"], records, folder)
     if not records:
         raise RoutingDataError(
             f"{folder} holds no served request that can become routing data ({summary['served']} served: "
@@ -164,6 +166,22 @@ def _read_outcome_log_table(folder: Path, on_error, prices, split, require_all_m
     return table
 
 
+def _served_models_prices(prices: dict, records: list[dict], folder: Path) -> dict:
+    """
+    The log's price table cut to the models it served. The gateway writes every candidate's price,
+    but a candidate it never called (no upstream for it, or never chosen) has no data to train on.
+    """
+    served = {record["model"] for record in records}
+    unserved = sorted(name for name in prices if name not in served)
+    if unserved:
+        warnings.warn(
+            f"{folder}: left out the prices of {', '.join(unserved)}, which the log never served; the router "
+            "trained on it routes among the models it served.",
+            stacklevel=4,
+        )
+    return {name: price for name, price in prices.items() if name in served}
+
+
 def _pivot_records(entries, path: Path, name: str, on_error, prices, split, require_all_models, outcome_summary) -> RoutingTable:
     """Pivot `(line, record or JSONDecodeError)` entries into a RoutingTable (one row per prompt)."""
     skipped: list[dict] = []
@@ -171,7 +189,7 @@ def _pivot_records(entries, path: Path, name: str, on_error, prices, split, requ
     def bad(line_number, reason: str):
         if on_error == "raise":
             raise RoutingDataError(
-                f"{name} line {line_number}: {reason}. Fix the line, or pass on_error='skip' to leave bad lines out."
+                f"{name} line {line_number}: {reason}. Fix the line, or leave bad lines out with on_error='skip' (carrot train --on-error skip)."
             )
         skipped.append({"line": line_number, "reason": reason})
 

@@ -101,6 +101,7 @@ class OutcomeLogContents:
 
     Attributes:
         served (`dict`): request id → served record, in reading order.
+        where (`dict`): request id → `"shard:line"` of its served record.
         labels (`dict`): request id → `(score, time)` of its latest feedback.
         orphan_feedback (`int`): feedback records whose request id has no served record in the folder.
         bad_lines (`list[dict]`): `{"line": "shard:line", "reason"}` for lines that are not valid records.
@@ -108,6 +109,7 @@ class OutcomeLogContents:
     """
 
     served: dict[str, dict] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)
     labels: dict[str, tuple[float, float]] = field(default_factory=dict)
     orphan_feedback: int = 0
     bad_lines: list[dict] = field(default_factory=list)
@@ -157,6 +159,7 @@ def read_outcome_log(folder: str | os.PathLike) -> OutcomeLogContents:
                 contents.bad_lines.append({"line": where, "reason": problem})
             elif record["type"] == SERVED:
                 contents.served[record["request_id"]] = record
+                contents.where[record["request_id"]] = where
             else:
                 when = record.get("time")
                 when = float(when) if isinstance(when, (int, float)) and math.isfinite(when) else 0.0
@@ -167,6 +170,21 @@ def read_outcome_log(folder: str | os.PathLike) -> OutcomeLogContents:
         else:
             contents.orphan_feedback += 1
     return contents
+
+
+EMPTY_PROMPT = "prompt is empty (nothing but whitespace, control or zero-width characters)"
+
+
+def prompt_has_content(prompt: str) -> bool:
+    """The router's own test of an empty prompt (imported late: reading a log needs no torch until here)."""
+    from ..modeling_carrot import prompt_has_content as router_test
+
+    return router_test(prompt)
+
+
+def _line_order(where: str) -> tuple[str, int]:
+    shard, _, number = where.rpartition(":")
+    return shard, int(number) if number.isdigit() else 0
 
 
 def prompt_key(prompt: str) -> str:
@@ -192,7 +210,7 @@ def outcome_log_records(folder: str | os.PathLike) -> tuple[list[dict], dict]:
         "served": len(contents.served), "labelled": len(contents.labels), "cells": 0, "repeats_merged": 0,
         "not_answered": 0, "without_prompt": 0, "without_usage": 0,
         "orphan_feedback": contents.orphan_feedback, "torn_lines": contents.torn_lines,
-        "bad_lines": contents.bad_lines,
+        "bad_lines": list(contents.bad_lines),
     }
     cells: dict[tuple[str, str], dict] = {}
     for request_id, record in contents.served.items():
@@ -200,8 +218,11 @@ def outcome_log_records(folder: str | os.PathLike) -> tuple[list[dict], dict]:
             summary["not_answered"] += 1
             continue
         prompt = record.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
             summary["without_prompt"] += 1
+            continue
+        if not prompt_has_content(prompt):  # e.g. a pinned request of zero-width characters: nothing to learn from
+            summary["bad_lines"].append({"line": contents.where[request_id], "reason": EMPTY_PROMPT})
             continue
         usage = record.get("usage")
         n_in, n_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
@@ -214,6 +235,7 @@ def outcome_log_records(folder: str | os.PathLike) -> tuple[list[dict], dict]:
         cell["output"].append(n_out)
         if request_id in contents.labels:
             cell["scores"].append(contents.labels[request_id][0])
+    summary["bad_lines"] = sorted(summary["bad_lines"], key=lambda bad: _line_order(bad["line"]))
     records = []
     for (prompt_id, model), cell in cells.items():
         summary["repeats_merged"] += len(cell["input"]) - 1

@@ -238,10 +238,15 @@ class Gateway:
                                code="unknown_request_id") from None
         except ValueError as error:  # e.g. the request was not answered: nothing to score
             raise RequestError(str(error), param="request_id") from None
+        answer = {"request_id": request_id, "score": float(score), "status": "recorded"}
         if self.learner is not None:
             # Off the event loop (it encodes the prompt); the router's memory is swapped under its own lock.
-            await loop.run_in_executor(self._learning, self.learner.on_feedback, request_id, float(score), record)
-        return JSONResponse({"request_id": request_id, "score": float(score), "status": "recorded"})
+            try:
+                await loop.run_in_executor(self._learning, self.learner.on_feedback, request_id, float(score), record)
+            except Exception as error:  # noqa: BLE001  (the label is written: a 500 would tell the client to resend it)
+                logger.warning("feedback for %s was recorded but not learned: %s", request_id, error)
+                answer["learned"] = False
+        return JSONResponse(answer)
 
     async def chat_completions(self, request: Request):
         started = time.perf_counter()

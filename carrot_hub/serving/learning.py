@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..router_store import LATEST_FILENAME, FolderStore
+from ..modeling_carrot import prompt_has_content
 from .outcome_log import check_score
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class OnlineLearner:
         max_batch: the most queued labels encoded in one batch.
 
     A request labelled twice is learned once (its first label; the outcome log keeps every label and
-    its loader uses the latest). Feedback whose served record has no prompt (`--no-prompt-log`) or
-    names a model the router does not know is counted in `stats` and not learned.
+    its loader uses the latest). Feedback whose served record has no prompt (`--no-prompt-log`), an
+    empty one (zero-width characters only, served pinned) or names a model the router does not know
+    is counted in `stats` and not learned.
     """
 
     def __init__(self, router, save_dir, every: int = 500, keep: int | None = 3, max_batch: int = 64):
@@ -64,7 +66,7 @@ class OnlineLearner:
         self.source = source or None
         self.every = every
         self.keep = keep
-        self.stats = {"learned": 0, "repeated": 0, "without_prompt": 0, "unknown_model": 0, "saves": 0}
+        self.stats = {"learned": 0, "repeated": 0, "without_prompt": 0, "empty_prompt": 0, "unknown_model": 0, "saves": 0}
         self.saved: list[Path] = []
         self._learned_ids: OrderedDict[str, None] = OrderedDict()
         self.max_batch = max_batch
@@ -97,10 +99,13 @@ class OnlineLearner:
             if request_id in self._learned_ids:
                 self.stats["repeated"] += 1
                 return
-            if not isinstance(prompt, str) or not prompt.strip():
+            if not isinstance(prompt, str):
                 self.stats["without_prompt"] += 1
                 if self.stats["without_prompt"] == 1:
                     logger.warning("Feedback for a request whose prompt was not logged (--no-prompt-log) is not learned.")
+                return
+            if not prompt_has_content(prompt):  # a pinned request of zero-width characters: no text to remember
+                self.stats["empty_prompt"] += 1
                 return
             if model not in self.router.config.candidate_models:
                 self.stats["unknown_model"] += 1
