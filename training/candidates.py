@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from carrot_hub.configuration_carrot import CarrotConfig, check_price
+from carrot_hub.knn_memory_carrot import prompt_key_of
 from carrot_hub.modeling_carrot import CarrotKNNMemory, CarrotRouter
 
 from .output import save_router_atomically
@@ -127,7 +128,9 @@ def add_candidate(
 
     state = {key: value.detach().clone() for key, value in router.state_dict().items()}
     if config.predictor_kind == "knn":
-        state.update(_knn_add(router.predictor, new_embeddings, quality, output_tokens, config.knn_remembered_rows))
+        new_keys = torch.tensor([prompt_key_of(table.prompts[i]) for i in rows], dtype=torch.int64)
+        state.update(_knn_add(router.predictor, new_embeddings, quality, output_tokens, config.knn_remembered_rows,
+                              new_keys if "predictor.prompt_keys" in state else None))
         memory_size = state["predictor.embeddings"].shape[0]
         detail = f"kNN memory {config.knn_memory_size} → {memory_size} prompts"
     else:
@@ -154,11 +157,13 @@ def add_candidate(
 
 
 @torch.no_grad()
-def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens, n_remembered: int = 0) -> dict[str, torch.Tensor]:
+def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens, n_remembered: int = 0,
+             prompt_keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """
     New memory buffers: old rows + new rows; old cells of the new column and new cells of old columns
     unobserved. The new rows are training rows: they go before the `n_remembered` rows that
     `remember()` added (the memory keeps remembered rows last, see `CarrotKNNMemory.append`).
+    `prompt_keys (n_new,)`: the new rows' keys, for a memory that saves its rows' prompt keys.
     """
     n_old, n_models = memory.quality.shape
     n_new = embeddings.shape[0]
@@ -172,7 +177,12 @@ def _knn_add(memory: CarrotKNNMemory, embeddings, quality, output_tokens, n_reme
         return torch.cat([old[:n_training], torch.cat([new_pad, new_column], 1), old[n_training:]], 0).contiguous()
 
     old_embeddings = memory.embeddings
+    keys = {}
+    if prompt_keys is not None:
+        old_keys = memory.prompt_keys
+        keys["predictor.prompt_keys"] = torch.cat([old_keys[:n_training], prompt_keys, old_keys[n_training:]]).contiguous()
     return {
+        **keys,
         "predictor.embeddings": torch.cat(
             [old_embeddings[:n_training], embeddings.float(), old_embeddings[n_training:]], 0
         ).contiguous(),
@@ -308,6 +318,8 @@ def remove_candidate(router: CarrotRouter, name: str, parent: str | None = None)
         for buffer in ("quality", "quality_observed", "log_output_tokens", "output_tokens_observed"):
             state[f"predictor.{buffer}"] = getattr(memory, buffer)[rows][:, keep].contiguous()
         state["predictor.embeddings"] = memory.embeddings[rows].contiguous()
+        if "predictor.prompt_keys" in state:
+            state["predictor.prompt_keys"] = memory.prompt_keys[rows].contiguous()
         memory_size = int(rows.numel())
         detail = f"kNN memory {config.knn_memory_size} → {memory_size} prompts"
     else:
