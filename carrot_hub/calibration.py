@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .configuration_carrot import check_mu
-from .modeling_carrot import CarrotRouter, PromptPredictions, choose_candidates, predicted_cost
+from .modeling_carrot import CarrotRouter, PromptPredictions, RoutingOptions, choose_candidates, predicted_cost
 
 PER_PROMPTS = 1000  # spend is reported per 1,000 prompts
 
@@ -57,16 +57,23 @@ class Calibrator:
         prices: Mapping | None = None,
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
+        options: RoutingOptions | None = None,
     ) -> "Calibrator":
-        """Bind `predictions` (from `router.predict(prompts)`) to the prices and constraints of one routing setup."""
+        """
+        Bind `predictions` (from `router.predict(prompts)`) to the prices and constraints of one
+        routing setup: `options` from `router.routing_options(...)`, or the separate values. μ is
+        what the calibrator varies, and spend is predicted under the "predict" ood policy.
+        """
         if len(predictions) == 0:
             raise ValueError("There are no prompts to calibrate on.")
-        options = router._resolve_options(None, prices, allowed, max_cost)
-        _, input_prices, output_prices, allowed_mask, max_cost = options[:5]  # spend under the "predict" ood policy
-        cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
+        if options is None:
+            options = router.routing_options(prices=prices, allowed=allowed, max_cost=max_cost)
+        elif prices is not None or allowed is not None or max_cost is not None:
+            raise ValueError("Pass either options= or prices/allowed/max_cost, not both.")
+        cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, *options.price_tensors())
         return cls(
             predictions.quality.float(), cost.float(), float(router.config.cost_scale),
-            list(router.config.candidate_models), allowed_mask, max_cost,
+            list(options.candidate_models), options.allowed_mask(), options.max_cost,
         )
 
     def choices(self, mus: torch.Tensor, mu_chunk: int = 64) -> torch.Tensor:

@@ -377,10 +377,10 @@ def _allowed(values: list[str] | None) -> list[str] | None:
     return names
 
 
-def _check_router_options(router, args, prices, allowed) -> None:
-    """Validate prices / allowed / max_cost against the router's candidates (exit 2 on error)."""
+def _routing_options(router, args, prices, allowed):
+    """The router's `RoutingOptions` for --mu / --prices / --allowed / --max-cost / --ood, checked once (exit 2 on error)."""
     try:
-        router._resolve_options(getattr(args, "mu", None), prices, allowed, args.max_cost, getattr(args, "ood", None))
+        return router.routing_options(getattr(args, "mu", None), prices, allowed, args.max_cost, getattr(args, "ood", None))
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -438,17 +438,17 @@ def run_route(args) -> int:
     try:
         router = load_router(args.model, progress=shard.is_main and not args.no_progress, dtype=args.dtype,
                              encoder=args.encoder, data=args.data)
-        _check_router_options(router, args, prices, allowed)
+        options = _routing_options(router, args, prices, allowed)
         if part is not None:
             with open(part, "w", encoding="utf-8") as handle:
-                count = _route_stream(router, source, args, prices, allowed, shard, handle, "jsonl")
+                count = _route_stream(router, source, args, options, shard, handle, "jsonl")
         elif output is not None:
             with atomic_file(output) as handle:
-                count = _route_stream(router, source, args, prices, allowed, shard, handle, fmt)
+                count = _route_stream(router, source, args, options, shard, handle, fmt)
                 if count == 0:
                     raise InputError(f"No prompts in {source.name}.")
         else:
-            count = _route_stream(router, source, args, prices, allowed, shard, sys.stdout, fmt)
+            count = _route_stream(router, source, args, options, shard, sys.stdout, fmt)
             if count == 0:
                 raise InputError(f"No prompts in {source.name}.")
     except InputError as exc:
@@ -514,7 +514,7 @@ def _check_index(line: str, index: int) -> None:
         raise RuntimeError(f"Merging part files: record {index} holds index {found}; the parts are inconsistent.")
 
 
-def _route_stream(router, source, args, prices, allowed, shard, handle, fmt: str) -> int:
+def _route_stream(router, source, args, options, shard, handle, fmt: str) -> int:
     """Route `source`'s prompts for this shard chunk by chunk, writing records to `handle`; returns the count."""
     from tqdm.auto import tqdm
 
@@ -535,20 +535,19 @@ def _route_stream(router, source, args, prices, allowed, shard, handle, fmt: str
             indices.append(index)
             prompts.append(prompt)
             if len(prompts) >= args.chunk_size:
-                count += _route_chunk(router, indices, prompts, args, prices, allowed, handle, fmt, detailed)
+                count += _route_chunk(router, indices, prompts, args, options, handle, fmt, detailed)
                 bar.update(len(prompts))
                 indices, prompts = [], []
         if prompts:
-            count += _route_chunk(router, indices, prompts, args, prices, allowed, handle, fmt, detailed)
+            count += _route_chunk(router, indices, prompts, args, options, handle, fmt, detailed)
             bar.update(len(prompts))
     finally:
         bar.close()
     return count
 
 
-def _route_chunk(router, indices, prompts, args, prices, allowed, handle, fmt, detailed) -> int:
-    decision = router.route(prompts, mu=getattr(args, "mu", None), prices=prices, allowed=allowed,
-                            max_cost=args.max_cost, batch_size=args.batch_size, ood=getattr(args, "ood", None))
+def _route_chunk(router, indices, prompts, args, options, handle, fmt, detailed) -> int:
+    decision = router.route(prompts, batch_size=args.batch_size, options=options)
     if fmt == "jsonl":
         lines = []
         for index, record in zip(indices, decision.to_records()):
@@ -624,11 +623,11 @@ def run_calibrate(args) -> int:
     if not prompts:
         raise UsageError(f"No prompts in {source.name}.")
     router = load_router(args.model, progress=not args.no_progress, dtype=args.dtype, encoder=args.encoder, data=args.data)
-    _check_router_options(router, args, prices, allowed)
+    options = _routing_options(router, args, prices, allowed)
     started = time.perf_counter()
     predictions = router.predict(prompts, batch_size=args.batch_size,
                                  progress=not args.no_progress and len(prompts) > 4 * args.batch_size)
-    calibrator = Calibrator.from_predictions(router, predictions, prices, allowed, args.max_cost)
+    calibrator = Calibrator.from_predictions(router, predictions, options=options)
     grid = [i / (args.grid - 1) for i in range(args.grid)] if args.grid > 1 else [router.config.default_mu]
     curve = calibrator.curve(grid)
     solved, target_text = None, None

@@ -84,6 +84,93 @@ class PromptPredictions:
     def __len__(self) -> int:
         return self.quality.shape[0]
 
+    def select(self, rows) -> "PromptPredictions":
+        """
+        The predictions of some prompts, every field kept: `rows` is a list of row indices or a
+        `(batch,)` bool / int64 tensor; the result has `len(rows)` prompts, in that order.
+        """
+        index = torch.as_tensor(rows)
+        index = (index.nonzero().flatten() if index.dtype == torch.bool else index).long().reshape(-1)
+        positions = index.tolist()
+
+        def rows_of(values):
+            return None if values is None else values[index]
+
+        def flags_of(values):
+            return [values[position] for position in positions] if values else []
+
+        return PromptPredictions(
+            quality=self.quality[index],
+            output_tokens=self.output_tokens[index],
+            input_tokens=self.input_tokens[index],
+            truncated=flags_of(self.truncated),
+            candidate_models=None if self.candidate_models is None else list(self.candidate_models),
+            support=rows_of(self.support),
+            quality_low=rows_of(self.quality_low),
+            quality_high=rows_of(self.quality_high),
+            fallback_embedding=flags_of(self.fallback_embedding),
+        )
+
+
+class RoutingOptionError(ValueError):
+    """A routing option the router refuses; `option` names it (`"mu"`, `"prices"`, `"allowed"`, `"max_cost"`, `"ood"`)."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True)
+class RoutingOptions:
+    """
+    How a router decides: μ, the price table, the allowed candidates, the cost cap and the
+    out-of-distribution policy, resolved against one router's candidates and checked once, by
+    [`CarrotRouter.routing_options`]. `route()` and `decide()` take it as `options=`, and the CLI,
+    calibration, the pipeline and the gateway pass it along instead of checking the raw values again.
+
+    Frozen and hashable: equal options decide the same way, so requests can be grouped by them.
+    A new option is a new field with a default here and a keyword in `routing_options` that checks it.
+
+    Args:
+        candidate_models (`tuple[str, ...]`): the candidates it was resolved for, in column order.
+        mu (`float`): the quality/cost trade-off in [0, 1].
+        input_prices, output_prices (`tuple[float, ...]`): $/M tokens per candidate, overrides applied.
+        allowed (`tuple[str, ...]`, *optional*): the candidates that may be chosen, in column order;
+            None = all of them.
+        max_cost (`float`, *optional*): the most US dollars a prompt's chosen candidate may cost.
+        ood (`str`): the policy for prompts out of distribution: `"predict"`, `"prior"` or `"model:<name>"`.
+    """
+
+    candidate_models: tuple[str, ...]
+    mu: float
+    input_prices: tuple[float, ...]
+    output_prices: tuple[float, ...]
+    allowed: tuple[str, ...] | None = None
+    max_cost: float | None = None
+    ood: str = "predict"
+
+    @property
+    def prices(self) -> dict:
+        """The price table in force, `{model: {"input": $/M, "output": $/M}}`."""
+        return {
+            name: {"input": p_in, "output": p_out}
+            for name, p_in, p_out in zip(self.candidate_models, self.input_prices, self.output_prices)
+        }
+
+    def price_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and output $/M tokens, `(n_models,)` float64 each (prices round-trip exactly)."""
+        return (
+            torch.tensor(self.input_prices, dtype=torch.float64),
+            torch.tensor(self.output_prices, dtype=torch.float64),
+        )
+
+    def allowed_mask(self) -> torch.Tensor | None:
+        """`(n_models,)` bool, the candidates that may be chosen; None when all may."""
+        if self.allowed is None:
+            return None
+        allowed = set(self.allowed)
+        return torch.tensor([name in allowed for name in self.candidate_models], dtype=torch.bool)
+
 
 @dataclass
 class RoutingDecision:
@@ -117,6 +204,7 @@ class RoutingDecision:
         fallback_embedding (`list[bool]`): prompts none of whose tokens is in a static encoder's
             vocabulary (e.g. only emoji or an unknown script): they were embedded with the encoder's
             fallback embedding, so their predictions are those of a typical prompt, not of this one.
+        options (`RoutingOptions`, *optional*): the options the decision was made with.
     """
 
     models: list[str]
@@ -138,6 +226,7 @@ class RoutingDecision:
     ood_policy: str = "predict"
     ood_applied: list[bool] | None = None
     fallback_embedding: list[bool] | None = None
+    options: RoutingOptions | None = None
 
     def __post_init__(self):
         n = len(self.models)

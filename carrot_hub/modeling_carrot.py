@@ -37,6 +37,8 @@ from .decision_carrot import (
     PromptEncoding,
     PromptPredictions,
     RoutingDecision,
+    RoutingOptionError,
+    RoutingOptions,
     carrot_utility,
     choose_candidates,
     predicted_cost,
@@ -592,6 +594,7 @@ class CarrotRouter(CarrotPreTrainedModel):
         max_cost: float | None = None,
         batch_size: int = 64,
         ood: str | None = None,
+        options: RoutingOptions | None = None,
     ) -> RoutingDecision:
         """
         Choose a candidate LLM for every prompt.
@@ -611,14 +614,15 @@ class CarrotRouter(CarrotPreTrainedModel):
                 on each candidate's prior quality, `"model:<name>"` sends them to that candidate
                 (it must be allowed); defaults to `config.ood_policy`. `decision.ood_applied` says
                 which prompts it changed.
+            options: all of the above resolved once by [`routing_options`] (instead of them).
 
         Returns:
             A [`RoutingDecision`].
         """
         prompts = check_prompts(prompts)
-        options = self._resolve_options(mu, prices, allowed, max_cost, ood)
+        options = self._options_in_force(options, mu, prices, allowed, max_cost, ood)
         predictions = self.predict(prompts, batch_size=batch_size)
-        return self._decide(predictions, *options)
+        return self._decide(predictions, options)
 
     def decide(
         self,
@@ -628,10 +632,66 @@ class CarrotRouter(CarrotPreTrainedModel):
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
         ood: str | None = None,
+        options: RoutingOptions | None = None,
     ) -> RoutingDecision:
         """Like [`route`], from predictions already made by [`predict`]: changing μ or prices needs no re-encoding."""
-        options = self._resolve_options(mu, prices, allowed, max_cost, ood)
-        return self._decide(predictions, *options)
+        return self._decide(predictions, self._options_in_force(options, mu, prices, allowed, max_cost, ood))
+
+    def routing_options(
+        self,
+        mu: float | None = None,
+        prices: Mapping | None = None,
+        allowed: Sequence[str] | None = None,
+        max_cost: float | None = None,
+        ood: str | None = None,
+    ) -> RoutingOptions:
+        """
+        The [`RoutingOptions`] in force for this router, every value checked once (a one-line
+        `ValueError` names the first bad one): what [`route`] describes, the config's defaults
+        (`default_mu`, the price table, `ood_policy`) for what is left out. The error is a
+        [`RoutingOptionError`], whose `option` names the refused option.
+        """
+        option = "mu"
+        try:
+            mu = check_mu(self.config.default_mu if mu is None else mu)
+            option = "prices"
+            input_prices, output_prices = self._price_lists(prices)
+            option = "allowed"
+            allowed_mask = self.resolve_allowed(allowed)
+            option = "max_cost"
+            if max_cost is not None:
+                max_cost = check_number(max_cost, "max_cost", "a number of US dollars per prompt")
+                if not math.isfinite(max_cost) or max_cost < 0:
+                    raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
+            option = "ood"
+            ood = self.resolve_ood(ood, allowed_mask)
+        except ValueError as error:  # the same message, and which option it is about
+            raise RoutingOptionError(str(error), option) from None
+        names = tuple(self.config.candidate_models)
+        return RoutingOptions(
+            candidate_models=names,
+            mu=mu,
+            input_prices=tuple(input_prices),
+            output_prices=tuple(output_prices),
+            allowed=None if allowed_mask is None else tuple(n for n, ok in zip(names, allowed_mask.tolist()) if ok),
+            max_cost=max_cost,
+            ood=ood,
+        )
+
+    def _options_in_force(self, options, mu, prices, allowed, max_cost, ood) -> RoutingOptions:
+        """`options` when given (checked to be this router's), else the options the separate values resolve to."""
+        if options is None:
+            return self.routing_options(mu, prices, allowed, max_cost, ood)
+        if any(value is not None for value in (mu, prices, allowed, max_cost, ood)):
+            raise ValueError("Pass either options= or mu/prices/allowed/max_cost/ood, not both.")
+        if not isinstance(options, RoutingOptions):
+            raise TypeError(f"options must be RoutingOptions (router.routing_options(...)), got {type(options).__name__}.")
+        if list(options.candidate_models) != list(self.config.candidate_models):
+            raise ValueError(
+                f"These options were resolved for candidates {list(options.candidate_models)}, not this router's "
+                f"{list(self.config.candidate_models)}: build them with this router's routing_options()."
+            )
+        return options
 
     def resolve_ood(self, ood: str | None, allowed_mask: torch.Tensor | None = None) -> str:
         """The ood policy in force (`config.ood_policy` when None), checked against the candidates and `allowed`."""
@@ -644,17 +704,6 @@ class CarrotRouter(CarrotPreTrainedModel):
                     "Allow it, or pass another ood policy ('predict', 'prior' or 'model:<an allowed candidate>')."
                 )
         return policy
-
-    def _resolve_options(self, mu, prices, allowed, max_cost, ood=None):
-        mu = check_mu(self.config.default_mu if mu is None else mu)
-        input_prices, output_prices = self.resolve_prices(prices)
-        allowed_mask = self.resolve_allowed(allowed)
-        if max_cost is not None:
-            max_cost = check_number(max_cost, "max_cost", "a number of US dollars per prompt")
-            if not math.isfinite(max_cost) or max_cost < 0:
-                raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
-        ood = self.resolve_ood(ood, allowed_mask)
-        return mu, input_prices, output_prices, allowed_mask, max_cost, ood
 
     def _check_predictions(self, predictions: PromptPredictions) -> None:
         """Raise `ValueError` when `predictions` were not made by a router with these candidates."""
@@ -679,10 +728,11 @@ class CarrotRouter(CarrotPreTrainedModel):
                 "were they made by another router? Call predict() on this router."
             )
 
-    def _decide(
-        self, predictions, mu, input_prices, output_prices, allowed_mask, max_cost, ood="predict"
-    ) -> RoutingDecision:
+    def _decide(self, predictions: PromptPredictions, options: RoutingOptions) -> RoutingDecision:
         self._check_predictions(predictions)
+        mu, max_cost, ood = options.mu, options.max_cost, options.ood
+        input_prices, output_prices = options.price_tensors()
+        allowed_mask = options.allowed_mask()
         cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
         n = len(predictions)
         support = predictions.support if predictions.support is not None else torch.full((n,), math.nan)
@@ -717,10 +767,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             cost=cost,
             utility=utility,
             mu=mu,
-            prices={
-                name: {"input": float(p_in), "output": float(p_out)}
-                for name, p_in, p_out in zip(names, input_prices.tolist(), output_prices.tolist())
-            },
+            prices=options.prices,
             truncated=list(predictions.truncated),
             over_budget=over_budget.tolist(),
             support=support,
@@ -730,6 +777,7 @@ class CarrotRouter(CarrotPreTrainedModel):
             ood_policy=ood,
             ood_applied=applied.tolist(),
             fallback_embedding=list(predictions.fallback_embedding),
+            options=options,
         )
 
     # ----------------------------------------------------------------------------- kNN memory
@@ -835,6 +883,14 @@ class CarrotRouter(CarrotPreTrainedModel):
         The price table in force with `overrides` applied: input and output $/M tokens, `(n_models,)`
         float64 each (float64 so that prices round-trip exactly into decisions and config.json).
         """
+        input_prices, output_prices = self._price_lists(overrides)
+        return (
+            torch.tensor(input_prices, dtype=torch.float64),
+            torch.tensor(output_prices, dtype=torch.float64),
+        )
+
+    def _price_lists(self, overrides: Mapping | None) -> tuple[list[float], list[float]]:
+        """The price table with `overrides` applied (checked): input and output $/M tokens per candidate."""
         input_prices = list(self.config.input_price_per_million)
         output_prices = list(self.config.output_price_per_million)
         if overrides is not None:
@@ -850,10 +906,7 @@ class CarrotRouter(CarrotPreTrainedModel):
                     input_prices[column] = new_input
                 if new_output is not None:
                     output_prices[column] = new_output
-        return (
-            torch.tensor(input_prices, dtype=torch.float64),
-            torch.tensor(output_prices, dtype=torch.float64),
-        )
+        return [float(p) for p in input_prices], [float(p) for p in output_prices]
 
     def set_prices(self, prices: Mapping, recorded_on: str | None = None) -> None:
         """Change the price table permanently (save with `save_pretrained`); unnamed models keep theirs."""
@@ -1025,6 +1078,8 @@ __all__ = [
     "TOKENIZE_CHUNK_PROMPTS",
     "pad_batch",
     "RoutingDecision",
+    "RoutingOptions",
+    "RoutingOptionError",
     "PromptPredictions",
     "PromptEncoding",
     "DOLLARS_PER_MILLION",

@@ -45,17 +45,15 @@ class LLMRoutingPipeline(Pipeline):
             raise TypeError(
                 f"llm-routing got unexpected arguments {sorted(kwargs)}; it takes mu, prices, allowed, max_cost, ood."
             )
-        postprocess = {}
-        for name, value in (("mu", mu), ("prices", prices), ("allowed", allowed), ("max_cost", max_cost), ("ood", ood)):
-            if value is not None:
-                postprocess[name] = value
-        if postprocess:
-            # Fail at call time with the router's own message, before any prompt is encoded.
-            self.model._resolve_options(
-                postprocess.get("mu"), postprocess.get("prices"), postprocess.get("allowed"), postprocess.get("max_cost"),
-                postprocess.get("ood"),
-            )
-        return {}, {}, postprocess
+        given = {name: value for name, value in
+                 (("mu", mu), ("prices", prices), ("allowed", allowed), ("max_cost", max_cost), ("ood", ood))
+                 if value is not None}
+        if not hasattr(self, "_routing_at_init"):  # transformers calls this first from __init__
+            self._routing_at_init = given
+        # Resolved and checked once per call, before any prompt is encoded (a bad value fails with the
+        # router's own message); a call's values override those given when the pipeline was made.
+        options = self.model.routing_options(**{**self._routing_at_init, **given})
+        return {}, {}, {"options": options}
 
     def preprocess(self, prompt: str) -> dict[str, torch.Tensor]:
         """
@@ -90,7 +88,7 @@ class LLMRoutingPipeline(Pipeline):
             "fallback_embedding": model_inputs["fallback_embedding"],
         }
 
-    def postprocess(self, model_outputs, mu=None, prices=None, allowed=None, max_cost=None, ood=None) -> dict:
+    def postprocess(self, model_outputs, options=None) -> dict:
         predictions = PromptPredictions(
             quality=model_outputs["quality"].reshape(1, -1),
             output_tokens=model_outputs["output_tokens"].reshape(1, -1),
@@ -102,7 +100,7 @@ class LLMRoutingPipeline(Pipeline):
             quality_high=model_outputs["quality_high"].reshape(1, -1),
             fallback_embedding=[bool(model_outputs["fallback_embedding"].reshape(-1)[0])],
         )
-        decision = self.model.decide(predictions, mu=mu, prices=prices, allowed=allowed, max_cost=max_cost, ood=ood)
+        decision = self.model.decide(predictions, options=options)
         record = decision.to_records()[0]
         chosen = record["predictions"][record["model"]]
         return {"model": record["model"], "quality": chosen["quality"], "cost": chosen["cost"], "mu": decision.mu,

@@ -43,3 +43,8 @@ def running_gateway(router, entries: dict, environ=None, log=None, learner=None,
     gateway = Gateway(router, pool, GatewaySettings(**settings), outcome_log=log, learner=learner)
     with LocalServer(gateway.app) as server:
         yield gateway, server
+
+
+def wait_records(gateway) -> None:
+    """Records are written off the event loop; the tests read them once the writer is idle."""
+    gateway._log_writer.submit(lambda: None).result(timeout=5)

@@ -5,19 +5,22 @@ import time
 
 import pytest
 
-from carrot_hub.serving.batching import RoutingBatcher, RoutingOptions, route_batch
+from carrot_hub.modeling_carrot import RoutingOptions
+from carrot_hub.serving.batching import RoutingBatcher, route_batch
 from tests.conftest import TINY_PROMPTS
+
+# For the batcher's own tests, whose route functions do not decide: any options will do.
+ANY_OPTIONS = RoutingOptions(candidate_models=("m",), mu=0.5, input_prices=(1.0,), output_prices=(1.0,))
 
 
 def test_route_batch_matches_route_per_prompt(knn_router):
-    options = [RoutingOptions(), RoutingOptions(mu=0.0), RoutingOptions(mu=1.0),
-               RoutingOptions(mu=0.3, allowed=("mid-model", "small-model")),
-               RoutingOptions(mu=0.0, max_cost=1e-5), RoutingOptions(prices={"small-model": {"input": 99.0}})]
+    requested = [{}, {"mu": 0.0}, {"mu": 1.0}, {"mu": 0.3, "allowed": ("mid-model", "small-model")},
+                 {"mu": 0.0, "max_cost": 1e-5}, {"prices": {"small-model": {"input": 99.0}}}]
+    options = [knn_router.routing_options(**values) for values in requested]
     prompts = TINY_PROMPTS[: len(options)]
     choices = route_batch(knn_router, prompts, options)
-    for prompt, option, choice in zip(prompts, options, choices):
-        decision = knn_router.route([prompt], mu=option.mu, prices=option.prices,
-                                    allowed=list(option.allowed) if option.allowed else None, max_cost=option.max_cost)
+    for prompt, values, choice in zip(prompts, requested, choices):
+        decision = knn_router.route([prompt], **values)
         assert choice.chosen.name == decision.models[0]
         assert choice.mu == decision.mu
         assert choice.chosen.quality == pytest.approx(float(decision.chosen_quality[0]), abs=1e-6)
@@ -30,9 +33,11 @@ def test_route_batch_matches_route_per_prompt(knn_router):
 
 
 def test_bad_options_fail_only_their_own_request(knn_router):
+    # Options resolved for another router (other candidates) are refused by decide(), for their request only.
+    foreign = RoutingOptions(candidate_models=("gpt-17",), mu=0.5, input_prices=(1.0,), output_prices=(1.0,))
     results = route_batch(knn_router, TINY_PROMPTS[:3],
-                          [RoutingOptions(), RoutingOptions(prices={"gpt-17": {"input": 1.0}}), RoutingOptions(mu=1.0)])
-    assert isinstance(results[1], ValueError) and "Known candidates" in str(results[1])
+                          [knn_router.routing_options(), foreign, knn_router.routing_options(mu=1.0)])
+    assert isinstance(results[1], ValueError) and "this router's" in str(results[1])
     assert results[0].chosen.name and results[2].chosen.name == "small-model"
 
 
@@ -42,7 +47,7 @@ def test_concurrent_requests_are_routed_together(knn_router):
     async def main():
         batcher = RoutingBatcher(knn_router, window_s=0.05, max_batch=64, on_batch=lambda n, s: sizes.append(n))
         try:
-            choices = await asyncio.gather(*(batcher.route(p, RoutingOptions(mu=1.0)) for p in TINY_PROMPTS))
+            choices = await asyncio.gather(*(batcher.route(p, knn_router.routing_options(mu=1.0)) for p in TINY_PROMPTS))
         finally:
             await batcher.aclose()
         return choices
@@ -62,9 +67,9 @@ def test_batches_are_capped_and_requests_arriving_during_a_batch_wait_for_the_ne
     async def main():
         batcher = RoutingBatcher(None, window_s=0.0, max_batch=4, route_fn=slow_route,
                                  on_batch=lambda n, s: sizes.append(n))
-        first = asyncio.ensure_future(batcher.route("a", RoutingOptions()))
+        first = asyncio.ensure_future(batcher.route("a", ANY_OPTIONS))
         await asyncio.sleep(0.01)  # the first batch (of one) is running
-        rest = await asyncio.gather(*(batcher.route(str(i), RoutingOptions()) for i in range(6)))
+        rest = await asyncio.gather(*(batcher.route(str(i), ANY_OPTIONS) for i in range(6)))
         await batcher.aclose()
         return await first, rest
 
@@ -89,7 +94,7 @@ def test_routing_never_blocks_the_event_loop():
                 ticks += 1
 
         ticking = asyncio.ensure_future(ticker())
-        result = await batcher.route("x", RoutingOptions())
+        result = await batcher.route("x", ANY_OPTIONS)
         ticking.cancel()
         await batcher.aclose()
         return result, ticks
@@ -111,8 +116,8 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
     async def main():
         batcher = RoutingBatcher(None, window_s=0.0, route_fn=flaky_route)
         with pytest.raises(RuntimeError, match="exploded"):
-            await batcher.route("x", RoutingOptions())
-        second = await batcher.route("y", RoutingOptions())
+            await batcher.route("x", ANY_OPTIONS)
+        second = await batcher.route("y", ANY_OPTIONS)
         await batcher.aclose()
         return second
 

@@ -32,8 +32,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..configuration_carrot import check_mu
-from .batching import RoutedChoice, RoutingBatcher, RoutingOptions, empty_predictions
+from ..modeling_carrot import RoutingOptionError, RoutingOptions
+from .batching import RoutedChoice, RoutingBatcher
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .metrics import GatewayMetrics
 from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
@@ -85,6 +85,21 @@ class _Served:
     error: str | None = None
 
 
+def _reliability_headers(choice: RoutedChoice | None) -> dict:
+    """
+    What the router knew about the prompt: its support in [0, 1], whether it was in distribution
+    (`true`/`false`, `unknown` for a router without support statistics) and whether the ood policy
+    changed the choice; `none`/`unknown`/`false` for a pinned request (nothing was routed).
+    """
+    if choice is None:
+        return {"x-carrot-support": "none", "x-carrot-in-distribution": "unknown", "x-carrot-ood-applied": "false"}
+    return {
+        "x-carrot-support": "unknown" if choice.support is None else f"{choice.support:.6g}",
+        "x-carrot-in-distribution": {True: "true", False: "false", None: "unknown"}[choice.in_distribution],
+        "x-carrot-ood-applied": "true" if choice.ood_applied else "false",
+    }
+
+
 class Gateway:
     """The app's state and handlers; `app` is the Starlette application."""
 
@@ -106,6 +121,12 @@ class Gateway:
         self.callable = [name for name in self.candidates if name in upstreams]
         # Candidates without an upstream are never chosen: routing is restricted to these.
         self._all_callable = len(self.callable) == len(self.candidates)
+        policy = router.config.ood_policy or "predict"
+        if policy.startswith("model:") and policy[len("model:"):] not in self.callable:
+            raise ValueError(
+                f"The router's ood_policy {policy!r} sends prompts out of distribution to a candidate with no "
+                f"upstream here (callable: {', '.join(self.callable)}). Give it an upstream, or set the router's "
+                "ood_policy to 'predict', 'prior' or 'model:<a callable candidate>'.")
         self.default_prices = router.config.prices
         self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
                                       on_batch=self.metrics.observe_batch)
@@ -263,8 +284,8 @@ class Gateway:
             self.metrics.routed.labels(choice.chosen.name).inc()
             order = [candidate.name for candidate in choice.ranked][: 1 + self.settings.max_fallbacks]
         else:
-            if chat.options != RoutingOptions():
-                prices = await self._check_options_for_pinned(chat.options)
+            if chat.options:  # a pinned request's options get the same checks; its prices are theirs
+                prices = self._checked_options(chat.options).prices
             order = [chat.pinned]
         served = _Served(request_id, started, chat, choice, prices, fallbacks=[])
         if chat.stream:
@@ -273,39 +294,29 @@ class Gateway:
 
     # ------------------------------------------------------------------------------ routing
 
-    def _routing_options(self, options: RoutingOptions) -> RoutingOptions:
-        """Check the request's options cheaply here; restrict the choice to candidates with an upstream."""
-        if options.mu is not None:
-            try:
-                check_mu(options.mu)
-            except ValueError as error:
-                raise RequestError(str(error), param="carrot.mu") from None
-        if options.max_cost is not None and options.max_cost < 0:
-            raise RequestError(f"max_cost must be a finite number of dollars ≥ 0, got {options.max_cost!r}.",
-                               param="carrot.max_cost")
-        if options.allowed is not None:
-            try:
-                self.router.resolve_allowed(list(options.allowed))  # route()'s own check of the names
-            except ValueError as error:
-                raise RequestError(str(error), param="carrot.allowed") from None
-            allowed = tuple(name for name in options.allowed if name in self.upstreams)
-            if not allowed:
+    def _routing_options(self, requested: dict) -> RoutingOptions:
+        """The request's options resolved by the router, the choice restricted to candidates with an upstream."""
+        requested = dict(requested)
+        allowed = requested.get("allowed")
+        if allowed is not None:
+            callable_allowed = tuple(name for name in allowed if name in self.upstreams)
+            if len(callable_allowed) < len(allowed):
+                self._checked_options({"allowed": allowed})  # a name that is no candidate: route()'s own error
+            if not callable_allowed:
                 raise RequestError(
-                    f"carrot.allowed ({', '.join(options.allowed)}) names no candidate this gateway can call. "
+                    f"carrot.allowed ({', '.join(allowed)}) names no candidate this gateway can call. "
                     f"Callable candidates: {', '.join(self.callable)}.", param="carrot.allowed")
-        else:
-            allowed = None if self._all_callable else tuple(self.callable)
-        return RoutingOptions(mu=options.mu, prices=options.prices, allowed=allowed, max_cost=options.max_cost)
+            requested["allowed"] = callable_allowed
+        elif not self._all_callable:
+            requested["allowed"] = tuple(self.callable)
+        return self._checked_options(requested)
 
-    async def _check_options_for_pinned(self, options: RoutingOptions) -> dict:
-        """A pinned request's options still get route()'s checks; returns the prices in force."""
+    def _checked_options(self, requested: dict) -> RoutingOptions:
+        """`router.routing_options(**requested)`; a refused value is a 400 naming `carrot.<option>`."""
         try:
-            decision = await self.batcher.run_exclusive(
-                self.router.decide, empty_predictions(len(self.candidates)), options.mu, options.prices,
-                list(options.allowed) if options.allowed is not None else None, options.max_cost)
-        except (ValueError, TypeError) as error:
-            raise RequestError(str(error), param="carrot") from None
-        return decision.prices
+            return self.router.routing_options(**requested)
+        except RoutingOptionError as error:
+            raise RequestError(str(error), param=f"carrot.{error.option}") from None
 
     # ------------------------------------------------------------------------------ answers
 
@@ -318,6 +329,7 @@ class Gateway:
             "x-carrot-predicted-quality": "none" if estimate is None else f"{estimate.quality:.6g}",
             "x-carrot-predicted-cost": "none" if estimate is None else f"{estimate.cost:.6g}",
             "x-carrot-fallbacks": ",".join(served.fallbacks or []),
+            **_reliability_headers(served.choice),
         }
 
     def _failed(self, served: _Served, failure: UpstreamFailure) -> None:
@@ -495,6 +507,9 @@ class Gateway:
             "predicted_quality": estimate.quality if estimate else None,
             "predicted_output_tokens": estimate.output_tokens if estimate else None,
             "predicted_cost": estimate.cost if estimate else None,
+            "support": served.choice.support if served.choice else None,
+            "ood_policy": served.choice.ood_policy if served.choice else None,
+            "ood_applied": served.choice.ood_applied if served.choice else False,
             "usage": served.usage,
             "realised_cost": realised,
             "latency_s": latency,

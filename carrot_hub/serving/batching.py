@@ -2,14 +2,13 @@
 
 Requests that arrive within a short collection window (or while the previous batch is being
 encoded) are routed as one batch: one `router.predict` call for all their prompts in a worker
-thread, then one `router.decide` per distinct set of options (μ, prices, allowed, max_cost). The
-event loop only queues prompts and receives choices; the encoder never runs on it.
+thread, then one `router.decide` per distinct `RoutingOptions` (resolved by the router before the
+request is queued). The event loop only queues prompts and receives choices; the encoder never runs on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,21 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling_carrot import PromptPredictions
-
-
-@dataclass(frozen=True)
-class RoutingOptions:
-    """Per-request routing options, with the same meaning and checks as `router.route()`."""
-
-    mu: float | None = None
-    prices: dict | None = None
-    allowed: tuple[str, ...] | None = None
-    max_cost: float | None = None
-
-    def key(self) -> str:
-        """Requests with equal keys are decided together."""
-        return json.dumps([self.mu, self.prices, self.allowed, self.max_cost], sort_keys=True)
+from ..modeling_carrot import RoutingOptions
 
 
 @dataclass(frozen=True)
@@ -48,8 +33,10 @@ class CandidateEstimate:
 @dataclass(frozen=True)
 class RoutedChoice:
     """
-    The decision for one prompt: the candidates that may answer, best utility first (`ranked[0]`
-    is the router's choice; the rest are the fallbacks, all allowed and within `max_cost`).
+    The decision for one prompt: the candidates that may answer, the router's choice first
+    (`ranked[0]`), then the fallbacks, best utility first, all allowed and within `max_cost`.
+    `support` (None = unknown), `in_distribution` (None = unknown), `ood_policy` and `ood_applied`
+    (whether the policy changed the choice) are the decision's, as `route()` reports them.
     """
 
     ranked: tuple[CandidateEstimate, ...]
@@ -58,7 +45,10 @@ class RoutedChoice:
     prices: dict
     truncated: bool
     over_budget: bool
-    in_distribution: bool | None = None  # the router's support flag (None: unknown); `carrot collect` reads it
+    support: float | None = None
+    in_distribution: bool | None = None  # None: unknown; `carrot collect` reads it from the outcome log
+    ood_policy: str = "predict"
+    ood_applied: bool = False
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -68,23 +58,20 @@ class RoutedChoice:
         return next((c for c in self.ranked if c.name == name), None)
 
 
-def empty_predictions(n_models: int) -> PromptPredictions:
-    """Predictions for no prompt: `decide` on them checks options and returns the price table in force."""
-    return PromptPredictions(torch.zeros(0, n_models), torch.zeros(0, n_models), torch.zeros(0), [])
-
-
 def choices_from_decision(decision) -> list[RoutedChoice]:
     """Split a `RoutingDecision` `(batch, n_models)` into one `RoutedChoice` per prompt."""
     order = torch.argsort(decision.utility, dim=1, descending=True, stable=True)
     utility, quality = decision.utility.tolist(), decision.quality.tolist()
     tokens, cost = decision.output_tokens.tolist(), decision.cost.tolist()
+    support = decision.support.tolist()
     names = decision.candidate_models
     choices = []
-    for row, columns in enumerate(order.tolist()):
+    for row, (chosen, columns) in enumerate(zip(decision.model_indices.tolist(), order.tolist())):
+        # The choice comes first even where the utility does not rank it first (an ood policy
+        # "model:<name>" sends the prompt to that candidate); the fallbacks follow, best first.
         ranked = tuple(
             CandidateEstimate(names[c], quality[row][c], tokens[row][c], cost[row][c])
-            for c in columns
-            if math.isfinite(utility[row][c])
+            for c in [chosen, *(c for c in columns if c != chosen and math.isfinite(utility[row][c]))]
         )
         choices.append(
             RoutedChoice(
@@ -94,7 +81,10 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
                 prices=decision.prices,
                 truncated=bool(decision.truncated[row]),
                 over_budget=bool(decision.over_budget[row]),
-                in_distribution=decision.in_distribution[row] if decision.in_distribution is not None else None,
+                support=None if math.isnan(support[row]) else support[row],
+                in_distribution=decision.in_distribution[row],
+                ood_policy=decision.ood_policy,
+                ood_applied=bool(decision.ood_applied[row]),
             )
         )
     return choices
@@ -107,26 +97,13 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
     """
     predictions = router.predict(list(prompts), batch_size=max(1, len(prompts)))
     results: list = [None] * len(prompts)
-    groups: dict[str, list[int]] = {}
+    groups: dict[RoutingOptions, list[int]] = {}
     for row, option in enumerate(options):
-        groups.setdefault(option.key(), []).append(row)
-    for rows in groups.values():
-        option = options[rows[0]]
-        index = torch.tensor(rows)
-        subset = PromptPredictions(
-            predictions.quality[index],
-            predictions.output_tokens[index],
-            predictions.input_tokens[index],
-            [predictions.truncated[r] for r in rows],
-        )
+        groups.setdefault(option, []).append(row)
+    for option, rows in groups.items():
+        subset = predictions if len(rows) == len(prompts) else predictions.select(rows)
         try:
-            decision = router.decide(
-                subset,
-                mu=option.mu,
-                prices=option.prices,
-                allowed=list(option.allowed) if option.allowed is not None else None,
-                max_cost=option.max_cost,
-            )
+            decision = router.decide(subset, options=option)
         except (ValueError, TypeError) as error:
             for row in rows:
                 results[row] = error

@@ -8,10 +8,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .batching import RoutingOptions
-
 VIRTUAL_MODEL = "carrot"
-CARROT_OPTIONS = ("mu", "max_cost", "allowed", "prices")
+# The body's `carrot` object: the keywords of `router.routing_options`, which checks their values.
+CARROT_OPTIONS = ("mu", "max_cost", "allowed", "prices", "ood")
 ROUTE_ON = ("last-user", "conversation")
 
 
@@ -31,13 +30,15 @@ class RequestError(Exception):
 class ChatRequest:
     """
     A checked request. `pinned` is the candidate named by the client (no routing), else None and
-    `options` say how to route `routed_text`. `payload` is the body to forward: the client's own,
-    without the `carrot` options (each upstream sets `model` to its own id).
+    `options` say how to route `routed_text`: the routing options the client gave (keywords of
+    `router.routing_options`, only those given; the router resolves and checks them). `payload` is
+    the body to forward: the client's own, without the `carrot` options (each upstream sets `model`
+    to its own id).
     """
 
     payload: dict
     pinned: str | None
-    options: RoutingOptions
+    options: dict
     routed_text: str | None
     stream: bool
     client_wants_usage: bool
@@ -107,12 +108,15 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
-def parse_carrot_options(options, mu_from_model: float | None) -> RoutingOptions:
-    """The body's `carrot` object → `RoutingOptions` (values are checked against the router later)."""
+def parse_carrot_options(options, mu_from_model: float | None) -> dict:
+    """
+    The body's `carrot` object (and the μ of `model: "carrot:<mu>"`) → the routing options given,
+    as keywords of `router.routing_options` (their JSON types are checked here, their values there).
+    """
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
-        raise RequestError("`carrot` must be an object {mu, max_cost, allowed, prices}.", param="carrot")
+        raise RequestError("`carrot` must be an object {mu, max_cost, allowed, prices, ood}.", param="carrot")
     unknown = sorted(set(options) - set(CARROT_OPTIONS))
     if unknown:
         raise RequestError(f"carrot has unknown keys {unknown}; known: {', '.join(CARROT_OPTIONS)}.", param="carrot")
@@ -135,8 +139,12 @@ def parse_carrot_options(options, mu_from_model: float | None) -> RoutingOptions
     if prices is not None and not isinstance(prices, Mapping):
         raise RequestError('carrot.prices must be an object {"model": {"input": $/M, "output": $/M}}.',
                            param="carrot.prices")
-    return RoutingOptions(mu=mu, prices=dict(prices) if prices is not None else None, allowed=allowed,
-                          max_cost=max_cost)
+    ood = options.get("ood")
+    if ood is not None and not isinstance(ood, str):
+        raise RequestError('carrot.ood must be "predict", "prior" or "model:<candidate>".', param="carrot.ood")
+    given = {"mu": mu, "prices": dict(prices) if prices is not None else None, "allowed": allowed,
+             "max_cost": max_cost, "ood": ood}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def parse_chat_request(body: dict, callable_names: Sequence[str], route_on: str) -> ChatRequest:

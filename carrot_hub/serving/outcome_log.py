@@ -220,7 +220,8 @@ class OutcomeLog:
         candidate, or None when no upstream answered); `time` defaults to now. The gateway also gives
         `prompt`, `mu`, `predicted_quality`, `predicted_output_tokens`, `predicted_cost`, `usage`
         (`prompt_tokens`, `completion_tokens`), `realised_cost`, `latency_s`, `ttfb_s`, `fallbacks`,
-        `status` ("ok" when the answer reached the client) and `route_on`. Feedback can only find a
+        `status` ("ok" when the answer reached the client), `route_on`, and what the router knew of the
+        prompt: `support`, `in_distribution`, `ood_policy`, `ood_applied`. Feedback can only find a
         request once its record is written: record it before the response's last byte leaves.
         """
         if not isinstance(record, Mapping):
