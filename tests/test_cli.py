@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from carrot_hub.cli import EXTERNAL_COMMANDS, main
+from carrot_hub.cli import EXTERNAL_COMMANDS
 from carrot_hub.default import default_cache_dir
 from carrot_hub.modeling_carrot import CarrotRouter
 
+from .cli_helpers import assert_one_line_error, records, run
 from .conftest import TINY_PROMPTS
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -22,25 +23,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 @pytest.fixture(scope="module")
 def router(saved_knn_router):
     return CarrotRouter.from_pretrained(saved_knn_router)
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def records(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("carrot"), lines[0]
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------------- success

@@ -9,7 +9,7 @@ import pytest
 
 from carrot_hub.prompt_sources import InputError, PromptSource
 
-from .test_cli import assert_one_line_error, run
+from .cli_helpers import assert_one_line_error, run
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from carrot_hub.data import (
 from carrot_hub.data.routerbench import convert_routerbench, parse_list_text
 
 from .data_files import MODELS, PRICES, sprout_rows, write_parquet
+from .shared_data import require_shared_data
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "carrot_hub" / "default_data" / "routerbench-0shot"
-ROUTERBENCH_CSV = Path("/work/shared/data/routerbench-0shot")
 ROUTERBENCH_PRICES = ROOT / "scripts" / "routerbench_prices.json"
 
 
@@ -47,11 +47,10 @@ def test_packaged_routerbench_data(split, rows, missing):
 
 
 def test_routerbench_converter_on_a_real_slice(tmp_path):
-    if not ROUTERBENCH_CSV.is_dir():
-        pytest.skip("the RouterBench CSVs are not on this machine")
+    routerbench_csv = require_shared_data("routerbench-0shot")
     source = tmp_path / "csv"
     source.mkdir()
-    for path in ROUTERBENCH_CSV.glob("*.csv"):  # first rows; arc train also keeps both rows of a duplicated sample
+    for path in routerbench_csv.glob("*.csv"):  # first rows; arc train also keeps both rows of a duplicated sample
         frame = pd.read_csv(path)
         keep = set(range(6))
         if path.name == "arc_challenge_train.csv":

@@ -1,9 +1,7 @@
 """The routing tables shipped in the package: their copies, the default router of each, and mixing errors."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,12 +25,9 @@ from carrot_hub.embedding_cache import embeddings_key, load_embeddings
 from model_card.build import build_model_card
 from training.evaluate import router_curve
 
+from .shared_data import require_shared_data
+
 ZEROEVAL = "zeroeval-2024"
-SHARED_ZEROEVAL = Path("/nonexistent")
-for _folder in Path(__file__).resolve().parents:
-    if (_folder / "shared" / "data" / ZEROEVAL).is_dir():
-        SHARED_ZEROEVAL = _folder / "shared" / "data" / ZEROEVAL
-        break
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +48,13 @@ def test_both_tables_are_packaged_with_card_prices_and_licences():
     assert any("gemma-2-27b-it" in caveat for caveat in read_caveats(folder))
 
 
-@pytest.mark.skipif(not SHARED_ZEROEVAL.is_dir(), reason="the shared ZeroEval source is not on this machine")
 def test_zeroeval_copy_holds_the_same_rows_as_its_source():
+    shared_zeroeval = require_shared_data(ZEROEVAL)
     for split in ("train", "test"):
         name = f"data/{split}-00000-of-00001.parquet"
-        copy, source = pq.read_table(packaged_table_dir(ZEROEVAL) / name), pq.read_table(SHARED_ZEROEVAL / name)
+        copy, source = pq.read_table(packaged_table_dir(ZEROEVAL) / name), pq.read_table(shared_zeroeval / name)
         assert copy.to_pylist() == source.to_pylist()
-    assert (packaged_table_dir(ZEROEVAL) / "prices.json").read_bytes() == (SHARED_ZEROEVAL / "prices.json").read_bytes()
+    assert (packaged_table_dir(ZEROEVAL) / "prices.json").read_bytes() == (shared_zeroeval / "prices.json").read_bytes()
 
 
 @pytest.mark.parametrize("name", packaged_tables())

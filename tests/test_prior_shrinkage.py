@@ -14,7 +14,7 @@ from training import metrics
 from training.curves import decide_all
 
 from .conftest import TINY_MODELS, TINY_PRICES
-from .test_reliability import clustered_knn_router
+from .reliability_fixtures import clustered_knn_router
 
 
 def test_leave_one_out_prior_leaves_each_row_out_and_skips_missing_cells():

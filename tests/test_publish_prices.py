@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.router_publishing import PublishError, set_prices
 
-from .test_publish import HubRecorder
+from .hub_recorder import HubRecorder
 
 PROMPTS = [
     "Write a python function that returns the nth Fibonacci number.",

@@ -31,7 +31,7 @@ from carrot_hub.reliability import (
 from training import metrics
 
 from .conftest import TINY_MODELS, TINY_PRICES, make_tiny_table
-from .test_router_support import clustered_embeddings, encoding, synthetic_table
+from .reliability_fixtures import clustered_embeddings, clustered_knn_router, encoding, synthetic_table
 
 
 def test_isotonic_map_is_monotone_and_fits_steps():
@@ -78,17 +78,6 @@ def test_spherical_kmeans_finds_two_clusters():
     embeddings, _ = clustered_embeddings(n_per_cluster=30)
     labels = spherical_kmeans(embeddings, 2, seed=0)
     assert len(set(labels[:30])) == 1 and len(set(labels[30:])) == 1 and labels[0] != labels[-1]
-
-
-def clustered_knn_router():
-    """A kNN router (k = 8) over two synthetic clusters, its reliability fitted as training does:
-    `(router, fit report, embeddings, table, cluster centres)`."""
-    embeddings, centres = clustered_embeddings(n_per_cluster=60)
-    table = synthetic_table(embeddings.shape[0])
-    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
-    fit_knn(router, embeddings, table)
-    report = fit_knn_reliability(router, table, embeddings)
-    return router, report, embeddings, table, centres
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import json
 import logging
 import math
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -12,38 +11,12 @@ from safetensors import safe_open
 from carrot_hub import CarrotRouter
 from carrot_hub.building import fit_knn, fit_support_and_prior, new_router
 from carrot_hub.cli import main
-from carrot_hub.modeling_carrot import PromptEncoding, PromptPredictions, top_k_mean_similarity
+from carrot_hub.modeling_carrot import PromptPredictions, top_k_mean_similarity
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
+from .reliability_fixtures import clustered_embeddings, encoding, synthetic_table
 
 OFF_TOPIC = "Translate into French: the cathedral bells rang at noon over the snowy village square."
-
-
-def clustered_embeddings(n_per_cluster: int = 40, hidden: int = 384, seed: int = 0) -> torch.Tensor:
-    """Unit vectors around two directions: a synthetic 'training distribution' with two tasks."""
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(2, hidden, generator=generator), dim=1)
-    points = centres.repeat_interleave(n_per_cluster, 0) + 0.15 * torch.randn(2 * n_per_cluster, hidden, generator=generator)
-    return torch.nn.functional.normalize(points, dim=1), centres
-
-
-def synthetic_table(n: int, seed: int = 0):
-    from carrot_hub.data import RoutingTable
-
-    rng = np.random.default_rng(seed)
-    scores = rng.integers(0, 2, size=(n, 3)).astype(np.float64)
-    scores[:, 0] = 1.0
-    return RoutingTable(
-        prompts=[f"prompt {i}" for i in range(n)],
-        prompt_ids=[str(i) for i in range(n)],
-        tasks=["a"] * (n // 2) + ["b"] * (n - n // 2),
-        models=list(TINY_MODELS),
-        scores=scores,
-        input_tokens=np.full((n, 3), 30.0),
-        output_tokens=np.tile([300.0, 120.0, 40.0], (n, 1)),
-        prices={m: dict(p) for m, p in TINY_PRICES.items()},
-        split="train",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +26,6 @@ def clustered_knn():
     router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=4, cost_scale=1e-3)
     fit_knn(router, embeddings, table)
     return router, embeddings, centres
-
-
-def encoding(embeddings: torch.Tensor) -> PromptEncoding:
-    return PromptEncoding(embeddings, torch.full((embeddings.shape[0],), 30.0), [False] * embeddings.shape[0])
 
 
 def test_leave_one_out_similarity_leaves_each_row_out():

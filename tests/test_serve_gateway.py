@@ -12,7 +12,7 @@ from tests.conftest import TINY_MODELS
 from carrot_hub.data.outcome_logs import read_outcome_log
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.outcome_log import OutcomeLog
-from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries
+from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries, wait_records
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
 
@@ -50,11 +50,6 @@ def record_of(log, response):
     records = served_records(log)
     assert request_id in records, f"no record for {request_id}"
     return records[request_id]
-
-
-def wait_records(gateway):
-    """Records are written off the event loop; the tests read them once the writer is idle."""
-    gateway._log_writer.submit(lambda: None).result(timeout=5)
 
 
 # ------------------------------------------------------------------------------------ answers

@@ -14,7 +14,7 @@ from carrot_hub.data.outcome_logs import read_outcome_log, shard_paths
 from carrot_hub.serving import outcome_log as outcome_log_module
 from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.outcome_log import OutcomeLog
-from tests.serve_fixtures import running_gateway, served_records
+from tests.serve_fixtures import running_gateway, served_records, wait_records
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
 
@@ -53,10 +53,6 @@ def entries_for(server, **extra):
     # One connection per upstream: a connection never released makes the next request wait for the pool.
     return {name: {"base_url": server.base_url, "model": "m", "timeout": 2.0, "max_concurrency": 1, **extra}
             for name in ("big-model", "mid-model", "small-model")}
-
-
-def wait_records(gateway):
-    gateway._log_writer.submit(lambda: None).result(timeout=5)
 
 
 BAD_USAGES = [
