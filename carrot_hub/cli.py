@@ -9,12 +9,12 @@ import importlib
 import json
 import math
 import os
-import re
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from .cli_common import Failure, UsageError, first_line, load_router, positive_int, read_prices
 from .errors import BadInputError
 from .configuration_carrot import ENCODER_KINDS
 from .default import DEFAULT_ENCODER_KIND
@@ -42,16 +42,7 @@ EXTERNAL_COMMANDS = {
     "collect": ("carrot_hub.collect.command", "add_collect_arguments", "run_collect",
                 "ask your upstream LLMs a prompt set, score the answers, write a routing table"),
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DETAIL_LIMIT = 10  # the table shows every candidate's predictions for inputs up to this many prompts
-
-
-class UsageError(Exception):
-    """Bad option value or input: exit code 2."""
-
-
-class Failure(Exception):
-    """Anything else that stops the command: exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,17 +81,6 @@ def _dollars(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of US dollars, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of dollars ≥ 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer, with a one-line error otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
@@ -280,94 +260,6 @@ def _check_encoder_option(args) -> None:
         raise UsageError("--encoder picks the embedded default router's encoder; a router given with --model keeps its own.")
 
 
-def load_router(
-    spec: str | None, progress: bool = True, dtype: str = "float32", encoder: str | None = None, data: str | None = None
-):
-    """
-    A router from a folder, a Hub id, or (None) the embedded default router of the packaged table
-    `data` (default: RouterBench's) with an `encoder` of that kind, its encoder in `dtype` (see
-    `carrot_hub.precision`); `Failure` if unavailable.
-    """
-    from .modeling_carrot import CarrotRouter
-    from .precision import resolve_encoder_dtype
-    from .progress import quiet_progress_bars
-
-    if spec is not None and data is not None:
-        raise UsageError("--data picks the default router of a packaged table; with --model, leave --data out.")
-    if spec is None:
-        from . import default_router
-        from .data.packaged import DEFAULT_TABLE
-
-        try:
-            return default_router(progress=progress, dtype=dtype, encoder=encoder, data=data or DEFAULT_TABLE)
-        except Exception as error:
-            raise Failure(f"Cannot build the embedded default router: {_first_line(error)}") from error
-    dtype = resolve_encoder_dtype(dtype)
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / "LATEST").is_file() and not (path / "config.json").is_file():
-        from .router_store import resolve_router_source
-
-        try:
-            path = Path(resolve_router_source(path)[0])  # a store of router revisions: its current one
-        except FileNotFoundError as error:
-            raise Failure(str(error)) from None
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise Failure(f"{spec} is not a router folder: it has no config.json.")
-        try:
-            with quiet_progress_bars():
-                return CarrotRouter.from_pretrained(path, dtype=dtype)
-        except Exception as error:
-            raise Failure(f"Cannot load the router in {spec}: {_first_line(error)}") from error
-    if not _HUB_ID.match(spec):
-        raise Failure(f"The router folder {spec} does not exist.")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    try:
-        with quiet_progress_bars():
-            return CarrotRouter.from_pretrained(spec, dtype=dtype)
-    except Exception as error:
-        if offline:
-            raise Failure(
-                f"{spec} is not a local folder, and the Hub cannot be reached offline (HF_HUB_OFFLINE=1): "
-                "download the router first, or pass a local folder."
-            ) from error
-        raise Failure(f"Cannot load the router {spec!r} from the Hub: {_first_line(error)}") from error
-
-
-def read_prices(text: str | None) -> dict | None:
-    """`--prices`: inline JSON, or a JSON / YAML file; `UsageError` when unreadable."""
-    if text is None:
-        return None
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            prices = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"--prices is not valid JSON ({error.msg} at character {error.pos}).") from None
-    else:
-        path = Path(text).expanduser()
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise UsageError(f"Cannot read the prices file {text}: {reason}.") from None
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                prices = yaml.safe_load(content)
-            else:
-                prices = json.loads(content)
-        except Exception as error:
-            raise UsageError(f"The prices file {text} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
-                             f"{_first_line(error)}") from None
-    if isinstance(prices, dict) and isinstance(prices.get("prices"), dict):
-        prices = prices["prices"]  # a file may wrap the table as {"prices": {...}, "recorded_on": ...}
-    if not isinstance(prices, dict) or not prices:
-        raise UsageError('--prices must be a non-empty mapping {"model": {"input": $/M, "output": $/M}}.')
-    return prices
-
-
 def _allowed(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
@@ -399,11 +291,6 @@ def _set_threads(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------ route
@@ -458,7 +345,7 @@ def run_route(args) -> int:
     except (UsageError, Failure) as exc:
         error = (2 if isinstance(exc, UsageError) else 1, str(exc), exc)
     except Exception as exc:  # noqa: BLE001
-        error = (1, _first_line(exc), exc)
+        error = (1, first_line(exc), exc)
 
     if not shard.distributed:
         if error:

@@ -135,7 +135,7 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_learn(args: argparse.Namespace) -> int:
     """`carrot learn`: see the module docstring."""
-    from .cli import Failure, UsageError, load_router
+    from .cli_common import Failure, UsageError, load_router
     from .hub_checks import redact
 
     if args.cycles is not None and args.cycles < 1:

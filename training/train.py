@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from carrot_hub.cli import positive_int
+from carrot_hub.cli_common import positive_int
 from carrot_hub.building import DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_STATIC_MAX_PROMPT_TOKENS
 from carrot_hub.configuration_carrot import ENCODER_KINDS
 from carrot_hub.distillation import DEFAULT_STATIC_DIMENSIONS, check_encoder_source

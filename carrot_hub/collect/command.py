@@ -38,7 +38,7 @@ def _temperature(text: str) -> float:
 
 def add_collect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of `carrot collect`."""
-    from ..cli import positive_int
+    from ..cli_common import positive_int
 
     parser.add_argument("prompts", nargs="?", metavar="PROMPTS",
                         help="a packaged table name, a SPROUT-layout folder, a JSONL/JSON/CSV/Parquet file or a Hub "
@@ -75,7 +75,7 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def run_collect(args) -> int:
     """`carrot collect`: see the module docstring."""
-    from ..cli import UsageError, read_prices
+    from ..cli_common import UsageError, read_prices
     from ..serving.upstreams import RetryPolicy
     from .collecting import collect
     from .summary import format_summary

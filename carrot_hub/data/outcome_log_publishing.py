@@ -90,7 +90,7 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from carrot_hub.cli import UsageError
+    from carrot_hub.cli_common import UsageError
     from carrot_hub.router_publishing import PublishError
 
     if args.logs_action != "push":

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 
-from ..cli import Failure, UsageError, positive_int, load_router
+from ..cli_common import Failure, UsageError, load_router, positive_int
 from ..precision import ENCODER_DTYPE_CHOICES
 from .chat_request import ROUTE_ON
 
