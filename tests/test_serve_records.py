@@ -197,3 +197,100 @@ def test_a_full_disk_is_reported_and_serving_goes_on(knn_router, hostile, tmp_pa
     contents = read_outcome_log(log.folder)
     ids = {r.headers["x-carrot-request-id"] for r in (kept, again)}
     assert set(contents.served) == ids and not contents.bad_lines and contents.torn_lines == 0
+
+
+# ------------------------------------------------------------------ 10. the feedback index, bounded
+
+
+def test_the_feedback_index_is_bounded_to_the_most_recent_requests(tmp_path):
+    with OutcomeLog(tmp_path, feedback_window=3) as log:
+        ids = [f"carrot-{i:032x}" for i in range(5)] + ["custom-id"]
+        for request_id in ids:
+            log.record({"request_id": request_id, "model": "big-model", "status": "ok"})
+        assert len(log._index.where) == 3
+        assert log.feedback("custom-id", 1.0)["request_id"] == "custom-id"
+        assert log.feedback(ids[4], 1.0)["request_id"] == ids[4]
+        with pytest.raises(KeyError):
+            log.feedback(ids[0], 1.0)  # forgotten: the oldest served request
+        assert len(log._index.where) == 3  # the refresh a miss makes does not re-add what was forgotten
+    with pytest.raises(ValueError, match="feedback_window must be a positive"):
+        OutcomeLog(tmp_path, feedback_window=0)
+
+
+def test_own_records_are_found_without_reading_a_shard(tmp_path, monkeypatch):
+    with OutcomeLog(tmp_path) as log:
+        log.record({"request_id": "r1", "model": "big-model", "status": "ok"})
+
+        def no_reading(*args, **kwargs):
+            raise AssertionError("a shard was read to find a request this process served")
+
+        monkeypatch.setattr(outcome_log_module, "read_shard_lines", no_reading)
+        assert log.feedback("r1", 1.0)["request_id"] == "r1"
+
+
+def test_a_refresh_never_holds_up_the_records_being_written(tmp_path, monkeypatch):
+    import threading
+
+    from carrot_hub.data.outcome_logs import read_shard_lines
+
+    with OutcomeLog(tmp_path / "other") as other:  # another worker's shard, to be read on a miss
+        other.record({"request_id": "theirs", "model": "big-model", "status": "ok"})
+    for path in shard_paths(tmp_path / "other"):
+        path.rename(tmp_path / path.name)
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read(*args, **kwargs):
+        reading.set()
+        release.wait(10)
+        return read_shard_lines(*args, **kwargs)
+
+    with OutcomeLog(tmp_path) as log:
+        monkeypatch.setattr(outcome_log_module, "read_shard_lines", slow_read)
+        found = {}
+        looking = threading.Thread(target=lambda: found.update(log.feedback("theirs", 1.0)))
+        looking.start()
+        assert reading.wait(10)
+        writing = threading.Thread(target=log.record, args=({"request_id": "mine", "model": "big-model"},))
+        writing.start()
+        writing.join(2)
+        assert not writing.is_alive(), "a record waited for the feedback index's refresh"
+        release.set()
+        looking.join(10)
+    assert found["request_id"] == "theirs"
+
+
+def test_a_feedback_lookup_never_runs_on_the_gateways_writer_thread(knn_router, hostile, tmp_path, monkeypatch):
+    import threading
+
+    from carrot_hub.data.outcome_logs import read_shard_lines
+
+    _, server = hostile
+    with OutcomeLog(tmp_path / "other") as other:  # another worker's shard, read on the first miss
+        other.record({"request_id": "theirs", "model": "big-model", "status": "ok"})
+    (tmp_path / "log").mkdir()
+    for path in shard_paths(tmp_path / "other"):
+        path.rename(tmp_path / "log" / path.name)
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read(*args, **kwargs):
+        reading.set()
+        release.wait(10)
+        return read_shard_lines(*args, **kwargs)
+
+    log = OutcomeLog(tmp_path / "log")
+    with running_gateway(knn_router, entries_for(server), log=log, route_window_s=0.0) as (gateway, gw):
+        monkeypatch.setattr(outcome_log_module, "read_shard_lines", slow_read)
+        labelled = {}
+        looking = threading.Thread(target=lambda: labelled.update(
+            response=httpx.post(gw.base_url + "/feedback", json={"request_id": "theirs", "score": 1}, timeout=20)))
+        looking.start()
+        assert reading.wait(10)
+        answer = httpx.post(gw.base_url + "/chat/completions", json={"model": "big-model", "messages": USER}, timeout=10)
+        written = gateway._log_writer.submit(lambda: None)
+        try:
+            written.result(timeout=2)  # the writer is free while the lookup reads the other shard
+        finally:
+            release.set()
+            looking.join(20)
+    assert answer.status_code == 200 and labelled["response"].status_code == 200
+    assert answer.headers["x-carrot-request-id"] in served_records(log)

@@ -132,6 +132,9 @@ class Gateway:
                                       on_batch=self.metrics.observe_batch)
         self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
         self._learning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-learning")
+        # Feedback looks requests up here, not on the writer thread: a lookup that reads other shards
+        # never holds up the records being written.
+        self._feedback_lookup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-feedback")
         self._pending_records: dict[str, asyncio.Future] = {}
         self.app = Starlette(
             routes=[
@@ -159,6 +162,7 @@ class Gateway:
         await self.batcher.aclose()
         await self.upstreams.aclose()
         self._log_writer.shutdown(wait=True)
+        self._feedback_lookup.shutdown(wait=True)
         self._learning.shutdown(wait=True)
         if self.learner is not None:
             self.learner.close()
@@ -247,7 +251,7 @@ class Gateway:
             await asyncio.shield(pending)
         loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(self._log_writer, self.outcome_log.feedback, request_id, float(score))
+            record = await loop.run_in_executor(self._feedback_lookup, self.outcome_log.feedback, request_id, float(score))
         except OSError as error:  # a full disk: the label was not written
             self.metrics.records_lost.inc()
             raise RequestError(f"The outcome log cannot be written ({error.strerror or type(error).__name__}); "

@@ -47,6 +47,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads for routing (default: 1 for a static-encoder router, else torch's choice)")
     parser.add_argument("--log-dir", default="carrot-logs",
                         help="folder of the outcome log: one record per served request (default ./carrot-logs)")
+    parser.add_argument("--feedback-window", type=positive_int, default=None,
+                        help="feedback reaches the N most recent served requests (default 100000; the index "
+                             "that finds them costs at most about 190 bytes per request)")
     parser.add_argument("--no-prompt-log", action="store_true",
                         help="keep only a hash of the routed text in the outcome log")
     parser.add_argument("--learn", action="store_true",
@@ -160,8 +163,9 @@ def _open_outcome_log(args, router):
     from .outcome_log import OutcomeLog
 
     try:
+        window = {} if args.feedback_window is None else {"feedback_window": args.feedback_window}
         return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log, prices=router.config.prices,
-                          prices_recorded_on=router.config.prices_recorded_on)
+                          prices_recorded_on=router.config.prices_recorded_on, **window)
     except (OSError, ValueError) as error:
         raise UsageError(f"Cannot open the outcome log in {args.log_dir}: {error}") from None
 

@@ -38,9 +38,11 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,6 +59,7 @@ from carrot_hub.data.outcome_logs import (
 from carrot_hub.data.prices import PRICES_FILENAME, validate_prices
 
 FSYNC_POLICIES = ("rotate", "always", "never")
+DEFAULT_FEEDBACK_WINDOW = 100_000
 logger = logging.getLogger(__name__)
 # The one call that writes records (a seam for tests that simulate a full disk).
 _write = os.write
@@ -104,49 +107,108 @@ def _jsonable(value):
 
 class _ServedIndex:
     """
-    request id → (shard, byte offset) of its served record, over every shard in the folder (other
-    processes' too: feedback may reach another worker than the one that served). Refreshed
-    incrementally: each shard is read from where the last refresh stopped.
+    request id → (shard, byte offset) of its served record, for feedback, over every shard in the
+    folder (other processes' too: feedback may reach another worker than the one that served).
+
+    Bounded: it holds the `capacity` most recently indexed requests (140 to 190 bytes each: a
+    gateway id is kept as one 128-bit integer, its place as one integer) and forgets the oldest.
+    This process's own records are added as they are written, so looking one up reads no shard;
+    other shards (other workers', earlier runs') are read incrementally, from where the last refresh
+    stopped, by whoever looks up an id not held, outside the lock the writer takes (a refresh never
+    holds up the records being written).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, capacity: int):
         self.folder = folder
-        self.positions: dict[Path, int] = {}
-        self.where: dict[str, tuple[Path, int]] = {}
+        self.capacity = capacity
+        self.positions: dict[Path, int] = {}  # shard → bytes already indexed (own shards: all, as written)
+        self.shards: list[Path] = []  # shard number → path
+        self._numbers: dict[Path, int] = {}
+        self.where: dict[int | str, int] = {}  # key → shard number << OFFSET_BITS | byte offset
+        self._order: deque = deque()  # keys, oldest first (a dict cannot drop its oldest entry in O(1))
+        self._lock = threading.Lock()  # held briefly, by the writer too
+        self._refreshing = threading.Lock()  # one refresh at a time
+
+    def written(self, path: Path, offset: int, end: int, request_id: str | None) -> None:
+        """This process wrote a line at `offset` of `path` (ending at `end`): a served record's place is kept."""
+        with self._lock:
+            if request_id is not None:
+                self._add(request_id, path, offset)
+            self.positions[path] = max(end, self.positions.get(path, 0))
+
+    def _add(self, request_id: str, path: Path, offset: int) -> None:
+        key = _index_key(request_id)
+        if key not in self.where:
+            self._order.append(key)
+        number = self._numbers.get(path)
+        if number is None:
+            number = self._numbers[path] = len(self.shards)
+            self.shards.append(path)
+        self.where[key] = number << OFFSET_BITS | offset
+        while len(self._order) > self.capacity:
+            self.where.pop(self._order.popleft(), None)
 
     def refresh(self) -> None:
-        for path in shard_paths(self.folder):
-            start = self.positions.get(path, 0)
-            try:
-                if path.stat().st_size <= start:
-                    continue
-                lines, end = read_shard_lines(path, start)
-            except FileNotFoundError:  # removed meanwhile
-                continue
-            for offset, _, text in lines:
-                if text is None or f'"{SERVED}"' not in text:
-                    continue
+        """Index the served records written to the folder's shards since the last refresh."""
+        with self._refreshing:
+            with self._lock:
+                positions = dict(self.positions)
+            found, ends = [], {}
+            for path in shard_paths(self.folder):
+                start = positions.get(path, 0)
                 try:
-                    record = parse_line(text)
-                except ValueError:
+                    if path.stat().st_size <= start:
+                        continue
+                    lines, ends[path] = read_shard_lines(path, start)
+                except FileNotFoundError:  # removed meanwhile
                     continue
-                if isinstance(record, dict) and record.get("type") == SERVED and isinstance(record.get("request_id"), str):
-                    self.where[record["request_id"]] = (path, offset)
-            self.positions[path] = end
+                for offset, _, text in lines:
+                    if text is None or f'"{SERVED}"' not in text:
+                        continue
+                    try:
+                        record = parse_line(text)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("type") == SERVED and isinstance(record.get("request_id"), str):
+                        found.append((record["request_id"], path, offset))
+            with self._lock:
+                for request_id, path, offset in found:
+                    self._add(request_id, path, offset)
+                for path, end in ends.items():
+                    self.positions[path] = max(end, self.positions.get(path, 0))
+
+    def _place(self, request_id: str) -> tuple[Path, int] | None:
+        with self._lock:
+            found = self.where.get(_index_key(request_id))
+            return None if found is None else (self.shards[found >> OFFSET_BITS], found & OFFSET_MASK)
 
     def lookup(self, request_id: str) -> dict | None:
-        if request_id not in self.where:
+        """The served record of `request_id` as logged, or None (unknown, forgotten, or its shard removed)."""
+        place = self._place(request_id)
+        if place is None:
             self.refresh()
-        found = self.where.get(request_id)
-        if found is None:
+            place = self._place(request_id)
+        if place is None:
             return None
-        path, offset = found
+        path, offset = place
         try:
             with path.open("rb") as handle:
                 handle.seek(offset)
-                return json.loads(handle.readline())
-        except (FileNotFoundError, json.JSONDecodeError):
+                record = parse_line(handle.readline().decode("utf-8"))
+        except (FileNotFoundError, ValueError):  # removed meanwhile; UnicodeDecodeError is a ValueError
             return None
+        return record if isinstance(record, dict) and record.get("request_id") == request_id else None
+
+
+OFFSET_BITS = 40  # byte offsets within a shard up to 1 TiB
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+_GATEWAY_ID = re.compile(r"carrot-([0-9a-f]{32})")
+
+
+def _index_key(request_id: str) -> int | str:
+    """A gateway id (`carrot-` + 32 hex digits) as one integer (44 bytes instead of 88); others as they are."""
+    match = _GATEWAY_ID.fullmatch(request_id)
+    return int(match.group(1), 16) if match else request_id
 
 
 class OutcomeLog:
@@ -164,6 +226,9 @@ class OutcomeLog:
         prices: the router's price table `{model: {"input": $/M, "output": $/M}}`, written to
             `prices.json` so that the log loads as routing data with its costs.
         prices_recorded_on: the date of that price table.
+        feedback_window: how many of the most recent served requests feedback can reach (the index
+            that finds them is bounded to this many, at most about 190 bytes each; older ones get
+            `UnknownRequestError`). Requests served by other processes count once they are read.
     """
 
     def __init__(
@@ -175,11 +240,14 @@ class OutcomeLog:
         fsync: str = "rotate",
         prices: Mapping | None = None,
         prices_recorded_on: str | None = None,
+        feedback_window: int = DEFAULT_FEEDBACK_WINDOW,
     ):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}.")
         if not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
             raise ValueError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}.")
+        if isinstance(feedback_window, bool) or not isinstance(feedback_window, int) or feedback_window < 1:
+            raise ValueError(f"feedback_window must be a positive number of requests, got {feedback_window!r}.")
         if max_shard_seconds is not None and not (max_shard_seconds > 0):
             raise ValueError(f"max_shard_seconds must be positive or None, got {max_shard_seconds!r}.")
         self.folder = Path(folder).expanduser()
@@ -191,7 +259,6 @@ class OutcomeLog:
         self.max_shard_seconds = max_shard_seconds
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._index_lock = threading.Lock()
         self._fd: int | None = None
         self._pid = os.getpid()
         self._token = secrets.token_hex(3)
@@ -200,7 +267,7 @@ class OutcomeLog:
         self._shard_bytes = 0
         self._shard_opened = 0.0
         self._closed = False
-        self._index = _ServedIndex(self.folder)
+        self._index = _ServedIndex(self.folder, feedback_window)
         self.write_errors = 0  # failed appends since start
         self.reopened = 0  # shards found deleted or replaced while open
         self._last_error: str | None = None  # the latest failed append's error, until one succeeds
@@ -239,7 +306,7 @@ class OutcomeLog:
             prompt = line.pop("prompt")
             if isinstance(prompt, str):
                 line["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-        self._append(line)
+        self._append(line, served_id=request_id)
 
     def feedback(self, request_id: str, score: float) -> dict:
         """
@@ -253,8 +320,7 @@ class OutcomeLog:
         score = check_score(score)
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}.")
-        with self._index_lock:  # not the write lock: serving goes on while the index is read
-            served = self._index.lookup(request_id)
+        served = self._index.lookup(request_id)  # not under the write lock: serving goes on meanwhile
         if served is None:
             raise UnknownRequestError(request_id, self.folder)
         if not answered(served) or served.get("model") is None:
@@ -264,7 +330,8 @@ class OutcomeLog:
         self._append({"type": FEEDBACK, "request_id": request_id, "score": score, "time": time.time()})
         return served
 
-    def _append(self, line: dict) -> None:
+    def _append(self, line: dict, served_id: str | None = None) -> None:
+        """Write one line; a served record's place (`served_id`) goes into the feedback index as written."""
         data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             if self._closed:
@@ -278,15 +345,16 @@ class OutcomeLog:
                     self._close_shard()
                 if self._fd is None:
                     self._open_shard()
-                self._write_line(data)
+                offset = self._write_line(data)
             except OSError as error:
                 self.write_errors += 1
                 self._last_error = f"{errno.errorcode.get(error.errno, 'OSError')}: {error.strerror or error}"
                 raise
             self._last_error = None
+            self._index.written(self._shard, offset, offset + len(data), served_id)
 
-    def _write_line(self, data: bytes) -> None:
-        """Append one whole line, or nothing: on failure the shard is cut back to where it was."""
+    def _write_line(self, data: bytes) -> int:
+        """Append one whole line, or nothing (on failure the shard is cut back); returns its byte offset."""
         before = os.fstat(self._fd).st_size
         try:
             view = memoryview(data)
@@ -302,6 +370,7 @@ class OutcomeLog:
                 self._abandon_shard()
             raise
         self._shard_bytes += len(data)
+        return before
 
     def _shard_in_place(self) -> bool:
         """Whether the open descriptor is still the file at the shard's path (not deleted, not replaced)."""
