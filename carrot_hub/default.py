@@ -21,6 +21,7 @@ from .building import (
     fit_knn,
     new_router,
 )
+from .cache_paths import cache_root
 from .configuration_carrot import ENCODER_KINDS
 from .data.packaged import (
     DEFAULT_TABLE,
@@ -45,12 +46,6 @@ DEFAULT_STATIC_KNN_K = 192
 DEFAULT_ENCODER_KIND = "transformer"  # of default_router() and `carrot route`: see docs/static-encoder.md
 _CACHE_VERSION = "v10"  # v10: tasks and k-means clusters held out for the band and pessimism; v9: calibration fitted on out-of-fold predictions in their own rows (v8 scrambled them within folds)
 _STATIC_CACHE_VERSION = "v8"  # v8: the shipped table 128 wide (was 256); v7: as v10 above; v6: as v9 above; v5: the shipped table rebuilt (rows on their own tokens), 128 tokens, k = 192
-
-
-def cache_root() -> Path:
-    """Where carrot_hub keeps what it builds once (the default router, converted models):
-    $CARROT_HUB_CACHE, else ~/.cache/carrot_hub."""
-    return Path(os.environ.get("CARROT_HUB_CACHE") or Path.home() / ".cache" / "carrot_hub")
 
 
 def default_cache_dir(encoder: str = "transformer", data: str = DEFAULT_TABLE) -> Path:

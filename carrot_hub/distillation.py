@@ -83,7 +83,7 @@ def check_encoder_source(encoder: str) -> None:
 
 def static_cache_dir() -> Path:
     """Where distilled tables are kept: `cache_root()/static-encoders` ($CARROT_HUB_CACHE or ~/.cache/carrot_hub)."""
-    from .default import cache_root
+    from .cache_paths import cache_root
 
     return cache_root() / "static-encoders"
 
@@ -126,7 +126,7 @@ def distill_static_encoder(
     """
     from transformers import AutoModel, AutoTokenizer
 
-    from .building import DEFAULT_ENCODER_NAME, default_encoder_path
+    from .default_encoder import DEFAULT_ENCODER_NAME, default_encoder_path
 
     if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 2:
         raise ValueError(f"The static encoder's dimensions must be an integer ≥ 2, got {dimensions!r}.")

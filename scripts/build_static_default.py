@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-from carrot_hub.building import DEFAULT_ENCODER_NAME, default_encoder_path  # noqa: E402
+from carrot_hub.default_encoder import DEFAULT_ENCODER_NAME, default_encoder_path  # noqa: E402
 from carrot_hub.distillation import (  # noqa: E402
     DEFAULT_STATIC_DIMENSIONS,
     SHIPPED_STATIC_DIR,

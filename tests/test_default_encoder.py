@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from carrot_hub import building
-from carrot_hub.building import DEFAULT_ENCODER_SHA256, default_encoder_path, verify_encoder_files
+from carrot_hub import default_encoder
+from carrot_hub.default_encoder import DEFAULT_ENCODER_SHA256, default_encoder_path, verify_encoder_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,13 +40,13 @@ def test_a_changed_file_is_refused_by_name(tmp_path):
 
 
 def test_default_encoder_path_checks_the_weights(monkeypatch):
-    monkeypatch.setitem(building.DEFAULT_ENCODER_SHA256, "model.safetensors", "0" * 64)
-    building.verify_encoder_files.cache_clear()
+    monkeypatch.setitem(default_encoder.DEFAULT_ENCODER_SHA256, "model.safetensors", "0" * 64)
+    default_encoder.verify_encoder_files.cache_clear()
     try:
         with pytest.raises(OSError, match="model.safetensors is not the official"):
             default_encoder_path()
     finally:
-        building.verify_encoder_files.cache_clear()
+        default_encoder.verify_encoder_files.cache_clear()
 
 
 def test_the_package_works_without_its_declared_dependencies():
@@ -54,7 +54,7 @@ def test_the_package_works_without_its_declared_dependencies():
         "import sys\n"
         "for name in ('sentence_transformers', 'sklearn', 'scipy'):\n"
         "    sys.modules[name] = None  # importing any of them now fails\n"
-        "from carrot_hub.building import default_encoder_path\n"
+        "from carrot_hub.default_encoder import default_encoder_path\n"
         "print(default_encoder_path())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

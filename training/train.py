@@ -151,7 +151,7 @@ def _check_max_prompt_tokens(args, encoder_options: dict) -> None:
         return
     from transformers import AutoConfig
 
-    from carrot_hub.building import default_encoder_path
+    from carrot_hub.default_encoder import default_encoder_path
     from carrot_hub.configuration_carrot import check_max_prompt_tokens
     from carrot_hub.errors import BadInputError
 

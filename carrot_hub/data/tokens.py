@@ -13,7 +13,7 @@ def load_counting_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer
 
     if name_or_path is None:
-        from ..building import default_encoder_path
+        from ..default_encoder import default_encoder_path
 
         name_or_path = default_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)

