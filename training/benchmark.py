@@ -225,29 +225,6 @@ def _grids(args) -> dict:
     return grids
 
 
-def load_benchmark_tables(name: str, source: str, train_split: str, test_split: str, progress: bool):
-    """Train and test tables of one source, same models in the same order, every model priced."""
-    from carrot_hub.data import load_routing_table
-
-    train = load_routing_table(source, split=train_split, progress=progress)
-    test = load_routing_table(source, split=test_split, progress=progress)
-    if list(test.models) != list(train.models):
-        if set(test.models) != set(train.models):
-            raise ValueError(
-                f"The {train_split} and {test_split} splits of {name} have different models: "
-                f"{train.models} vs {test.models}."
-            )
-        test = test.select_models(train.models)
-    for table in (train, test):
-        unpriced = [m for m in table.models if not table.prices or m not in table.prices]
-        if unpriced:
-            raise ValueError(
-                f"The prices of table {name} do not cover {', '.join(unpriced)}: add them to its prices.json "
-                "(US$ per million input and output tokens), or remove those models from the data."
-            )
-    return train, test
-
-
 def choose_prompt_tokens(
     train, grid, k_grid, folds, seed, encoder, cache_dir, progress, encoder_kind: str = "transformer"
 ) -> tuple[int, dict]:
@@ -281,6 +258,7 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
     from training.baselines import no_training_baselines, trained_baselines
     from training.embeddings import embed_table
     from training.evaluate import format_table, ground_truth, router_curve, summarize, write_json
+    from training.prepare import load_benchmark_tables
 
     kinds = _parse_kinds(args.kinds, args.skip_finetune)
     encoders = _parse_encoders(args.encoders)

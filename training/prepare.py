@@ -92,3 +92,26 @@ def new_training_router(train_table, predictor_kind: str, encoder=None, cost_sca
         training_data=training_data_label(train_table),
         **config_fields,
     )
+
+
+def load_benchmark_tables(name: str, source: str, train_split: str, test_split: str, progress: bool):
+    """Train and test tables of one source, same models in the same order, every model priced."""
+    from carrot_hub.data import load_routing_table
+
+    train = load_routing_table(source, split=train_split, progress=progress)
+    test = load_routing_table(source, split=test_split, progress=progress)
+    if list(test.models) != list(train.models):
+        if set(test.models) != set(train.models):
+            raise ValueError(
+                f"The {train_split} and {test_split} splits of {name} have different models: "
+                f"{train.models} vs {test.models}."
+            )
+        test = test.select_models(train.models)
+    for table in (train, test):
+        unpriced = [m for m in table.models if not table.prices or m not in table.prices]
+        if unpriced:
+            raise ValueError(
+                f"The prices of table {name} do not cover {', '.join(unpriced)}: add them to its prices.json "
+                "(US$ per million input and output tokens), or remove those models from the data."
+            )
+    return train, test

@@ -48,7 +48,7 @@ def pooled_table(source: str, splits: Sequence[str] = ("train", "test"), progres
     from carrot_hub.data.packaged import table_name
     from carrot_hub.data.routing_table import RoutingTable
 
-    from training.benchmark import load_benchmark_tables
+    from training.prepare import load_benchmark_tables
 
     own_train, own_test = load_benchmark_tables(table_name(source), source, *splits, progress=progress)
     seen = set(own_train.prompt_ids)
