@@ -8,10 +8,9 @@ price table (`read_prices`), each failing with a one-line message.
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from .hub_checks import HUB_ID
 
 
 class UsageError(Exception):
@@ -72,7 +71,7 @@ def load_router(
                 return CarrotRouter.from_pretrained(path, dtype=dtype)
         except Exception as error:
             raise Failure(f"Cannot load the router in {spec}: {first_line(error)}") from error
-    if not _HUB_ID.match(spec):
+    if not HUB_ID.match(spec):
         raise Failure(f"The router folder {spec} does not exist.")
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:

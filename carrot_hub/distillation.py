@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import BadInputError
+from .hub_checks import HUB_ID
 
 # PCA width of the distilled table. 5-fold out-of-fold routing AIQ on RouterBench's train split (mean
 # of 5 fold seeds, 128 kept tokens): 256 → 0.8313, 192 → 0.8312, 128 → 0.8304, 96 → 0.8307, 64 → 0.8299;
@@ -36,7 +36,6 @@ from .errors import BadInputError
 DEFAULT_STATIC_DIMENSIONS = 128
 SHIPPED_STATIC_DIR = Path(__file__).parent / "default_data" / "static-all-MiniLM-L6-v2"
 TABLE_FILE = "static_encoder.safetensors"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -74,7 +73,7 @@ def check_encoder_source(encoder: str) -> None:
         if not Path(encoder).is_dir():
             raise BadInputError(f"The sentence encoder {encoder!r} is a file; give the folder that holds its config.json.")
         return
-    if not _HUB_ID.match(encoder) or encoder.startswith((".", "/", "~")):
+    if not HUB_ID.match(encoder) or encoder.startswith((".", "/", "~")):
         raise BadInputError(
             f"The sentence encoder folder {encoder!r} does not exist. Give the folder of a sentence encoder "
             "(config.json, weights, tokenizer) or a Hub id such as sentence-transformers/all-MiniLM-L6-v2."

@@ -23,6 +23,10 @@ class HubAuthError(PublishError):
     """No Hugging Face token to publish with."""
 
 
+# What may name a Hub repo rather than a local path: `namespace/name` (a router or encoder), and
+# `name` or `namespace/name` (a data set). The one home of this pattern; `check_repo_id` validates fully.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID_OR_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PULL_REQUEST = re.compile(r"^refs/pr/[1-9][0-9]*$")
 # git's rules for a branch name (git check-ref-format), which the Hub applies.
 _BAD_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/.-]|[/.]$|\.lock$|/\.")

@@ -6,18 +6,17 @@ every `world_size`-th prompt of the same stream (see `carrot_hub.sharding`).
 """
 
 import json
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInputError
+from .hub_checks import HUB_ID_OR_NAME
 
 TEXT_SUFFIXES = (".txt", ".text", ".prompts")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class _NotMine:
@@ -228,7 +227,7 @@ def resolve_source(
             return PromptSource(kind, str(path), field=field)
         if path.exists():
             raise InputError(f"--input {input} is a folder; give a JSONL, parquet or text file, or a Hub data set id.")
-        if _HUB_ID.match(input) and path.suffix.lower() not in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *TEXT_SUFFIXES):
+        if HUB_ID_OR_NAME.match(input) and path.suffix.lower() not in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES, *TEXT_SUFFIXES):
             return PromptSource("hub", input, field=field, split=split)
         raise InputError(f"--input {input}: no such file.")
     if stdin_is_tty is None:

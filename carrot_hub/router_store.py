@@ -29,11 +29,12 @@ import socket
 import time
 from pathlib import Path
 
+from .hub_checks import HUB_ID
+
 LATEST_FILENAME = "LATEST"
 REVISION_PREFIX = "router-"
 STATE_FILENAME = "learning.json"
 LOCK_FILENAME = ".learn.lock"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class StoreLocked(RuntimeError):
@@ -81,7 +82,7 @@ class StoreLock:
 
 def is_hub_id(spec: str) -> bool:
     """Whether `spec` reads as a Hub repo id (`org/name`) rather than a path that exists."""
-    return bool(_HUB_ID.match(str(spec))) and not Path(spec).expanduser().exists()
+    return bool(HUB_ID.match(str(spec))) and not Path(spec).expanduser().exists()
 
 
 def is_folder_store(path) -> bool:

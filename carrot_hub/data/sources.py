@@ -7,10 +7,10 @@ become one clear message (missing path, unknown repo, offline mode) instead of a
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..hub_checks import HUB_ID_OR_NAME
 from .prices import PRICES_FILENAME, read_prices_file
 
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -33,12 +33,11 @@ def _builder_for(paths: Sequence[Path]) -> str:
     return kinds.pop()
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _looks_like_path(source: str) -> bool:
     """A string that cannot be a Hub repo id (`name` or `org/name`) is taken for a local path."""
-    return not _REPO_ID.match(source) or Path(source).suffix.lower() in _BUILDERS
+    return not HUB_ID_OR_NAME.match(source) or Path(source).suffix.lower() in _BUILDERS
 
 
 def open_dataset(source, split: str, streaming: bool, cache_dir: str | None = None):
