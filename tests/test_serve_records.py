@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from carrot_hub.data.outcome_logs import read_outcome_log, shard_paths
@@ -25,6 +25,7 @@ class HostileUpstream:
     def __init__(self):
         self.usage = {"prompt_tokens": 5, "completion_tokens": 7}
         self.padding = 0  # extra bytes of content in a plain answer
+        self.padded_chunks = 0  # a stream (without content-length) of this many more 2 KiB chunks after the first
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request):
@@ -38,6 +39,16 @@ class HostileUpstream:
                    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
                   {"id": "x", "object": "chat.completion.chunk", "model": body["model"], "choices": [],
                    "usage": self.usage}]
+        if self.padded_chunks:
+            padded = {**chunks[0], "choices": [{"index": 0, "delta": {"content": "x" * 2048}, "finish_reason": None}]}
+            frames = [chunks[0], *[padded] * self.padded_chunks, chunks[1]]
+
+            async def trickle():
+                for chunk in frames:
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(trickle(), media_type="text/event-stream")
         text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
         return Response(text, media_type="text/event-stream")
 
@@ -294,3 +305,42 @@ def test_a_feedback_lookup_never_runs_on_the_gateways_writer_thread(knn_router, 
             looking.join(20)
     assert answer.status_code == 200 and labelled["response"].status_code == 200
     assert answer.headers["x-carrot-request-id"] in served_records(log)
+
+
+# ------------------------------------------------------------------ 10. upstream bodies, bounded
+
+
+def test_an_answer_larger_than_max_response_bytes_fails_like_a_broken_upstream(knn_router, hostile, tmp_path):
+    upstream, server = hostile
+    entries = entries_for(server)
+    entries["big-model"]["max_response_bytes"] = 4096
+    upstream.padding = 64 * 1024
+    log = OutcomeLog(tmp_path / "log")
+    with running_gateway(knn_router, entries, log=log, route_window_s=0.0) as (gateway, gw):
+        with httpx.Client(base_url=gw.base_url, timeout=10) as client:
+            pinned = client.post("chat/completions", json={"model": "big-model", "messages": USER})
+            routed = client.post("chat/completions", json={"model": "carrot:0", "messages": USER})
+            upstream.padding = 0
+            upstream.padded_chunks = 8  # the limit is passed after the first event: the stream ends with an error
+            with client.stream("POST", "chat/completions",
+                               json={"model": "big-model", "messages": USER, "stream": True}) as streamed:
+                events = [line.removeprefix("data: ") for line in streamed.iter_lines() if line.startswith("data: ")]
+            upstream.padded_chunks = 0
+            after = client.post("chat/completions", json={"model": "big-model", "messages": USER, "stream": True})
+            wait_records(gateway)
+    assert pinned.status_code == 502 and "answer too large" in pinned.json()["error"]["message"]
+    assert "max_response_bytes = 4096" in pinned.json()["error"]["message"]
+    assert routed.status_code == 200 and routed.headers["x-carrot-fallbacks"] == "big-model"
+    assert json.loads(events[-1])["error"]["code"] == "stream_interrupted" and "[DONE]" not in events
+    assert after.status_code == 200 and "[DONE]" in after.text  # the connection was released
+    records = served_records(log)
+    assert records[pinned.headers["x-carrot-request-id"]]["status"] == "upstream_error"
+    assert records[streamed.headers["x-carrot-request-id"]]["status"] == "stream_error"
+
+
+@pytest.mark.parametrize("value", [0, 100, "16MB", True])
+def test_max_response_bytes_is_checked_in_the_upstreams_file(value):
+    from carrot_hub.serving.upstreams import UpstreamConfigError, parse_upstreams
+
+    with pytest.raises(UpstreamConfigError, match="max_response_bytes must be an integer of at least 1024"):
+        parse_upstreams({"big-model": {"base_url": "http://127.0.0.1:1/v1", "model": "m", "max_response_bytes": value}})

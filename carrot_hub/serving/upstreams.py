@@ -8,6 +8,7 @@ The upstreams file (YAML or JSON) maps each candidate name a client may call to 
       api_key_env: OPENAI_API_KEY      # the variable holding the key (keys never live in the file)
       timeout: 60                      # seconds, optional
       max_concurrency: 32              # open connections to this upstream, optional
+      max_response_bytes: 16777216     # a larger answer fails like a broken upstream, optional
 
 It may also be wrapped as `{"upstreams": {...}}`. `api_key_env` may be left out for endpoints that
 need no key (a local server). Calls go through one `httpx.AsyncClient` per upstream; a failure that
@@ -38,7 +39,10 @@ from httpx_sse import EventSource
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONCURRENCY = 64
-UPSTREAM_KEYS = ("base_url", "model", "api_key_env", "timeout", "max_concurrency")
+# An answer (plain, streamed, or an error body) larger than this fails like a broken upstream: far more
+# than any chat answer, and it keeps one huge body from taking the gateway's memory.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20
+UPSTREAM_KEYS = ("base_url", "model", "api_key_env", "timeout", "max_concurrency", "max_response_bytes")
 # Statuses that say the upstream (or its key) failed, not the request: the next candidate is tried.
 FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
 # Of those failures, the ones worth asking the same upstream again (a refused key or unknown model is not).
@@ -59,6 +63,7 @@ class UpstreamSpec:
     api_key_env: str | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def read_upstreams_file(path: str | os.PathLike) -> dict[str, UpstreamSpec]:
@@ -154,7 +159,10 @@ def parse_upstreams(content, source: str = "the upstreams") -> dict[str, Upstrea
         limit = entry.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise UpstreamConfigError(f"{where}: max_concurrency must be a positive integer, got {limit!r}.")
-        specs[name] = UpstreamSpec(name, base_url.rstrip("/"), model, key_env, float(timeout), limit)
+        most = entry.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)
+        if isinstance(most, bool) or not isinstance(most, int) or most < 1024:
+            raise UpstreamConfigError(f"{where}: max_response_bytes must be an integer of at least 1024, got {most!r}.")
+        specs[name] = UpstreamSpec(name, base_url.rstrip("/"), model, key_env, float(timeout), limit, most)
     return specs
 
 
@@ -178,6 +186,50 @@ def check_candidates(specs: Mapping[str, UpstreamSpec], candidates) -> None:
                 f"The upstreams file names {name!r}, which is not a candidate of the router. "
                 f"Known candidates: {', '.join(known)}."
             )
+
+
+class ResponseTooLarge(httpx.ReadError):
+    """An upstream's body passed its `max_response_bytes` while being read (an httpx error: handled as one)."""
+
+
+class _LimitedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, request: httpx.Request):
+        self.inner, self.limit, self.request = inner, limit, request
+
+    async def __aiter__(self):
+        size = 0
+        async for chunk in self.inner:
+            size += len(chunk)
+            if size > self.limit:
+                raise ResponseTooLarge(f"more than max_response_bytes = {self.limit} bytes", request=self.request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class BoundedBodies(httpx.AsyncBaseTransport):
+    """
+    A transport whose response bodies stop at `limit` bytes (as sent on the wire): past it, reading
+    raises `ResponseTooLarge`, so a huge answer fails like a broken upstream (the gateway falls back,
+    or ends a stream with an error event) instead of being held in memory whole.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int):
+        self.inner, self.limit = inner, limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await response.aclose()
+            raise ResponseTooLarge(f"declares {declared} bytes, more than max_response_bytes = {self.limit}",
+                                   request=request)
+        return httpx.Response(response.status_code, headers=response.headers, extensions=response.extensions,
+                              stream=_LimitedStream(response.stream, self.limit, request))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class UpstreamFailure(Exception):
@@ -225,13 +277,14 @@ class Upstream:
         self._slots: asyncio.Semaphore | None = None  # made on first use, inside the caller's event loop
         self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency)
         self._client = httpx.AsyncClient(
             base_url=spec.base_url + "/",
             headers=headers,
             # connect/read/write per the file; waiting for a free connection is bounded the same way.
             timeout=httpx.Timeout(spec.timeout),
-            limits=httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency),
-            transport=transport,
+            limits=limits,
+            transport=BoundedBodies(transport or httpx.AsyncHTTPTransport(limits=limits), spec.max_response_bytes),
         )
 
     def redact(self, text: str) -> str:
@@ -260,6 +313,8 @@ class Upstream:
         raise UpstreamRejected(self.name, status, body, response.headers.get("content-type", "application/json"))
 
     def _failure(self, error: Exception) -> UpstreamFailure:
+        if isinstance(error, ResponseTooLarge):
+            return UpstreamFailure(self.name, f"answer too large ({error})")
         kind = "timeout" if isinstance(error, httpx.TimeoutException) else "connection error"
         # httpx messages name the URL, never the Authorization header; redact all the same.
         detail = self.redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
