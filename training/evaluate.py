@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,6 @@ from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_
 from training.overlap import router_training_overlap, shared_prompts
 
 DEFAULT_MU_STEPS = 101
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 CPT_LEVELS = (0.5, 0.8)
 DEFAULT_TEST_SPLITS = ("test", "validation")  # what `carrot evaluate` judges on when no --split is given
 
@@ -753,7 +751,9 @@ def check_router_source(source: str) -> None:
         if not (path / "config.json").is_file():
             raise BadInputError(f"{source} is not a router folder: it has no config.json.")
         return
-    if source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
+    from carrot_hub.hub_checks import HUB_ID
+
+    if source.startswith(("/", ".", "~")) or not HUB_ID.match(source):
         raise BadInputError(f"No router folder {source}: it does not exist (and is not a Hub id such as owner/name).")
 
 
