@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from .modeling_carrot import CarrotKNNMemory, top_k_mean_similarity
+from .prediction_metrics import auroc, brier, expected_calibration_error
 from .prior_shrinkage import choose_prior_shrink, leave_one_out_prior
 
 SUPPORT_K_GRID = (1, 2, 4, 8, 16, 32, 64)
@@ -192,8 +193,15 @@ def cross_fitted(method: str, quality: np.ndarray, scores: np.ndarray, folds: in
 
 
 def masked_brier(quality: np.ndarray, scores: np.ndarray) -> float:
-    observed = ~np.isnan(scores)
-    return float(np.mean((quality[observed] - scores[observed]) ** 2))
+    """Brier score of `quality (n, m)` against `scores` (NaN = missing) over the observed cells."""
+    return brier(scores, quality)
+
+
+def masked_ece(quality: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of `quality (n, m)` against `scores` (NaN = missing); 0 when nothing is observed."""
+    if not (~np.isnan(scores)).any():
+        return 0.0
+    return expected_calibration_error(scores, quality, bins)["ece"]
 
 
 def choose_calibration(quality: np.ndarray, scores: np.ndarray, seed: int = 0) -> tuple[str, dict]:
@@ -335,7 +343,7 @@ def support_evidence(
             support_out = support_of(embeddings[group], memory_embeddings, k).numpy()
             support_in = support_of(embeddings[held_in], memory_embeddings, k).numpy()
             supports[(k, index)] = (support_in, support_out)
-            per_group.append(_auroc(support_in, support_out))
+            per_group.append(auroc(np.r_[np.ones(support_in.size), np.zeros(support_out.size)], np.r_[support_in, support_out]))
         aurocs.append(float(np.mean(per_group)))
     best_k = k_grid[int(np.argmax(np.round(aurocs, 6)))]
     accuracies = []
@@ -354,22 +362,6 @@ def support_evidence(
         "balanced_accuracy": accuracies,
         "threshold": float(best_threshold),
     }
-
-
-def _auroc(support_in: np.ndarray, support_out: np.ndarray) -> float:
-    """P(support of an in-distribution prompt > that of a held-out-group prompt), ties half."""
-    values = np.concatenate([support_in, support_out])
-    ranks = _average_ranks(values)
-    n_in, n_out = support_in.size, support_out.size
-    return float((ranks[:n_in].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(values.size)
-    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return ranks
 
 
 # -------------------------------------------------------------------------------------- the fit
@@ -450,18 +442,6 @@ def leave_one_out_support(embeddings: torch.Tensor, k: int) -> np.ndarray:
     """Support `(n,)` of each training prompt against the others (about uniform on [0, 1] by construction)."""
     similarity = top_k_mean_similarity(embeddings, embeddings, k, exclude_self=True)
     return _rank_in(similarity.sort().values, similarity).numpy()
-
-
-def masked_ece(quality: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error over every observed cell of `quality (n, m)` against `scores` (NaN = missing), equal-width bins."""
-    observed = ~np.isnan(scores)
-    quality, scores = quality[observed], scores[observed]
-    if quality.size == 0:
-        return 0.0
-    index = np.minimum((quality * bins).astype(int), bins - 1)
-    total = np.bincount(index, minlength=bins)
-    gap = np.abs(np.bincount(index, weights=scores, minlength=bins) - np.bincount(index, weights=quality, minlength=bins))
-    return float(gap.sum() / total.sum())
 
 
 def in_distribution_loss(

@@ -38,6 +38,12 @@ import numpy as np
 # The hull and AIQ live in the library, which also chooses settings by them (carrot_hub.reliability).
 from carrot_hub.cost_quality import aiq, upper_hull  # noqa: F401  (re-exported)
 from carrot_hub.cost_quality import as_points as _as_points
+from carrot_hub.prediction_metrics import (  # noqa: F401  (re-exported)
+    auroc,
+    average_ranks,
+    brier,
+    expected_calibration_error,
+)
 
 
 def hull_quality_at(costs, qualities, at_cost) -> np.ndarray:
@@ -170,49 +176,16 @@ BINARY_LABELS = "0/1 scores"
 THRESHOLD_LABELS = "score >= 0.5 (fractional scores)"
 
 
-def auroc(labels, predictions) -> float | None:
-    """
-    Area under the ROC curve of `predictions (n,)` for binary `labels (n,)` (0/1), with ties given
-    half credit (the Mann–Whitney statistic). None when only one class is present.
-    """
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    positive, negative = labels == 1, labels == 0
-    if not np.all(positive | negative):
-        raise ValueError("auroc needs 0/1 labels.")
-    n_pos, n_neg = int(positive.sum()), int(negative.sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = _average_ranks(predictions)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values (n,)`, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return ranks
-
-
 def spearman(true_scores, predictions) -> float | None:
     """
     Spearman's rank correlation of `predictions (n,)` with `true_scores (n,)` (any values; ties get
     average ranks): threshold-free, so it also judges fractional scores. None when either is constant.
     """
-    true_ranks = _average_ranks(np.asarray(true_scores, dtype=np.float64).reshape(-1))
-    predicted_ranks = _average_ranks(np.asarray(predictions, dtype=np.float64).reshape(-1))
+    true_ranks = average_ranks(np.asarray(true_scores, dtype=np.float64).reshape(-1))
+    predicted_ranks = average_ranks(np.asarray(predictions, dtype=np.float64).reshape(-1))
     if true_ranks.std() == 0 or predicted_ranks.std() == 0:
         return None
     return float(np.corrcoef(true_ranks, predicted_ranks)[0, 1])
-
-
-def brier(labels, predictions) -> float:
-    """Mean squared difference between predicted quality and the true score."""
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    return float(np.mean((predictions - labels) ** 2))
 
 
 def prediction_quality(
@@ -330,37 +303,6 @@ def cost_prediction_errors(
         "mean_cost_relative_error": mean("cost", "relative_error"),
         "mean_cost_bias": mean("cost", "bias"),
     }
-
-
-def expected_calibration_error(labels, predictions, bins: int = 15) -> dict:
-    """
-    Expected calibration error of predicted quality: cells `(n,)` or `(n, m)` (NaN labels are left
-    out) put in `bins` equal-width bins of the prediction over [0, 1]; ECE is the count-weighted mean
-    of |mean score − mean prediction| over the bins. Returns `{"ece", "n", "bins": [{"lower",
-    "upper", "count", "mean_prediction", "mean_score"}]}` (the reliability diagram's data).
-    """
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    if labels.shape != predictions.shape:
-        raise ValueError(f"labels has {labels.size} cells but predictions has {predictions.size}.")
-    observed = ~np.isnan(labels)
-    labels, predictions = labels[observed], np.clip(predictions[observed], 0.0, 1.0)
-    if labels.size == 0:
-        raise ValueError("No observed scores: calibration cannot be measured.")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(predictions, edges[1:-1]), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        members = which == b
-        count = int(members.sum())
-        entry = {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                 "mean_prediction": None, "mean_score": None}
-        if count:
-            entry["mean_prediction"] = float(predictions[members].mean())
-            entry["mean_score"] = float(labels[members].mean())
-            ece += count * abs(entry["mean_score"] - entry["mean_prediction"])
-        table.append(entry)
-    return {"ece": float(ece / labels.size), "n": int(labels.size), "bins": table}
 
 
 def chosen_quality_gap(predicted_quality, true_scores, choices) -> dict:
