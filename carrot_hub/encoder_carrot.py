@@ -22,7 +22,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_carrot import CarrotConfig
 from .decision_carrot import PromptEncoding, PromptPredictions
-from .tokenization_carrot import _TOKEN_ID_DTYPE, TOKEN_ID_TYPE, CachedWordPieceTokenizer
+from .tokenization_carrot import _TOKEN_ID_DTYPE, TOKEN_ID_TYPE, CachedWordPieceTokenizer, examined_text
 
 # Prompts are tokenized this many at a time: the tokenizer's output for a whole list of long
 # prompts takes gigabytes (50,000 prompts of 400 words: ~4 GB), one chunk only a few hundred MB.
@@ -35,6 +35,11 @@ PIPELINE_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while a static router token
 # could be gamed. Ordinary text never reaches the bound: RouterBench prompts average 4.3 bytes per
 # WordPiece token and the densest has 6.6, so their counts stay the tokenizer's exact ones.
 MAX_BYTES_PER_TOKEN = 8
+# Of a long prompt only this many characters per kept token (`max_prompt_tokens`) are tokenized, at
+# the kept end; the rest is counted by proportion. It bounds the tokenizer's work per prompt (a
+# 4 MB prompt of distinct words held the routing thread for seconds) and leaves every prompt under
+# 128 × 512 = 65,536 characters exactly as before (RouterBench's longest has 4,284).
+MAX_CHARS_EXAMINED_PER_TOKEN = 512
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -103,6 +108,20 @@ def _transformer_encoder(config: CarrotConfig) -> nn.Module:
     for key in ("architectures", "transformers_version", "auto_map", "_name_or_path", "dtype", "torch_dtype"):
         encoder_config.pop(key, None)
     return AutoModel.from_config(AutoConfig.for_model(model_type, **encoder_config), add_pooling_layer=False)
+
+
+def examined_texts(router, prompts: list[str]) -> list[str]:
+    """Each prompt, or of a long one the `MAX_CHARS_EXAMINED_PER_TOKEN × max_prompt_tokens` characters at its kept end."""
+    max_chars = MAX_CHARS_EXAMINED_PER_TOKEN * router.config.max_prompt_tokens
+    from_end = router.config.truncation_side == "left"
+    return [examined_text(prompt, max_chars, from_end) for prompt in prompts]
+
+
+def count_with_unexamined(n_tokens: int, examined: str, prompt: str) -> int:
+    """A prompt's token count from its examined part's `n_tokens`: the same density is assumed for the rest."""
+    if len(examined) >= len(prompt):
+        return n_tokens
+    return math.ceil(n_tokens * len(prompt) / max(1, len(examined)))
 
 
 def _long_tensor(values: array.array) -> torch.Tensor:
@@ -236,14 +255,16 @@ class TransformerPromptEncoder(PromptEncoder):
         """As [`PromptEncoder.tokenize`]; the ids include the special tokens."""
         tokenizer = router.tokenizer
         max_length = router.config.max_prompt_tokens
+        examined = examined_texts(router, prompts)
         # The tokenizer's padding/truncation state is shared; concurrent calls must not interleave.
         with router._tokenizer_lock:
-            encoded = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            encoded = tokenizer(examined, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
             n_special = tokenizer.num_special_tokens_to_add(pair=False)
         token_ids, input_tokens, truncated = [], [], []
         keep_end = router.config.truncation_side == "left"
-        for prompt, ids in zip(prompts, encoded):
-            input_tokens.append(max(len(ids) - n_special, math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
+        for prompt, text, ids in zip(prompts, examined, encoded):
+            n_tokens = count_with_unexamined(len(ids) - n_special, text, prompt)
+            input_tokens.append(max(n_tokens, math.ceil(len(prompt.encode("utf-8")) / MAX_BYTES_PER_TOKEN)))
             if len(ids) > max_length:
                 if keep_end:  # keep the opening special token and the last tokens (the question)
                     ids = ids[:1] + ids[-(max_length - 1) :]
@@ -251,7 +272,7 @@ class TransformerPromptEncoder(PromptEncoder):
                     ids = ids[: max_length - 1] + ids[-1:]
                 truncated.append(True)
             else:
-                truncated.append(False)
+                truncated.append(len(text) < len(prompt))
             token_ids.append(ids)
         return token_ids, input_tokens, truncated
 
@@ -344,22 +365,23 @@ class StaticPromptEncoder(PromptEncoder):
         unknown = tokenizer.unk_token_id
         limit = router.config.max_prompt_tokens
         keep_end = router.config.truncation_side == "left"
+        examined = examined_texts(router, prompts)
         with router._tokenizer_lock:
             backend = tokenizer.backend_tokenizer
             if self.word_piece_cache is None or self.word_piece_cache[0] is not backend:
                 self.word_piece_cache = (backend, CachedWordPieceTokenizer.for_tokenizer(tokenizer))
             fast_path = self.word_piece_cache[1]
             if fast_path is not None:
-                encoded, counts = fast_path.window_ids(prompts, limit, from_end=keep_end, skip_id=unknown)
+                encoded, counts = fast_path.window_ids(examined, limit, from_end=keep_end, skip_id=unknown)
             else:
-                encodings = backend.encode_batch_fast(prompts, add_special_tokens=False)
+                encodings = backend.encode_batch_fast(examined, add_special_tokens=False)
                 encoded = [array.array(TOKEN_ID_TYPE, encoding.ids) for encoding in encodings]
                 counts = [len(ids) for ids in encoded]
         token_ids, input_tokens, truncated = [], [], []
-        for prompt, ids, n_tokens in zip(prompts, encoded, counts):
+        for prompt, text, ids, n_tokens in zip(prompts, examined, encoded, counts):
             n_bytes = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
-            input_tokens.append(max(n_tokens, math.ceil(n_bytes / MAX_BYTES_PER_TOKEN)))
-            cut = n_tokens > len(ids)  # tokens outside the window
+            input_tokens.append(max(count_with_unexamined(n_tokens, text, prompt), math.ceil(n_bytes / MAX_BYTES_PER_TOKEN)))
+            cut = n_tokens > len(ids) or len(text) < len(prompt)  # tokens outside the window or the examined text
             if unknown is not None and unknown in ids:
                 ids = array.array(TOKEN_ID_TYPE, [i for i in ids if i != unknown])
             if len(ids) > limit:
@@ -418,7 +440,7 @@ class StaticPromptEncoder(PromptEncoder):
         after both: on the worker each would wait for the GIL that tokenizing holds.
         """
         # Chunks of equal size: a small last chunk would leave its predecessor's search with nothing to overlap.
-        size = math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / TOKENIZE_CHUNK_PROMPTS)))
+        size = max(1, math.ceil(len(prompts) / max(1, math.ceil(len(prompts) / TOKENIZE_CHUNK_PROMPTS))))
         chunks = [prompts[start : start + size] for start in range(0, len(prompts), size)]
         if len(chunks) <= 1:
             return router.predict_encoded(self.encode(router, prompts))

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import re
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -56,10 +57,17 @@ from .encoder_carrot import (
 )
 from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, prompt_key_of, top_k_mean_similarity
 from .reliability_carrot import CarrotReliability, interpolate_monotone
-from .tokenization_carrot import CachedWordPieceTokenizer
+from .tokenization_carrot import CachedWordPieceTokenizer, examined_text
 
 # Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
 _NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# Runs of common no-content characters (all of them in `_NO_CONTENT_CATEGORIES`), skipped at C speed
+# so that checking a prompt of megabytes of zero-width characters costs milliseconds, not a second.
+_NO_CONTENT_RUN = re.compile(
+    "[\\s\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000e0001\U000e0020-\U000e007f]*"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holding one cannot be encoded as UTF-8: it is not text
 logger = transformers_logging.get_logger(__name__)
 
 
@@ -1001,24 +1009,45 @@ def carrot_loss(quality_raw, log_tokens, quality_labels, output_token_labels, is
 
 def prompt_has_content(prompt: str) -> bool:
     """Whether `prompt` holds anything but whitespace, separators, control and zero-width characters."""
-    return any(unicodedata.category(character) not in _NO_CONTENT_CATEGORIES for character in prompt)
+    position, end = 0, len(prompt)
+    while True:
+        position = _NO_CONTENT_RUN.match(prompt, position).end()
+        if position == end:
+            return False
+        if unicodedata.category(prompt[position]) not in _NO_CONTENT_CATEGORIES:
+            return True
+        position += 1  # a rarer no-content character: on to the next run
+
+
+def prompt_problem(prompt) -> str | None:
+    """
+    Why the router cannot route `prompt`, as a clause that follows "prompt N" ("is empty (…)"), or
+    None when it can. The one definition of a routable prompt: `check_prompts` (so `route`,
+    `predict`, `encode`) applies it, and the gateway asks it of each request before batching.
+    """
+    if not isinstance(prompt, str):
+        return f"is a {type(prompt).__name__}, not a string: {prompt!r:.80}"
+    if not prompt_has_content(prompt):
+        return ("is empty (nothing but whitespace, control or zero-width characters): there is nothing to route. "
+                "Remove it or give it text")
+    surrogate = None if prompt.isascii() else _SURROGATE.search(prompt)  # isascii() is O(1) on a str
+    if surrogate is not None:
+        return (f"holds a lone surrogate (U+{ord(surrogate.group()):04X} at character {surrogate.start()}), "
+                "which is not text and cannot be tokenized. Send valid UTF-8 text")
+    return None
 
 
 def check_prompts(prompts) -> list[str]:
     """Return prompts as a list of strings with content, or raise naming the first bad position."""
     if isinstance(prompts, str):
-        return [prompts]
-    if prompts is None or not isinstance(prompts, Sequence):
+        prompts = [prompts]
+    elif prompts is None or not isinstance(prompts, Sequence):
         raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}.")
     prompts = list(prompts)
     for position, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt {position} is a {type(prompt).__name__}, not a string: {prompt!r:.80}")
-        if not prompt_has_content(prompt):
-            raise ValueError(
-                f"prompt {position} is empty (nothing but whitespace, control or zero-width characters): "
-                "there is nothing to route. Remove it or give it text."
-            )
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            raise (TypeError if not isinstance(prompt, str) else ValueError)(f"prompt {position} {problem}.")
     return prompts
 
 

@@ -237,3 +237,21 @@ class CachedWordPieceTokenizer:
         if cut < n_chars - 200:
             cut = max(prompt.rfind(space, 0, n_chars) for space in " \t\n\r")
         return prompt[:cut] if cut > 0 else prompt
+
+
+def examined_text(prompt: str, max_chars: int, from_end: bool = True, boundary_search: int = 200) -> str:
+    """
+    `prompt` when it has at most `max_chars` characters, else about its last (first, `from_end=False`)
+    `max_chars`, cut at a space, tab or newline within `boundary_search` characters of the cut when
+    there is one (so that no word is split), else exactly there.
+    """
+    if len(prompt) <= max_chars:
+        return prompt
+    if from_end:
+        start = len(prompt) - max_chars
+        boundary = _WORD_BOUNDARY.search(prompt, start, start + boundary_search)
+        return prompt[boundary.end() if boundary else start :]
+    boundary = None
+    for boundary in _WORD_BOUNDARY.finditer(prompt, max(0, max_chars - boundary_search), max_chars):
+        pass
+    return prompt[: boundary.start() if boundary else max_chars]
