@@ -369,7 +369,7 @@ def test_learn_applies_feedback_to_the_router(saved_knn_router, upstreams, tmp_p
 
 
 def test_gateway_key_is_checked_as_a_bearer_token(knn_router, upstreams):
-    with running_gateway(knn_router, upstream_entries(upstreams), api_key="gw-key-123") as (_, server):
+    with running_gateway(knn_router, upstream_entries(upstreams), api_key="gw-key-0123456789abcdef") as (_, server):
         body = {"model": "carrot", "messages": USER}
         denied = httpx.post(server.base_url + "/chat/completions", json=body)
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
@@ -378,7 +378,7 @@ def test_gateway_key_is_checked_as_a_bearer_token(knn_router, upstreams):
         assert wrong.status_code == 401
         assert httpx.get(server.url + "/metrics").status_code == 401
         assert httpx.get(server.url + "/health").status_code == 200
-        client = openai.OpenAI(base_url=server.base_url, api_key="gw-key-123", max_retries=0)
+        client = openai.OpenAI(base_url=server.base_url, api_key="gw-key-0123456789abcdef", max_retries=0)
         assert client.chat.completions.create(model="carrot", messages=USER).model in TINY_MODELS
 
 

@@ -32,24 +32,40 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..modeling_carrot import RoutingOptionError, RoutingOptions
+from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
 from .batching import RoutedChoice, RoutingBatcher
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .metrics import GatewayMetrics
+from .strict_json import JSONRejected, loads_strict
 from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
 
 logger = logging.getLogger("carrot_hub.serving")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0
 DOLLARS_PER_MILLION = 1e6
 # Token counts an upstream reports are untrusted: above this (no context window comes close) they are invalid.
 MAX_REPORTED_TOKENS = 100_000_000
 # The gateway's ids are "carrot-" + 32 hex digits; a longer one is unknown without a lookup (and is not echoed).
 MAX_REQUEST_ID_CHARS = 128
+MIN_GATEWAY_KEY_CHARS = 16
+
+
+def gateway_key_problem(key: str) -> str | None:
+    """Why `key` cannot be the gateway's key (a clause naming no character of it), or None when it can."""
+    if len(key) < MIN_GATEWAY_KEY_CHARS or not all("!" <= character <= "~" for character in key):
+        return (f"must be at least {MIN_GATEWAY_KEY_CHARS} printable ASCII characters without spaces "
+                f"(it has {len(key)} characters{'' if key.isascii() and key.isprintable() and ' ' not in key else ', some not allowed'}); "
+                "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\"")
+    return None
 
 
 @dataclass
 class GatewaySettings:
-    """How the gateway serves. `api_key`: the bearer token clients must send (None: no check)."""
+    """
+    How the gateway serves. `api_key`: the bearer token clients must send (None: no check; else at
+    least 16 printable ASCII characters). `body_timeout_s`: a client must send its whole request
+    body within this many seconds (HTTP 408 otherwise).
+    """
 
     route_on: str = "last-user"
     max_fallbacks: int = 2
@@ -57,8 +73,13 @@ class GatewaySettings:
     api_key: str | None = None
     route_window_s: float = 0.002
     route_batch_size: int = 64
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self):
+        if self.api_key is not None and gateway_key_problem(self.api_key):
+            raise ValueError(f"api_key {gateway_key_problem(self.api_key)}.")
+        if not self.body_timeout_s > 0 or self.body_timeout_s == float("inf"):
+            raise ValueError(f"body_timeout_s must be a positive number of seconds, got {self.body_timeout_s!r}.")
         if self.route_on not in ROUTE_ON:
             raise ValueError(f"route_on must be one of {ROUTE_ON}, got {self.route_on!r}.")
         if self.max_fallbacks < 0:
@@ -179,6 +200,13 @@ class Gateway:
             except RequestError as error:
                 self.metrics.rejected.labels(str(error.status)).inc()
                 return JSONResponse(error.to_json(), status_code=error.status)
+            except Exception as error:  # noqa: BLE001  (a bug: still an OpenAI-format answer, counted and logged)
+                logger.error("internal error on %s: %s", request.url.path,
+                             self.upstreams.redact(f"{type(error).__name__}: {str(error)[:200]}"))
+                self.metrics.rejected.labels("500").inc()
+                failure = RequestError(f"The gateway failed on this request ({type(error).__name__}); it was logged.",
+                                       status=500, code="internal_error", type_="server_error")
+                return JSONResponse(failure.to_json(), status_code=500)
 
         return guarded
 
@@ -201,13 +229,17 @@ class Gateway:
             raise too_large
         chunks, size = [], 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
+            with anyio.fail_after(self.settings.body_timeout_s):  # a client trickling its body holds no slot forever
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
         except ClientDisconnect:
             raise RequestError("The client disconnected while sending the request.") from None
+        except TimeoutError:
+            raise RequestError(f"The request body did not arrive within {self.settings.body_timeout_s:g} s.",
+                               status=408, code="request_timeout") from None
         return b"".join(chunks)
 
     # ------------------------------------------------------------------------------ endpoints
@@ -280,6 +312,9 @@ class Gateway:
         choice, prices = None, self.default_prices
         if chat.pinned is None:
             options = self._routing_options(chat.options)
+            problem = prompt_problem(chat.routed_text)  # the router's own rule, before this prompt joins a batch
+            if problem is not None:
+                raise RequestError(f"The routed text {problem}.", param="messages")
             try:
                 choice = await self.batcher.route(chat.routed_text, options)
             except (ValueError, TypeError) as error:
@@ -290,6 +325,7 @@ class Gateway:
         else:
             if chat.options:  # a pinned request's options get the same checks; its prices are theirs
                 prices = self._checked_options(chat.options).prices
+                self._check_pinned_within_options(chat.pinned, chat.options)
             order = [chat.pinned]
         served = _Served(request_id, started, chat, choice, prices, fallbacks=[])
         if chat.stream:
@@ -321,6 +357,19 @@ class Gateway:
             return self.router.routing_options(**requested)
         except RoutingOptionError as error:
             raise RequestError(str(error), param=f"carrot.{error.option}") from None
+
+    @staticmethod
+    def _check_pinned_within_options(pinned: str, options: dict) -> None:
+        """A pinned model must be allowed; `max_cost` needs a routing decision, which a pinned request does not make."""
+        allowed = options.get("allowed")
+        if allowed is not None and pinned not in allowed:
+            raise RequestError(f"model {pinned!r} is not in carrot.allowed ({', '.join(allowed)}): "
+                               "name an allowed model, or use model \"carrot\" to route among them.",
+                               param="carrot.allowed")
+        if options.get("max_cost") is not None:
+            raise RequestError(f"carrot.max_cost bounds the routed choice, but model {pinned!r} is pinned, so nothing "
+                               "would be chosen within it: drop max_cost, or use model \"carrot\".",
+                               param="carrot.max_cost")
 
     # ------------------------------------------------------------------------------ answers
 
@@ -363,7 +412,16 @@ class Gateway:
         served.error = f"HTTP {rejected.status}"
         headers = self._headers(served)
         self._finish(served)
-        return Response(rejected.body, status_code=rejected.status, media_type=rejected.content_type, headers=headers)
+        return Response(self._scrubbed_body(rejected.body), status_code=rejected.status,
+                        media_type=rejected.content_type, headers=headers)
+
+    def _scrubbed_body(self, body: bytes) -> bytes:
+        """An upstream's body with the keys scrubbed, also where JSON escapes spelled them (`\\u0073k-…`)."""
+        try:
+            body = _json_bytes(loads_strict(body))
+        except JSONRejected:
+            pass
+        return self.upstreams.redact_bytes(body)
 
     async def _first_answer(self, served: _Served, order: list[str], call):
         """
@@ -391,7 +449,7 @@ class Gateway:
         served.ttfb_s = time.perf_counter() - served.started
         headers = self._headers(served)
         self._finish(served)
-        return JSONResponse(answer, headers=headers)
+        return Response(self.upstreams.redact_bytes(_json_bytes(answer)), media_type="application/json", headers=headers)
 
     async def _stream(self, served: _Served, order: list[str]) -> Response:
         name, stream = await self._first_answer(
@@ -416,20 +474,19 @@ class Gateway:
                 out = self._rewrite_chunk(served, data)
                 if out is not None:
                     yield {"data": out}
-                try:
-                    data = await anext(stream.events)
-                except StopAsyncIteration:
-                    finished = True
-                    yield {"data": "[DONE]"}
-                    return
+                data = await anext(stream.events, None)
+                if data is None:  # a stream cut short, however politely: no [DONE] is invented
+                    raise UpstreamFailure(served.model, "closed the stream before [DONE]")
         except (asyncio.CancelledError, GeneratorExit):
             served.status, served.error = "stream_error", "the client disconnected"
             raise
         except Exception as error:  # noqa: BLE001  (the upstream broke mid-stream)
             served.status = "stream_error"
-            served.error = self.upstreams.redact(f"{type(error).__name__}: {str(error)[:200]}")
+            served.error = self.upstreams.redact(str(error)[:200] if isinstance(error, UpstreamFailure) else
+                                                 f"{type(error).__name__}: {str(error)[:200]}")
             logger.warning("stream from %s broke for %s: %s", served.model, served.request_id, served.error)
-            message = (f"The upstream {served.model} failed in the middle of the answer ({type(error).__name__}); "
+            what = error.reason if isinstance(error, UpstreamFailure) else type(error).__name__
+            message = (f"The upstream {served.model} failed in the middle of the answer ({self.upstreams.redact(what)}); "
                        "the stream ends here. Retry the request.")
             yield {"data": json.dumps({"error": {"message": message, "type": "upstream_error", "param": None,
                                                  "code": "stream_interrupted"}})}
@@ -443,12 +500,13 @@ class Gateway:
                     await stream.aclose()
 
     def _rewrite_chunk(self, served: _Served, data: str) -> str | None:
+        """An upstream event's data as the client gets it: `model` set, usage as asked, keys scrubbed."""
         try:
-            chunk = json.loads(data)
-        except ValueError:
-            return data
+            chunk = loads_strict(data)
+        except JSONRejected:
+            return self.upstreams.redact(data)
         if not isinstance(chunk, dict):
-            return data
+            return self.upstreams.redact(data)
         if "model" in chunk:
             chunk["model"] = served.model
         if chunk.get("usage"):
@@ -457,7 +515,7 @@ class Gateway:
                 if not chunk.get("choices"):
                     return None  # the usage-only chunk the gateway asked for, not the client
                 chunk.pop("usage")
-        return json.dumps(chunk)
+        return self.upstreams.redact(json.dumps(chunk))
 
     # ------------------------------------------------------------------------------ outcome
 
@@ -504,7 +562,7 @@ class Gateway:
         record = {
             "request_id": served.request_id,
             "time": time.time(),
-            "prompt": served.chat.routed_text,
+            "prompt": self.upstreams.redact(served.chat.routed_text) if served.chat.routed_text else None,
             "model": served.model,
             "mu": served.choice.mu if served.choice else None,
             "in_distribution": served.choice.in_distribution if served.choice else None,
@@ -561,6 +619,11 @@ def _usage(usage) -> tuple[dict | None, str | None]:
             return None, f"{key} {shown[:80]} is not a whole number in [0, {MAX_REPORTED_TOKENS}]"
         counts[key] = value
     return counts, None
+
+
+def _json_bytes(value) -> bytes:
+    """JSON as Starlette's `JSONResponse` renders it (compact, UTF-8)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def _realised_cost(usage: dict | None, price: dict | None) -> float | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling_carrot import RoutingOptions
+from ..modeling_carrot import RoutingOptions, prompt_problem
 
 
 @dataclass(frozen=True)
@@ -92,24 +92,34 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
 
 def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions]) -> list[RoutedChoice | Exception]:
     """
-    Route `prompts` in one encoder pass; each prompt with its own options. A prompt whose options
-    are rejected gets the exception in its place instead of a choice.
+    Route `prompts` in one encoder pass; each prompt with its own options. A prompt the router
+    cannot route (`prompt_problem`) or whose options are rejected gets the exception in its place
+    instead of a choice: one bad request never fails its neighbours in the batch.
     """
-    predictions = router.predict(list(prompts), batch_size=max(1, len(prompts)))
     results: list = [None] * len(prompts)
+    routable = []  # positions of the prompts that go to the encoder
+    for position, prompt in enumerate(prompts):
+        problem = prompt_problem(prompt)
+        if problem is None:
+            routable.append(position)
+        else:
+            results[position] = ValueError(f"The routed text {problem}.")
+    if not routable:
+        return results
+    predictions = router.predict([prompts[i] for i in routable], batch_size=max(1, len(routable)))
     groups: dict[RoutingOptions, list[int]] = {}
-    for row, option in enumerate(options):
-        groups.setdefault(option, []).append(row)
+    for row, position in enumerate(routable):  # row: the prompt's row in `predictions`
+        groups.setdefault(options[position], []).append(row)
     for option, rows in groups.items():
-        subset = predictions if len(rows) == len(prompts) else predictions.select(rows)
+        subset = predictions if len(rows) == len(routable) else predictions.select(rows)
         try:
             decision = router.decide(subset, options=option)
         except (ValueError, TypeError) as error:
             for row in rows:
-                results[row] = error
+                results[routable[row]] = error
             continue
         for row, choice in zip(rows, choices_from_decision(decision)):
-            results[row] = choice
+            results[routable[row]] = choice
     return results
 
 

@@ -3,10 +3,12 @@ forward. Anything wrong raises `RequestError`, which the app answers in OpenAI's
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from ..modeling_carrot import prompt_has_content
+from .strict_json import JSONRejected, loads_strict
 
 VIRTUAL_MODEL = "carrot"
 # The body's `carrot` object: the keywords of `router.routing_options`, which checks their values.
@@ -45,12 +47,12 @@ class ChatRequest:
 
 
 def parse_json_body(raw: bytes) -> dict:
-    """The request body as a JSON object, or `RequestError`."""
+    """The request body as a JSON object that can be forwarded as it is, or `RequestError`."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        detail = f" ({error.msg} at character {error.pos})" if isinstance(error, json.JSONDecodeError) else ""
-        raise RequestError(f"The request body is not valid JSON{detail}.") from None
+        body = loads_strict(raw)
+    except JSONRejected as error:
+        raise RequestError(f"The request body is {error}." if str(error).startswith("not valid JSON")
+                           else f"The request body cannot be forwarded: {error}.") from None
     if not isinstance(body, dict):
         raise RequestError(f"The request body must be a JSON object, got {type(body).__name__}.")
     return body
@@ -73,11 +75,11 @@ def routed_text(messages: list, route_on: str) -> str | None:
     `role: text` lines (`conversation`; the router keeps a long prompt's end). None if there is no text.
     """
     if route_on == "conversation":
-        lines = [f"{m.get('role', 'user')}: {message_text(m)}" for m in messages if message_text(m).strip()]
+        lines = [f"{m.get('role', 'user')}: {message_text(m)}" for m in messages if prompt_has_content(message_text(m))]
         text = "\n".join(lines)
     else:
         text = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
-    return text if text.strip() else None
+    return text or None  # whether the text can be routed is the router's call (`prompt_problem`)
 
 
 def parse_model(model, callable_names: Sequence[str]) -> tuple[str | None, float | None]:

@@ -1,8 +1,9 @@
 """`carrot serve`: the OpenAI-compatible routing gateway under uvicorn.
 
 Start-up problems are one line and exit code 2: an unreadable or wrong upstreams file, an upstream
-naming a model the router does not know, an unset API-key variable, a port in use, or a non-loopback
-address without a gateway key (`CARROT_API_KEY`).
+naming a model the router does not know, an unset API-key variable, a port in use, a non-loopback
+address without a gateway key (`CARROT_API_KEY`), or a gateway key shorter than 16 characters or
+not printable ASCII (such a key is guessable, or can never match what a client sends).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import math
 import os
 import socket
 import sys
@@ -37,6 +39,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="other candidates tried when the chosen upstream fails before answering (default 2)")
     parser.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
                         help="larger request bodies are refused with HTTP 413 (default 4 MiB)")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="seconds a client has to send its whole request body; slower ones get HTTP 408 "
+                             "(default 30)")
     parser.add_argument("--route-window-ms", type=float, default=None,
                         help="how long the first request of a routing batch waits for others (default 2 ms; "
                              "0 for a static-encoder router)")
@@ -116,7 +121,15 @@ def run_serve(args: argparse.Namespace) -> int:
         check_keys(specs)
     except UpstreamConfigError as error:
         raise UsageError(str(error)) from None
+    if not (args.body_timeout > 0 and math.isfinite(args.body_timeout)):
+        raise UsageError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}.")
     gateway_key = os.environ.get(GATEWAY_KEY_ENV) or None
+    if gateway_key is not None:
+        from .app import gateway_key_problem
+
+        problem = gateway_key_problem(gateway_key)
+        if problem is not None:
+            raise UsageError(f"${GATEWAY_KEY_ENV} {problem}.")
     if not is_loopback(args.host) and gateway_key is None:
         raise UsageError(f"Refusing to serve on {args.host} without a gateway key: set {GATEWAY_KEY_ENV} "
                          "(clients then send it as a bearer token), or bind 127.0.0.1.")
@@ -193,6 +206,7 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         api_key=gateway_key,
         route_window_s=_route_window_ms(router, args.route_window_ms) / 1000,
         route_batch_size=args.route_batch_size,
+        body_timeout_s=args.body_timeout,
     )
     learner = _open_learner(args, router)
     outcome_log = _open_outcome_log(args, router)

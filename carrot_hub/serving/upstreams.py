@@ -20,6 +20,11 @@ message and error body that leaves this module.
 Callers that would rather wait than fall back (`carrot collect`) use `complete_with_retries`: at most
 `max_concurrency` calls in flight per upstream, and transient failures (timeouts, lost connections,
 408/409/429/5xx) retried with exponential backoff that honours the upstream's `Retry-After`.
+
+`timeout` bounds each attempt as a whole, not only each read: a plain answer must be complete, and
+a stream's first event must arrive, within it (else `UpstreamFailure`, and the gateway falls back);
+after that, each next event must follow within it. SSE comments and pings do not count as events,
+so an upstream that only keeps the connection warm cannot hold a request.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 from httpx_sse import EventSource
+
+from .strict_json import JSONRejected, loads_strict
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONCURRENCY = 64
@@ -320,17 +328,24 @@ class Upstream:
         detail = self.redact(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         return UpstreamFailure(self.name, f"{kind} ({detail})")
 
+    def _deadline_passed(self, what: str) -> UpstreamFailure:
+        return UpstreamFailure(self.name, f"timeout ({what} within {self.spec.timeout:g} s)")
+
     async def complete(self, payload: dict) -> dict:
         """A non-streamed chat completion: the upstream's JSON answer."""
         try:
-            response = await self._client.post("chat/completions", json=self._body(payload))
+            with anyio.fail_after(self.spec.timeout):
+                response = await self._client.post("chat/completions", json=self._body(payload))
         except httpx.HTTPError as error:
             raise self._failure(error) from None
+        except TimeoutError:
+            raise self._deadline_passed("no complete answer") from None
         self._raise_for_status(response, response.content)
         try:
-            answer = response.json()
-        except ValueError:
-            raise UpstreamFailure(self.name, "answered with a body that is not JSON", response.status_code) from None
+            answer = loads_strict(response.content)
+        except JSONRejected as error:
+            raise UpstreamFailure(self.name, f"answered with a body the gateway cannot relay ({error})",
+                                  response.status_code) from None
         if not isinstance(answer, dict):
             raise UpstreamFailure(self.name, "answered with JSON that is not an object", response.status_code)
         return answer
@@ -367,31 +382,47 @@ class Upstream:
         point raises `UpstreamFailure`/`UpstreamRejected`, when the gateway can still fall back.
         """
         request = self._client.build_request("POST", "chat/completions", json=self._body(payload))
+        response = None
         try:
-            response = await self._client.send(request, stream=True)
+            with anyio.fail_after(self.spec.timeout):
+                response = await self._client.send(request, stream=True)
+                if response.status_code >= 400:
+                    self._raise_for_status(response, await response.aread())
+                events = self._data_events(response)
+                first = await anext(events, None)
+                if first is None:
+                    raise UpstreamFailure(self.name, "closed the stream before sending any event", response.status_code)
+        except TimeoutError:
+            if response is not None:
+                await response.aclose()
+            raise self._deadline_passed("no first event") from None
         except httpx.HTTPError as error:
-            raise self._failure(error) from None
-        try:
-            if response.status_code >= 400:
-                self._raise_for_status(response, await response.aread())
-            events = self._data_events(response)
-            try:
-                first = await anext(events)
-            except StopAsyncIteration:
-                raise UpstreamFailure(self.name, "closed the stream before sending any event", response.status_code)
-        except httpx.HTTPError as error:
-            await response.aclose()
+            if response is not None:
+                await response.aclose()
             raise self._failure(error) from None
         except BaseException:
-            await response.aclose()
+            if response is not None:
+                await response.aclose()
             raise
         return UpstreamStream(first, events, response)
 
     async def _data_events(self, response: httpx.Response) -> AsyncIterator[str]:
-        """The `data` of each SSE event (comments and pings are skipped; `[DONE]` included)."""
-        async for event in EventSource(response).aiter_sse():
-            if event.data:
-                yield event.data
+        """
+        The `data` of each SSE event (comments and pings are skipped; `[DONE]` included), each within
+        `timeout` of the previous one (`UpstreamFailure` otherwise).
+        """
+        events = EventSource(response).aiter_sse()
+        while True:
+            try:
+                with anyio.fail_after(self.spec.timeout):
+                    event = await anext(events, None)
+                    while event is not None and not event.data:
+                        event = await anext(events, None)
+            except TimeoutError:
+                raise self._deadline_passed("no event") from None
+            if event is None:
+                return
+            yield event.data
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -485,6 +516,12 @@ class UpstreamPool:
         for upstream in self.upstreams.values():
             text = upstream.redact(text)
         return text
+
+    def redact_bytes(self, body: bytes) -> bytes:
+        """`body` with every upstream key (as UTF-8) replaced by `***`."""
+        for upstream in self.upstreams.values():
+            body = upstream._redact_bytes(body)
+        return body
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():
