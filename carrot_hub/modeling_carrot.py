@@ -57,7 +57,7 @@ from .encoder_carrot import (
 )
 from .knn_memory_carrot import CarrotKNNMemory, mean_of_largest, prompt_key_of, top_k_mean_similarity
 from .reliability_carrot import CarrotReliability, interpolate_monotone
-from .tokenization_carrot import CachedWordPieceTokenizer, examined_text
+from .tokenization_carrot import CachedWordPieceTokenizer
 
 # Characters that carry no content: whitespace, separators, control and format (zero-width) ones.
 _NO_CONTENT_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})

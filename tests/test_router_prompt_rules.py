@@ -8,13 +8,8 @@ import pytest
 
 import carrot_hub.encoder_carrot as encoding
 import carrot_hub.modeling_carrot as modeling
-from carrot_hub.modeling_carrot import (
-    CachedWordPieceTokenizer,
-    check_prompts,
-    examined_text,
-    prompt_has_content,
-    prompt_problem,
-)
+from carrot_hub.modeling_carrot import CachedWordPieceTokenizer, check_prompts, prompt_has_content, prompt_problem
+from carrot_hub.tokenization_carrot import examined_text
 
 from .conftest import TINY_PROMPTS
 

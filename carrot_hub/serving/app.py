@@ -42,6 +42,7 @@ from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
 logger = logging.getLogger("carrot_hub.serving")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT_S = 30.0
+LARGE_BODY_BYTES = 256 * 1024
 DOLLARS_PER_MILLION = 1e6
 # Token counts an upstream reports are untrusted: above this (no context window comes close) they are invalid.
 MAX_REPORTED_TOKENS = 100_000_000
@@ -307,7 +308,11 @@ class Gateway:
 
     async def chat_completions(self, request: Request):
         started = time.perf_counter()
-        chat = parse_chat_request(parse_json_body(await self._read_body(request)), self.callable, self.settings.route_on)
+        raw = await self._read_body(request)
+        if len(raw) > LARGE_BODY_BYTES:  # parsing megabytes holds the loop for tens of ms: a worker thread does it
+            chat = await anyio.to_thread.run_sync(self._read_chat, raw)
+        else:
+            chat = self._read_chat(raw)
         request_id = f"carrot-{uuid.uuid4().hex}"
         choice, prices = None, self.default_prices
         if chat.pinned is None:
@@ -331,6 +336,9 @@ class Gateway:
         if chat.stream:
             return await self._stream(served, order)
         return await self._complete(served, order)
+
+    def _read_chat(self, raw: bytes) -> ChatRequest:
+        return parse_chat_request(parse_json_body(raw), self.callable, self.settings.route_on)
 
     # ------------------------------------------------------------------------------ routing
 
