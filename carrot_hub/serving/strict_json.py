@@ -47,7 +47,10 @@ def loads_strict(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH):
         raise JSONRejected(f"nested more than {max_depth} levels deep") from None
     except (ValueError, UnicodeDecodeError) as error:  # e.g. invalid UTF-8, an integer of 5,000 digits
         raise JSONRejected(f"not valid JSON ({str(error).splitlines()[0][:120]})") from None
-    surrogates_possible = isinstance(raw, str) or _SURROGATE_ESCAPE.search(raw) is not None
+    if isinstance(raw, str):  # an SSE event's data
+        surrogates_possible = "\\u" in raw or (not raw.isascii() and _SURROGATE.search(raw) is not None)
+    else:
+        surrogates_possible = _SURROGATE_ESCAPE.search(raw) is not None
     _check_tree(value, max_depth, surrogates_possible)
     return value
 
