@@ -6,6 +6,7 @@ standard library and transformers.
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -109,6 +110,12 @@ class CarrotConfig(PretrainedConfig):
             estimate when 0 (routers saved before it existed); the move shrinks linearly to nothing at
             `ood_pessimism_support`. Both chosen on the training data (see `carrot_hub.reliability`).
         ood_pessimism_support (`float`): in (0, 1]: the support from which quality is not lowered.
+        cached_input_price_per_million (`list[float | None]`, *optional*): US$ per million input
+            tokens the upstream has cached (prompt caching), per candidate; None where unknown (the
+            input price is charged). Used for the earlier turns of a conversation that stays on its model.
+        latency (`dict`, *optional*): a saved speed profile `{model: {"ttft_s": s, "tokens_per_s": t}}`
+            for `route(max_latency_s=...)`; per-call `latency=` overrides it. Models left out have no
+            latency estimate and are never excluded by a latency bound.
     """
 
     model_type = "carrot"
@@ -153,6 +160,8 @@ class CarrotConfig(PretrainedConfig):
         prior_shrink: float = 0.0,
         ood_pessimism: float = 0.0,
         ood_pessimism_support: float = 0.01,
+        cached_input_price_per_million: list[float | None] | None = None,
+        latency: dict[str, dict[str, float]] | None = None,
         **kwargs,
     ):
         self.candidate_models = list(candidate_models or [])
@@ -194,6 +203,10 @@ class CarrotConfig(PretrainedConfig):
         self.prior_shrink = float(prior_shrink)
         self.ood_pessimism = float(ood_pessimism)
         self.ood_pessimism_support = float(ood_pessimism_support)
+        self.cached_input_price_per_million = (
+            None if cached_input_price_per_million is None else list(cached_input_price_per_million)
+        )
+        self.latency = None if latency is None else {name: dict(entry) for name, entry in latency.items()}
         super().__init__(**kwargs)
         self.validate_router_fields()
 
@@ -216,13 +229,19 @@ class CarrotConfig(PretrainedConfig):
 
     @property
     def prices(self) -> dict[str, dict[str, float]]:
-        """The price table in force: `{model: {"input": $/M tokens, "output": $/M tokens}}`."""
-        return {
-            name: {"input": p_in, "output": p_out}
-            for name, p_in, p_out in zip(
-                self.candidate_models, self.input_price_per_million, self.output_price_per_million
-            )
-        }
+        """
+        The price table in force: `{model: {"input": $/M tokens, "output": $/M tokens}}`, with
+        `"cached_input"` for the candidates that have a cached-input price.
+        """
+        cached = self.cached_input_price_per_million or [None] * len(self.candidate_models)
+        table = {}
+        for name, p_in, p_out, p_cached in zip(
+            self.candidate_models, self.input_price_per_million, self.output_price_per_million, cached
+        ):
+            table[name] = {"input": p_in, "output": p_out}
+            if p_cached is not None:
+                table[name]["cached_input"] = p_cached
+        return table
 
     def validate_router_fields(self) -> None:
         """Raise `ValueError` naming the offending entry when the router's fields disagree."""
@@ -238,6 +257,22 @@ class CarrotConfig(PretrainedConfig):
                     "give one price per candidate, in the same order."
                 )
             setattr(self, field, [check_price(value, f"{field} of {name!r}") for name, value in zip(names, values)])
+        if self.cached_input_price_per_million is not None:
+            cached = self.cached_input_price_per_million
+            if len(cached) != len(names):
+                raise ValueError(
+                    f"cached_input_price_per_million has {len(cached)} entries but there are {len(names)} "
+                    "candidate_models; give one per candidate (null where there is none), in the same order."
+                )
+            self.cached_input_price_per_million = [
+                None if value is None else check_price(value, f"cached_input_price_per_million of {name!r}")
+                for name, value in zip(names, cached)
+            ]
+            if all(value is None for value in self.cached_input_price_per_million):
+                self.cached_input_price_per_million = None
+        if self.latency is not None:
+            self.latency = {name: dict(zip(("ttft_s", "tokens_per_s"), entry))
+                            for name, entry in check_latency_profile(self.latency, names).items()}
         if self.predictor_kind not in PREDICTOR_KINDS:
             raise ValueError(f"predictor_kind must be one of {PREDICTOR_KINDS}, got {self.predictor_kind!r}.")
         self.cost_scale = check_number(self.cost_scale, "cost_scale", "a number of US dollars per prompt")
@@ -356,6 +391,45 @@ def check_ood_policy(policy, candidate_models) -> str:
     raise ValueError(
         f"ood policy must be 'predict', 'prior' or 'model:<candidate name>', got {policy!r}."
     )
+
+
+def check_latency_profile(latency, candidate_models) -> dict[str, tuple[float, float]]:
+    """
+    `{model: {"ttft_s": s, "tokens_per_s": t}}` → `{model: (ttft_s, tokens_per_s)}`, checked: known
+    candidates only, time to first token a finite number of seconds ≥ 0, speed finite and > 0.
+    """
+    if not isinstance(latency, Mapping):
+        raise ValueError(
+            'latency must be a mapping {model: {"ttft_s": seconds, "tokens_per_s": tokens per second}}, '
+            f"got {type(latency).__name__}."
+        )
+    checked = {}
+    for name, entry in latency.items():
+        if name not in candidate_models:
+            raise ValueError(
+                f"latency names {name!r}, which is not a candidate of this router. Known candidates: "
+                f"{', '.join(candidate_models)}."
+            )
+        if not isinstance(entry, Mapping) or set(entry) != {"ttft_s", "tokens_per_s"}:
+            raise ValueError(
+                f'latency of {name!r} must be {{"ttft_s": seconds, "tokens_per_s": tokens per second}}, got {entry!r}.'
+            )
+        ttft = check_number(entry["ttft_s"], f"latency ttft_s of {name!r}", "a number of seconds")
+        speed = check_number(entry["tokens_per_s"], f"latency tokens_per_s of {name!r}", "a number of tokens per second")
+        if not (math.isfinite(ttft) and ttft >= 0):
+            raise ValueError(f"latency ttft_s of {name!r} must be a finite number of seconds ≥ 0, got {ttft!r}.")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"latency tokens_per_s of {name!r} must be a finite speed > 0, got {speed!r}.")
+        checked[name] = (ttft, speed)
+    return checked
+
+
+def check_max_latency(max_latency_s) -> float:
+    """Return `max_latency_s` as a float, or raise `ValueError` if it is not a finite number of seconds ≥ 0."""
+    value = check_number(max_latency_s, "max_latency_s", "a number of seconds")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"max_latency_s must be a finite number of seconds ≥ 0, got {value!r}.")
+    return value
 
 
 def check_price(value, what: str) -> float:

@@ -139,6 +139,11 @@ class RoutingOptions:
             None = all of them.
         max_cost (`float`, *optional*): the most US dollars a prompt's chosen candidate may cost.
         ood (`str`): the policy for prompts out of distribution: `"predict"`, `"prior"` or `"model:<name>"`.
+        cached_input_prices (`tuple[float | None, ...]`, *optional*): $/M cached input tokens per
+            candidate (None: no cached price, the input price is charged); None when no candidate has one.
+        latency (`tuple[tuple[float, float] | None, ...]`, *optional*): `(ttft_s, tokens_per_s)` per
+            candidate, None where unknown; None when no candidate has a profile.
+        max_latency_s (`float`, *optional*): the longest predicted latency a chosen candidate may have.
     """
 
     candidate_models: tuple[str, ...]
@@ -148,14 +153,32 @@ class RoutingOptions:
     allowed: tuple[str, ...] | None = None
     max_cost: float | None = None
     ood: str = "predict"
+    cached_input_prices: tuple[float | None, ...] | None = None
+    latency: tuple[tuple[float, float] | None, ...] | None = None
+    max_latency_s: float | None = None
 
     @property
     def prices(self) -> dict:
-        """The price table in force, `{model: {"input": $/M, "output": $/M}}`."""
-        return {
-            name: {"input": p_in, "output": p_out}
-            for name, p_in, p_out in zip(self.candidate_models, self.input_prices, self.output_prices)
-        }
+        """The price table in force, `{model: {"input": $/M, "output": $/M}}` (and `"cached_input"` where known)."""
+        cached = self.cached_input_prices or (None,) * len(self.candidate_models)
+        table = {}
+        for name, p_in, p_out, p_cached in zip(self.candidate_models, self.input_prices, self.output_prices, cached):
+            table[name] = {"input": p_in, "output": p_out}
+            if p_cached is not None:
+                table[name]["cached_input"] = p_cached
+        return table
+
+    def cached_price_tensor(self) -> torch.Tensor:
+        """$/M cached input tokens `(n_models,)` float64: the input price where a candidate has no cached price."""
+        cached = self.cached_input_prices or (None,) * len(self.candidate_models)
+        return torch.tensor([p_in if c is None else c for p_in, c in zip(self.input_prices, cached)], dtype=torch.float64)
+
+    def latency_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time to first token (s) and tokens per second `(n_models,)` float64 each, NaN where unknown."""
+        profile = self.latency or (None,) * len(self.candidate_models)
+        ttft = [math.nan if entry is None else entry[0] for entry in profile]
+        speed = [math.nan if entry is None else entry[1] for entry in profile]
+        return torch.tensor(ttft, dtype=torch.float64), torch.tensor(speed, dtype=torch.float64)
 
     def price_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Input and output $/M tokens, `(n_models,)` float64 each (prices round-trip exactly)."""
@@ -205,6 +228,11 @@ class RoutingDecision:
             vocabulary (e.g. only emoji or an unknown script): they were embedded with the encoder's
             fallback embedding, so their predictions are those of a typical prompt, not of this one.
         options (`RoutingOptions`, *optional*): the options the decision was made with.
+        latency (`torch.FloatTensor` of shape `(batch, n_models)`): predicted seconds to the whole
+            answer (time to first token + predicted output tokens / tokens per second); NaN where
+            the candidate has no latency profile.
+        over_latency (`list[bool]`): prompts for which no allowed candidate fitted `max_latency_s`;
+            the fastest allowed candidate was chosen instead.
     """
 
     models: list[str]
@@ -227,9 +255,15 @@ class RoutingDecision:
     ood_applied: list[bool] | None = None
     fallback_embedding: list[bool] | None = None
     options: RoutingOptions | None = None
+    latency: torch.Tensor | None = None
+    over_latency: list[bool] | None = None
 
     def __post_init__(self):
         n = len(self.models)
+        if self.latency is None:
+            self.latency = torch.full(tuple(self.cost.shape), math.nan)
+        if self.over_latency is None:
+            self.over_latency = [False] * n
         if self.support is None:
             self.support = torch.full((n,), math.nan)
         if self.in_distribution is None:
@@ -266,6 +300,7 @@ class RoutingDecision:
                     "model": chosen,
                     "truncated": self.truncated[row],
                     "over_budget": self.over_budget[row],
+                    "over_latency": self.over_latency[row],
                     "fallback_embedding": bool(self.fallback_embedding[row]) if self.fallback_embedding else False,
                     "input_tokens": int(self.input_tokens[row]),
                     "support": None if math.isnan(support) else support,
@@ -279,6 +314,7 @@ class RoutingDecision:
                             "quality_high": float(self.quality_high[row, col]),
                             "output_tokens": float(self.output_tokens[row, col]),
                             "cost": float(self.cost[row, col]),
+                            "latency_s": _finite_or_none(float(self.latency[row, col])),
                         }
                         for col, name in enumerate(self.candidate_models)
                     },
@@ -286,20 +322,60 @@ class RoutingDecision:
             )
         return records
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def predicted_cost(
     input_tokens: torch.Tensor,
     output_tokens: torch.Tensor,
     input_price_per_million: torch.Tensor,
     output_price_per_million: torch.Tensor,
+    cached_input_tokens: torch.Tensor | None = None,
+    cached_price_per_million: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Dollars per prompt and candidate: `input_tokens (batch,)`, `output_tokens (batch, n_models)`,
     prices `(n_models,)` → `(batch, n_models)`.
+
+    `cached_input_tokens (batch, n_models)`: how many of each prompt's input tokens a candidate's
+    upstream already holds in its prompt cache (the earlier turns of a conversation it answered);
+    they are charged `cached_price_per_million (n_models,)` instead of the input price, and never
+    more tokens than the prompt has.
     """
-    return (
-        input_tokens[:, None] * input_price_per_million[None, :]
-        + output_tokens * output_price_per_million[None, :]
-    ) / DOLLARS_PER_MILLION
+    input_cost = input_tokens[:, None] * input_price_per_million[None, :]
+    if cached_input_tokens is not None:
+        cached = torch.minimum(cached_input_tokens.to(input_cost.dtype).clamp(min=0), input_tokens[:, None].to(input_cost.dtype))
+        input_cost = input_cost + cached * (cached_price_per_million - input_price_per_million)[None, :]
+    return (input_cost + output_tokens * output_price_per_million[None, :]) / DOLLARS_PER_MILLION
+
+
+def predicted_latency(output_tokens: torch.Tensor, ttft_s: torch.Tensor, tokens_per_s: torch.Tensor) -> torch.Tensor:
+    """
+    Seconds to a whole answer: `ttft_s + output_tokens / tokens_per_s`, with `output_tokens
+    (batch, n_models)` and the profile `(n_models,)` each → `(batch, n_models)` float64 (NaN where
+    the profile is unknown).
+    """
+    return ttft_s[None, :] + output_tokens.double() / tokens_per_s[None, :]
+
+
+def latency_mask(
+    latency: torch.Tensor, max_latency_s: float, allowed_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The candidates each prompt may use under a latency bound: `(mask (batch, n_models) bool,
+    over_latency (batch,) bool)`. A candidate fits when its predicted latency is at most
+    `max_latency_s`, or unknown (no profile: nothing to hold against it). Where no allowed candidate
+    fits, the fastest allowed one is the only choice left and the prompt is flagged `over_latency`.
+    """
+    batch, n_models = latency.shape
+    allowed = torch.ones(n_models, dtype=torch.bool) if allowed_mask is None else allowed_mask
+    allowed = allowed.expand(batch, n_models)
+    fits = allowed & ((latency <= max_latency_s) | torch.isnan(latency))
+    over_latency = ~fits.any(dim=1)
+    fastest = torch.nan_to_num(latency, nan=math.inf).masked_fill(~allowed, math.inf).argmin(dim=1)
+    fallback = F.one_hot(fastest, n_models).bool()
+    return torch.where(over_latency[:, None], fallback, fits), over_latency
 
 
 def carrot_utility(quality: torch.Tensor, cost: torch.Tensor, mu, cost_scale: float) -> torch.Tensor:
@@ -336,7 +412,7 @@ def choose_candidates(
     Args:
         quality, cost: `(batch, n_models)`.
         mu: a float, or a `(n_mu,)` tensor to decide for many μ at once (no re-encoding).
-        allowed_mask: `(n_models,)` bool, candidates that may be chosen.
+        allowed_mask: `(n_models,)` bool, candidates that may be chosen (or `(batch, n_models)`, per prompt).
         max_cost: candidates whose predicted cost exceeds it are excluded; when none fits a prompt,
             its cheapest allowed candidate is chosen.
 
@@ -350,7 +426,7 @@ def choose_candidates(
     if allowed_mask is not None or max_cost is not None:
         if allowed_mask is None:
             allowed_mask = torch.ones(n_models, dtype=torch.bool, device=quality.device)
-        feasible = allowed_mask[None, :].expand_as(cost)
+        feasible = allowed_mask.expand_as(cost)
         if max_cost is not None:
             within = feasible & (cost <= max_cost)
             over_budget = ~within.any(dim=1)

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import unicodedata
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -28,6 +29,8 @@ from .configuration_carrot import (
     CarrotConfig,
     check_mu,
     check_ood_policy,
+    check_latency_profile,
+    check_max_latency,
     check_number,
     check_positive_int,
     check_price,
@@ -42,7 +45,9 @@ from .decision_carrot import (
     RoutingOptions,
     carrot_utility,
     choose_candidates,
+    latency_mask,
     predicted_cost,
+    predicted_latency,
 )
 from .encoder_carrot import (
     MAX_BYTES_PER_TOKEN,
@@ -603,6 +608,9 @@ class CarrotRouter(CarrotPreTrainedModel):
         batch_size: int = 64,
         ood: str | None = None,
         options: RoutingOptions | None = None,
+        latency: Mapping | None = None,
+        max_latency_s: float | None = None,
+        cached_input_tokens=None,
     ) -> RoutingDecision:
         """
         Choose a candidate LLM for every prompt.
@@ -622,15 +630,24 @@ class CarrotRouter(CarrotPreTrainedModel):
                 on each candidate's prior quality, `"model:<name>"` sends them to that candidate
                 (it must be allowed); defaults to `config.ood_policy`. `decision.ood_applied` says
                 which prompts it changed.
+            latency: per-call speed profile overrides, `{model: {"ttft_s": s, "tokens_per_s": t}}`
+                (the config's `latency` otherwise); `decision.latency` is time to first token +
+                predicted output tokens / tokens per second, NaN for models without a profile.
+            max_latency_s: exclude candidates whose predicted latency exceeds it (those without a
+                profile are never excluded); a prompt for which none fits gets its fastest allowed
+                candidate, flagged in `over_latency`. Applied before `max_cost`.
             options: all of the above resolved once by [`routing_options`] (instead of them).
+            cached_input_tokens: `(batch, n_models)` input tokens each candidate's upstream already
+                holds in its prompt cache (a conversation's earlier turns on the model that answered
+                them), charged at the `cached_input` price; None = nothing cached.
 
         Returns:
             A [`RoutingDecision`].
         """
         prompts = check_prompts(prompts)
-        options = self._options_in_force(options, mu, prices, allowed, max_cost, ood)
+        options = self._options_in_force(options, mu, prices, allowed, max_cost, ood, latency, max_latency_s)
         predictions = self.predict(prompts, batch_size=batch_size)
-        return self._decide(predictions, options)
+        return self._decide(predictions, options, cached_input_tokens)
 
     def decide(
         self,
@@ -641,9 +658,13 @@ class CarrotRouter(CarrotPreTrainedModel):
         max_cost: float | None = None,
         ood: str | None = None,
         options: RoutingOptions | None = None,
+        latency: Mapping | None = None,
+        max_latency_s: float | None = None,
+        cached_input_tokens=None,
     ) -> RoutingDecision:
         """Like [`route`], from predictions already made by [`predict`]: changing μ or prices needs no re-encoding."""
-        return self._decide(predictions, self._options_in_force(options, mu, prices, allowed, max_cost, ood))
+        options = self._options_in_force(options, mu, prices, allowed, max_cost, ood, latency, max_latency_s)
+        return self._decide(predictions, options, cached_input_tokens)
 
     def routing_options(
         self,
@@ -652,6 +673,8 @@ class CarrotRouter(CarrotPreTrainedModel):
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
         ood: str | None = None,
+        latency: Mapping | None = None,
+        max_latency_s: float | None = None,
     ) -> RoutingOptions:
         """
         The [`RoutingOptions`] in force for this router, every value checked once (a one-line
@@ -663,7 +686,7 @@ class CarrotRouter(CarrotPreTrainedModel):
         try:
             mu = check_mu(self.config.default_mu if mu is None else mu)
             option = "prices"
-            input_prices, output_prices = self._price_lists(prices)
+            input_prices, output_prices, cached_prices = self._price_lists(prices)
             option = "allowed"
             allowed_mask = self.resolve_allowed(allowed)
             option = "max_cost"
@@ -673,6 +696,11 @@ class CarrotRouter(CarrotPreTrainedModel):
                     raise ValueError(f"max_cost must be a finite number of dollars ≥ 0, got {max_cost!r}.")
             option = "ood"
             ood = self.resolve_ood(ood, allowed_mask)
+            option = "latency"
+            profile = self._latency_profile(latency)
+            option = "max_latency_s"
+            if max_latency_s is not None:
+                max_latency_s = check_max_latency(max_latency_s)
         except ValueError as error:  # the same message, and which option it is about
             raise RoutingOptionError(str(error), option) from None
         names = tuple(self.config.candidate_models)
@@ -684,14 +712,33 @@ class CarrotRouter(CarrotPreTrainedModel):
             allowed=None if allowed_mask is None else tuple(n for n, ok in zip(names, allowed_mask.tolist()) if ok),
             max_cost=max_cost,
             ood=ood,
+            cached_input_prices=None if all(p is None for p in cached_prices) else tuple(cached_prices),
+            latency=profile,
+            max_latency_s=max_latency_s,
         )
 
-    def _options_in_force(self, options, mu, prices, allowed, max_cost, ood) -> RoutingOptions:
+    def _latency_profile(self, latency: Mapping | None) -> tuple | None:
+        """The config's latency profile with per-call `latency` overrides: `(ttft_s, tokens_per_s)` or None per candidate."""
+        names = self.config.candidate_models
+        profile = dict(check_latency_profile(self.config.latency, names)) if self.config.latency else {}
+        if latency is not None:
+            profile.update(check_latency_profile(latency, names))
+        if not profile:
+            return None
+        return tuple(profile.get(name) for name in names)
+
+    def set_latency(self, latency: Mapping | None) -> None:
+        """Save a speed profile `{model: {"ttft_s", "tokens_per_s"}}` in the config (None removes it)."""
+        if latency is not None:
+            check_latency_profile(latency, self.config.candidate_models)
+        self.config.latency = None if latency is None else {name: dict(entry) for name, entry in latency.items()}
+
+    def _options_in_force(self, options, mu, prices, allowed, max_cost, ood, latency=None, max_latency_s=None) -> RoutingOptions:
         """`options` when given (checked to be this router's), else the options the separate values resolve to."""
         if options is None:
-            return self.routing_options(mu, prices, allowed, max_cost, ood)
-        if any(value is not None for value in (mu, prices, allowed, max_cost, ood)):
-            raise ValueError("Pass either options= or mu/prices/allowed/max_cost/ood, not both.")
+            return self.routing_options(mu, prices, allowed, max_cost, ood, latency, max_latency_s)
+        if any(value is not None for value in (mu, prices, allowed, max_cost, ood, latency, max_latency_s)):
+            raise ValueError("Pass either options= or mu/prices/allowed/max_cost/ood/latency/max_latency_s, not both.")
         if not isinstance(options, RoutingOptions):
             raise TypeError(f"options must be RoutingOptions (router.routing_options(...)), got {type(options).__name__}.")
         if list(options.candidate_models) != list(self.config.candidate_models):
@@ -736,13 +783,21 @@ class CarrotRouter(CarrotPreTrainedModel):
                 "were they made by another router? Call predict() on this router."
             )
 
-    def _decide(self, predictions: PromptPredictions, options: RoutingOptions) -> RoutingDecision:
+    def _decide(self, predictions: PromptPredictions, options: RoutingOptions, cached_input_tokens=None) -> RoutingDecision:
         self._check_predictions(predictions)
         mu, max_cost, ood = options.mu, options.max_cost, options.ood
         input_prices, output_prices = options.price_tensors()
         allowed_mask = options.allowed_mask()
-        cost = predicted_cost(predictions.input_tokens, predictions.output_tokens, input_prices, output_prices)
         n = len(predictions)
+        cached = self._check_cached_tokens(cached_input_tokens, n)
+        cost = predicted_cost(
+            predictions.input_tokens, predictions.output_tokens, input_prices, output_prices,
+            cached, None if cached is None else options.cached_price_tensor(),
+        )
+        latency = predicted_latency(predictions.output_tokens, *options.latency_tensors())
+        over_latency = torch.zeros(n, dtype=torch.bool)
+        if options.max_latency_s is not None:
+            allowed_mask, over_latency = latency_mask(latency, options.max_latency_s, allowed_mask)
         support = predictions.support if predictions.support is not None else torch.full((n,), math.nan)
         known = ~torch.isnan(support)
         out_of_distribution = known & (support <= self.config.support_threshold)
@@ -760,6 +815,8 @@ class CarrotRouter(CarrotPreTrainedModel):
             indices = torch.where(out_of_distribution, torch.full_like(indices, column), indices)
             if max_cost is not None:
                 over_budget = torch.where(out_of_distribution, cost[:, column] > max_cost, over_budget)
+            if options.max_latency_s is not None:
+                over_latency = torch.where(out_of_distribution, latency[:, column] > options.max_latency_s, over_latency)
             applied = out_of_distribution
         in_distribution = [
             None if not is_known else not is_out for is_known, is_out in zip(known.tolist(), out_of_distribution.tolist())
@@ -786,7 +843,25 @@ class CarrotRouter(CarrotPreTrainedModel):
             ood_applied=applied.tolist(),
             fallback_embedding=list(predictions.fallback_embedding),
             options=options,
+            latency=latency.float(),
+            over_latency=over_latency.tolist(),
         )
+
+    def _check_cached_tokens(self, cached_input_tokens, n: int) -> torch.Tensor | None:
+        """`cached_input_tokens` as a `(batch, n_models)` float64 tensor of finite counts ≥ 0, or None."""
+        if cached_input_tokens is None:
+            return None
+        try:
+            cached = torch.as_tensor(cached_input_tokens, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError("cached_input_tokens must be numbers of tokens, (batch, n_models).") from None
+        shape = (n, self.config.num_candidates)
+        if tuple(cached.shape) != shape:
+            raise ValueError(f"cached_input_tokens has shape {tuple(cached.shape)}; this batch needs {shape} "
+                             "(one count per prompt and candidate, 0 where nothing is cached).")
+        if not bool(torch.isfinite(cached).all()) or bool((cached < 0).any()):
+            raise ValueError("cached_input_tokens must be finite token counts ≥ 0.")
+        return cached
 
     # ----------------------------------------------------------------------------- kNN memory
 
@@ -891,16 +966,20 @@ class CarrotRouter(CarrotPreTrainedModel):
         The price table in force with `overrides` applied: input and output $/M tokens, `(n_models,)`
         float64 each (float64 so that prices round-trip exactly into decisions and config.json).
         """
-        input_prices, output_prices = self._price_lists(overrides)
+        input_prices, output_prices, _ = self._price_lists(overrides)
         return (
             torch.tensor(input_prices, dtype=torch.float64),
             torch.tensor(output_prices, dtype=torch.float64),
         )
 
-    def _price_lists(self, overrides: Mapping | None) -> tuple[list[float], list[float]]:
-        """The price table with `overrides` applied (checked): input and output $/M tokens per candidate."""
+    def _price_lists(self, overrides: Mapping | None) -> tuple[list[float], list[float], list[float | None]]:
+        """
+        The price table with `overrides` applied (checked): input, output and cached-input $/M tokens
+        per candidate (cached None where the candidate has no cached price).
+        """
         input_prices = list(self.config.input_price_per_million)
         output_prices = list(self.config.output_price_per_million)
+        cached_prices = list(self.config.cached_input_price_per_million or [None] * len(input_prices))
         if overrides is not None:
             if not isinstance(overrides, Mapping):
                 raise ValueError(
@@ -909,16 +988,23 @@ class CarrotRouter(CarrotPreTrainedModel):
                 )
             for name, price in overrides.items():
                 column = self._candidate_index(name, what="prices")
-                new_input, new_output = _parse_price_entry(name, price)
+                new_input, new_output, new_cached = _parse_price_entry(name, price)
                 if new_input is not None:
                     input_prices[column] = new_input
                 if new_output is not None:
                     output_prices[column] = new_output
-        return [float(p) for p in input_prices], [float(p) for p in output_prices]
+                if new_cached is not None:
+                    cached_prices[column] = new_cached
+        for name, p_in, p_cached in zip(self.config.candidate_models, input_prices, cached_prices):
+            if p_cached is not None and p_cached > p_in:
+                warn_cached_above_input(name, p_cached, p_in)
+        return ([float(p) for p in input_prices], [float(p) for p in output_prices],
+                [None if p is None else float(p) for p in cached_prices])
 
     def set_prices(self, prices: Mapping, recorded_on: str | None = None) -> None:
         """Change the price table permanently (save with `save_pretrained`); unnamed models keep theirs."""
         input_prices, output_prices = self.resolve_prices(prices)
+        cached_prices = self._price_lists(prices)[2]
         changed = [
             name
             for name, p_in, p_out, new_in, new_out in zip(
@@ -929,6 +1015,7 @@ class CarrotRouter(CarrotPreTrainedModel):
         ]
         self.config.input_price_per_million = [float(p) for p in input_prices.tolist()]
         self.config.output_price_per_million = [float(p) for p in output_prices.tolist()]
+        self.config.cached_input_price_per_million = None if all(p is None for p in cached_prices) else cached_prices
         if changed and getattr(self.config, "prices_source", None):
             self.config.prices_source = f"{self.config.prices_source}; since changed by hand for {', '.join(changed)}"
         if recorded_on is not None:
@@ -1072,12 +1159,29 @@ def _observed_values(values, n: int, what: str, upper: float | None = None, allo
     return [None if value is None else float(value) for value in values]
 
 
-def _parse_price_entry(name: str, price) -> tuple[float | None, float | None]:
+def warn_cached_above_input(name: str, cached: float, input_price: float) -> None:
+    """
+    A cached-input price above the input price is allowed but warned about: a cache *read* that
+    costs more than no cache is almost always a typo, yet some providers do charge more than the
+    input price to *write* a cache (Anthropic: 1.25 times), and a table may hold that price knowingly.
+    """
+    warnings.warn(
+        f"The cached_input price of {name!r} (${cached:g}/M) is above its input price (${input_price:g}/M): "
+        "a cached read usually costs less. Kept as given; check the price table if this is a typo.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _parse_price_entry(name: str, price) -> tuple[float | None, float | None, float | None]:
+    new_cached = None
     if isinstance(price, Mapping):
-        unknown = set(price) - {"input", "output"}
+        unknown = set(price) - {"input", "output", "cached_input"}
         if unknown:
-            raise ValueError(f"price of {name!r} has unknown keys {sorted(unknown)}; use 'input' and 'output'.")
-        new_input, new_output = price.get("input"), price.get("output")
+            raise ValueError(
+                f"price of {name!r} has unknown keys {sorted(unknown)}; use 'input', 'output' and (optionally) 'cached_input'."
+            )
+        new_input, new_output, new_cached = price.get("input"), price.get("output"), price.get("cached_input")
     elif isinstance(price, Sequence) and not isinstance(price, str) and len(price) == 2:
         new_input, new_output = price
     else:
@@ -1087,6 +1191,7 @@ def _parse_price_entry(name: str, price) -> tuple[float | None, float | None]:
     return (
         None if new_input is None else check_price(new_input, f"input price of {name!r}"),
         None if new_output is None else check_price(new_output, f"output price of {name!r}"),
+        None if new_cached is None else check_price(new_cached, f"cached_input price of {name!r}"),
     )
 
 

@@ -331,9 +331,13 @@ def build_model_card(
         "prices_source": getattr(config, "prices_source", None),
         "data_caveats": list(getattr(config, "training_data_caveats", None) or []),
         "price_rows": [
-            {"name": name, "input": _price_text(p_in), "output": _price_text(p_out)}
-            for name, p_in, p_out in zip(names, config.input_price_per_million, config.output_price_per_million)
+            {"name": name, "input": _price_text(p_in), "output": _price_text(p_out),
+             "cached_input": "—" if p_cached is None else _price_text(p_cached)}
+            for name, p_in, p_out, p_cached in zip(
+                names, config.input_price_per_million, config.output_price_per_million,
+                getattr(config, "cached_input_price_per_million", None) or [None] * len(names))
         ],
+        "has_cached_prices": any(p is not None for p in getattr(config, "cached_input_price_per_million", None) or []),
         "changes": changes,
         "repo_id": repo_id or "<org>/<router>",
         "example_model": names[0] if names else "model-name",

@@ -19,7 +19,10 @@ PRICES_FILENAME = "prices.json"
 
 
 def validate_prices(prices: Mapping, where: str = "prices") -> dict[str, dict[str, float]]:
-    """`{model: {"input": x, "output": y}}` with finite, non-negative floats; errors name the bad entry."""
+    """
+    `{model: {"input": x, "output": y}}` with finite, non-negative floats, and an optional
+    `"cached_input"` (US$ per million cached input tokens); errors name the bad entry.
+    """
     if not isinstance(prices, Mapping):
         raise ValueError(f"{where} must map model -> {{'input': $/M, 'output': $/M}}, got {type(prices).__name__}.")
     clean = {}
@@ -27,7 +30,9 @@ def validate_prices(prices: Mapping, where: str = "prices") -> dict[str, dict[st
         if not isinstance(entry, Mapping) or "input" not in entry or "output" not in entry:
             raise ValueError(f"{where}[{model!r}] must be {{'input': $/M tokens, 'output': $/M tokens}}, got {entry!r}.")
         pair = {}
-        for side in ("input", "output"):
+        for side in ("input", "output", "cached_input"):
+            if side not in entry:
+                continue
             value = entry[side]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{where}[{model!r}][{side!r}] = {value!r}: a price must be a finite number >= 0.")
