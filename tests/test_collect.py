@@ -357,3 +357,18 @@ def test_into_adds_prompts_as_rows(tmp_path, two_fakes):
     assert table.prompt_ids == [f"q{i}" for i in range(5)] and not np.any(np.isnan(table.scores))
     answers = pq.read_table(grown.table / "answers" / "train.parquet")
     assert answers.num_rows == 10
+
+
+def test_a_judge_that_cannot_be_reached_leaves_cells_to_score_next_run(tmp_path):
+    write_prompts(tmp_path / "prompts.jsonl", n=2)
+    with fake_upstreams(["alpha"]) as good, fake_upstreams(["beta"], failure_rate=1.0, failure="503") as down:
+        first = _collect(tmp_path, write_upstreams(tmp_path / "upstreams.json", {**good, **down}), models=["alpha"],
+                         scorers=["judge:beta"])
+    answers = pq.read_table(first.table / "answers" / "train.parquet").to_pylist()
+    assert first.counts.scoring_failed == 2 and all("failed" in a["unscored_reason"] for a in answers)
+    with fake_upstreams(["alpha"]) as good, fake_upstreams(["beta"]) as up:
+        again = _collect(tmp_path, write_upstreams(tmp_path / "upstreams.json", {**good, **up}), models=["alpha"],
+                         scorers=["judge:beta"])
+        assert good["alpha"][0].requests == 0 and up["beta"][0].requests == 2  # answers kept, judge asked again
+    answers = pq.read_table(again.table / "answers" / "train.parquet").to_pylist()
+    assert again.counts.scored == 2 and all("Score" in a["unscored_reason"] for a in answers)

@@ -9,6 +9,7 @@ not billed); its cost comes from the price table.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,9 @@ from ..serving.upstreams import RetryPolicy, UpstreamFailure, UpstreamPool, Upst
 from .contracts import Completion
 
 DOLLARS_PER_MILLION = 1e6
+# The calls that failed every retry within the current task, when the caller set a list here (the runner
+# does around a scorer: a judge that could not be reached leaves the cell to be scored again next run).
+failed_calls: contextvars.ContextVar[list | None] = contextvars.ContextVar("failed_calls", default=None)
 
 
 class TokenCounter:
@@ -91,7 +95,13 @@ class Asker:
     async def __call__(self, candidate: str, messages: list[dict], sampling: dict) -> Completion:
         payload = {"messages": messages, **{k: v for k, v in sampling.items() if v is not None}, "stream": False}
         upstream = self.pool[candidate]
-        result = await upstream.complete_with_retries(payload, self.retries)
+        try:
+            result = await upstream.complete_with_retries(payload, self.retries)
+        except (UpstreamFailure, UpstreamRejected) as error:
+            failures = failed_calls.get()
+            if failures is not None:
+                failures.append(error)
+            raise
         try:
             text, finish_reason = _answer_text(result.answer)
         except UpstreamFailure as failure:

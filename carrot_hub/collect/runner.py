@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..serving.upstreams import UpstreamFailure, UpstreamRejected
-from .asking import TokenCounter, failure_reason
+from .asking import TokenCounter, failed_calls, failure_reason
 from .cell_store import CellStore, Failure
 from .contracts import AskFn, Completion, Score, Scorer, ScoringInput
 from .prompt_sets import PromptItem
@@ -133,6 +133,7 @@ class CollectionRun:
             return
         scoring = ScoringInput(prompt=item.prompt, answer=answer.get("text") or "", reference=item.reference,
                                tests=item.tests, task=item.task, messages=item.messages)
+        failures = failed_calls.set([])
         try:
             score: Score = await scorer.score(scoring)
         except Exception as error:  # noqa: BLE001  (a judge that failed every retry, a scorer bug): not stored
@@ -140,6 +141,13 @@ class CollectionRun:
                 f"{type(error).__name__}: {error}")
             self.counts.scoring_failed += 1
             self.counts.scoring_errors[(item.key, model)] = f"scorer {scorer.name} failed: {reason}"
+            return
+        finally:
+            unreached = failed_calls.get()
+            failed_calls.reset(failures)
+        if unreached and score.value is None:  # its judge could not be reached: score it again next run
+            self.counts.scoring_failed += 1
+            self.counts.scoring_errors[(item.key, model)] = score.reason or f"scorer {scorer.name} failed"
             return
         if score.scorer != scorer.name:  # stored under the spec it was built from, which reruns look up
             score = dataclasses.replace(score, scorer=scorer.name)
