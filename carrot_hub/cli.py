@@ -25,7 +25,7 @@ PROG = "carrot"
 # Subcommands provided by other modules: name -> (module, add_arguments, run, help).
 EXTERNAL_COMMANDS = {
     "train": ("training.train", "add_train_arguments", "run_train", "train a router on routing data"),
-    "evaluate": ("training.evaluate", "add_evaluate_arguments", "run_evaluate", "evaluate a router against baselines"),
+    "evaluate": ("training.evaluation.evaluate", "add_evaluate_arguments", "run_evaluate", "evaluate a router against baselines"),
     "publish": ("carrot_hub.router_publishing", "add_publish_arguments", "run_publish", "push a router to the Hub"),
     "set-prices": ("carrot_hub.router_publishing", "add_set_prices_arguments", "run_set_prices",
                    "change a saved router's price table"),

@@ -1,7 +1,7 @@
 """
 The upper hull of a router's cost–quality points and RouterBench's AIQ, in plain numpy.
 
-The definitions (see also `training.metrics`, which re-exports these):
+The definitions (see also `training.evaluation.metrics`, which re-exports these):
 
 - **Hull**: the non-decreasing upper concave hull of the points. It starts at the cheapest point
   (the highest one if several share that cost), follows the upper convex hull to the point of

@@ -1,6 +1,6 @@
 """
 How good predicted qualities are against observed scores: average ranks, AUROC, the Brier score and
-the expected calibration error. The one home of these: evaluation (`training.metrics`) reports them
+the expected calibration error. The one home of these: evaluation (`training.evaluation.metrics`) reports them
 and the reliability fit (`carrot_hub.reliability`) chooses by them, with the same definitions.
 """
 

@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads of the gateway")
     parser.add_argument("--learn-aiq", action="store_true",
                         help="also measure RouterBench test AIQ before/after feeding one candidate's train labels "
-                             "as feedback (training.learning_benchmark.measure_learning_aiq)")
+                             "as feedback (training.evaluation.learning_benchmark.measure_learning_aiq)")
     parser.add_argument("--cache-dir", help="embedding cache for --learn-aiq")
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: overhead,throughput,failures,soak")
     args = parser.parse_args(argv)
@@ -296,7 +296,7 @@ def main(argv=None) -> dict:
         summary["soak"]["records_equal_requests"] = records == served
     summary["work_dir"] = str(work)
     if args.learn_aiq:  # minutes on a CPU: opt-in (also `python scripts/bench_learning.py`)
-        from training.learning_benchmark import measure_learning_aiq
+        from training.evaluation.learning_benchmark import measure_learning_aiq
 
         summary["learn_aiq"] = measure_learning_aiq(cache_dir=args.cache_dir)
     else:

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from training.learning_benchmark import main  # noqa: E402
+from training.evaluation.learning_benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -65,9 +65,9 @@ def without_reliability(router):
 
 def evaluate_split(router, table, embeddings, mu_grid):
     from carrot_hub.modeling_carrot import PromptEncoding
-    from training.curves import decide_all, ground_truth
-    from training.evaluate import count_input_tokens
-    from training.metrics import aiq, chosen_quality_gap, expected_calibration_error
+    from training.evaluation.curves import decide_all, ground_truth
+    from training.evaluation.evaluate import count_input_tokens
+    from training.evaluation.metrics import aiq, chosen_quality_gap, expected_calibration_error
 
     truth = ground_truth(table)
     encoding = PromptEncoding(embeddings, count_input_tokens(router, table.prompts), [False] * len(table))
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     from carrot_hub.data import load_routing_table
     from carrot_hub.default import DEFAULT_DATA_DIR
     from training.embeddings import embed_table
-    from training.metrics import auroc
+    from training.evaluation.metrics import auroc
 
     source = args.data or str(DEFAULT_DATA_DIR)
     train = load_routing_table(source, split="train", progress=False)

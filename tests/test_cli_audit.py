@@ -24,7 +24,7 @@ def one_line_error(capsys, needle: str) -> str:
     return errors[0]
 
 
-# ------------------------------------------------------------------------- training.resplit
+# ------------------------------------------------------------------------- training.evaluation.resplit
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -34,14 +34,14 @@ def one_line_error(capsys, needle: str) -> str:
     (["--kind", "mlp", "--hidden", "0"], "--hidden and --ensemble must be at least 1"),
 ])
 def test_resplit_refuses_bad_options_in_one_line(argv, needle, capsys):
-    from training.resplit import main as resplit
+    from training.evaluation.resplit import main as resplit
 
     assert resplit([*argv, "--splits", "2", "--quiet"]) == 2
     one_line_error(capsys, needle)
 
 
 def test_resplit_names_an_unknown_split(capsys):
-    from training.resplit import main as resplit
+    from training.evaluation.resplit import main as resplit
 
     assert resplit(["--train-split", "nope", "--splits", "2", "--quiet"]) == 2
     one_line_error(capsys, "Cannot read split 'nope'")

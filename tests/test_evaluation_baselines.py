@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from carrot_hub.data import RoutingTable
-from training import metrics
-from training.baselines import (
+from training.evaluation import metrics
+from training.evaluation.baselines import (
     knn_cv_pick,
     knn_regress,
     mf_curve,
@@ -15,8 +15,8 @@ from training.baselines import (
     train_mf,
     trained_baselines,
 )
-from training.curves import ground_truth, oracle_curve
-from training.evaluate import summarize
+from training.evaluation.curves import ground_truth, oracle_curve
+from training.evaluation.evaluate import summarize
 
 MODELS = ["strong", "weak", "cheap"]
 PRICES = {"strong": {"input": 10.0, "output": 30.0}, "weak": {"input": 1.0, "output": 1.0}, "cheap": {"input": 0.1, "output": 0.1}}

@@ -8,9 +8,9 @@ import pytest
 from carrot_hub.building import default_cost_scale, fit_knn, new_router
 from carrot_hub.data import load_routing_table
 from carrot_hub.default import DEFAULT_DATA_DIR
-from training.baselines import trained_baselines
-from training.benchmark import main as benchmark_main
-from training.evaluate import evaluate_router, format_table, ground_truth, router_curve, summarize
+from training.evaluation.baselines import trained_baselines
+from training.evaluation.benchmark import main as benchmark_main
+from training.evaluation.evaluate import evaluate_router, format_table, ground_truth, router_curve, summarize
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_benchmark_refuses_a_single_resplit(tmp_path, capsys):
 
 
 def test_benchmark_encoders_option_names_the_routers():
-    from training.benchmark import _parse_encoders, router_name
+    from training.evaluation.benchmark import _parse_encoders, router_name
 
     assert _parse_encoders("transformer,static") == ["transformer", "static"]
     assert [router_name("knn", e) for e in ("transformer", "static")] == ["carrot-knn", "carrot-static-knn"]

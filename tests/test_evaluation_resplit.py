@@ -9,8 +9,8 @@ from carrot_hub.data import load_routing_table
 from carrot_hub.data.packaged import resolve_table_source
 from carrot_hub.data.routing_table import RoutingTable
 from tests.conftest import make_tiny_table
-from training.resplit import main as resplit_main
-from training.resplit import pooled_table, rank_of_own_split, resplit_rows, summarize_resplits
+from training.evaluation.resplit import main as resplit_main
+from training.evaluation.resplit import pooled_table, rank_of_own_split, resplit_rows, summarize_resplits
 
 
 def test_concatenate_joins_rows_in_order_and_aligns_columns():
@@ -75,7 +75,7 @@ def test_pooled_table_joins_the_splits_and_pools_a_repeated_prompt_once():
 
 def test_resplit_command_scores_the_own_split_as_training_would(tmp_path, capsys):
     """End to end on the packaged ZeroEval table with the static encoder (seconds); the own split's row
-    is the router trained on the train split and scored on the test split, as `training.evaluate` does."""
+    is the router trained on the train split and scored on the test split, as `training.evaluation.evaluate` does."""
     out = tmp_path / "resplits.json"
     code = resplit_main(["--data", "zeroeval-2024", "--encoder", "static", "--splits", "2", "--k-grid", "64,384",
                          "--mu-steps", "101", "--quiet", "--out", str(out)])
@@ -94,7 +94,7 @@ def test_resplit_command_scores_the_own_split_as_training_would(tmp_path, capsys
 
     # the own split again, through the ordinary train-then-evaluate path
     import carrot_hub
-    from training.evaluate import evaluate_router
+    from training.evaluation.evaluate import evaluate_router
     from training.knn import train_knn_router
 
     source = resolve_table_source("zeroeval-2024")

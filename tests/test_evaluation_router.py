@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_tiny_table
-from training import metrics
-from training.evaluate import count_input_tokens, evaluate_router, ground_truth, main
+from training.evaluation import metrics
+from training.evaluation.evaluate import count_input_tokens, evaluate_router, ground_truth, main
 
 MU = [0.0, 0.3, 0.7, 1.0]
 
@@ -200,7 +200,7 @@ def test_out_is_checked_before_the_run(tmp_path, capsys):
 
 def test_plot_legend_labels_what_each_figure_is(knn_router, tiny_table):
     """The oracle's legend entry showed its quality where every other entry showed AIQ, unlabelled."""
-    from training.plots import legend_label
+    from training.evaluation.plots import legend_label
 
     results = evaluate_router(knn_router, tiny_table, mu_grid=MU)
     entries = [results["oracle"], results["zero_router"], results["routers"]["carrot"], results["baselines"]["random"]]

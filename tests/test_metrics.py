@@ -1,11 +1,11 @@
-"""training.metrics against values computed by hand."""
+"""training.evaluation.metrics against values computed by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from training import metrics
+from training.evaluation import metrics
 
 # Points (cost, quality): the hull is (1, .5) → (3, .9); (4, .8) is past the top, the rest below.
 COSTS = [1.0, 2.0, 3.0, 4.0, 2.0, 1.5]
@@ -145,7 +145,7 @@ def test_cost_prediction_errors_mae_relative_error_and_bias():
 
 
 def test_aiq_vs_zero_router_tells_a_real_gain_from_noise():
-    from training.metrics import aiq_vs_zero_router
+    from training.evaluation.metrics import aiq_vs_zero_router
 
     rng = np.random.default_rng(1)
     n = 400
@@ -163,7 +163,7 @@ def test_aiq_vs_zero_router_tells_a_real_gain_from_noise():
 
 
 def test_aiq_vs_zero_router_refuses_mismatched_shapes():
-    from training.metrics import aiq_vs_zero_router
+    from training.evaluation.metrics import aiq_vs_zero_router
 
     with pytest.raises(ValueError, match="n_prompts"):
         aiq_vs_zero_router(np.zeros((5, 2)), np.ones((5, 2)), np.zeros((3, 4), dtype=int))

@@ -23,7 +23,7 @@ from carrot_hub.data.packaged import (
 from carrot_hub.default import build_default_router, default_cache_dir, default_router, new_default_router
 from carrot_hub.embedding_cache import embeddings_key, load_embeddings
 from model_card.build import build_model_card
-from training.evaluate import router_curve
+from training.evaluation.evaluate import router_curve
 
 from .shared_data import require_shared_data
 
@@ -129,7 +129,7 @@ def test_a_table_whose_prices_miss_a_model_is_refused_naming_it(tmp_path, capsys
     prices = json.loads((folder / "prices.json").read_text())
     del prices["prices"]["Qwen2-72B-Instruct"]
     (folder / "prices.json").write_text(json.dumps(prices))
-    from training.benchmark import main as benchmark_main
+    from training.evaluation.benchmark import main as benchmark_main
 
     code = benchmark_main(["--data", str(folder), "--out", str(tmp_path / "out.json"), "--kinds", "knn", "--resplits", "0", "--quiet"])
     assert code == 2
@@ -139,7 +139,7 @@ def test_a_table_whose_prices_miss_a_model_is_refused_naming_it(tmp_path, capsys
 
 
 def test_benchmark_refuses_an_unknown_table_name(tmp_path, capsys):
-    from training.benchmark import main as benchmark_main
+    from training.evaluation.benchmark import main as benchmark_main
 
     assert benchmark_main(["--data", "zeroeval", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "routerbench-0shot, zeroeval-2024" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from carrot_hub import CarrotRouter
 from carrot_hub.building import new_router
 from carrot_hub.modeling_carrot import PromptEncoding, interpolate_monotone
 from carrot_hub.prior_shrinkage import PRIOR_SHRINK_GRID, choose_prior_shrink, leave_one_out_prior, routing_aiq
-from training import metrics
-from training.curves import decide_all
+from training.evaluation import metrics
+from training.evaluation.curves import decide_all
 
 from .conftest import TINY_MODELS, TINY_PRICES
 from .reliability_fixtures import clustered_knn_router

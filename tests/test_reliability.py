@@ -28,7 +28,7 @@ from carrot_hub.reliability import (
     quality_groups,
     spherical_kmeans,
 )
-from training import metrics
+from training.evaluation import metrics
 
 from .conftest import TINY_MODELS, TINY_PRICES, make_tiny_table
 from .reliability_fixtures import clustered_embeddings, clustered_knn_router, encoding, synthetic_table
@@ -218,7 +218,7 @@ def test_expected_calibration_error_and_chosen_gap():
 
 def test_evaluate_reports_calibration_gap_shift_and_draws_the_diagram(tmp_path, saved_knn_router, tiny_table, capsys):
     from carrot_hub.data.writing import write_sprout_dataset
-    from training.evaluate import main
+    from training.evaluation.evaluate import main
 
     splits = {"train": make_tiny_table(n_repeats=2, seed=1), "test": replace(tiny_table, split="test")}
     data = write_sprout_dataset(splits, tmp_path / "data")

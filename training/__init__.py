@@ -6,5 +6,6 @@
 - `training.embeddings.embed_table`: the router encoder's embeddings of a table, cached;
 - `training.candidates`: adding a candidate LLM to a trained router (fitting its row only) or removing one;
 - `training.output.save_router_atomically`: the only way training writes a router folder;
-- `training.train`: the `carrot train` command.
+- `training.train`: the `carrot train` command;
+- `training.evaluation`: judging routers (evaluation, metrics, baselines, the benchmark, re-splits).
 """

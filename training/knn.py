@@ -10,9 +10,9 @@ from carrot_hub.modeling_carrot import predicted_cost
 from carrot_hub.reliability import fit_reliability, knn_held_out_predictor
 
 from .embeddings import embed_table
-from .curves import decide_all, ground_truth
-from .evaluate import count_input_tokens
-from .metrics import aiq
+from .evaluation.curves import decide_all, ground_truth
+from .evaluation.evaluate import count_input_tokens
+from .evaluation.metrics import aiq
 from .prepare import check_training_table, new_training_router
 
 DEFAULT_K_GRID = (4, 8, 16, 32, 64, 128, 192, 256, 384, 512)

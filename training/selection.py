@@ -18,10 +18,10 @@ import torch
 
 from carrot_hub.modeling_carrot import predicted_cost
 
-from .curves import decide_all, ground_truth
-from .evaluate import count_input_tokens
+from .evaluation.curves import decide_all, ground_truth
+from .evaluation.evaluate import count_input_tokens
 from .knn import CV_MU_STEPS, fold_indices
-from .metrics import aiq
+from .evaluation.metrics import aiq
 
 def out_of_fold_aiq(router, table, quality: torch.Tensor, output_tokens: torch.Tensor, mu_steps: int = CV_MU_STEPS) -> float:
     """

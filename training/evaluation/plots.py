@@ -21,7 +21,7 @@ def plot_curves(results: dict, path, title: str | None = None, log_cost: bool = 
     Draw every router's and baseline's points (lines, in knob order sorted by cost), the zero
     router's hull (dashed), the task oracle's (dotted, when the prompts come from several tasks),
     each single model (labelled dot) and the oracle (star) from the
-    results of `training.evaluate.summarize`; write a PNG to `path` and return it. Every legend
+    results of `training.evaluation.evaluate.summarize`; write a PNG to `path` and return it. Every legend
     entry names what its figures are: AIQ (area under the curve) and quality (at μ = 0).
 
     The cost axis is logarithmic by default: the models' costs span two orders of magnitude.

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training import metrics
-from training.curves import CostQualityCurve, GroundTruth, curve_from_predictions, decide_all
+from training.evaluation import metrics
+from training.evaluation.curves import CostQualityCurve, GroundTruth, curve_from_predictions, decide_all
 
 REFERENCE_K_GRID = tuple(2**i for i in range(1, 10))
 REFERENCE_COST_MULTIPLIER = 100.0

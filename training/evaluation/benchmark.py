@@ -3,9 +3,9 @@ The reproducible benchmark: on each routing table, train every predictor kind on
 evaluate them and the baselines on its test split; by default on every table shipped with
 carrot_hub (`carrot_hub.data.packaged_tables()`), one results file per table and a summary.
 
-    python -m training.benchmark --out results/ --cache-dir .cache/embeddings        # every packaged table
-    python -m training.benchmark --data zeroeval-2024 --out results.json --plot curves.png
-    python -m training.benchmark --data path/to/sprout-folder --data org/hub-table --out results/
+    python -m training.evaluation.benchmark --out results/ --cache-dir .cache/embeddings        # every packaged table
+    python -m training.evaluation.benchmark --data zeroeval-2024 --out results.json --plot curves.png
+    python -m training.evaluation.benchmark --data path/to/sprout-folder --data org/hub-table --out results/
 
 With a folder as `--out` it writes `<table>.json` and `<table>.png` per table and `summary.json`
 (the headline figures of every table side by side); with a `.json` file (one table) that file and
@@ -13,7 +13,7 @@ With a folder as `--out` it writes `<table>.json` and `<table>.png` per table an
 `cost_to_match_best`, APGR, CPT, prediction quality, cost prediction errors, the AIQ lost to cost
 prediction (against the same router knowing the true output tokens), the points; plus
 `zero_router`, `task_oracle`, `oracle`, `best_single`, and `resplits`: the kNN router against the
-zero router on 30 fresh train/test re-splits of the table (`training.resplit`; `--resplits 0` skips
+zero router on 30 fresh train/test re-splits of the table (`training.evaluation.resplit`; `--resplits 0` skips
 it). With `--routers-dir` each trained router folder is saved.
 Prompts are encoded once per encoder and cut (cached on disk with `--cache-dir`); every baseline
 works from those embeddings.
@@ -78,7 +78,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--mlp-ensemble", type=int, default=5)
     parser.add_argument("--resplits", type=int, default=30,
                         help="also score the kNN router against the zero router on this many fresh train/test "
-                             "re-splits of each table (training.resplit), to tell a method's gain from one test "
+                             "re-splits of each table (training.evaluation.resplit), to tell a method's gain from one test "
                              "split's luck; 0 skips it (default: 30)")
     parser.add_argument("--cache-dir", default=None, help="cache prompt embeddings here")
     parser.add_argument("--routers-dir", default=None, help="save each trained router folder under this folder")
@@ -121,7 +121,7 @@ def _parse_extra_routers(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _pair(args, truth) -> tuple[str, str] | None:
-    from training.evaluate import default_pair
+    from training.evaluation.evaluate import default_pair
 
     if args.pair:
         parts = [p.strip() for p in args.pair.split(",")]
@@ -176,7 +176,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     Benchmark every table of `args` (see the module docstring); returns `{table name: results}`
     for several tables, or the results of the one table when `--out` is a `.json` file.
     """
-    from training.evaluate import write_json
+    from training.evaluation.evaluate import write_json
 
     kinds = _parse_kinds(args.kinds, args.skip_finetune)
     encoders = _parse_encoders(args.encoders)
@@ -255,9 +255,9 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
     from carrot_hub.building import default_cost_scale, new_router
     from carrot_hub.modeling_carrot import CarrotRouter
 
-    from training.baselines import no_training_baselines, trained_baselines
+    from training.evaluation.baselines import no_training_baselines, trained_baselines
     from training.embeddings import embed_table
-    from training.evaluate import format_table, ground_truth, router_curve, summarize, write_json
+    from training.evaluation.evaluate import format_table, ground_truth, router_curve, summarize, write_json
     from training.prepare import load_benchmark_tables
 
     kinds = _parse_kinds(args.kinds, args.skip_finetune)
@@ -394,7 +394,7 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
         "prices_source": train.metadata.get("prices_source"),
     })
     if args.resplits:
-        from training.resplit import resplit_evaluation
+        from training.evaluation.resplit import resplit_evaluation
 
         started = time.perf_counter()
         results["resplits"] = resplit_evaluation(
@@ -418,12 +418,12 @@ def benchmark_table(args, name: str, source: str, out_json: Path, plot_png: Path
     }
     print(format_table(results))
     if "resplits" in results:
-        from training.resplit import format_summary as format_resplits
+        from training.evaluation.resplit import format_summary as format_resplits
 
         print(format_resplits(results["resplits"]))
     print(f"results written to {write_json(results, out_json)}")
     if plot_png:
-        from training.plots import plot_curves
+        from training.evaluation.plots import plot_curves
 
         print(f"curves drawn in {plot_curves(results, plot_png, title=f'{title}, {args.test_split} split')}")
     return results
@@ -491,7 +491,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_benchmark_arguments(argparse.ArgumentParser(prog="python -m training.benchmark", description=__doc__.split("\n\n")[0]))
+    parser = add_benchmark_arguments(argparse.ArgumentParser(prog="python -m training.evaluation.benchmark", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
     try:
         run_benchmark(args)

@@ -5,8 +5,8 @@ the usual training code (k, calibration, shrinkage and the rest chosen out-of-fo
 and score it on the test part against the zero router (the hull of the single models on the same
 test part).
 
-    python -m training.resplit --data zeroeval-2024 --splits 30 --out resplits.json
-    python -m training.resplit --data routerbench-0shot --kind mlp --encoder static --splits 10
+    python -m training.evaluation.resplit --data zeroeval-2024 --splits 30 --out resplits.json
+    python -m training.evaluation.resplit --data routerbench-0shot --kind mlp --encoder static --splits 10
 
 A table's own test split is one draw. With a few hundred prompts the best single model on it is
 partly luck, and the zero router picks it with hindsight, so a router can trail it on that split
@@ -78,7 +78,7 @@ def train_router(kind: str, table, embeddings, seed: int, router_options: dict, 
 
 def score_split(router, test_table, test_embeddings, mu_steps: int) -> dict:
     """The router's AIQ, the zero router's, and what the benchmark reports beside them, on one test part."""
-    from training.evaluate import router_curve, summarize
+    from training.evaluation.evaluate import router_curve, summarize
 
     curve, truth = router_curve(router, test_table, mu_grid=np.linspace(0, 1, mu_steps), embeddings=test_embeddings)
     curve.choices = None  # the spread over re-splits replaces the per-split bootstrap
@@ -282,7 +282,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.resplit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluation.resplit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="zeroeval-2024", help="a packaged table name or a SPROUT-layout folder (default: zeroeval-2024)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test", help="the table's own test split, pooled with --train-split and ranked among the re-splits")
@@ -305,13 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.evaluate import write_json
+    from training.evaluation.evaluate import write_json
 
     args = build_parser().parse_args(argv)
     try:
         results = run_resplits(args)
     except (BadInputError, ValueError, OSError) as error:  # OSError: a missing --data folder or split
-        print(f"python -m training.resplit: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"python -m training.evaluation.resplit: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(format_summary(results))
     if args.out:

@@ -44,10 +44,10 @@ from carrot_hub.serving.learning import OnlineLearner
 from carrot_hub.serving.outcome_log import OutcomeLog
 
 from .curves import CostQualityCurve, ground_truth
-from .embeddings import embed_table
+from ..embeddings import embed_table
 from .evaluate import count_input_tokens, summarize
-from .knn import DEFAULT_K_GRID, train_knn_router
-from .prepare import new_training_router
+from ..knn import DEFAULT_K_GRID, train_knn_router
+from ..prepare import new_training_router
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "carrot_hub" / "default_data" / "routerbench-0shot"
 

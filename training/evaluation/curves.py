@@ -10,7 +10,7 @@ Ground truth, stated once:
   output) times its price table, the same definition the router predicts. A missing token count
   is filled with that model's mean cost over the prompts where it is known (reported).
 
-Routers (`training.evaluate`) and baselines (`training.baselines`) both turn their predictions into
+Routers (`training.evaluation.evaluate`) and baselines (`training.evaluation.baselines`) both turn their predictions into
 a [`CostQualityCurve`] here. The imports go one way: evaluate → baselines → curves.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from training import metrics
+from training.evaluation import metrics
 
 
 # --------------------------------------------------------------------------------- ground truth

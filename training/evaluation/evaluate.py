@@ -1,21 +1,21 @@
 """
 Evaluate routers on a routing table's test split: sweep μ, record what the chosen models really
-scored and cost, and report the field's metrics (see `training.metrics`) next to baselines.
+scored and cost, and report the field's metrics (see `training.evaluation.metrics`) next to baselines.
 
-Realised quality and cost are the test table's true scores and dollars (see `training.curves`
+Realised quality and cost are the test table's true scores and dollars (see `training.evaluation.curves`
 for missing cells). The router decides with its own price table, which must equal the table's for
 the models evaluated (`on_price_mismatch="table"` routes with the table's prices instead).
 
 Python:
 
 ```python
-from training.evaluate import evaluate_router
+from training.evaluation.evaluate import evaluate_router
 results = evaluate_router(router, test_table)          # JSON-ready dict
 results["routers"]["carrot"]["aiq"], results["zero_router"]["aiq"]
 ```
 
 Command line: `carrot evaluate ROUTER_FOLDER [--data SOURCE] [--split test] [--out r.json] [--plot c.png]`
-(also `python -m training.evaluate ...`).
+(also `python -m training.evaluation.evaluate ...`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import torch
 from carrot_hub.atomic_writing import atomic_file
 from carrot_hub.errors import BadInputError
 from carrot_hub.modeling_carrot import predicted_cost
-from training import metrics
-from training.baselines import no_training_baselines, trained_baselines
-from training.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
-from training.overlap import router_training_overlap, shared_prompts
+from training.evaluation import metrics
+from training.evaluation.baselines import no_training_baselines, trained_baselines
+from training.evaluation.curves import CostQualityCurve, GroundTruth, ground_truth, oracle_curve
+from training.evaluation.overlap import router_training_overlap, shared_prompts
 
 DEFAULT_MU_STEPS = 101
 CPT_LEVELS = (0.5, 0.8)
@@ -560,7 +560,7 @@ def _jsonable(value):
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of `carrot evaluate` / `python -m training.evaluate`."""
+    """Options of `carrot evaluate` / `python -m training.evaluation.evaluate`."""
     parser.add_argument("router", nargs="+", help="router folder(s) (or Hub ids) to evaluate")
     parser.add_argument("--data", default=None,
                         help="routing data: a packaged table name (e.g. zeroeval-2024), a folder or a Hub id "
@@ -663,11 +663,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         print(f"results written to {write_json(results, args.out)}")
     if args.plot:
-        from training.plots import plot_curves
+        from training.evaluation.plots import plot_curves
 
         print(f"curves drawn in {plot_curves(results, args.plot)}")
     if args.reliability_plot:
-        from training.plots import plot_reliability
+        from training.evaluation.plots import plot_reliability
 
         print(f"reliability diagram drawn in {plot_reliability(results, args.reliability_plot)}")
     return 0
@@ -824,7 +824,7 @@ def _unique_names(sources: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_evaluate_arguments(argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0]))
+    parser = add_evaluate_arguments(argparse.ArgumentParser(prog="python -m training.evaluation.evaluate", description=__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
     try:
         return run_evaluate(args)
