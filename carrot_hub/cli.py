@@ -493,7 +493,7 @@ def _ood_flag(decision, row: int) -> str:
 
 def run_calibrate(args) -> int:
     """`carrot calibrate`: the μ curve on the user's prompts and the μ meeting a target."""
-    from .calibration import Calibrator
+    from .budget import Calibrator
     from .prompt_sources import InputError, SourceUnavailableError
 
     _check_encoder_option(args)

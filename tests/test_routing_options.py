@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from carrot_hub.calibration import Calibrator
+from carrot_hub.budget import Calibrator
 from carrot_hub.modeling_carrot import RoutingOptionError, RoutingOptions
 
 from .conftest import TINY_PROMPTS

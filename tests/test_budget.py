@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from carrot_hub.calibration import Calibrator, calibrate
+from carrot_hub.budget import Calibrator, calibrate
 from carrot_hub.modeling_carrot import choose_candidates
 
 from .conftest import TINY_PROMPTS
