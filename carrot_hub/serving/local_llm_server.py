@@ -1,6 +1,6 @@
 """A minimal OpenAI-compatible server for the local LLM (`local_llm.py`), on loopback only.
 
-    python -m carrot_hub.serving.local_llm_server --port 8001 [--fail-first 2]
+    python -m carrot_hub.serving.local_llm_server --port 8001 [--model gemma3] [--fail-first 2]
 
 Endpoints: `POST /v1/chat/completions` (`stream` true or false; with `stream_options.include_usage`
 the last chunk carries the usage), `GET /v1/models`, `GET /health`. The model's chat template is
@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from .local_llm import LocalLLM, LocalLLMError, ensure_local_llm
+from .local_llm import LOCAL_MODELS, LocalLLM, LocalLLMError, ensure_local_llm
 
 HOST = "127.0.0.1"
 DEFAULT_MAX_TOKENS = 256  # when a request names none: a 135M model rambles
@@ -227,10 +227,12 @@ def bind_loopback(port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m carrot_hub.serving.local_llm_server",
-        description="Serve the local SmolLM2 model behind an OpenAI-compatible API on 127.0.0.1.",
+        description="Serve a local small LLM (SmolLM2 or Gemma 3) behind an OpenAI-compatible API on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one, printed on start)")
-    parser.add_argument("--model-dir", help="a converted model folder (default: the packaged GGUF, converted once)")
+    parser.add_argument("--model", choices=LOCAL_MODELS, default="smollm2",
+                        help="which packaged model: smollm2 (SmolLM2-135M-Instruct) or gemma3 (Gemma 3 270M, base)")
+    parser.add_argument("--model-dir", help="a converted model folder (default: the --model's GGUF, converted once)")
     parser.add_argument("--model-id", help="the id clients call (default: the GGUF file's name)")
     parser.add_argument("--fail-first", type=int, default=0, metavar="N",
                         help="answer the first N chat requests with a 503 (to show fallback)")
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     sock = bind_loopback(args.port)  # before the slow load: a taken port fails at once
     try:
-        folder = args.model_dir or ensure_local_llm()
+        folder = args.model_dir or ensure_local_llm(args.model)
         llm = LocalLLM.from_folder(folder, model_id=args.model_id)
     except LocalLLMError as error:
         sock.close()
