@@ -35,7 +35,18 @@ from starlette.routing import Route
 from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
 from .batching import RoutedChoice, RoutingBatcher
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
+from .latency import LatencyTracker
 from .metrics import GatewayMetrics
+from .sessions import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TTL_S,
+    SessionIdError,
+    SessionState,
+    SessionStore,
+    check_session_policy,
+    choose_for_session,
+    session_id,
+)
 from .strict_json import JSONRejected, loads_strict
 from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
 
@@ -49,6 +60,7 @@ MAX_REPORTED_TOKENS = 100_000_000
 # The gateway's ids are "carrot-" + 32 hex digits; a longer one is unknown without a lookup (and is not echoed).
 MAX_REQUEST_ID_CHARS = 128
 MIN_GATEWAY_KEY_CHARS = 16
+LATENCY_PROFILE_REFRESH_S = 1.0  # the measured speeds reach routing at most this stale (and requests keep grouping)
 
 
 def gateway_key_problem(key: str) -> str | None:
@@ -75,8 +87,12 @@ class GatewaySettings:
     route_window_s: float = 0.002
     route_batch_size: int = 64
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    session_policy: str = "off"
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_ttl_s: float = DEFAULT_SESSION_TTL_S
 
     def __post_init__(self):
+        check_session_policy(self.session_policy)
         if self.api_key is not None and gateway_key_problem(self.api_key):
             raise ValueError(f"api_key {gateway_key_problem(self.api_key)}.")
         if not self.body_timeout_s > 0 or self.body_timeout_s == float("inf"):
@@ -105,6 +121,10 @@ class _Served:
     usage_invalid: str | None = None  # why the upstream's usage block was refused, when it was
     ttfb_s: float | None = None
     error: str | None = None
+    session: str | None = None
+    session_state: SessionState | None = None  # the conversation as it was before this turn
+    session_switched: bool = False
+    context_tokens: int = 0  # earlier turns' tokens the session's model already processed (its prompt cache)
 
 
 def _reliability_headers(choice: RoutedChoice | None) -> dict:
@@ -150,6 +170,10 @@ class Gateway:
                 f"upstream here (callable: {', '.join(self.callable)}). Give it an upstream, or set the router's "
                 "ood_policy to 'predict', 'prior' or 'model:<a callable candidate>'.")
         self.default_prices = router.config.prices
+        self.sessions = SessionStore(self.settings.max_sessions, self.settings.session_ttl_s)
+        self.metrics.sessions.set_function(lambda: float(len(self.sessions)))
+        self.latency = LatencyTracker()
+        self._latency_profile: tuple[float, dict | None] = (0.0, None)
         self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
                                       on_batch=self.metrics.observe_batch)
         self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
@@ -315,6 +339,11 @@ class Gateway:
             chat = self._read_chat(raw)
         request_id = f"carrot-{uuid.uuid4().hex}"
         choice, prices = None, self.default_prices
+        try:
+            session = session_id(request.headers.get("x-carrot-session"), chat.session_field, chat.user_field)
+        except SessionIdError as error:
+            raise RequestError(str(error), param="carrot.session") from None
+        state = self.sessions.get(session) if session and self.settings.session_policy != "off" else None
         if chat.pinned is None:
             options = self._routing_options(chat.options)
             problem = prompt_problem(chat.routed_text)  # the router's own rule, before this prompt joins a batch
@@ -326,13 +355,14 @@ class Gateway:
                 raise RequestError(str(error), param="carrot") from None
             prices = choice.prices
             self.metrics.routed.labels(choice.chosen.name).inc()
-            order = [candidate.name for candidate in choice.ranked][: 1 + self.settings.max_fallbacks]
+            order = self._session_order(choice, state)[: 1 + self.settings.max_fallbacks]
         else:
             if chat.options:  # a pinned request's options get the same checks; its prices are theirs
                 prices = self._checked_options(chat.options).prices
                 self._check_pinned_within_options(chat.pinned, chat.options)
             order = [chat.pinned]
-        served = _Served(request_id, started, chat, choice, prices, fallbacks=[])
+        served = _Served(request_id, started, chat, choice, prices, fallbacks=[], session=session, session_state=state,
+                         context_tokens=state.context_tokens if state is not None else 0)
         if chat.stream:
             return await self._stream(served, order)
         return await self._complete(served, order)
@@ -359,8 +389,31 @@ class Gateway:
             requested["allowed"] = tuple(self.callable)
         return self._checked_options(requested)
 
+    def _session_order(self, choice: RoutedChoice, state: SessionState | None) -> list[str]:
+        """The candidates to try, the session policy's model first (the router's ranking when sessions are off)."""
+        ranked = [candidate.name for candidate in choice.ranked]
+        if state is None:
+            return ranked
+        eligible = set(ranked)  # allowed, callable, within max_cost and the latency bound for this turn
+        kept = choose_for_session(self.settings.session_policy, state, choice.chosen.name,
+                                  {c.name: c.quality for c in choice.ranked}, eligible.__contains__)
+        return [kept.model, *(name for name in ranked if name != kept.model)]
+
+    def _latency_in_force(self) -> dict | None:
+        """The upstreams' measured speeds for routing, refreshed at most every `LATENCY_PROFILE_REFRESH_S`."""
+        stamp, profile = self._latency_profile
+        now = time.monotonic()
+        if now - stamp > LATENCY_PROFILE_REFRESH_S:
+            profile = self.latency.profile() or None
+            self._latency_profile = (now, profile)
+        return profile
+
     def _checked_options(self, requested: dict) -> RoutingOptions:
         """`router.routing_options(**requested)`; a refused value is a 400 naming `carrot.<option>`."""
+        if "latency" not in requested:
+            measured = self._latency_in_force()
+            if measured:
+                requested = {**requested, "latency": measured}
         try:
             return self.router.routing_options(**requested)
         except RoutingOptionError as error:
@@ -388,7 +441,9 @@ class Gateway:
             "x-carrot-model": served.model or "",
             "x-carrot-mu": "none" if served.choice is None else f"{served.choice.mu:g}",
             "x-carrot-predicted-quality": "none" if estimate is None else f"{estimate.quality:.6g}",
-            "x-carrot-predicted-cost": "none" if estimate is None else f"{estimate.cost:.6g}",
+            "x-carrot-predicted-cost": "none" if estimate is None else f"{self._predicted_cost(served, estimate):.6g}",
+            "x-carrot-predicted-latency": "none" if estimate is None or estimate.latency_s is None
+            else f"{estimate.latency_s:.6g}",
             "x-carrot-fallbacks": ",".join(served.fallbacks or []),
             **_reliability_headers(served.choice),
         }
@@ -539,12 +594,51 @@ class Gateway:
             realised = self._count(served, latency)
         except Exception:  # noqa: BLE001  (metrics are best effort; the record below is not)
             logger.exception("could not count %s in the metrics", served.request_id)
+        try:
+            self._observe_turn(served, latency)
+        except Exception:  # noqa: BLE001  (sessions and speeds are best effort, like metrics)
+            logger.exception("could not update the session or speed estimate of %s", served.request_id)
         if self.outcome_log is None:
             return
         try:
             self._queue_record(served, latency, realised)
         except Exception:  # noqa: BLE001
             logger.exception("could not queue the outcome record of %s", served.request_id)
+
+    def _observe_turn(self, served: _Served, latency: float) -> None:
+        """After an answer: the upstream's measured speed, and the conversation's model (a switch is counted)."""
+        if served.status != "ok" or not served.model:
+            return
+        if served.usage and served.chat.stream:
+            # Only a stream shows both parts: a plain answer's first byte comes with its last token.
+            self.latency.observe(served.model, served.ttfb_s, served.usage["completion_tokens"], latency)
+            speed = self.latency.profile().get(served.model)
+            if speed is not None:
+                self.metrics.upstream_ttft.labels(served.model).set(speed["ttft_s"])
+                self.metrics.upstream_speed.labels(served.model).set(speed["tokens_per_s"])
+        if served.session is None or self.settings.session_policy == "off":
+            return
+        state = served.session_state
+        served.session_switched = state is not None and state.model != served.model
+        if served.session_switched:
+            self.metrics.session_switches.labels(self.settings.session_policy).inc()
+        estimate = served.choice.estimate(served.model) if served.choice else None
+        quality = estimate.quality if estimate else (state.quality if state else float("nan"))
+        # What the model has now processed of the conversation: its whole input and its answer.
+        context = served.usage["prompt_tokens"] + served.usage["completion_tokens"] if served.usage else 0
+        self.sessions.put(served.session, SessionState(served.model, quality, (state.turns if state else 0) + 1, context))
+
+    def _predicted_cost(self, served: _Served, estimate) -> float:
+        """
+        The answering model's predicted cost, with the conversation's earlier turns: charged at its
+        cached-input price when the turn stays on the model that processed them, else at its input price.
+        """
+        state = served.session_state
+        if state is None or not state.context_tokens or served.model is None:
+            return estimate.cost
+        price = served.prices.get(served.model) or {}
+        per_million = price.get("cached_input", price.get("input", 0.0)) if state.model == served.model else price.get("input", 0.0)
+        return estimate.cost + state.context_tokens * per_million / DOLLARS_PER_MILLION
 
     def _count(self, served: _Served, latency: float) -> float | None:
         """The request in the metrics; returns its realised cost (None when unknown)."""
@@ -576,7 +670,8 @@ class Gateway:
             "in_distribution": served.choice.in_distribution if served.choice else None,
             "predicted_quality": estimate.quality if estimate else None,
             "predicted_output_tokens": estimate.output_tokens if estimate else None,
-            "predicted_cost": estimate.cost if estimate else None,
+            "predicted_cost": self._predicted_cost(served, estimate) if estimate else None,
+            "predicted_latency_s": estimate.latency_s if estimate else None,
             "support": served.choice.support if served.choice else None,
             "ood_policy": served.choice.ood_policy if served.choice else None,
             "ood_applied": served.choice.ood_applied if served.choice else False,
@@ -594,6 +689,10 @@ class Gateway:
             record["error"] = served.error
         if served.usage_invalid:
             record["usage_invalid"] = served.usage_invalid
+        if served.session is not None and self.settings.session_policy != "off":
+            record["session_policy"] = self.settings.session_policy
+            record["session_switched"] = served.session_switched
+            record["session_turn"] = (served.session_state.turns if served.session_state else 0) + 1
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._log_writer, self._write_record, record)
         self._pending_records[served.request_id] = future
@@ -626,6 +725,12 @@ def _usage(usage) -> tuple[dict | None, str | None]:
             shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
             return None, f"{key} {shown[:80]} is not a whole number in [0, {MAX_REPORTED_TOKENS}]"
         counts[key] = value
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if cached is not None:  # prompt caching: these input tokens are billed at the cached price
+        if isinstance(cached, bool) or not isinstance(cached, int) or not 0 <= cached <= counts["prompt_tokens"]:
+            return None, f"prompt_tokens_details.cached_tokens {str(cached)[:80]} is not a whole number in [0, prompt_tokens]"
+        counts["cached_tokens"] = cached
     return counts, None
 
 
@@ -635,9 +740,12 @@ def _json_bytes(value) -> bytes:
 
 
 def _realised_cost(usage: dict | None, price: dict | None) -> float | None:
+    """US$ from reported usage: cached input tokens at the `cached_input` price where the table has one."""
     if not usage or not price:
         return None
-    return (usage["prompt_tokens"] * price["input"] + usage["completion_tokens"] * price["output"]) / DOLLARS_PER_MILLION
+    cached = usage.get("cached_tokens", 0)
+    input_cost = (usage["prompt_tokens"] - cached) * price["input"] + cached * price.get("cached_input", price["input"])
+    return (input_cost + usage["completion_tokens"] * price["output"]) / DOLLARS_PER_MILLION
 
 
 def create_app(router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,

@@ -28,6 +28,7 @@ class CandidateEstimate:
     quality: float
     output_tokens: float
     cost: float
+    latency_s: float | None = None  # predicted seconds to the whole answer; None without a speed profile
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
     order = torch.argsort(decision.utility, dim=1, descending=True, stable=True)
     utility, quality = decision.utility.tolist(), decision.quality.tolist()
     tokens, cost = decision.output_tokens.tolist(), decision.cost.tolist()
+    latency = decision.latency.tolist()
     support = decision.support.tolist()
     names = decision.candidate_models
     choices = []
@@ -70,7 +72,8 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
         # The choice comes first even where the utility does not rank it first (an ood policy
         # "model:<name>" sends the prompt to that candidate); the fallbacks follow, best first.
         ranked = tuple(
-            CandidateEstimate(names[c], quality[row][c], tokens[row][c], cost[row][c])
+            CandidateEstimate(names[c], quality[row][c], tokens[row][c], cost[row][c],
+                              latency[row][c] if math.isfinite(latency[row][c]) else None)
             for c in [chosen, *(c for c in columns if c != chosen and math.isfinite(utility[row][c]))]
         )
         choices.append(

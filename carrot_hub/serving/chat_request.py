@@ -12,7 +12,9 @@ from .strict_json import JSONRejected, loads_strict
 
 VIRTUAL_MODEL = "carrot"
 # The body's `carrot` object: the keywords of `router.routing_options`, which checks their values.
-CARROT_OPTIONS = ("mu", "max_cost", "allowed", "prices", "ood")
+CARROT_OPTIONS = ("mu", "max_cost", "allowed", "prices", "ood", "max_latency_s")
+# Keys of the `carrot` object that are not routing options.
+CARROT_REQUEST_KEYS = ("session",)
 ROUTE_ON = ("last-user", "conversation")
 
 
@@ -44,6 +46,8 @@ class ChatRequest:
     routed_text: str | None
     stream: bool
     client_wants_usage: bool
+    session_field: object = None  # carrot.session as given (checked with the header and `user` by the gateway)
+    user_field: object = None  # the OpenAI `user` field as given
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -119,9 +123,10 @@ def parse_carrot_options(options, mu_from_model: float | None) -> dict:
         options = {}
     if not isinstance(options, Mapping):
         raise RequestError("`carrot` must be an object {mu, max_cost, allowed, prices, ood}.", param="carrot")
-    unknown = sorted(set(options) - set(CARROT_OPTIONS))
+    unknown = sorted(set(options) - set(CARROT_OPTIONS) - set(CARROT_REQUEST_KEYS))
     if unknown:
-        raise RequestError(f"carrot has unknown keys {unknown}; known: {', '.join(CARROT_OPTIONS)}.", param="carrot")
+        raise RequestError(f"carrot has unknown keys {unknown}; known: {', '.join(CARROT_OPTIONS + CARROT_REQUEST_KEYS)}.",
+                           param="carrot")
     mu = mu_from_model
     if options.get("mu") is not None:
         if mu_from_model is not None:
@@ -144,8 +149,11 @@ def parse_carrot_options(options, mu_from_model: float | None) -> dict:
     ood = options.get("ood")
     if ood is not None and not isinstance(ood, str):
         raise RequestError('carrot.ood must be "predict", "prior" or "model:<candidate>".', param="carrot.ood")
+    max_latency_s = options.get("max_latency_s")
+    if max_latency_s is not None:
+        max_latency_s = _number(max_latency_s, "max_latency_s")
     given = {"mu": mu, "prices": dict(prices) if prices is not None else None, "allowed": allowed,
-             "max_cost": max_cost, "ood": ood}
+             "max_cost": max_cost, "ood": ood, "max_latency_s": max_latency_s}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -175,4 +183,6 @@ def parse_chat_request(body: dict, callable_names: Sequence[str], route_on: str)
         client_wants_usage = bool((stream_options or {}).get("include_usage"))
         # Usage is asked for in streams too (the outcome log needs it); the client only sees it if it asked.
         payload["stream_options"] = {**(stream_options or {}), "include_usage": True}
-    return ChatRequest(payload, pinned, options, text, stream, client_wants_usage)
+    carrot = body.get("carrot") if isinstance(body.get("carrot"), Mapping) else {}
+    return ChatRequest(payload, pinned, options, text, stream, client_wants_usage,
+                       session_field=carrot.get("session"), user_field=body.get("user"))

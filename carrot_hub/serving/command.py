@@ -19,6 +19,7 @@ import sys
 from ..cli_common import Failure, UsageError, load_router, positive_int
 from ..precision import ENCODER_DTYPE_CHOICES
 from .chat_request import ROUTE_ON
+from .sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SESSION_POLICIES
 
 GATEWAY_KEY_ENV = "CARROT_API_KEY"
 LOOPBACK_NAMES = ("localhost",)
@@ -55,6 +56,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--feedback-window", type=positive_int, default=None,
                         help="feedback reaches the N most recent served requests (default 100000; the index "
                              "that finds them costs at most about 190 bytes per request)")
+    parser.add_argument("--session-policy", choices=SESSION_POLICIES, default="off",
+                        help="conversations named by carrot.session, the x-carrot-session header or `user`: "
+                             "'sticky' keeps a conversation on its first model (it moves when that model is no "
+                             "longer allowed, over max_cost or failing), 'upgrade-only' lets it move only to a "
+                             "model of higher predicted quality, 'off' routes every turn on its own (default)")
+    parser.add_argument("--max-sessions", type=positive_int, default=DEFAULT_MAX_SESSIONS,
+                        help=f"conversations kept in memory, least recently used dropped first (default {DEFAULT_MAX_SESSIONS})")
+    parser.add_argument("--session-ttl", type=positive_float, default=DEFAULT_SESSION_TTL_S,
+                        help=f"seconds a conversation is remembered after its last turn (default {DEFAULT_SESSION_TTL_S:g})")
     parser.add_argument("--no-prompt-log", action="store_true",
                         help="keep only a hash of the routed text in the outcome log")
     parser.add_argument("--learn", action="store_true",
@@ -194,6 +204,17 @@ def _open_learner(args, router):
         raise UsageError(f"--learn: {error}") from None
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0, with a one-line error otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
 def _serve(router, upstreams, sock, args, gateway_key) -> int:
     import uvicorn
 
@@ -207,6 +228,9 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         route_window_s=_route_window_ms(router, args.route_window_ms) / 1000,
         route_batch_size=args.route_batch_size,
         body_timeout_s=args.body_timeout,
+        session_policy=args.session_policy,
+        max_sessions=args.max_sessions,
+        session_ttl_s=args.session_ttl,
     )
     learner = _open_learner(args, router)
     outcome_log = _open_outcome_log(args, router)

@@ -43,6 +43,7 @@ class FakeUpstreamConfig:
     model: str = "fake-model"
     latency_s: float = 0.0
     reply_words: int = 8
+    tokens_per_s: float | None = None  # a stream's decode speed: each chunk waits its words / tokens_per_s (None: at once)
     chunk_words: int = 2
     failure_rate: float = 0.0
     failure: str = "500"
@@ -164,7 +165,8 @@ class FakeUpstream:
         if failure == "midstream":
             return StreamingResponse(_dropping([f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:2]]),
                                      media_type="text/event-stream")
-        return EventSourceResponse(_events(chunks), sep="\n", ping=600)
+        delay = step / config.tokens_per_s if config.tokens_per_s else 0.0
+        return EventSourceResponse(_events(chunks, delay), sep="\n", ping=600)
 
 
 def _text(message) -> str:
@@ -181,8 +183,10 @@ def _chunk(completion_id, created, model, delta, finish_reason=None) -> dict:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
 
-async def _events(chunks):
-    for chunk in chunks:
+async def _events(chunks, delay_s: float = 0.0):
+    for index, chunk in enumerate(chunks):
+        if delay_s and 1 < index < len(chunks) - 1:  # the content chunks after the first arrive at the decode speed
+            await asyncio.sleep(delay_s)
         yield {"data": json.dumps(chunk)}
     yield {"data": "[DONE]"}
 

@@ -1,7 +1,8 @@
 """Each upstream's speed, measured from served traffic: a moving estimate the gateway routes with.
 
-For every answered request the gateway knows the time to first byte and, once the answer is done,
-how many output tokens came in how long after it. `LatencyTracker` keeps an exponentially weighted
+For every streamed answer the gateway knows the time to first byte and, once the answer is done,
+how many output tokens came in how long after it (a plain answer's first byte comes with its last
+token, so it says nothing about either part and is not counted). `LatencyTracker` keeps an exponentially weighted
 moving average of time to first token and of tokens per second per upstream; `profile()` hands them
 to `route(latency=...)` in the router's own format, `{model: {"ttft_s": s, "tokens_per_s": t}}`.
 An upstream with fewer than `min_samples` observations has no estimate yet (it is not constrained).

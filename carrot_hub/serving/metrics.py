@@ -42,6 +42,13 @@ class GatewayMetrics:
                                  registry=r)
         self.rejected = Counter("carrot_rejected_requests", "Requests refused before any upstream call, by HTTP status",
                                 ["status"], registry=r)
+        self.session_switches = Counter("carrot_session_switches", "Conversation turns answered by another model "
+                                        "than the conversation's previous turn", ["policy"], registry=r)
+        self.sessions = Gauge("carrot_sessions", "Conversations held in the gateway's session store", registry=r)
+        self.upstream_ttft = Gauge("carrot_upstream_ttft_seconds", "Moving estimate of each upstream's time to "
+                                   "first token, from served traffic", ["model"], registry=r)
+        self.upstream_speed = Gauge("carrot_upstream_tokens_per_second", "Moving estimate of each upstream's "
+                                    "output tokens per second after the first, from served traffic", ["model"], registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.routing_batch.observe(size)

@@ -61,11 +61,16 @@ def session_id(header: str | None, carrot_field, user_field) -> str | None:
 
 @dataclass(frozen=True)
 class SessionState:
-    """What a conversation remembers: the model of its last routed turn and that model's predicted quality."""
+    """
+    What a conversation remembers: the model of its last turn, that model's predicted quality then,
+    the turns so far, and `context_tokens`: the conversation's tokens that model has processed (its
+    last input and answer), which its upstream may hold in a prompt cache.
+    """
 
     model: str
     quality: float
     turns: int
+    context_tokens: int = 0
 
 
 @dataclass(frozen=True)
