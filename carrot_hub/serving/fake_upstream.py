@@ -43,7 +43,7 @@ class FakeUpstreamConfig:
     model: str = "fake-model"
     latency_s: float = 0.0
     reply_words: int = 8
-    tokens_per_s: float | None = None  # a stream's decode speed: each chunk waits its words / tokens_per_s (None: at once)
+    tokens_per_s: float | None = None  # a stream's decode speed in usage tokens per second (None: at once)
     chunk_words: int = 2
     failure_rate: float = 0.0
     failure: str = "500"
@@ -165,7 +165,10 @@ class FakeUpstream:
         if failure == "midstream":
             return StreamingResponse(_dropping([f"data: {json.dumps(c)}\n\n".encode() for c in chunks[:2]]),
                                      media_type="text/event-stream")
-        delay = step / config.tokens_per_s if config.tokens_per_s else 0.0
+        delay = 0.0
+        if config.tokens_per_s:  # the answer's tokens arrive at tokens_per_s, spread over its chunks after the first
+            content_chunks = max(1, -(-len(words) // step))
+            delay = (usage["completion_tokens"] or len(words)) / config.tokens_per_s / content_chunks
         return EventSourceResponse(_events(chunks, delay), sep="\n", ping=600)
 
 
