@@ -36,7 +36,7 @@ from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
 from .batching import RoutedChoice, RoutingBatcher
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .latency import LatencyTracker
-from .metrics import GatewayMetrics
+from .prometheus_metrics import GatewayMetrics
 from .sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_TTL_S,
