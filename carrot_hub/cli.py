@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .cli_common import Failure, UsageError, first_line, load_router, positive_int, read_prices
+from .cli_common import Failure, UsageError, first_line, load_router, positive_int, read_mapping, read_prices
 from .errors import BadInputError
 from .configuration_carrot import ENCODER_KINDS
 from .default import DEFAULT_ENCODER_KIND
@@ -84,6 +84,16 @@ def _dollars(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds ≥ 0, got {text}")
+    return value
+
+
 def _packaged_table(text: str) -> str:
     """`--data`: the name of a routing table shipped in the package."""
     from .data.packaged import UnknownTableError, packaged_table_dir
@@ -127,6 +137,11 @@ def _add_routing_options(parser: argparse.ArgumentParser) -> None:
     router.add_argument("--allowed", action="append",
                         help="only these candidates (comma-separated, or repeat the option)")
     router.add_argument("--max-cost", type=_dollars, help="exclude candidates predicted to cost more than this many $ per prompt")
+    router.add_argument("--latency", help='speed profile: a JSON/YAML file or inline JSON {"model": {"ttft_s": s, '
+                                          '"tokens_per_s": t}} (default: the one saved in the router, if any)')
+    router.add_argument("--max-latency", type=_seconds, metavar="SECONDS",
+                        help="exclude candidates predicted to take longer than this (time to first token + "
+                             "predicted output tokens / tokens per second)")
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=positive_int, default=64, help="prompts per encoder pass (default: 64)")
@@ -271,8 +286,10 @@ def _allowed(values: list[str] | None) -> list[str] | None:
 
 def _routing_options(router, args, prices, allowed):
     """The router's `RoutingOptions` for --mu / --prices / --allowed / --max-cost / --ood, checked once (exit 2 on error)."""
+    latency = read_mapping(args.latency, "--latency") if getattr(args, "latency", None) else None
     try:
-        return router.routing_options(getattr(args, "mu", None), prices, allowed, args.max_cost, getattr(args, "ood", None))
+        return router.routing_options(getattr(args, "mu", None), prices, allowed, args.max_cost, getattr(args, "ood", None),
+                                      latency=latency, max_latency_s=getattr(args, "max_latency", None))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -90,34 +90,42 @@ def read_prices(text: str | None) -> dict | None:
     """`--prices`: inline JSON, or a JSON / YAML file; `UsageError` when unreadable."""
     if text is None:
         return None
+    prices = read_mapping(text, "--prices", 'a non-empty mapping {"model": {"input": $/M, "output": $/M}}')
+    if isinstance(prices.get("prices"), dict):
+        prices = prices["prices"]  # a file may wrap the table as {"prices": {...}, "recorded_on": ...}
+    if not prices:
+        raise UsageError('--prices must be a non-empty mapping {"model": {"input": $/M, "output": $/M}}.')
+    return prices
+
+
+def read_mapping(text: str, option: str, what: str = "a non-empty mapping") -> dict:
+    """An option given as inline JSON or as a JSON / YAML file, which must hold a mapping; `UsageError` otherwise."""
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
-            prices = json.loads(stripped)
+            value = json.loads(stripped)
         except json.JSONDecodeError as error:
-            raise UsageError(f"--prices is not valid JSON ({error.msg} at character {error.pos}).") from None
+            raise UsageError(f"{option} is not valid JSON ({error.msg} at character {error.pos}).") from None
     else:
         path = Path(text).expanduser()
         try:
             content = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or str(error)
-            raise UsageError(f"Cannot read the prices file {text}: {reason}.") from None
+            raise UsageError(f"Cannot read the {option.lstrip('-')} file {text}: {reason}.") from None
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
 
-                prices = yaml.safe_load(content)
+                value = yaml.safe_load(content)
             else:
-                prices = json.loads(content)
+                value = json.loads(content)
         except Exception as error:
-            raise UsageError(f"The prices file {text} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
+            raise UsageError(f"The {option.lstrip('-')} file {text} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
                              f"{first_line(error)}") from None
-    if isinstance(prices, dict) and isinstance(prices.get("prices"), dict):
-        prices = prices["prices"]  # a file may wrap the table as {"prices": {...}, "recorded_on": ...}
-    if not isinstance(prices, dict) or not prices:
-        raise UsageError('--prices must be a non-empty mapping {"model": {"input": $/M, "output": $/M}}.')
-    return prices
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f"{option} must be {what}.")
+    return value
 
 
 def first_line(error: BaseException) -> str:

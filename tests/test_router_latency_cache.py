@@ -1,5 +1,6 @@
 """route(): latency as a constraint, and cached input priced as cached."""
 
+import json
 import math
 import warnings
 
@@ -107,3 +108,33 @@ def test_old_price_tables_stay_valid(knn_router):
         decision = knn_router.route(TINY_PROMPTS[:1], prices={"mid-model": {"input": 2.0, "output": 3.0}})
     assert decision.prices["mid-model"] == {"input": 2.0, "output": 3.0}
     assert "cached_input" not in knn_router.config.prices["mid-model"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-latency", "-1"], "finite number of seconds"),
+        (["--max-latency", "inf"], "finite number of seconds"),
+        (["--latency", '{"gpt-99": {"ttft_s": 0.1, "tokens_per_s": 5}}'], "not a candidate"),
+        (["--latency", '{"big-model": {"ttft_s": 0.1, "tokens_per_s": -5}}'], "speed > 0"),
+        (["--latency", "{not json"], "--latency is not valid JSON"),
+    ],
+)
+def test_carrot_route_refuses_bad_latency_options_with_exit_code_2(knn_router_session, tmp_path, capsys, extra, message):
+    from carrot_hub.cli import main
+
+    knn_router_session.save_pretrained(tmp_path / "router")
+    code = main(["route", "--model", str(tmp_path / "router"), "--no-progress", *extra, TINY_PROMPTS[0]])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_carrot_route_with_a_latency_bound_avoids_the_slow_model(knn_router_session, tmp_path, capsys):
+    from carrot_hub.cli import main
+
+    knn_router_session.save_pretrained(tmp_path / "router")
+    profile = '{"big-model": {"ttft_s": 0.1, "tokens_per_s": 1}}'
+    code = main(["route", "--model", str(tmp_path / "router"), "--no-progress", "--mu", "0", "--format", "jsonl",
+                 "--latency", profile, "--max-latency", "5", *TINY_PROMPTS])
+    assert code == 0
+    assert "big-model" not in {json.loads(line)["model"] for line in capsys.readouterr().out.splitlines() if line}
