@@ -148,3 +148,17 @@ def test_realised_cost_charges_cached_input_at_the_cached_price():
     assert _realised_cost(usage, {"input": 10.0, "output": 30.0}) == pytest.approx((1000 * 10.0 + 10 * 30.0) / 1e6)
     bad, why = _usage({"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}})
     assert bad is None and "cached_tokens" in why
+
+
+def test_a_sticky_session_whose_model_fails_falls_back_and_moves(knn_router_session, upstreams, tmp_path):
+    log = OutcomeLog(tmp_path)
+    with running_gateway(knn_router_session, upstream_entries(upstreams), log=log, session_policy="sticky") as (gateway, server):
+        with httpx.Client(base_url=server.base_url, timeout=10) as http:
+            first = turn(http, FIRST, "conv-4", mu=0.0)
+            upstreams[first][0].fail_next("503")
+            moved = turn(http, FOLLOW_UP, "conv-4", mu=0.0)
+            stays = turn(http, FOLLOW_UP, "conv-4", mu=1.0)
+        wait_records(gateway)
+    assert moved != first and stays == moved
+    records = sorted(served_records(log).values(), key=lambda r: r["time"])
+    assert records[1]["fallbacks"] == [first] and records[1]["session_switched"] is True
