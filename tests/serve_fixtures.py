@@ -37,10 +37,10 @@ def upstream_entries(upstreams, **extra) -> dict:
 
 
 @contextmanager
-def running_gateway(router, entries: dict, environ=None, log=None, learner=None, **settings):
+def running_gateway(router, entries: dict, environ=None, log=None, learner=None, revision=None, **settings):
     """A gateway on loopback: yields `(gateway, server)`."""
     pool = UpstreamPool(parse_upstreams(entries), environ=environ)
-    gateway = Gateway(router, pool, GatewaySettings(**settings), outcome_log=log, learner=learner)
+    gateway = Gateway(router, pool, GatewaySettings(**settings), outcome_log=log, learner=learner, revision=revision)
     with LocalServer(gateway.app) as server:
         yield gateway, server
 

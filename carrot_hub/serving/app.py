@@ -86,6 +86,7 @@ class GatewaySettings:
     api_key: str | None = None
     route_window_s: float = 0.002
     route_batch_size: int = 64
+    feedback_wait_s: float = 0.0  # how long feedback waits for another worker's record (see _record_feedback)
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     session_policy: str = "off"
     max_sessions: int = DEFAULT_MAX_SESSIONS
@@ -146,13 +147,18 @@ class Gateway:
     """The app's state and handlers; `app` is the Starlette application."""
 
     def __init__(self, router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,
-                 outcome_log=None, learner=None):
+                 outcome_log=None, learner=None, revision: str | None = None):
         self.router = router
+        self.revision = revision  # the router revision in use (a store's revision name or a Hub commit)
+        router.carrot_revision = revision
         self.upstreams = upstreams
         self.settings = settings or GatewaySettings()
         self.outcome_log = outcome_log
         self.learner = learner
         self.metrics = GatewayMetrics()
+        self.metrics.set_revision(revision)
+        self.reloader = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         if outcome_log is not None:
             self.metrics.log_failing.set_function(lambda: float(outcome_log.failing))
         self.candidates = list(router.config.candidate_models)
@@ -198,11 +204,34 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
+        self._loop = asyncio.get_running_loop()
+        if self.reloader is not None:
+            self.reloader.start()
         yield
         await self.aclose()
 
+    def swap_router(self, router, revision: str | None) -> None:
+        """
+        Serve `router` (a loaded, checked revision) from now on; callable from any thread. The swap
+        runs on the event loop: a batch already on the routing thread keeps the router it was given.
+        """
+        def swap():
+            self.router = router
+            self.batcher.router = router
+            self.default_prices = router.config.prices
+            self.revision = revision
+            self.metrics.set_revision(revision)
+            self.metrics.reloads.inc()
+
+        if self._loop is None:
+            swap()
+        else:
+            self._loop.call_soon_threadsafe(swap)
+
     async def aclose(self) -> None:
         """Finish pending log writes, then close the upstream clients, the batcher, the learner and the log."""
+        if self.reloader is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.reloader.stop)
         if self._pending_records:
             await asyncio.gather(*self._pending_records.values(), return_exceptions=True)
         await self.batcher.aclose()
@@ -271,7 +300,7 @@ class Gateway:
 
     async def health(self, request: Request):
         """200 while the gateway answers; `degraded` (still 200) while the outcome log cannot be written."""
-        body = {"status": "ok", "candidates": self.callable}
+        body = {"status": "ok", "candidates": self.callable, "revision": self.revision}
         if self.outcome_log is not None:
             body["outcome_log"] = self.outcome_log.health()
             if self.outcome_log.failing:
@@ -308,7 +337,7 @@ class Gateway:
             await asyncio.shield(pending)
         loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(self._feedback_lookup, self.outcome_log.feedback, request_id, float(score))
+            record = await self._record_feedback(request_id, float(score))
         except OSError as error:  # a full disk: the label was not written
             self.metrics.records_lost.inc()
             raise RequestError(f"The outcome log cannot be written ({error.strerror or type(error).__name__}); "
@@ -329,6 +358,22 @@ class Gateway:
                 logger.warning("feedback for %s was recorded but not learned: %s", request_id, error)
                 answer["learned"] = False
         return JSONResponse(answer)
+
+    async def _record_feedback(self, request_id: str, score: float) -> dict:
+        """
+        `outcome_log.feedback` off the event loop. With several workers the request may have been
+        served by another one whose record is still on its way to the shared folder: an unknown id
+        is looked up again for up to `settings.feedback_wait_s`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.settings.feedback_wait_s
+        while True:
+            try:
+                return await loop.run_in_executor(self._feedback_lookup, self.outcome_log.feedback, request_id, score)
+            except KeyError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def chat_completions(self, request: Request):
         started = time.perf_counter()
@@ -682,6 +727,7 @@ class Gateway:
             "fallbacks": list(served.fallbacks or []),
             "status": served.status,
             "route_on": self.settings.route_on,
+            "revision": served.choice.revision if served.choice is not None else self.revision,
             "pinned": served.chat.pinned is not None,
             "stream": served.chat.stream,
         }

@@ -9,6 +9,7 @@ request is queued). The event loop only queues prompts and receives choices; the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ class RoutedChoice:
     in_distribution: bool | None = None  # None: unknown; `carrot collect` reads it from the outcome log
     ood_policy: str = "predict"
     ood_applied: bool = False
+    revision: str | None = None  # the router revision that routed it
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -110,6 +112,7 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
     if not routable:
         return results
     predictions = router.predict([prompts[i] for i in routable], batch_size=max(1, len(routable)))
+    revision = getattr(router, "carrot_revision", None)
     groups: dict[RoutingOptions, list[int]] = {}
     for row, position in enumerate(routable):  # row: the prompt's row in `predictions`
         groups.setdefault(options[position], []).append(row)
@@ -122,7 +125,7 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
                 results[routable[row]] = error
             continue
         for row, choice in zip(rows, choices_from_decision(decision)):
-            results[routable[row]] = choice
+            results[routable[row]] = choice if revision is None else dataclasses.replace(choice, revision=revision)
     return results
 
 

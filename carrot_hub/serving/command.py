@@ -15,9 +15,11 @@ import math
 import os
 import socket
 import sys
+from pathlib import Path
 
 from ..cli_common import Failure, UsageError, load_router, positive_int
-from ..precision import ENCODER_DTYPE_CHOICES
+from ..log_learning import parse_duration
+from ..precision import ENCODER_DTYPE_CHOICES, resolve_encoder_dtype
 from .chat_request import ROUTE_ON
 from .sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, SESSION_POLICIES
 
@@ -74,6 +76,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="folder for the grown routers (default ./carrot-learned; never the router's own folder)")
     parser.add_argument("--learn-every", type=int, default=500,
                         help="save the grown router after this many labels (0: only on shutdown; default 500)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="serving processes sharing the port, each with its own routing thread and outcome-log "
+                             "shard (default 1)")
+    parser.add_argument("--reload-every", type=parse_duration, metavar="DURATION",
+                        help="follow a store of router revisions (a carrot learn --out folder, or a Hub repo): check "
+                             "it this often (e.g. 60s) and swap in each new revision between routing batches")
+    parser.add_argument("--push-logs", metavar="ORG/NAME",
+                        help="ship the outcome log to this Hub dataset repo (private when created) with "
+                             "huggingface_hub's CommitScheduler; carrot learn reads it back")
+    parser.add_argument("--push-every", type=parse_duration, default=600.0, metavar="DURATION",
+                        help="how often --push-logs commits (default 10m)")
     parser.add_argument("--access-log", action="store_true", help="print one line per HTTP request")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
@@ -143,17 +156,99 @@ def run_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and gateway_key is None:
         raise UsageError(f"Refusing to serve on {args.host} without a gateway key: set {GATEWAY_KEY_ENV} "
                          "(clients then send it as a bearer token), or bind 127.0.0.1.")
+    _check_scale_out_options(args)
     sock = bind_socket(args.host, args.port)
+    pusher = _start_log_pusher(args)
     try:
-        router = load_router(args.router, progress=True, dtype=args.dtype)
-        _set_routing_threads(router, args.threads)
-        try:
-            check_candidates(specs, router.config.candidate_models)
-        except UpstreamConfigError as error:
-            raise UsageError(str(error)) from None
-        return _serve(router, UpstreamPool(specs), sock, args, gateway_key)
+        if args.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(args, sock)
+        return serve_in_this_process(args, sock, gateway_key, progress=True)
     finally:
         sock.close()
+        if pusher is not None:
+            from .log_pushing import stop_log_pusher
+
+            stop_log_pusher(pusher)
+
+
+def serve_in_this_process(args, sock, gateway_key, progress: bool = True, worker: str = "") -> int:
+    """Load the router (the store's current revision for a store) and serve on `sock` until stopped."""
+    from .upstreams import UpstreamConfigError, UpstreamPool, check_candidates, read_upstreams_file
+
+    specs = read_upstreams_file(args.upstreams)
+    spec, revision = args.router, None
+    if args.router is not None:
+        from ..router_store import resolve_router_source
+
+        try:
+            spec, revision = resolve_router_source(args.router)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+    reload_source = None
+    if args.reload_every is not None:
+        from .reloading import RevisionSource
+
+        reload_source = RevisionSource(args.router)
+        if reload_source.store is None:  # a Hub repo: serve the commit its main branch has now
+            try:
+                revision = reload_source.current()
+            except Exception as error:  # noqa: BLE001
+                raise Failure(f"Cannot read the revision of {args.router} on the Hub: {error}") from None
+    router = load_router(spec, progress=progress, dtype=args.dtype)
+    _set_routing_threads(router, args.threads)
+    try:
+        check_candidates(specs, router.config.candidate_models)
+    except UpstreamConfigError as error:
+        raise UsageError(str(error)) from None
+    return _serve(router, UpstreamPool(specs), sock, args, gateway_key, revision=revision,
+                  reload_source=reload_source, worker=worker)
+
+
+def _check_scale_out_options(args) -> None:
+    """--workers, --reload-every, --push-logs: what goes together, checked before anything starts."""
+    if args.learn and args.workers > 1:
+        raise UsageError("--learn grows one process's router; with --workers, run one `carrot learn LOG_DIR --out STORE` "
+                         "on the shared log and serve the store with --reload-every.")
+    if args.reload_every is not None:
+        if args.learn:
+            raise UsageError("--learn and --reload-every both change the served router: pick one (with --reload-every, "
+                             "`carrot learn` publishes the revisions).")
+        if args.router is None:
+            raise UsageError("--reload-every follows a store of router revisions: give it as ROUTER (a carrot learn "
+                             "--out folder, or a Hub repo id).")
+        from .reloading import RevisionSource
+
+        try:
+            RevisionSource(args.router)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if args.push_logs is not None:
+        from ..router_publishing import check_repo_id
+
+        try:
+            check_repo_id(args.push_logs)
+        except Exception as error:  # noqa: BLE001  (a malformed id: one line, exit 2)
+            raise UsageError(f"--push-logs: {error}") from None
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise UsageError("--push-logs needs a Hub token with write access: set HF_TOKEN or run `hf auth login`.")
+
+
+def _start_log_pusher(args):
+    if args.push_logs is None:
+        return None
+    from .log_pushing import start_log_pusher
+
+    Path(args.log_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    try:
+        return start_log_pusher(args.log_dir, args.push_logs, args.push_every)
+    except Exception as error:  # noqa: BLE001  (the repo cannot be created or reached)
+        from ..hub_checks import redact
+
+        raise Failure(f"--push-logs: cannot push to the Hub dataset repo {args.push_logs}: {redact(str(error))}") from None
 
 
 def _route_window_ms(router, window_ms: float | None) -> float:
@@ -215,7 +310,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _serve(router, upstreams, sock, args, gateway_key) -> int:
+def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_source=None, worker: str = "") -> int:
     import uvicorn
 
     from .app import Gateway, GatewaySettings
@@ -231,15 +326,27 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         session_policy=args.session_policy,
         max_sessions=args.max_sessions,
         session_ttl_s=args.session_ttl,
+        feedback_wait_s=1.0 if args.workers > 1 else 0.0,
     )
     learner = _open_learner(args, router)
     outcome_log = _open_outcome_log(args, router)
-    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log, learner=learner)
+    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log, learner=learner, revision=revision)
+    if reload_source is not None:
+        from .reloading import RouterReloader
+
+        gateway.reloader = RouterReloader(
+            reload_source, revision, router.config.candidate_models, gateway.swap_router, args.reload_every,
+            prepare=lambda new: None,
+            on_failure=lambda bad, message: gateway.metrics.reload_failures.labels(bad).inc(),
+            dtype=resolve_encoder_dtype(args.dtype),
+        )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"carrot serve: {len(gateway.callable)} candidates ({', '.join(gateway.callable)}) on "
+    print(f"carrot serve{worker}: {len(gateway.callable)} candidates ({', '.join(gateway.callable)}) on "
           f"http://{shown}:{port}/v1; outcome log in {args.log_dir}"
           + (f"; learning from feedback into {args.learn_dir}" if learner else "")
+          + (f"; revision {revision}" if revision else "")
+          + (f", checked every {args.reload_every:g} s" if reload_source is not None else "")
           + ("; gateway key required" if gateway_key else ""), file=sys.stderr, flush=True)
     # Keep idle client connections 75 s (uvicorn's 5 s races with clients reusing pooled connections).
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=args.access_log, lifespan="on",
@@ -248,5 +355,5 @@ def _serve(router, upstreams, sock, args, gateway_key) -> int:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C: a normal stop
         pass
-    print("carrot serve: stopped", file=sys.stderr)
+    print(f"carrot serve{worker}: stopped", file=sys.stderr)
     return 0

@@ -50,6 +50,20 @@ class GatewayMetrics:
         self.upstream_speed = Gauge("carrot_upstream_tokens_per_second", "Moving estimate of each upstream's "
                                     "output tokens per second after the first, from served traffic", ["model"], registry=r)
 
+        self.revision = Gauge("carrot_router_revision", "The router revision in use (1 for the one serving)",
+                              ["revision"], registry=r)
+        self.reloads = Counter("carrot_reloads", "New router revisions swapped in", registry=r)
+        self.reload_failures = Counter("carrot_reload_failures", "Router revisions that failed to load and were skipped",
+                                       ["revision"], registry=r)
+        self._revision: str | None = None
+
+    def set_revision(self, revision: str | None) -> None:
+        """Label the router in use (`carrot_router_revision{revision="…"} 1`; "none" for a plain router folder)."""
+        if self._revision is not None:
+            self.revision.remove(self._revision)
+        self._revision = revision or "none"
+        self.revision.labels(self._revision).set(1)
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.routing_batch.observe(size)
         self.routing_seconds.observe(seconds)
