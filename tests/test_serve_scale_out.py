@@ -177,3 +177,12 @@ def test_pushed_logs_go_up_as_commits_and_read_back_with_datasets(tmp_path, monk
         (copy / name).write_bytes(content)
     labels = LabelReader(DatasetLogSource(folder=copy), TINY_MODELS).read_new()
     assert [label.request_id for label in labels] == ["r0", "r1", "r2"]
+
+
+def test_learn_refuses_a_store_that_carrot_learn_writes(saved_knn_router, tmp_path, capsys):
+    upstreams_file = write(tmp_path, {"big-model": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}})
+    with FolderStore(tmp_path / "store").lock("carrot learn /srv/logs"):
+        code, err = run(["serve", str(saved_knn_router), "--upstreams", upstreams_file, "--port", "0",
+                         "--log-dir", tmp_path / "log", "--learn", "--learn-dir", tmp_path / "store"], capsys)
+    assert code == 2
+    assert_one_line(err, "already being written by carrot learn /srv/logs")

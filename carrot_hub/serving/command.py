@@ -293,9 +293,14 @@ def _open_learner(args, router):
         return None
     from .learning import OnlineLearner
 
+    from ..router_store import StoreLocked
+
     try:
-        return OnlineLearner(router, args.learn_dir, every=args.learn_every)
-    except (TypeError, ValueError, OSError) as error:
+        learner = OnlineLearner(router, args.learn_dir, every=args.learn_every)
+        if learner.store.folder.is_dir():  # refuse now, not at the first save, if carrot learn writes there
+            learner.store.lock("a check by carrot serve --learn").release()
+        return learner
+    except (TypeError, ValueError, OSError, StoreLocked) as error:
         raise UsageError(f"--learn: {error}") from None
 
 
