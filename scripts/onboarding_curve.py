@@ -46,7 +46,7 @@ from carrot_hub.serving.local_server import LocalServer  # noqa: E402
 from carrot_hub.serving.replay_record import ReplayRecord  # noqa: E402
 from training.candidates import MIN_ROWS, add_candidate  # noqa: E402
 from training.embeddings import embed_table  # noqa: E402
-from training.evaluate import router_curve, router_predictions, summarize  # noqa: E402
+from training.evaluation.evaluate import router_curve, router_predictions, summarize  # noqa: E402
 from training.knn import train_knn_router  # noqa: E402
 
 SCORERS = ["gsm8k=number", "cruxeval=exact"]
