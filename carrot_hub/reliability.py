@@ -92,6 +92,7 @@ SAME_GROUP_OVERLAP = 0.9  # a cluster overlapping a task this much (Jaccard) is 
 MIN_VALIDATION_PROMPTS = 2 * MIN_GROUP_SIZE  # fewer: a fine-tuned router keeps support and prior only
 HELD_OUT_PROXY_K = 32  # neighbours of the kNN that stands in for a fine-tuned predictor on held-out groups
 HELD_IN_FRACTION = 0.2
+NEIGHBOUR_DEPTH_FACTOR = 4  # the shared neighbour lists hold this many times the largest support k
 
 
 # ------------------------------------------------------------------------------- calibration maps
@@ -244,6 +245,82 @@ def _rank_in(reference: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(reference, similarity, right=True).float() / reference.shape[0]
 
 
+class NeighbourLists:
+    """
+    Each prompt's `depth` most similar other prompts, most similar first: one search of
+    `embeddings (n, hidden)` against itself (O(n² · hidden), in chunks), shared by every held-out
+    group and every k of the support fit, which used to search again per group, per k and per side.
+
+    A row's k most similar rows within a memory (the prompts outside an `excluded` set) are the
+    first k of its list that are not excluded, whenever the list holds k of them; rows whose list
+    runs short (most of a held-out group's own rows: their nearest prompts are in the group) are
+    searched against the memory directly. So every mean is exactly what a search of that memory
+    finds: the same similarities, summed in the same order.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, depth: int, chunk_size: int = 1024):
+        self.embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+        n = self.embeddings.shape[0]
+        self.depth = max(1, min(int(depth), n - 1))
+        self.chunk_size = chunk_size
+        self.values = torch.empty(n, self.depth)
+        self.indices = torch.empty(n, self.depth, dtype=torch.int64)
+        for start in range(0, n, chunk_size):
+            similarity = self.embeddings[start : start + chunk_size] @ self.embeddings.T
+            rows = torch.arange(similarity.shape[0])
+            similarity[rows, rows + start] = -math.inf
+            self.values[start : start + rows.shape[0]], self.indices[start : start + rows.shape[0]] = similarity.topk(self.depth, dim=1)
+
+    def top_k_means(self, rows: np.ndarray, excluded: torch.Tensor, k_grid) -> torch.Tensor:
+        """
+        Mean similarity of each of `rows` to its k most similar prompts outside `excluded (n,)` bool
+        (and other than itself), for each k of `k_grid`: `(len(rows), len(k_grid))`. k is cut to
+        the prompts there are (as `top_k_mean_similarity` cuts it).
+        """
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        out = torch.empty(rows.shape[0], len(k_grid))
+        if rows.shape[0] == 0:
+            return out
+        available = int((~excluded).sum()) - int((~excluded[rows]).any())  # rows inside the memory leave themselves out
+        ks = [max(1, min(int(k), available)) for k in k_grid]
+        k_max = max(ks)
+        valid = ~excluded[self.indices[rows]]  # (len(rows), depth)
+        rank = valid.cumsum(1)
+        short = rank[:, -1] < k_max
+        listed = torch.nonzero(~short).flatten()
+        if listed.numel():
+            keep = valid[listed] & (rank[listed] <= k_max)
+            nearest = self.values[rows[listed]][keep].view(listed.numel(), k_max)  # row-major: most similar first
+            for column, k in enumerate(ks):
+                out[listed, column] = nearest[:, 0] if k == 1 else nearest[:, :k].contiguous().mean(1)
+        searched = torch.nonzero(short).flatten()
+        memory = self.embeddings[~excluded]
+        memory_rows = torch.nonzero(~excluded).flatten()
+        for start in range(0, searched.numel(), self.chunk_size):
+            part = searched[start : start + self.chunk_size]
+            similarity = self.embeddings[rows[part]] @ memory.T
+            own = (memory_rows[None, :] == rows[part][:, None])
+            similarity[own] = -math.inf
+            nearest = similarity.topk(k_max, dim=1).values
+            for column, k in enumerate(ks):
+                out[part, column] = nearest[:, 0] if k == 1 else nearest[:, :k].contiguous().mean(1)
+        return out
+
+    def support(self, rows: np.ndarray, memory_excluded: torch.Tensor, k: int) -> torch.Tensor:
+        """Support `(len(rows),)` of `rows` (all excluded) against the prompts outside `memory_excluded`, their own leave-one-out reference."""
+        memory = torch.nonzero(~memory_excluded).numpy().flatten()
+        reference = self.top_k_means(memory, memory_excluded, [k])[:, 0].sort().values
+        return _rank_in(reference, self.top_k_means(rows, memory_excluded, [k])[:, 0])
+
+
+def _mask(n: int, *row_sets) -> torch.Tensor:
+    """`(n,)` bool, True on every row of `row_sets`."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    for rows in row_sets:
+        mask[torch.as_tensor(np.asarray(rows), dtype=torch.int64)] = True
+    return mask
+
+
 def held_out_groups(table, embeddings: torch.Tensor, seed: int = 0, n_clusters: int = N_CLUSTERS) -> tuple[list[np.ndarray], str]:
     """
     Row groups to hold out one at a time: the table's tasks when it has at least two with
@@ -319,32 +396,35 @@ def spherical_kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, i
 
 
 def support_evidence(
-    embeddings: torch.Tensor, groups: list[np.ndarray], seed: int = 0, k_grid=SUPPORT_K_GRID, threshold_grid=THRESHOLD_GRID
+    embeddings: torch.Tensor, groups: list[np.ndarray], seed: int = 0, k_grid=SUPPORT_K_GRID, threshold_grid=THRESHOLD_GRID,
+    neighbours: NeighbourLists | None = None,
 ) -> dict:
     """
     For each group: a memory of the other groups' prompts (less a seeded `HELD_IN_FRACTION` held in),
-    the support of the group's prompts (out) and of the held-in prompts (in), for every k. Returns
+    the support of the group's prompts (out) and of the held-in prompts (in), for every k (one
+    neighbour search per side serves every k; `neighbours` is searched once when not given). Returns
     `{"k_grid", "auroc" (per k, mean over groups), "k", "threshold_grid", "balanced_accuracy", "threshold"}`.
     """
     from_groups = []
     rng = np.random.default_rng(seed)
     n = embeddings.shape[0]
+    neighbours = neighbours or NeighbourLists(embeddings, NEIGHBOUR_DEPTH_FACTOR * max(k_grid))
     for group in groups:
         others = rng.permutation(np.setdiff1d(np.arange(n), group))
         n_in = max(1, int(round(HELD_IN_FRACTION * others.size)))
         held_in, memory = others[:n_in], others[n_in:]
         from_groups.append((group, held_in, memory))
-    aurocs = []
     supports = {}
-    for k in k_grid:
-        per_group = []
-        for index, (group, held_in, memory) in enumerate(from_groups):
-            memory_embeddings = embeddings[memory]
-            support_out = support_of(embeddings[group], memory_embeddings, k).numpy()
-            support_in = support_of(embeddings[held_in], memory_embeddings, k).numpy()
-            supports[(k, index)] = (support_in, support_out)
-            per_group.append(auroc(np.r_[np.ones(support_in.size), np.zeros(support_out.size)], np.r_[support_in, support_out]))
-        aurocs.append(float(np.mean(per_group)))
+    for index, (group, held_in, memory) in enumerate(from_groups):
+        excluded = _mask(n, group, held_in)
+        reference = neighbours.top_k_means(memory, excluded, k_grid).sort(0).values
+        inside, outside = neighbours.top_k_means(held_in, excluded, k_grid), neighbours.top_k_means(group, excluded, k_grid)
+        for column, k in enumerate(k_grid):
+            supports[(k, index)] = (
+                _rank_in(reference[:, column].contiguous(), inside[:, column].contiguous()).numpy(),
+                _rank_in(reference[:, column].contiguous(), outside[:, column].contiguous()).numpy(),
+            )
+    aurocs = [float(np.mean([_held_out_auroc(*supports[(k, index)]) for index in range(len(from_groups))])) for k in k_grid]
     best_k = k_grid[int(np.argmax(np.round(aurocs, 6)))]
     accuracies = []
     for threshold in threshold_grid:
@@ -365,6 +445,11 @@ def support_evidence(
 
 
 # -------------------------------------------------------------------------------------- the fit
+
+
+def _held_out_auroc(support_in: np.ndarray, support_out: np.ndarray) -> float:
+    """P(support of a held-in prompt > that of a held-out-group prompt), ties half."""
+    return auroc(np.r_[np.ones(support_in.size), np.zeros(support_out.size)], np.r_[support_in, support_out])
 
 
 def shrink_weight(support: np.ndarray, threshold: float, floor: float, prior_shrink: float = 0.0) -> np.ndarray:
@@ -438,9 +523,12 @@ def chosen_overestimate(
     return float(routed_over_mu(quality, cells["scores"][index], cells["cost"][index], cost_scale)[0].mean())
 
 
-def leave_one_out_support(embeddings: torch.Tensor, k: int) -> np.ndarray:
+def leave_one_out_support(embeddings: torch.Tensor, k: int, neighbours: NeighbourLists | None = None) -> np.ndarray:
     """Support `(n,)` of each training prompt against the others (about uniform on [0, 1] by construction)."""
-    similarity = top_k_mean_similarity(embeddings, embeddings, k, exclude_self=True)
+    if neighbours is None:
+        similarity = top_k_mean_similarity(embeddings, embeddings, k, exclude_self=True)
+    else:
+        similarity = neighbours.top_k_means(np.arange(embeddings.shape[0]), _mask(embeddings.shape[0]), [k])[:, 0]
     return _rank_in(similarity.sort().values, similarity).numpy()
 
 
@@ -523,8 +611,9 @@ def fit_reliability(
     groups, grouping = held_out_groups(table, embeddings, seed=seed)
     report = {"grouping": grouping, "n_groups": len(groups)}
 
+    neighbours = NeighbourLists(embeddings, NEIGHBOUR_DEPTH_FACTOR * max(SUPPORT_K_GRID))  # one search for every group
     if len(groups) >= 2:
-        evidence = support_evidence(embeddings, groups, seed=seed)
+        evidence = support_evidence(embeddings, groups, seed=seed, neighbours=neighbours)
         k, threshold = evidence["k"], evidence["threshold"]
     else:
         evidence, k, threshold = None, router.config.support_k, router.config.support_threshold
@@ -565,7 +654,7 @@ def fit_reliability(
             cells["prior"].append(np.broadcast_to(group_prior, raw.shape).copy())
             cells["scores"].append(scores[group])
             cells["cost"].append(true_cost[group])
-            cells["support"].append(support_of(embeddings[group], embeddings[others], k).numpy())
+            cells["support"].append(neighbours.support(group, _mask(n, group), k).numpy())
         joined = {name: np.concatenate(parts) for name, parts in cells.items()}
         brier_floor = least_squares_floor(joined["calibrated"], joined["prior"], joined["scores"], joined["support"], threshold)
         overestimates = {
@@ -602,7 +691,7 @@ def fit_reliability(
         ]
         (pessimism, pessimism_support), evidence_by_pair = choose_pessimism(
             cells, len(groups),
-            {"calibrated": crossed, "prior": prior, "support": leave_one_out_support(embeddings, k), "scores": scores,
+            {"calibrated": crossed, "prior": prior, "support": leave_one_out_support(embeddings, k, neighbours), "scores": scores,
              "cost": true_cost, "band": np.maximum(spread_out, spread_in)},
             threshold, floor, router.config.cost_scale, prior_shrink,
         )
@@ -634,11 +723,15 @@ def knn_held_out_predictor(embeddings: torch.Tensor, table, k: int):
     observed = (~torch.isnan(scores)).float()
     values = torch.nan_to_num(scores)
 
-    def predict(train_rows, test_rows):
+    def predict(train_rows, test_rows, chunk_size: int = 1024):
         train_rows, test_rows = torch.as_tensor(train_rows), torch.as_tensor(test_rows)
-        similarity = embeddings[test_rows] @ embeddings[train_rows].T
-        with torch.no_grad():
-            return CarrotKNNMemory.observed_neighbour_mean(similarity, values[train_rows], observed[train_rows], k).numpy()
+        memory, memory_values, memory_observed = embeddings[train_rows], values[train_rows], observed[train_rows]
+        parts = []
+        with torch.no_grad():  # in chunks of test rows: a whole group against the rest takes gigabytes on large tables
+            for start in range(0, test_rows.shape[0], chunk_size):
+                similarity = embeddings[test_rows[start : start + chunk_size]] @ memory.T
+                parts.append(CarrotKNNMemory.observed_neighbour_mean(similarity, memory_values, memory_observed, k))
+        return torch.cat(parts).numpy() if parts else np.zeros((0, values.shape[1]), dtype=np.float32)
 
     return predict
 

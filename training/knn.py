@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -42,6 +44,38 @@ def masked_log_token_mse(log_tokens: torch.Tensor, output_tokens: torch.Tensor) 
     return float(((log_tokens - target) ** 2)[observed].mean())
 
 
+def neighbour_means_by_k(memory, embeddings: torch.Tensor, k_grid, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    What the filled kNN `memory` (a `CarrotKNNMemory`) predicts for `embeddings (batch, hidden)` at
+    every k of `k_grid`, from one similarity product and one sorted search per chunk of prompts
+    (searching again per k made cross-validation cost `len(k_grid)` searches):
+    quality and log1p(tokens), each `(len(k_grid), batch, n_models)`.
+
+    Per column, the mean over its k nearest observed rows is read off running sums along the
+    neighbours, most similar first: the sum up to where the observed count reaches k (all of them
+    when it never does, as the memory's own search gives).
+    """
+    rows = memory._rows()
+    targets, unobserved = memory._stacked_targets(*rows[1:])
+    n_memory, n_columns = rows[0].shape[0], targets.shape[1] // 2
+    ks = [max(1, min(int(k), n_memory)) for k in k_grid]
+    depth = min(n_memory, max(ks) + unobserved)
+    out = torch.empty(len(ks), embeddings.shape[0], n_columns)
+    for start in range(0, embeddings.shape[0], chunk_size):
+        similarity = embeddings[start : start + chunk_size].to(rows[0].dtype) @ rows[0].T
+        nearest = similarity.topk(depth, dim=1).indices  # most similar first
+        del similarity
+        gathered = targets[nearest]  # (chunk, depth, 2 * n_columns)
+        sums = gathered[..., :n_columns].cumsum(1).transpose(1, 2).contiguous()  # (chunk, n_columns, depth)
+        counts = gathered[..., n_columns:].cumsum(1).transpose(1, 2).contiguous()
+        for column, k in enumerate(ks):
+            at = torch.searchsorted(counts, torch.full(counts.shape[:2] + (1,), float(k)), right=False).clamp(max=depth - 1)
+            total, count = sums.gather(2, at)[..., 0], counts.gather(2, at)[..., 0]
+            out[column, start : start + nearest.shape[0]] = total / count.clamp(min=1)
+    n_models = n_columns // 2
+    return out[..., :n_models], out[..., n_models:]
+
+
 def cross_validate_k(
     router, embeddings: torch.Tensor, table, k_grid, folds: int = 5, seed: int = 0, mu_steps: int = CV_MU_STEPS
 ) -> dict:
@@ -70,10 +104,8 @@ def cross_validate_k(
         kept = np.setdiff1d(np.arange(n), held_out)
         router.predictor.fill(embeddings[kept], scores[kept], output_tokens[kept])
         with torch.no_grad():
-            for column, k in enumerate(k_grid):
-                oof_quality[column, held_out], oof_log_tokens[column, held_out] = router.predictor(
-                    embeddings[held_out], k=int(k)
-                )
+            quality, log_tokens = neighbour_means_by_k(router.predictor, embeddings[held_out], k_grid)
+        oof_quality[:, held_out], oof_log_tokens[:, held_out] = quality, log_tokens
     truth = ground_truth(table)
     input_tokens = count_input_tokens(router, table.prompts)
     input_prices, output_prices = router.resolve_prices()
@@ -152,16 +184,22 @@ def train_knn_router(
         raise ValueError(
             f"embeddings has {embeddings.shape[0]} rows but the table has {len(train_table)} prompts."
         )
+    began = time.perf_counter()
     cv = cross_validate_k(router, embeddings, train_table, k_grid, folds=folds, seed=seed)
+    stage_seconds = {"cross_validation": round(time.perf_counter() - began, 2)}
     oof_quality = cv.pop("oof_quality")
     chosen_k = best_k(cv)
     router.config.knn_k = chosen_k
     router.predictor.k = chosen_k
+    began = time.perf_counter()
     fit_knn(router, embeddings, train_table)
+    stage_seconds["memory"] = round(time.perf_counter() - began, 2)
+    began = time.perf_counter()
     reliability = fit_reliability(
         router, train_table, embeddings, oof_quality[cv["k_grid"].index(chosen_k)].numpy(),
         knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed,
     )
+    stage_seconds["reliability"] = round(time.perf_counter() - began, 2)
     report = {
         "predictor_kind": "knn",
         "encoder_kind": router.config.encoder_kind,
@@ -174,6 +212,7 @@ def train_knn_router(
         **cv,
         "k": chosen_k,
         "reliability": reliability,
+        "stage_seconds": stage_seconds,
     }
     return router, report
 

@@ -1,0 +1,96 @@
+"""The shared neighbour search of the reliability fit and the cross-validation's one search for every k
+find exactly what a search per group, per k and per side finds; the packaged tables' settings are kept."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from carrot_hub.configuration_carrot import CarrotConfig
+from carrot_hub.modeling_carrot import CarrotKNNMemory, top_k_mean_similarity
+from carrot_hub.reliability import NeighbourLists, _mask, leave_one_out_support, support_of
+from training.knn import neighbour_means_by_k
+
+
+def clustered(n=1500, hidden=24, clusters=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, hidden, generator=generator), dim=1)
+    labels = torch.randint(0, clusters, (n,), generator=generator)
+    points = centres[labels] + 0.3 * torch.randn(n, hidden, generator=generator)
+    return torch.nn.functional.normalize(points, dim=1), labels.numpy()
+
+
+def test_shared_lists_match_a_search_of_each_memory():
+    embeddings, labels = clustered()
+    n = embeddings.shape[0]
+    lists = NeighbourLists(embeddings, depth=4 * 32)
+    group = np.flatnonzero(labels == 1)  # its own rows' lists are mostly the group: searched directly
+    others = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(n), group))
+    held_in, memory = others[:300], others[300:]
+    excluded = _mask(n, group, held_in)
+    k_grid = [1, 2, 8, 32]
+    means = {name: lists.top_k_means(rows, excluded, k_grid) for name, rows in (("memory", memory), ("in", held_in), ("out", group))}
+    for column, k in enumerate(k_grid):
+        expected = {
+            "memory": top_k_mean_similarity(embeddings[memory], embeddings[memory], k, exclude_self=True),
+            "in": top_k_mean_similarity(embeddings[held_in], embeddings[memory], k),
+            "out": top_k_mean_similarity(embeddings[group], embeddings[memory], k),
+        }
+        for name in expected:
+            torch.testing.assert_close(means[name][:, column], expected[name], atol=1e-6, rtol=0)
+    rest = np.setdiff1d(np.arange(n), group)
+    torch.testing.assert_close(lists.support(group, _mask(n, group), 8), support_of(embeddings[group], embeddings[rest], 8))
+    np.testing.assert_allclose(leave_one_out_support(embeddings, 4, lists), leave_one_out_support(embeddings, 4), atol=2 / n)
+
+
+def test_k_larger_than_the_memory_is_cut_as_a_search_cuts_it():
+    embeddings, _ = clustered(n=60)
+    lists = NeighbourLists(embeddings, depth=8)
+    excluded = _mask(60, np.arange(40))
+    means = lists.top_k_means(np.arange(40, 60), excluded, [64])
+    torch.testing.assert_close(means[:, 0], top_k_mean_similarity(embeddings[40:], embeddings[40:], 64, exclude_self=True))
+
+
+def test_every_k_from_one_search_matches_the_memory_at_each_k():
+    embeddings, _ = clustered(n=1200)
+    generator = torch.Generator().manual_seed(1)
+    quality = torch.randint(0, 2, (1200, 3), generator=generator).float()
+    quality[torch.rand(1200, 3, generator=generator) < 0.15] = float("nan")  # missing scores take deeper rows
+    tokens = torch.rand(1200, 3, generator=generator) * 300
+    tokens[torch.rand(1200, 3, generator=generator) < 0.05] = float("nan")
+    memory = CarrotKNNMemory(CarrotConfig(candidate_models=["a", "b", "c"], knn_k=8, knn_memory_size=0), 24)
+    memory.fill(embeddings[:900], quality[:900], tokens[:900])
+    k_grid = [1, 4, 32, 256, 5000]
+    by_k_quality, by_k_tokens = neighbour_means_by_k(memory, embeddings[900:], k_grid, chunk_size=128)
+    for column, k in enumerate(k_grid):
+        expected_quality, expected_tokens = memory(embeddings[900:], k=k)
+        torch.testing.assert_close(by_k_quality[column], expected_quality, atol=1e-5, rtol=0)
+        torch.testing.assert_close(by_k_tokens[column], expected_tokens, atol=1e-5, rtol=0)
+
+
+# Chosen by the fit before the shared search (main at a719848, `fit_knn_reliability` of each packaged
+# table's default router on its shipped embeddings); the shared search must choose the same.
+PACKAGED_CHOICES = {
+    "zeroeval-2024": {"support_k": 4, "support_threshold": 0.01, "calibration_method": "identity", "prior_shrink": 0.05,
+                      "shrink_floor": 0.0, "ood_pessimism": 1.0, "ood_pessimism_support": 0.1},
+    "routerbench-0shot": {"support_k": 1, "support_threshold": 0.1, "calibration_method": "identity", "prior_shrink": 0.1,
+                          "shrink_floor": 0.0, "ood_pessimism": 1.0, "ood_pessimism_support": 0.05},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PACKAGED_CHOICES))
+def test_packaged_tables_keep_their_chosen_settings(name):
+    from carrot_hub.building import fit_knn
+    from carrot_hub.data.packaged import packaged_table_dir
+    from carrot_hub.default import new_default_router
+    from carrot_hub.embedding_cache import embeddings_key, load_embeddings
+    from carrot_hub.reliability import fit_knn_reliability
+
+    router, table = new_default_router("transformer", name)
+    embeddings = load_embeddings(packaged_table_dir(name) / "train_embeddings.safetensors", embeddings_key(router, table.prompts))
+    fit_knn(router, embeddings, table)
+    fit_knn_reliability(router, table, embeddings)
+    chosen = {key: getattr(router.config, key) for key in PACKAGED_CHOICES[name]}
+    assert chosen == PACKAGED_CHOICES[name], json.dumps(chosen)
