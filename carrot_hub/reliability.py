@@ -93,6 +93,20 @@ MIN_VALIDATION_PROMPTS = 2 * MIN_GROUP_SIZE  # fewer: a fine-tuned router keeps 
 HELD_OUT_PROXY_K = 32  # neighbours of the kNN that stands in for a fine-tuned predictor on held-out groups
 HELD_IN_FRACTION = 0.2
 NEIGHBOUR_DEPTH_FACTOR = 4  # the shared neighbour lists hold this many times the largest support k
+# Past these sizes the held-out evidence is read off seeded samples, so that its cost grows as the
+# table does, not as its square: the prompts standing for the whole table (out-of-fold calibration,
+# the in-distribution checks, support references) and, per held-out group, its prompts. Each rule's
+# statistic is a mean over prompts (a share, an AUROC, an over-estimate, a Brier score), so a sample
+# of 4,096 estimates it within a standard error of at most 0.5 / 64 ≈ 0.008, and much less for the
+# differences that decide (paired on the same prompts). Tables at or below these sizes (both packaged
+# ones) use every prompt, as before.
+MAX_EVIDENCE_ROWS = 8192
+MAX_GROUP_ROWS = 4096
+RELIABILITY_LAYERS = ("calibration", "prior_shrink", "ood_shrink", "caution")
+# The layers a router uses unless told otherwise: those that won out of fold on both packaged tables'
+# re-splits and lost on no held-out task (`python -m training.ablation`; docs/quality.md).
+DEFAULT_LAYERS = frozenset(RELIABILITY_LAYERS)
+MAX_HELD_OUT_GROUPS = 16  # tasks held out in turn, at most (a seeded sample of them when a table has more)
 
 
 # ------------------------------------------------------------------------------- calibration maps
@@ -129,22 +143,47 @@ def platt_knots(x: np.ndarray, y: np.ndarray, max_knots: int = MAX_KNOTS) -> tup
     monotone), sampled at `max_knots` quantiles of `x`.
     """
     x = np.asarray(x, float)
-    logit = torch.tensor(np.log(np.clip(x, 1e-4, 1 - 1e-4) / (1 - np.clip(x, 1e-4, 1 - 1e-4))))
-    target = torch.tensor(np.asarray(y, float))
-    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(params[0] * logit + params[1], target)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    a, b = max(float(params[0].detach()), 0.0), float(params[1].detach())
+    clipped = np.clip(x, 1e-4, 1 - 1e-4)
+    a, b = _logistic_fit(np.log(clipped / (1 - clipped)), np.asarray(y, float))
+    a = max(a, 0.0)
     grid = np.unique(np.concatenate([[0.0], np.quantile(x, np.linspace(0, 1, max_knots - 2)), [1.0]]))
     grid_logit = np.log(np.clip(grid, 1e-4, 1 - 1e-4) / (1 - np.clip(grid, 1e-4, 1 - 1e-4)))
     return _strictly_increasing(grid, 1 / (1 + np.exp(-np.clip(a * grid_logit + b, -50.0, 50.0))))  # no overflow warning
+
+
+def _logistic_fit(feature: np.ndarray, target: np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """
+    `(a, b)` minimising the mean binary cross-entropy of sigmoid(a · feature + b) against `target`
+    in [0, 1]: Newton's method from (1, 0) with step halving (the loss is convex; a few O(n) steps,
+    where a general-purpose optimiser with autograd took seconds per candidate on large tables).
+    """
+    design = np.stack([feature, np.ones_like(feature)], axis=1)
+    params = np.array([1.0, 0.0])
+
+    def loss(theta):
+        z = design @ theta
+        return float(np.mean(np.logaddexp(0.0, z) - target * z))
+
+    current = loss(params)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(design @ params, -500, 500)))
+        gradient = design.T @ (p - target) / target.size
+        hessian = (design * (p * (1 - p))[:, None]).T @ design / target.size + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        scale = 1.0
+        while scale > 1e-6:
+            candidate = params - scale * step
+            candidate_loss = loss(candidate)
+            if candidate_loss <= current:
+                break
+            scale /= 2
+        else:
+            break
+        converged = current - candidate_loss < 1e-12 and np.abs(scale * step).max() < 1e-9
+        params, current = candidate, candidate_loss
+        if converged:
+            break
+    return float(params[0]), float(params[1])
 
 
 def _strictly_increasing(knots_x, knots_y):
@@ -247,29 +286,33 @@ def _rank_in(reference: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
 
 class NeighbourLists:
     """
-    Each prompt's `depth` most similar other prompts, most similar first: one search of
-    `embeddings (n, hidden)` against itself (O(n² · hidden), in chunks), shared by every held-out
-    group and every k of the support fit, which used to search again per group, per k and per side.
+    The `depth` most similar other prompts of each probe row (all rows, or the `rows` given), most
+    similar first: one search of the probe rows against all of `embeddings (n, hidden)` (in
+    chunks), shared by every held-out group and every k of the support fit, which used to search
+    again per group, per k and per side.
 
     A row's k most similar rows within a memory (the prompts outside an `excluded` set) are the
     first k of its list that are not excluded, whenever the list holds k of them; rows whose list
-    runs short (most of a held-out group's own rows: their nearest prompts are in the group) are
-    searched against the memory directly. So every mean is exactly what a search of that memory
-    finds: the same similarities, summed in the same order.
+    runs short (most of a held-out group's own rows: their nearest prompts are in the group) and
+    rows that are not probes are searched against the memory directly. So every mean is exactly
+    what a search of that memory finds: the same similarities, summed in the same order.
     """
 
-    def __init__(self, embeddings: torch.Tensor, depth: int, chunk_size: int = 1024):
+    def __init__(self, embeddings: torch.Tensor, depth: int, rows: np.ndarray | None = None, chunk_size: int = 1024):
         self.embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         n = self.embeddings.shape[0]
+        probes = torch.arange(n) if rows is None else torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        self.position = torch.full((n,), -1, dtype=torch.int64)
+        self.position[probes] = torch.arange(probes.shape[0])
         self.depth = max(1, min(int(depth), n - 1))
         self.chunk_size = chunk_size
-        self.values = torch.empty(n, self.depth)
-        self.indices = torch.empty(n, self.depth, dtype=torch.int64)
-        for start in range(0, n, chunk_size):
-            similarity = self.embeddings[start : start + chunk_size] @ self.embeddings.T
-            rows = torch.arange(similarity.shape[0])
-            similarity[rows, rows + start] = -math.inf
-            self.values[start : start + rows.shape[0]], self.indices[start : start + rows.shape[0]] = similarity.topk(self.depth, dim=1)
+        self.values = torch.empty(probes.shape[0], self.depth)
+        self.indices = torch.empty(probes.shape[0], self.depth, dtype=torch.int64)
+        for start in range(0, probes.shape[0], chunk_size):
+            part = probes[start : start + chunk_size]
+            similarity = self.embeddings[part] @ self.embeddings.T
+            similarity[torch.arange(part.shape[0]), part] = -math.inf
+            self.values[start : start + part.shape[0]], self.indices[start : start + part.shape[0]] = similarity.topk(self.depth, dim=1)
 
     def top_k_means(self, rows: np.ndarray, excluded: torch.Tensor, k_grid) -> torch.Tensor:
         """
@@ -284,13 +327,17 @@ class NeighbourLists:
         available = int((~excluded).sum()) - int((~excluded[rows]).any())  # rows inside the memory leave themselves out
         ks = [max(1, min(int(k), available)) for k in k_grid]
         k_max = max(ks)
-        valid = ~excluded[self.indices[rows]]  # (len(rows), depth)
-        rank = valid.cumsum(1)
-        short = rank[:, -1] < k_max
-        listed = torch.nonzero(~short).flatten()
-        if listed.numel():
-            keep = valid[listed] & (rank[listed] <= k_max)
-            nearest = self.values[rows[listed]][keep].view(listed.numel(), k_max)  # row-major: most similar first
+        position = self.position[rows]
+        short = position < 0
+        probed = torch.nonzero(~short).flatten()
+        if probed.numel():
+            valid = ~excluded[self.indices[position[probed]]]  # (len(probed), depth)
+            rank = valid.cumsum(1)
+            enough = rank[:, -1] >= k_max
+            short[probed[~enough]] = True
+            listed = probed[enough]
+            keep = valid[enough] & (rank[enough] <= k_max)
+            nearest = self.values[position[listed]][keep].view(listed.numel(), k_max)  # row-major: most similar first
             for column, k in enumerate(ks):
                 out[listed, column] = nearest[:, 0] if k == 1 else nearest[:, :k].contiguous().mean(1)
         searched = torch.nonzero(short).flatten()
@@ -299,18 +346,36 @@ class NeighbourLists:
         for start in range(0, searched.numel(), self.chunk_size):
             part = searched[start : start + self.chunk_size]
             similarity = self.embeddings[rows[part]] @ memory.T
-            own = (memory_rows[None, :] == rows[part][:, None])
-            similarity[own] = -math.inf
+            similarity[memory_rows[None, :] == rows[part][:, None]] = -math.inf
             nearest = similarity.topk(k_max, dim=1).values
             for column, k in enumerate(ks):
                 out[part, column] = nearest[:, 0] if k == 1 else nearest[:, :k].contiguous().mean(1)
         return out
 
-    def support(self, rows: np.ndarray, memory_excluded: torch.Tensor, k: int) -> torch.Tensor:
-        """Support `(len(rows),)` of `rows` (all excluded) against the prompts outside `memory_excluded`, their own leave-one-out reference."""
-        memory = torch.nonzero(~memory_excluded).numpy().flatten()
+    def support(self, rows: np.ndarray, memory_excluded: torch.Tensor, k: int, reference_rows: np.ndarray | None = None) -> torch.Tensor:
+        """
+        Support `(len(rows),)` of `rows` (all excluded) against the prompts outside
+        `memory_excluded`, their leave-one-out similarities the reference (those of
+        `reference_rows` only, a sample of them, when given).
+        """
+        memory = torch.nonzero(~memory_excluded).flatten().numpy()
+        if reference_rows is not None:
+            memory = np.intersect1d(memory, reference_rows)
         reference = self.top_k_means(memory, memory_excluded, [k])[:, 0].sort().values
         return _rank_in(reference, self.top_k_means(rows, memory_excluded, [k])[:, 0])
+
+
+def sample_rows(rows: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """`rows` when there are at most `cap`, else a seeded sample of `cap` of them (sorted)."""
+    rows = np.asarray(rows)
+    if rows.size <= cap:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=cap, replace=False))
+
+
+def evidence_rows(n: int, seed: int = 0) -> np.ndarray:
+    """The prompts that stand for a table of `n` in the held-out evidence: all, or `MAX_EVIDENCE_ROWS` of them (seeded)."""
+    return sample_rows(np.arange(n), MAX_EVIDENCE_ROWS, seed)
 
 
 def _mask(n: int, *row_sets) -> torch.Tensor:
@@ -328,6 +393,11 @@ def held_out_groups(table, embeddings: torch.Tensor, seed: int = 0, n_clusters: 
     """
     tasks = np.asarray(list(table.tasks), dtype=object)
     names = [t for t in dict.fromkeys(tasks.tolist()) if (tasks == t).sum() >= MIN_GROUP_SIZE]
+    if len(names) > MAX_HELD_OUT_GROUPS:  # a seeded sample of the tasks: each held out costs a search of the rest
+        chosen = np.sort(np.random.default_rng(seed).choice(len(names), size=MAX_HELD_OUT_GROUPS, replace=False))
+        kept = [names[i] for i in chosen]
+        return [np.flatnonzero(tasks == t) for t in kept], (
+            f"tasks: {MAX_HELD_OUT_GROUPS} of {len(names)}, a seeded sample: " + ", ".join(map(str, kept)))
     if len(names) >= 2:
         return [np.flatnonzero(tasks == t) for t in names], "tasks: " + ", ".join(map(str, names))
     groups = cluster_groups(embeddings, n_clusters, seed=seed)
@@ -397,12 +467,14 @@ def spherical_kmeans(embeddings: torch.Tensor, n_clusters: int, seed: int = 0, i
 
 def support_evidence(
     embeddings: torch.Tensor, groups: list[np.ndarray], seed: int = 0, k_grid=SUPPORT_K_GRID, threshold_grid=THRESHOLD_GRID,
-    neighbours: NeighbourLists | None = None,
+    neighbours: NeighbourLists | None = None, probes: np.ndarray | None = None,
 ) -> dict:
     """
     For each group: a memory of the other groups' prompts (less a seeded `HELD_IN_FRACTION` held in),
     the support of the group's prompts (out) and of the held-in prompts (in), for every k (one
-    neighbour search per side serves every k; `neighbours` is searched once when not given). Returns
+    neighbour search per side serves every k; `neighbours` is searched once when not given). With
+    `probes` (a sample of the rows), the reference and held-in prompts are those among them and each
+    group's prompts a sample of `MAX_GROUP_ROWS`; the memories stay whole. Returns
     `{"k_grid", "auroc" (per k, mean over groups), "k", "threshold_grid", "balanced_accuracy", "threshold"}`.
     """
     from_groups = []
@@ -417,6 +489,8 @@ def support_evidence(
     supports = {}
     for index, (group, held_in, memory) in enumerate(from_groups):
         excluded = _mask(n, group, held_in)
+        if probes is not None:
+            memory, held_in, group = np.intersect1d(memory, probes), np.intersect1d(held_in, probes), sample_rows(group, MAX_GROUP_ROWS, seed + index)
         reference = neighbours.top_k_means(memory, excluded, k_grid).sort(0).values
         inside, outside = neighbours.top_k_means(held_in, excluded, k_grid), neighbours.top_k_means(group, excluded, k_grid)
         for column, k in enumerate(k_grid):
@@ -523,12 +597,18 @@ def chosen_overestimate(
     return float(routed_over_mu(quality, cells["scores"][index], cells["cost"][index], cost_scale)[0].mean())
 
 
-def leave_one_out_support(embeddings: torch.Tensor, k: int, neighbours: NeighbourLists | None = None) -> np.ndarray:
-    """Support `(n,)` of each training prompt against the others (about uniform on [0, 1] by construction)."""
+def leave_one_out_support(
+    embeddings: torch.Tensor, k: int, neighbours: NeighbourLists | None = None, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """
+    Support `(n,)` of each training prompt against the others (about uniform on [0, 1] by
+    construction); of `rows` only, against their own similarities, when given: `(len(rows),)`.
+    """
     if neighbours is None:
         similarity = top_k_mean_similarity(embeddings, embeddings, k, exclude_self=True)
     else:
-        similarity = neighbours.top_k_means(np.arange(embeddings.shape[0]), _mask(embeddings.shape[0]), [k])[:, 0]
+        rows = np.arange(embeddings.shape[0]) if rows is None else rows
+        similarity = neighbours.top_k_means(rows, _mask(embeddings.shape[0]), [k])[:, 0]
     return _rank_in(similarity.sort().values, similarity).numpy()
 
 
@@ -596,6 +676,7 @@ def fit_reliability(
     oof_quality: np.ndarray,
     predict_held_out: Callable[[np.ndarray, np.ndarray], np.ndarray],
     seed: int = 0,
+    layers=None,
 ) -> dict:
     """
     Fit and store in `router` its support statistics, calibration maps, prior, shrinkage floor and
@@ -603,6 +684,14 @@ def fit_reliability(
     `embeddings (n, hidden)` (the router's encoder), out-of-fold raw predictions `oof_quality (n, m)`
     and `predict_held_out(train_rows, test_rows) → (len(test_rows), m)` raw quality of a predictor
     trained on `train_rows` only. Returns a JSON-ready report of the evidence and the choices.
+
+    `layers` (default `DEFAULT_LAYERS`) are the layers the router uses: each is fitted as the rules
+    say, and a layer left out is set to no change afterwards (calibration: identity; prior_shrink:
+    λ = 0; ood_shrink: floor 1; caution: p = 0), as `training.ablation` measures it.
+
+    On tables of more than `MAX_EVIDENCE_ROWS` prompts only the rows of `evidence_rows(n, seed)` of
+    `oof_quality` are read (the others may be left at anything), and each held-out group is queried
+    on a sample of `MAX_GROUP_ROWS` of its prompts: the cost grows with n, not n².
     """
     scores = np.asarray(table.scores, dtype=np.float64)
     oof_quality = np.asarray(oof_quality, dtype=np.float64)
@@ -611,25 +700,32 @@ def fit_reliability(
     groups, grouping = held_out_groups(table, embeddings, seed=seed)
     report = {"grouping": grouping, "n_groups": len(groups)}
 
-    neighbours = NeighbourLists(embeddings, NEIGHBOUR_DEPTH_FACTOR * max(SUPPORT_K_GRID))  # one search for every group
+    n = scores.shape[0]
+    probes = evidence_rows(n, seed)  # every prompt up to MAX_EVIDENCE_ROWS, else a seeded sample (see there)
+    if probes.size < n:
+        report["evidence_sample"] = f"{probes.size} of {n} prompts (seeded), {MAX_GROUP_ROWS} at most per held-out group"
+    neighbours = NeighbourLists(embeddings, NEIGHBOUR_DEPTH_FACTOR * max(SUPPORT_K_GRID), rows=probes)  # one search for every group
     if len(groups) >= 2:
-        evidence = support_evidence(embeddings, groups, seed=seed, neighbours=neighbours)
+        evidence = support_evidence(embeddings, groups, seed=seed, neighbours=neighbours, probes=probes)
         k, threshold = evidence["k"], evidence["threshold"]
     else:
         evidence, k, threshold = None, router.config.support_k, router.config.support_threshold
     report["support"] = evidence or "fewer than two groups to hold out: the config's support_k and threshold"
     router.fit_support(None if router.config.predictor_kind == "knn" else embeddings, k=k, threshold=threshold)
 
-    method, briers = choose_calibration(oof_quality, scores, seed=seed)
-    maps = fit_calibration(method, oof_quality, scores)
     with np.errstate(all="ignore"):
         prior = np.nan_to_num(np.nanmean(scores, axis=0), nan=0.5)
+    all_scores, all_oof = scores, oof_quality
+    scores, oof_quality = scores[probes], oof_quality[probes]  # out-of-fold evidence: the probes only
+    method, briers = choose_calibration(oof_quality, scores, seed=seed)
+    maps = fit_calibration(method, oof_quality, scores)
     crossed = cross_fitted(method, oof_quality, scores, seed=seed)
     spread_in = np.array([max(BAND_Z * binned_calibration_gap(crossed[:, j], scores[:, j]), 0.005) for j in range(n_models)])
     report["calibration"] = {"method": method, "cross_fitted_brier": briers}
     true_cost = np.asarray(table.cost(), dtype=np.float64)
-    true_cost = np.where(np.isnan(true_cost), np.nanmean(true_cost, axis=0, keepdims=True), true_cost)
-    prior_shrink, shrink_aiq = choose_prior_shrink(crossed, leave_one_out_prior(scores), scores, true_cost, router.config.cost_scale)
+    all_cost = np.where(np.isnan(true_cost), np.nanmean(true_cost, axis=0, keepdims=True), true_cost)
+    true_cost = all_cost[probes]
+    prior_shrink, shrink_aiq = choose_prior_shrink(crossed, leave_one_out_prior(all_scores)[probes], scores, true_cost, router.config.cost_scale)
     report["prior_shrink_choice"] = {
         "chosen": prior_shrink,
         "criterion": "out-of-fold routing AIQ of the cross-fitted calibrated predictions (true costs; ties: smaller)",
@@ -641,20 +737,21 @@ def fit_reliability(
         groups, report["quality_grouping"] = quality_groups(groups, grouping, embeddings, seed=seed)
         cells = {"calibrated": [], "prior": [], "scores": [], "support": [], "raw": [], "cost": []}
         deviations = []
-        n = scores.shape[0]
-        for group in groups:
+        for index, group in enumerate(groups):
             others = np.setdiff1d(np.arange(n), group)
-            group_maps = fit_calibration(method, oof_quality[others], scores[others])
-            raw = np.asarray(predict_held_out(others, group), dtype=np.float64)
+            fitted_on = np.isin(probes, others)  # the probes outside the group
+            group_maps = fit_calibration(method, oof_quality[fitted_on], scores[fitted_on])
+            queried = sample_rows(group, MAX_GROUP_ROWS, seed + index)
+            raw = np.asarray(predict_held_out(others, queried), dtype=np.float64)
             with np.errstate(all="ignore"):
-                group_prior = np.nan_to_num(np.nanmean(scores[others], axis=0), nan=0.5)
-                deviations.append(np.nanmean(scores[group], axis=0) - group_prior)
+                group_prior = np.nan_to_num(np.nanmean(all_scores[others], axis=0), nan=0.5)
+                deviations.append(np.nanmean(all_scores[group], axis=0) - group_prior)
             cells["raw"].append(raw)
             cells["calibrated"].append(calibrate(group_maps, raw))
             cells["prior"].append(np.broadcast_to(group_prior, raw.shape).copy())
-            cells["scores"].append(scores[group])
-            cells["cost"].append(true_cost[group])
-            cells["support"].append(neighbours.support(group, _mask(n, group), k).numpy())
+            cells["scores"].append(all_scores[queried])
+            cells["cost"].append(all_cost[queried])
+            cells["support"].append(neighbours.support(queried, _mask(n, group), k, reference_rows=probes).numpy())
         joined = {name: np.concatenate(parts) for name, parts in cells.items()}
         brier_floor = least_squares_floor(joined["calibrated"], joined["prior"], joined["scores"], joined["support"], threshold)
         overestimates = {
@@ -691,11 +788,23 @@ def fit_reliability(
         ]
         (pessimism, pessimism_support), evidence_by_pair = choose_pessimism(
             cells, len(groups),
-            {"calibrated": crossed, "prior": prior, "support": leave_one_out_support(embeddings, k, neighbours), "scores": scores,
+            {"calibrated": crossed, "prior": prior, "support": leave_one_out_support(embeddings, k, neighbours, rows=probes), "scores": scores,
              "cost": true_cost, "band": np.maximum(spread_out, spread_in)},
             threshold, floor, router.config.cost_scale, prior_shrink,
         )
         report["ood_pessimism"] = {"chosen": pessimism, "support": pessimism_support, "evidence": evidence_by_pair}
+    fitted = {"calibration": method, "prior_shrink": prior_shrink, "ood_shrink": floor, "caution": pessimism}
+    layers = frozenset(DEFAULT_LAYERS if layers is None else layers)
+    unknown = sorted(layers - set(RELIABILITY_LAYERS))
+    if unknown:
+        raise ValueError(f"Unknown reliability layers {unknown}; choose from {', '.join(RELIABILITY_LAYERS)}.")
+    if "calibration" not in layers:
+        method, maps = "identity", fit_calibration("identity", oof_quality, scores)
+    prior_shrink = prior_shrink if "prior_shrink" in layers else 0.0
+    floor = floor if "ood_shrink" in layers else 1.0
+    pessimism = pessimism if "caution" in layers else 0.0
+    report["layers"] = {"on": sorted(layers), "fitted": fitted,
+                        "used": {"calibration": method, "prior_shrink": prior_shrink, "ood_shrink": floor, "caution": pessimism}}
     knots_x, knots_y = maps_to_knots(maps)
     router.set_calibration(
         knots_x, knots_y, torch.tensor(prior, dtype=torch.float32), torch.tensor(spread_in, dtype=torch.float32),
@@ -736,15 +845,16 @@ def knn_held_out_predictor(embeddings: torch.Tensor, table, k: int):
     return predict
 
 
-def fit_knn_reliability(router, table, embeddings: torch.Tensor, folds: int = 5, seed: int = 0) -> dict:
+def fit_knn_reliability(router, table, embeddings: torch.Tensor, folds: int = 5, seed: int = 0, layers=None) -> dict:
     """[`fit_reliability`] for a filled kNN router: out-of-fold predictions at its k from `folds` seeded folds."""
     predict = knn_held_out_predictor(embeddings, table, router.config.knn_k)
     n = len(table)
-    oof = np.zeros(np.asarray(table.scores).shape)
-    for held_out in np.array_split(np.random.default_rng(seed).permutation(n), folds):
-        held_out = np.sort(held_out)  # predictions come back in this order, so rows are written in it too
-        oof[held_out] = predict(np.setdiff1d(np.arange(n), held_out), held_out)
-    return fit_reliability(router, table, embeddings, oof, predict, seed=seed)
+    oof = np.zeros(np.asarray(table.scores).shape)  # the fit reads the probes' rows only (`evidence_rows`)
+    probes = evidence_rows(n, seed)
+    for fold in np.array_split(np.random.default_rng(seed).permutation(n), folds):
+        held_out = np.intersect1d(fold, probes)  # sorted: predictions come back in this order, so rows are written in it too
+        oof[held_out] = predict(np.setdiff1d(np.arange(n), fold), held_out)
+    return fit_reliability(router, table, embeddings, oof, predict, seed=seed, layers=layers)
 
 
 def fit_validation_reliability(

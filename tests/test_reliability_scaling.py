@@ -94,3 +94,46 @@ def test_packaged_tables_keep_their_chosen_settings(name):
     fit_knn_reliability(router, table, embeddings)
     chosen = {key: getattr(router.config, key) for key in PACKAGED_CHOICES[name]}
     assert chosen == PACKAGED_CHOICES[name], json.dumps(chosen)
+
+
+def _small_fit(monkeypatch=None, layers=None, **caps):
+    from carrot_hub import reliability
+    from carrot_hub.building import fit_knn, new_router
+
+    from .conftest import TINY_MODELS, TINY_PRICES
+    from .test_router_support import clustered_embeddings, synthetic_table
+
+    if monkeypatch is not None:
+        for name, value in caps.items():
+            monkeypatch.setattr(reliability, name, value)
+    embeddings, _ = clustered_embeddings(n_per_cluster=60)
+    table = synthetic_table(embeddings.shape[0])
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
+    fit_knn(router, embeddings, table)
+    return router, reliability.fit_knn_reliability(router, table, embeddings, layers=layers)
+
+
+def test_large_tables_read_their_evidence_off_samples(monkeypatch):
+    router, report = _small_fit(monkeypatch, MAX_EVIDENCE_ROWS=50, MAX_GROUP_ROWS=30)
+    assert report["evidence_sample"].startswith("50 of 120 prompts")
+    assert 0 < router.config.support_threshold <= 0.1 and 0 <= router.config.shrink_floor <= 1
+
+
+def test_tasks_past_the_cap_are_sampled(monkeypatch):
+    from carrot_hub import reliability
+
+    from .test_router_support import synthetic_table
+
+    monkeypatch.setattr(reliability, "MAX_HELD_OUT_GROUPS", 3)
+    table = synthetic_table(200)
+    table.tasks = [f"t{i % 8}" for i in range(200)]
+    groups, grouping = reliability.held_out_groups(table, torch.zeros(200, 4))
+    assert len(groups) == 3 and grouping.startswith("tasks: 3 of 8")
+
+
+def test_layers_left_out_are_fitted_then_set_to_no_change():
+    router, report = _small_fit(layers=["prior_shrink"])
+    assert router.config.calibration_method == "identity" and router.config.shrink_floor == 1.0
+    assert router.config.ood_pessimism == 0.0 and router.config.prior_shrink == report["layers"]["fitted"]["prior_shrink"]
+    with pytest.raises(ValueError, match="Unknown reliability layers"):
+        _small_fit(layers=["calibration", "band"])

@@ -9,7 +9,7 @@ import torch
 
 from carrot_hub.building import fit_knn
 from carrot_hub.modeling_carrot import predicted_cost
-from carrot_hub.reliability import fit_reliability, knn_held_out_predictor
+from carrot_hub.reliability import evidence_rows, fit_reliability, knn_held_out_predictor
 
 from .embeddings import embed_table
 from .evaluation.curves import decide_all, ground_truth
@@ -82,8 +82,9 @@ def cross_validate_k(
     """
     Score every k of `k_grid` by `folds`-fold cross-validation on `table`: the router's kNN memory
     is filled with the other folds and predicts the held-out one. The out-of-fold predictions of
-    the whole table are then routed like a test split: CARROT's rule over `mu_steps` values of μ,
-    scored with the table's true scores and costs.
+    the whole table (on tables larger than `MAX_EVIDENCE_ROWS`, of the seeded sample
+    `carrot_hub.reliability.evidence_rows`; the other rows are left at 0) are then routed like a
+    test split: CARROT's rule over `mu_steps` values of μ, scored with the table's true scores and costs.
 
     Args:
         router: a kNN `CarrotRouter` whose memory is overwritten.
@@ -98,22 +99,26 @@ def cross_validate_k(
     scores = torch.as_tensor(table.scores, dtype=torch.float32)
     output_tokens = torch.as_tensor(table.output_tokens, dtype=torch.float32)
     n, n_models = scores.shape
+    probes = evidence_rows(n, seed)  # all prompts, or on a large table a seeded sample (cost n·sample, not n²)
     oof_quality = torch.zeros(len(k_grid), n, n_models)
     oof_log_tokens = torch.zeros(len(k_grid), n, n_models)
-    for held_out in fold_indices(n, folds, seed):
-        kept = np.setdiff1d(np.arange(n), held_out)
+    for fold in fold_indices(n, folds, seed):
+        held_out = np.intersect1d(fold, probes)
+        kept = np.setdiff1d(np.arange(n), fold)
         router.predictor.fill(embeddings[kept], scores[kept], output_tokens[kept])
         with torch.no_grad():
             quality, log_tokens = neighbour_means_by_k(router.predictor, embeddings[held_out], k_grid)
         oof_quality[:, held_out], oof_log_tokens[:, held_out] = quality, log_tokens
-    truth = ground_truth(table)
-    input_tokens = count_input_tokens(router, table.prompts)
+    evaluated = table if probes.size == n else table.subset(probes)
+    truth = ground_truth(evaluated)
+    input_tokens = count_input_tokens(router, evaluated.prompts)
     input_prices, output_prices = router.resolve_prices()
     mu_grid = np.linspace(0.0, 1.0, mu_steps)
     curves = []
     for column in range(len(k_grid)):
-        cost = predicted_cost(input_tokens, router._tokens_from_log(oof_log_tokens[column]), input_prices, output_prices)
-        choices = decide_all(oof_quality[column], cost, mu_grid, router.config.cost_scale)
+        log_tokens = oof_log_tokens[column, probes]
+        cost = predicted_cost(input_tokens, router._tokens_from_log(log_tokens), input_prices, output_prices)
+        choices = decide_all(oof_quality[column, probes], cost, mu_grid, router.config.cost_scale)
         curves.append(truth.realised(choices))
     # One cost range for every k: the dearest single model's mean cost, or more when picking the
     # dearest model per prompt costs more than that on average (then every curve is cut there).
@@ -123,8 +128,9 @@ def cross_validate_k(
         "k_grid": [int(k) for k in k_grid],
         "oof_quality": oof_quality,
         "aiq": routing_aiq,
-        "brier": [masked_brier(quality, scores) for quality in oof_quality],
-        "log_token_mse": [masked_log_token_mse(log_tokens, output_tokens) for log_tokens in oof_log_tokens],
+        "brier": [masked_brier(quality[probes], scores[probes]) for quality in oof_quality],
+        "log_token_mse": [masked_log_token_mse(log_tokens[probes], output_tokens[probes]) for log_tokens in oof_log_tokens],
+        **({"evaluated_prompts": int(probes.size)} if probes.size < n else {}),
     }
 
 
@@ -145,6 +151,7 @@ def train_knn_router(
     drop_unscored_models: bool = False,
     cache_dir=None,
     progress: bool = True,
+    reliability_layers=None,
     **config_fields,
 ):
     """
@@ -166,6 +173,8 @@ def train_knn_router(
             (see `training.embeddings.embed_table`); computed when None.
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
         drop_unscored_models: leave out candidates whose scores are all missing instead of failing.
+        reliability_layers: the reliability layers the router uses (default
+            `carrot_hub.reliability.DEFAULT_LAYERS`; see `fit_reliability`).
         config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
@@ -197,7 +206,7 @@ def train_knn_router(
     began = time.perf_counter()
     reliability = fit_reliability(
         router, train_table, embeddings, oof_quality[cv["k_grid"].index(chosen_k)].numpy(),
-        knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed,
+        knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed, layers=reliability_layers,
     )
     stage_seconds["reliability"] = round(time.perf_counter() - began, 2)
     report = {

@@ -7,7 +7,7 @@ How kNN training time grows with the number of prompts, tasks and candidates.
 A packaged table's train split is replicated up to each size (prompt ids made unique; each copy's
 embeddings jittered by Gaussian noise of `--jitter` per coordinate and re-normalised, so that copies
 are near neighbours, not exact ties), its candidates cut to the first `--models`, and its tasks
-optionally split into `--tasks` pseudo-tasks (task name + copy number), which is what the reliability
+optionally split into about `--tasks` pseudo-tasks (task name + row number modulo a count), which is what the reliability
 fit holds out one at a time. The router is trained as `carrot train --kind knn` trains it
 (`training.knn.train_knn_router`) from the precomputed embeddings: the encoder pass is excluded from
 `train_seconds` and reported apart (`encode_seconds_estimate`: the encoder's measured speed on
@@ -35,7 +35,7 @@ def replicated_table(table, embeddings: torch.Tensor, size: int, n_tasks: int | 
     copy = np.repeat(np.arange(copies), n)[:size]
     base_tasks = list(dict.fromkeys(table.tasks))
     per_task = max(1, -(-(n_tasks or len(base_tasks)) // len(base_tasks)))
-    tasks = [f"{table.tasks[r]}#{c % per_task}" if per_task > 1 else table.tasks[r] for r, c in zip(rows, copy)]
+    tasks = [f"{table.tasks[r]}#{i % per_task}" if per_task > 1 else table.tasks[r] for i, r in enumerate(rows)]
     grown = RoutingTable(
         prompts=[table.prompts[r] for r in rows],
         prompt_ids=[f"{table.prompt_ids[r]}#{c}" for r, c in zip(rows, copy)],
