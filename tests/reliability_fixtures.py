@@ -6,7 +6,7 @@ import torch
 
 from carrot_hub.building import fit_knn, new_router
 from carrot_hub.modeling_carrot import PromptEncoding
-from carrot_hub.reliability import fit_knn_reliability
+from carrot_hub.reliability import RELIABILITY_LAYERS, fit_knn_reliability
 
 from .conftest import TINY_MODELS, TINY_PRICES
 
@@ -43,11 +43,12 @@ def encoding(embeddings: torch.Tensor) -> PromptEncoding:
 
 
 def clustered_knn_router():
-    """A kNN router (k = 8) over two synthetic clusters, its reliability fitted as training does:
+    """A kNN router (k = 8) over two synthetic clusters, its reliability fitted as training does, with
+    every layer in use (not only the default ones), so that each rule's choice can be checked:
     `(router, fit report, embeddings, table, cluster centres)`."""
     embeddings, centres = clustered_embeddings(n_per_cluster=60)
     table = synthetic_table(embeddings.shape[0])
     router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
     fit_knn(router, embeddings, table)
-    report = fit_knn_reliability(router, table, embeddings)
+    report = fit_knn_reliability(router, table, embeddings, layers=RELIABILITY_LAYERS)
     return router, report, embeddings, table, centres

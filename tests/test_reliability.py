@@ -14,6 +14,7 @@ from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.reliability import (
     FLOOR_GRID,
     PESSIMISM_GRID,
+    RELIABILITY_LAYERS,
     MIN_GROUP_SIZE,
     THRESHOLD_GRID,
     choose_calibration,
@@ -91,7 +92,7 @@ def test_knn_reliability_is_fitted_on_each_rows_own_out_of_fold_prediction(monke
     import carrot_hub.reliability as reliability
 
     captured = {}
-    monkeypatch.setattr(reliability, "fit_reliability", lambda router, table, embeddings, oof, predict, seed=0: captured.update(oof=oof))
+    monkeypatch.setattr(reliability, "fit_reliability", lambda router, table, embeddings, oof, predict, seed=0, **_: captured.update(oof=oof))
     router, _, embeddings, table, _ = clustered_knn_router()
     predict = knn_held_out_predictor(embeddings, table, 8)
     n = embeddings.shape[0]
@@ -353,7 +354,7 @@ def test_cautious_estimate_cuts_the_over_estimate_on_a_packaged_task_never_seen(
     tasks = np.asarray(table.tasks, dtype=object)
     seen, unseen = np.flatnonzero(tasks != "mbpp"), np.flatnonzero(tasks == "mbpp")
     fit_knn(router, embeddings[seen], table.subset(seen))
-    fit_knn_reliability(router, table.subset(seen), embeddings[seen])
+    fit_knn_reliability(router, table.subset(seen), embeddings[seen], layers=RELIABILITY_LAYERS)  # caution is off by default
     assert router.config.ood_pessimism > 0
     encoding = PromptEncoding(embeddings[unseen], torch.full((unseen.size,), 100.0), [False] * unseen.size)
     scores = np.nan_to_num(np.asarray(table.scores)[unseen])

@@ -69,7 +69,7 @@ def test_every_k_from_one_search_matches_the_memory_at_each_k():
         torch.testing.assert_close(by_k_tokens[column], expected_tokens, atol=1e-5, rtol=0)
 
 
-# Chosen by the fit before the shared search (main at a719848, `fit_knn_reliability` of each packaged
+# Chosen (every layer in use) by the fit before the shared search (main at a719848, `fit_knn_reliability` of each packaged
 # table's default router on its shipped embeddings); the shared search must choose the same.
 PACKAGED_CHOICES = {
     "zeroeval-2024": {"support_k": 4, "support_threshold": 0.01, "calibration_method": "identity", "prior_shrink": 0.05,
@@ -86,12 +86,12 @@ def test_packaged_tables_keep_their_chosen_settings(name):
     from carrot_hub.data.packaged import packaged_table_dir
     from carrot_hub.default import new_default_router
     from carrot_hub.embedding_cache import embeddings_key, load_embeddings
-    from carrot_hub.reliability import fit_knn_reliability
+    from carrot_hub.reliability import RELIABILITY_LAYERS, fit_knn_reliability
 
     router, table = new_default_router("transformer", name)
     embeddings = load_embeddings(packaged_table_dir(name) / "train_embeddings.safetensors", embeddings_key(router, table.prompts))
     fit_knn(router, embeddings, table)
-    fit_knn_reliability(router, table, embeddings)
+    fit_knn_reliability(router, table, embeddings, layers=RELIABILITY_LAYERS)  # every layer as fitted
     chosen = {key: getattr(router.config, key) for key in PACKAGED_CHOICES[name]}
     assert chosen == PACKAGED_CHOICES[name], json.dumps(chosen)
 
@@ -101,7 +101,7 @@ def _small_fit(monkeypatch=None, layers=None, **caps):
     from carrot_hub.building import fit_knn, new_router
 
     from .conftest import TINY_MODELS, TINY_PRICES
-    from .test_router_support import clustered_embeddings, synthetic_table
+    from .reliability_fixtures import clustered_embeddings, synthetic_table
 
     if monkeypatch is not None:
         for name, value in caps.items():
@@ -122,7 +122,7 @@ def test_large_tables_read_their_evidence_off_samples(monkeypatch):
 def test_tasks_past_the_cap_are_sampled(monkeypatch):
     from carrot_hub import reliability
 
-    from .test_router_support import synthetic_table
+    from .reliability_fixtures import synthetic_table
 
     monkeypatch.setattr(reliability, "MAX_HELD_OUT_GROUPS", 3)
     table = synthetic_table(200)

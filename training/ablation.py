@@ -15,8 +15,9 @@ On each table (default: both packaged ones) it scores every combination on `--sp
 (`training.resplit`: AIQ − zero router on the test part; mean and standard error over re-splits) and
 leave-one-task-out (train on the table's other tasks, score on the held-out task against that
 task's zero router). A layer is worth keeping when switching it off from the full stack loses
-out of fold on both tables (paired mean over re-splits) and switching it on loses on no held-out
-task by more than `HELD_OUT_TOLERANCE`. Last line: JSON summary.
+out of fold on both tables (paired means over re-splits, from the full stack and from none) and,
+on its own, loses to the plain router on no held-out task by more than `HELD_OUT_TOLERANCE`.
+Last line: JSON summary.
 """
 
 from __future__ import annotations
@@ -163,15 +164,17 @@ def summarize_table(rows: Sequence[dict]) -> dict:
 
 def keep_layers(summaries: dict) -> dict:
     """
-    Per layer: kept when, on every table, the full stack beats the stack without it on the re-splits
-    (paired mean > 0) and no held-out task loses more than `HELD_OUT_TOLERANCE` by switching it on.
+    Per layer: kept when, on every table's re-splits, it wins both ways (paired means > 0: the full
+    stack against the stack without it, and the layer alone against no layer) and on no held-out task
+    the layer alone loses more than `HELD_OUT_TOLERANCE` against the plain router.
     """
     verdict = {}
     for layer in LAYERS:
         wins = all(
-            (table["layer_value"][layer]["full_minus_without_resplits"] or {}).get("mean", -1.0) > 0 for table in summaries.values()
+            (table["layer_value"][layer][contrast] or {}).get("mean", -1.0) > 0
+            for table in summaries.values() for contrast in ("full_minus_without_resplits", "alone_minus_none_resplits")
         )
-        held_out = [value for table in summaries.values() for value in table["layer_value"][layer]["full_minus_without_held_out"].values()]
+        held_out = [value for table in summaries.values() for value in table["layer_value"][layer]["alone_minus_none_held_out"].values()]
         no_loss = all(value >= -HELD_OUT_TOLERANCE for value in held_out)
         verdict[layer] = {"wins_out_of_fold_on_every_table": wins, "no_held_out_task_loses": no_loss, "keep": wins and no_loss}
     return verdict

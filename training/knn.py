@@ -9,7 +9,7 @@ import torch
 
 from carrot_hub.building import fit_knn
 from carrot_hub.modeling_carrot import predicted_cost
-from carrot_hub.reliability import evidence_rows, fit_reliability, knn_held_out_predictor
+from carrot_hub.reliability import KNN_DEFAULT_LAYERS, evidence_rows, fit_reliability, knn_held_out_predictor
 
 from .embeddings import embed_table
 from .evaluation.curves import decide_all, ground_truth
@@ -174,7 +174,7 @@ def train_knn_router(
         cost_scale: dollars per quality point at μ = 0.5 (default: `default_cost_scale(train_table)`).
         drop_unscored_models: leave out candidates whose scores are all missing instead of failing.
         reliability_layers: the reliability layers the router uses (default
-            `carrot_hub.reliability.DEFAULT_LAYERS`; see `fit_reliability`).
+            `carrot_hub.reliability.KNN_DEFAULT_LAYERS`; see `fit_reliability`).
         config_fields: further `CarrotConfig` fields (e.g. `max_prompt_tokens`, `truncation_side`).
 
     Returns:
@@ -206,7 +206,8 @@ def train_knn_router(
     began = time.perf_counter()
     reliability = fit_reliability(
         router, train_table, embeddings, oof_quality[cv["k_grid"].index(chosen_k)].numpy(),
-        knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed, layers=reliability_layers,
+        knn_held_out_predictor(embeddings, train_table, chosen_k), seed=seed,
+        layers=KNN_DEFAULT_LAYERS if reliability_layers is None else reliability_layers,
     )
     stage_seconds["reliability"] = round(time.perf_counter() - began, 2)
     report = {
