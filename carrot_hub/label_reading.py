@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.outcome_logs import FEEDBACK, SERVED, SHARD_PREFIX, SHARD_SUFFIX, answered, read_shard_lines
+from .data.outcome_logs import EXPLORED, FEEDBACK, SERVED, SHARD_PREFIX, SHARD_SUFFIX, answered, read_shard_lines
 
 SOURCES = ("user", "judge")
 
@@ -234,6 +234,8 @@ class LabelReader:
                 if not text.strip():
                     continue
                 record = _parse(text)
+                if record is not None and record.get("type") == EXPLORED:
+                    continue  # an exploration's audit trail: its labels are feedback records
                 if record is None or not isinstance(record.get("request_id"), str) or record.get("type") not in (SERVED, FEEDBACK):
                     self.counts["bad_lines"] += 1
                     continue

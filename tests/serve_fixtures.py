@@ -37,10 +37,12 @@ def upstream_entries(upstreams, **extra) -> dict:
 
 
 @contextmanager
-def running_gateway(router, entries: dict, environ=None, log=None, learner=None, revision=None, **settings):
-    """A gateway on loopback: yields `(gateway, server)`."""
+def running_gateway(router, entries: dict, environ=None, log=None, learner=None, revision=None, explore=None,
+                    **settings):
+    """A gateway on loopback (`explore`: `ExploreSettings` for judged exploration): yields `(gateway, server)`."""
     pool = UpstreamPool(parse_upstreams(entries), environ=environ)
-    gateway = Gateway(router, pool, GatewaySettings(**settings), outcome_log=log, learner=learner, revision=revision)
+    gateway = Gateway(router, pool, GatewaySettings(**settings), outcome_log=log, learner=learner, revision=revision,
+                      explore=explore)
     with LocalServer(gateway.app) as server:
         yield gateway, server
 

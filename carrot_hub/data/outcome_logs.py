@@ -6,8 +6,16 @@ one writer process per shard (see `carrot_hub.serving.outcome_log.OutcomeLog`), 
 
     {"type": "served", "request_id": "…", "time": 1764300000.1, "prompt": "routed text",
      "model": "chosen candidate", "status": "ok", "usage": {"prompt_tokens": 12, "completion_tokens": 80}, …}
-    {"type": "feedback", "request_id": "…", "time": 1764300042.7, "score": 1.0}
+    {"type": "feedback", "request_id": "…", "time": 1764300042.7, "score": 1.0, "source": "user"}
+    {"type": "feedback", "request_id": "…", "time": …, "score": 0.7, "source": "judge",
+     "model": "explored candidate", "usage": {…}}
+    {"type": "explored", "request_id": "…", "time": …, "chosen": …, "explored": …, "labels": {…}, …}
 
+A feedback record's `source` is "user" (`POST /v1/feedback`; records without one are user labels) or
+"judge" (judged exploration, `carrot serve --explore`). A judge label that names a `model` other than
+the served one labels the candidate the gateway explored on that prompt, with that answer's `usage`:
+it becomes its own cell (prompt, explored model). An "explored" record is the audit trail of one
+exploration (what was asked, what it cost, unscored labels with their reason); readers skip it.
 (with `--no-prompt-log` a served record holds `prompt_sha256` instead of `prompt`.) Nothing is ever
 rewritten: a label is its own feedback record, joined to its served record when the log is read;
 when a request got several labels, the latest (by `time`) wins.
@@ -33,7 +41,7 @@ from pathlib import Path
 
 SHARD_PREFIX = "outcomes-"
 SHARD_SUFFIX = ".jsonl"
-SERVED, FEEDBACK = "served", "feedback"
+SERVED, FEEDBACK, EXPLORED = "served", "feedback", "explored"
 SERVED_TASK = "served"
 
 
@@ -102,7 +110,9 @@ class OutcomeLogContents:
     Attributes:
         served (`dict`): request id → served record, in reading order.
         where (`dict`): request id → `"shard:line"` of its served record.
-        labels (`dict`): request id → `(score, time)` of its latest feedback.
+        labels (`dict`): request id → `(score, time)` of its latest feedback on the model that served it.
+        explored_labels (`dict`): `(request id, model)` → `(score, time, usage)` of the latest judge
+            label of a candidate explored on that request (another model than the one that served).
         orphan_feedback (`int`): feedback records whose request id has no served record in the folder.
         bad_lines (`list[dict]`): `{"line": "shard:line", "reason"}` for lines that are not valid records.
         torn_lines (`int`): unterminated last lines (a writer that died mid-line), left out.
@@ -111,6 +121,7 @@ class OutcomeLogContents:
     served: dict[str, dict] = field(default_factory=dict)
     where: dict[str, str] = field(default_factory=dict)
     labels: dict[str, tuple[float, float]] = field(default_factory=dict)
+    explored_labels: dict[tuple[str, str], tuple[float, float, dict | None]] = field(default_factory=dict)
     orphan_feedback: int = 0
     bad_lines: list[dict] = field(default_factory=list)
     torn_lines: int = 0
@@ -120,8 +131,8 @@ def _record_problem(record) -> str | None:
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     kind = record.get("type")
-    if kind not in (SERVED, FEEDBACK):
-        return f"type {kind!r} is neither {SERVED!r} nor {FEEDBACK!r}"
+    if kind not in (SERVED, FEEDBACK, EXPLORED):
+        return f"type {kind!r} is not {SERVED!r}, {FEEDBACK!r} or {EXPLORED!r}"
     if not isinstance(record.get("request_id"), str) or not record["request_id"]:
         return "request_id must be a non-empty string"
     if kind == FEEDBACK:
@@ -137,7 +148,7 @@ def read_outcome_log(folder: str | os.PathLike) -> OutcomeLogContents:
     """Read every shard of `folder` and join feedback to served records (latest label wins)."""
     folder = Path(folder)
     contents = OutcomeLogContents()
-    feedback: list[tuple[float, int, str, float]] = []
+    feedback: list[tuple[float, int, str, float, dict]] = []
     for path in shard_paths(folder):
         lines, end = read_shard_lines(path)
         if end < path.stat().st_size:
@@ -157,18 +168,24 @@ def read_outcome_log(folder: str | os.PathLike) -> OutcomeLogContents:
             problem = _record_problem(record)
             if problem:
                 contents.bad_lines.append({"line": where, "reason": problem})
+            elif record["type"] == EXPLORED:
+                continue  # the audit trail of an exploration: its labels are feedback records
             elif record["type"] == SERVED:
                 contents.served[record["request_id"]] = record
                 contents.where[record["request_id"]] = where
             else:
                 when = record.get("time")
                 when = float(when) if isinstance(when, (int, float)) and math.isfinite(when) else 0.0
-                feedback.append((when, len(feedback), record["request_id"], float(record["score"])))
-    for when, _, request_id, score in sorted(feedback):
-        if request_id in contents.served:
-            contents.labels[request_id] = (score, when)
-        else:
+                feedback.append((when, len(feedback), record["request_id"], float(record["score"]), record))
+    for when, _, request_id, score, record in sorted(feedback, key=lambda f: f[:2]):
+        served = contents.served.get(request_id)
+        if served is None:
             contents.orphan_feedback += 1
+        elif isinstance(record.get("model"), str) and record["model"] != served.get("model"):
+            usage = record.get("usage") if isinstance(record.get("usage"), dict) else None
+            contents.explored_labels[(request_id, record["model"])] = (score, when, usage)
+        else:
+            contents.labels[request_id] = (score, when)
     return contents
 
 
@@ -202,12 +219,13 @@ def _token_count(usage, key) -> int | None:
 def outcome_log_records(folder: str | os.PathLike) -> tuple[list[dict], dict]:
     """
     An outcome-log folder as routing-log records (see the module docstring), plus what was left out:
-    `(records, summary)`, summary keys `served`, `labelled`, `cells`, `repeats_merged`,
+    `(records, summary)`, summary keys `served`, `labelled`, `explored_labelled`, `cells`, `repeats_merged`,
     `not_answered`, `without_prompt`, `without_usage`, `orphan_feedback`, `torn_lines`, `bad_lines`.
     """
     contents = read_outcome_log(folder)
     summary = {
-        "served": len(contents.served), "labelled": len(contents.labels), "cells": 0, "repeats_merged": 0,
+        "served": len(contents.served), "labelled": len(contents.labels),
+        "explored_labelled": len(contents.explored_labels), "cells": 0, "repeats_merged": 0,
         "not_answered": 0, "without_prompt": 0, "without_usage": 0,
         "orphan_feedback": contents.orphan_feedback, "torn_lines": contents.torn_lines,
         "bad_lines": list(contents.bad_lines),
@@ -235,6 +253,15 @@ def outcome_log_records(folder: str | os.PathLike) -> tuple[list[dict], dict]:
         cell["output"].append(n_out)
         if request_id in contents.labels:
             cell["scores"].append(contents.labels[request_id][0])
+    for (request_id, model), (score, _, usage) in contents.explored_labels.items():
+        prompt = contents.served[request_id].get("prompt")
+        n_in, n_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+        if not isinstance(prompt, str) or not prompt_has_content(prompt) or n_in is None or n_out is None:
+            continue  # counted with its served record already (no prompt), or the explored answer had no usage
+        cell = cells.setdefault((prompt_key(prompt), model), {"prompt": prompt, "scores": [], "input": [], "output": []})
+        cell["input"].append(n_in)
+        cell["output"].append(n_out)
+        cell["scores"].append(score)
     summary["bad_lines"] = sorted(summary["bad_lines"], key=lambda bad: _line_order(bad["line"]))
     records = []
     for (prompt_id, model), cell in cells.items():

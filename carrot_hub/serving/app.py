@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
 from .batching import RoutedChoice, RoutingBatcher
+from .exploration import SAMPLING_KEYS, Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .latency import LatencyTracker
 from .prometheus_metrics import GatewayMetrics
@@ -126,6 +127,7 @@ class _Served:
     session_state: SessionState | None = None  # the conversation as it was before this turn
     session_switched: bool = False
     context_tokens: int = 0  # earlier turns' tokens the session's model already processed (its prompt cache)
+    answer_parts: list | None = None  # the answer's text, kept only when the request may be explored
 
 
 def _reliability_headers(choice: RoutedChoice | None) -> dict:
@@ -147,7 +149,8 @@ class Gateway:
     """The app's state and handlers; `app` is the Starlette application."""
 
     def __init__(self, router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,
-                 outcome_log=None, learner=None, revision: str | None = None):
+                 outcome_log=None, learner=None, revision: str | None = None,
+                 explore: ExploreSettings | None = None):
         self.router = router
         self.revision = revision  # the router revision in use (a store's revision name or a Hub commit)
         router.carrot_revision = revision
@@ -188,6 +191,7 @@ class Gateway:
         # never holds up the records being written.
         self._feedback_lookup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-feedback")
         self._pending_records: dict[str, asyncio.Future] = {}
+        self.explorer = self._explorer(explore) if explore is not None else None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._guard(self.chat_completions), methods=["POST"]),
@@ -228,10 +232,27 @@ class Gateway:
         else:
             self._loop.call_soon_threadsafe(swap)
 
+    def _explorer(self, explore: ExploreSettings) -> Explorer:
+        """The judged-exploration queue: a `ValueError` (one line) when the judge is not an upstream."""
+        from ..collect.asking import Asker
+        from ..collect.scorers import ScorerSpecError, build_scorer
+
+        if self.outcome_log is None:
+            raise ValueError("--explore writes its labels to the outcome log; this gateway keeps none.")
+        ask = Asker(self.upstreams, prices=self.default_prices)
+        try:
+            judge = build_scorer(f"judge:{explore.judge}", ask=ask, candidates=list(self.upstreams.names),
+                                 allow_code_execution=False)
+        except ScorerSpecError as error:
+            raise ValueError(str(error)) from None
+        return Explorer(explore, ask, judge, self._record_exploration, self.metrics)
+
     async def aclose(self) -> None:
         """Finish pending log writes, then close the upstream clients, the batcher, the learner and the log."""
         if self.reloader is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.reloader.stop)
+        if self.explorer is not None:
+            await self.explorer.aclose()
         if self._pending_records:
             await asyncio.gather(*self._pending_records.values(), return_exceptions=True)
         await self.batcher.aclose()
@@ -400,6 +421,7 @@ class Gateway:
                 raise RequestError(str(error), param="carrot") from None
             prices = choice.prices
             self.metrics.routed.labels(choice.chosen.name).inc()
+            self.metrics.observe_distribution(choice.in_distribution)
             order = self._session_order(choice, state)[: 1 + self.settings.max_fallbacks]
         else:
             if chat.options:  # a pinned request's options get the same checks; its prices are theirs
@@ -408,6 +430,8 @@ class Gateway:
             order = [chat.pinned]
         served = _Served(request_id, started, chat, choice, prices, fallbacks=[], session=session, session_state=state,
                          context_tokens=state.context_tokens if state is not None else 0)
+        if self._may_explore(served):
+            served.answer_parts = []
         if chat.stream:
             return await self._stream(served, order)
         return await self._complete(served, order)
@@ -555,6 +579,8 @@ class Gateway:
         answer["model"] = name
         served.usage, served.usage_invalid = _usage(answer.get("usage"))
         served.ttfb_s = time.perf_counter() - served.started
+        if served.answer_parts is not None:
+            served.answer_parts.append(_message_text(answer))
         headers = self._headers(served)
         self._finish(served)
         return Response(self.upstreams.redact_bytes(_json_bytes(answer)), media_type="application/json", headers=headers)
@@ -617,6 +643,8 @@ class Gateway:
             return self.upstreams.redact(data)
         if "model" in chunk:
             chunk["model"] = served.model
+        if served.answer_parts is not None:
+            served.answer_parts.append(_delta_text(chunk))
         if chunk.get("usage"):
             served.usage, served.usage_invalid = _usage(chunk["usage"])
             if not served.chat.client_wants_usage:
@@ -649,6 +677,93 @@ class Gateway:
             self._queue_record(served, latency, realised)
         except Exception:  # noqa: BLE001
             logger.exception("could not queue the outcome record of %s", served.request_id)
+            return
+        try:
+            self._offer_exploration(served)
+        except Exception:  # noqa: BLE001  (exploration is best effort: the client has its answer)
+            logger.exception("could not queue the exploration of %s", served.request_id)
+
+    # ------------------------------------------------------------------------------ exploration
+
+    def _may_explore(self, served: _Served) -> bool:
+        """Whether this request could be explored once answered: routed, plain chat, not opted out, logged."""
+        if self.explorer is None or served.choice is None or not served.chat.explore:
+            return False
+        if not plain_chat(served.chat.payload):
+            return False
+        return self.outcome_log.log_prompts or self.explorer.settings.private
+
+    def _offer_exploration(self, served: _Served) -> None:
+        """After the answer: sample the request, pick the candidate to explore and queue the job."""
+        if served.answer_parts is None or served.status != "ok" or not served.model:
+            return
+        if not self.explorer.sampled(served.choice.in_distribution):
+            return
+        explored = pick_explored(served.choice.ranked, served.model)
+        if explored is None:
+            return
+        payload = served.chat.payload
+        job = ExploreJob(
+            request_id=served.request_id, messages=list(payload["messages"]),
+            sampling={key: payload[key] for key in SAMPLING_KEYS if key in payload},
+            prompt=served.chat.routed_text or "", chosen=served.model, chosen_answer="".join(served.answer_parts),
+            explored=explored,
+            predicted={c.name: (c.quality, c.cost) for c in served.choice.ranked if c.name in (served.model, explored)},
+        )
+        self.explorer.offer(job, predicted_cost=served.choice.estimate(explored).cost)
+
+    async def _record_exploration(self, job: ExploreJob, explored, scores: dict, error: str | None) -> None:
+        """
+        An exploration's outcome into the outcome log: its audit record, and one `source: "judge"`
+        feedback record per scored answer, applied by the learner as user feedback is. An unscored
+        answer (a judge that failed or answered without a grade) is recorded with its reason only.
+        """
+        pending = self._pending_records.get(job.request_id)
+        if pending is not None:  # the served record first: feedback looks it up
+            await asyncio.shield(pending)
+        audit = {
+            "request_id": job.request_id, "chosen": job.chosen, "explored": job.explored,
+            "judge": self.explorer.settings.judge,
+            "predicted": {model: {"quality": q, "cost": c} for model, (q, c) in job.predicted.items()},
+            "status": "ok" if error is None else "explored_failed",
+        }
+        if error is not None:
+            audit["error"] = self.upstreams.redact(error)
+        if explored is not None:
+            audit["explored_usage"] = {"prompt_tokens": explored.input_tokens, "completion_tokens": explored.output_tokens}
+            audit["explored_cost"] = explored.cost
+            audit["judge_cost"] = sum(score.judge_cost for score in scores.values())
+            audit["labels"] = {model: {"score": score.value, "reason": self.upstreams.redact(score.reason or "")}
+                               for model, score in scores.items()}
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._log_writer, self._write_exploration, audit)
+        for model, score in scores.items():
+            if not score.scored:
+                continue
+            usage = audit["explored_usage"] if model == job.explored else None
+            try:
+                record = await loop.run_in_executor(
+                    self._feedback_lookup,
+                    lambda: self.outcome_log.feedback(job.request_id, score.value, source="judge",
+                                                      model=model if model == job.explored else None, usage=usage))
+            except (OSError, KeyError, ValueError) as failure:
+                self.metrics.records_lost.inc()
+                logger.warning("the judge label of %s on %s was not recorded: %s", model, job.request_id, failure)
+                continue
+            if self.learner is None:
+                continue
+            labelled = dict(record) if model == job.chosen else {**record, "model": model, "usage": usage}
+            try:
+                await loop.run_in_executor(self._learning, self.learner.on_feedback, job.request_id, score.value, labelled)
+            except Exception as failure:  # noqa: BLE001  (recorded, not learned: serving goes on)
+                logger.warning("the judge label of %s on %s was recorded but not learned: %s", model, job.request_id, failure)
+
+    def _write_exploration(self, audit: dict) -> None:
+        try:
+            self.outcome_log.explored(audit)
+        except Exception as error:  # noqa: BLE001  (a full disk: counted, as served records are)
+            self.metrics.records_lost.inc()
+            logger.error("could not write the exploration record of %s: %s", audit["request_id"], error)
 
     def _observe_turn(self, served: _Served, latency: float) -> None:
         """After an answer: the upstream's measured speed, and the conversation's model (a switch is counted)."""
@@ -780,6 +895,26 @@ def _usage(usage) -> tuple[dict | None, str | None]:
     return counts, None
 
 
+def _message_text(answer) -> str:
+    """The text of a chat completion's first choice ("" when it has none)."""
+    choices = answer.get("choices") if isinstance(answer, Mapping) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        return ""
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, Mapping) else None
+    return content if isinstance(content, str) else ""
+
+
+def _delta_text(chunk: dict) -> str:
+    """The text a stream chunk adds to the first choice."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        return ""
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, Mapping) else None
+    return content if isinstance(content, str) else ""
+
+
 def _json_bytes(value) -> bytes:
     """JSON as Starlette's `JSONResponse` renders it (compact, UTF-8)."""
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
@@ -795,6 +930,6 @@ def _realised_cost(usage: dict | None, price: dict | None) -> float | None:
 
 
 def create_app(router, upstreams: UpstreamPool, settings: GatewaySettings | None = None,
-               outcome_log=None, learner=None) -> Starlette:
+               outcome_log=None, learner=None, explore: ExploreSettings | None = None) -> Starlette:
     """The gateway's ASGI app (its `Gateway` is `app.state.gateway`)."""
-    return Gateway(router, upstreams, settings, outcome_log, learner).app
+    return Gateway(router, upstreams, settings, outcome_log, learner, explore).app

@@ -14,7 +14,7 @@ VIRTUAL_MODEL = "carrot"
 # The body's `carrot` object: the keywords of `router.routing_options`, which checks their values.
 CARROT_OPTIONS = ("mu", "max_cost", "allowed", "prices", "ood", "max_latency_s")
 # Keys of the `carrot` object that are not routing options.
-CARROT_REQUEST_KEYS = ("session",)
+CARROT_REQUEST_KEYS = ("session", "explore")
 ROUTE_ON = ("last-user", "conversation")
 
 
@@ -48,6 +48,7 @@ class ChatRequest:
     client_wants_usage: bool
     session_field: object = None  # carrot.session as given (checked with the header and `user` by the gateway)
     user_field: object = None  # the OpenAI `user` field as given
+    explore: bool = True  # False: `carrot.explore: false`, never explored by `carrot serve --explore`
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -184,5 +185,8 @@ def parse_chat_request(body: dict, callable_names: Sequence[str], route_on: str)
         # Usage is asked for in streams too (the outcome log needs it); the client only sees it if it asked.
         payload["stream_options"] = {**(stream_options or {}), "include_usage": True}
     carrot = body.get("carrot") if isinstance(body.get("carrot"), Mapping) else {}
+    explore = carrot.get("explore", True)
+    if not isinstance(explore, bool):
+        raise RequestError(f"carrot.explore must be true or false, got {explore!r}.", param="carrot.explore")
     return ChatRequest(payload, pinned, options, text, stream, client_wants_usage,
-                       session_field=carrot.get("session"), user_field=body.get("user"))
+                       session_field=carrot.get("session"), user_field=body.get("user"), explore=explore)

@@ -87,6 +87,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "huggingface_hub's CommitScheduler; carrot learn reads it back")
     parser.add_argument("--push-every", type=parse_duration, default=600.0, metavar="DURATION",
                         help="how often --push-logs commits (default 10m)")
+    parser.add_argument("--explore", type=float, default=None, metavar="RATE",
+                        help="judged exploration: for this share in [0, 1] of routed plain chat requests, after the "
+                             "answer, ask one other candidate and have --judge grade both; labels go to the outcome "
+                             "log as source 'judge' (and into the router with --learn). See docs/exploration.md")
+    parser.add_argument("--judge", default=None, metavar="CANDIDATE",
+                        help="the upstream that grades answers for --explore (with the rubric of carrot collect)")
+    parser.add_argument("--explore-budget", type=float, default=None, metavar="DOLLARS_PER_DAY",
+                        help="stop exploring for the rest of the UTC day once its spend (explored answers and the "
+                             "judge) reaches this many US$ (default: no cap)")
+    parser.add_argument("--explore-ood-rate", type=float, default=None, metavar="R",
+                        help="share of out-of-distribution requests explored (default 4 x RATE, at most 1)")
+    parser.add_argument("--explore-private", action="store_true",
+                        help="with --no-prompt-log, explore those requests too (their labels are logged without the prompt)")
     parser.add_argument("--access-log", action="store_true", help="print one line per HTTP request")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
@@ -144,6 +157,7 @@ def run_serve(args: argparse.Namespace) -> int:
         check_keys(specs)
     except UpstreamConfigError as error:
         raise UsageError(str(error)) from None
+    _explore_settings(args, list(specs))  # its errors before anything starts; each serving process builds its own
     if not (args.body_timeout > 0 and math.isfinite(args.body_timeout)):
         raise UsageError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}.")
     gateway_key = os.environ.get(GATEWAY_KEY_ENV) or None
@@ -203,7 +217,7 @@ def serve_in_this_process(args, sock, gateway_key, progress: bool = True, worker
     except UpstreamConfigError as error:
         raise UsageError(str(error)) from None
     return _serve(router, UpstreamPool(specs), sock, args, gateway_key, revision=revision,
-                  reload_source=reload_source, worker=worker)
+                  reload_source=reload_source, worker=worker, explore=_explore_settings(args, list(specs)))
 
 
 def _check_scale_out_options(args) -> None:
@@ -277,6 +291,28 @@ def _set_routing_threads(router, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _explore_settings(args, upstream_names):
+    """`--explore ...` as `ExploreSettings` (None without --explore); `UsageError` (exit 2) on bad values."""
+    given = [flag for flag, value in (("--judge", args.judge), ("--explore-budget", args.explore_budget),
+                                      ("--explore-ood-rate", args.explore_ood_rate)) if value is not None]
+    if args.explore is None:
+        if given or args.explore_private:
+            raise UsageError(f"{(given or ['--explore-private'])[0]} only applies with --explore RATE.")
+        return None
+    if args.judge is None:
+        raise UsageError("--explore needs --judge CANDIDATE: the upstream that grades the answers.")
+    if args.judge not in upstream_names:
+        raise UsageError(f"The judge {args.judge!r} is not an upstream (upstreams: {', '.join(upstream_names)}): "
+                         "add it to the upstreams file or name one of them.")
+    from .exploration import ExploreSettings
+
+    try:
+        return ExploreSettings(rate=args.explore, judge=args.judge, budget_per_day=args.explore_budget,
+                               ood_rate=args.explore_ood_rate, private=args.explore_private)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _open_outcome_log(args, router):
     from .outcome_log import OutcomeLog
 
@@ -315,7 +351,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_source=None, worker: str = "") -> int:
+def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_source=None, worker: str = "",
+           explore=None) -> int:
     import uvicorn
 
     from .app import Gateway, GatewaySettings
@@ -335,7 +372,11 @@ def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_sou
     )
     learner = _open_learner(args, router)
     outcome_log = _open_outcome_log(args, router)
-    gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log, learner=learner, revision=revision)
+    try:
+        gateway = Gateway(router, upstreams, settings, outcome_log=outcome_log, learner=learner, revision=revision,
+                          explore=explore)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if reload_source is not None:
         from .reloading import RouterReloader
 
@@ -352,6 +393,7 @@ def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_sou
           + (f"; learning from feedback into {args.learn_dir}" if learner else "")
           + (f"; revision {revision}" if revision else "")
           + (f", checked every {args.reload_every:g} s" if reload_source is not None else "")
+          + (f"; exploring {explore.rate:g} (ood {explore.ood_rate:g}) judged by {explore.judge}" if explore else "")
           + ("; gateway key required" if gateway_key else ""), file=sys.stderr, flush=True)
     # Keep idle client connections 75 s (uvicorn's 5 s races with clients reusing pooled connections).
     config = uvicorn.Config(gateway.app, log_level="warning", access_log=args.access_log, lifespan="on",

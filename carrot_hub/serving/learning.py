@@ -41,7 +41,7 @@ class OnlineLearner:
             Each holds the whole router (encoder included).
         max_batch: the most queued labels encoded in one batch.
 
-    A request labelled twice is learned once (its first label; the outcome log keeps every label and
+    A (request, model) labelled twice is learned once (its first label; the outcome log keeps every label and
     its loader uses the latest). Feedback whose served record has no prompt (`--no-prompt-log`), an
     empty one (zero-width characters only, served pinned) or names a model the router does not know
     is counted in `stats` and not learned.
@@ -96,7 +96,8 @@ class OnlineLearner:
         with self._lock:
             if self._closed:
                 raise RuntimeError("This learner is closed; no more feedback can be learned.")
-            if request_id in self._learned_ids:
+            key = (request_id, model)  # a judged exploration labels two models of one request
+            if key in self._learned_ids:
                 self.stats["repeated"] += 1
                 return
             if not isinstance(prompt, str):
@@ -110,7 +111,7 @@ class OnlineLearner:
             if model not in self.router.config.candidate_models:
                 self.stats["unknown_model"] += 1
                 return
-            self._learned_ids[request_id] = None
+            self._learned_ids[key] = None
             if len(self._learned_ids) > MAX_LEARNED_IDS:
                 self._learned_ids.popitem(last=False)
             self._pending.append((prompt, model, score, tokens))

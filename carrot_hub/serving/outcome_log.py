@@ -9,7 +9,9 @@ and `carrot train`):
       outcomes-20261128T100000Z-4242-a1b2c3-000001.jsonl
 
 Every served request appends one `{"type": "served", ...}` line; `feedback()` appends one
-`{"type": "feedback", "request_id", "score", "time"}` line. Nothing is rewritten: labels are joined to
+`{"type": "feedback", "request_id", "score", "time", "source"}` line (`source` "user" for
+`POST /v1/feedback`, "judge" for judged exploration, whose label of an explored candidate also
+names its `model` and `usage`); `explored()` appends an exploration's audit record. Nothing is rewritten: labels are joined to
 their requests when the log is read (the latest label of a request wins).
 
 Concurrency: each `OutcomeLog` writes its own shard (file names carry the process id and a random
@@ -47,6 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from carrot_hub.data.outcome_logs import (
+    EXPLORED,
     FEEDBACK,
     SERVED,
     SHARD_PREFIX,
@@ -308,10 +311,13 @@ class OutcomeLog:
                 line["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
         self._append(line, served_id=request_id)
 
-    def feedback(self, request_id: str, score: float) -> dict:
+    def feedback(self, request_id: str, score: float, source: str = "user", model: str | None = None,
+                 usage: dict | None = None) -> dict:
         """
         Attach a quality label in [0, 1] to a served request: appends a feedback record and returns
         the served record it labels (as logged; with `prompt` unless prompts are not logged).
+        `source`: "user" or "judge". `model`/`usage` (judge labels only): the label scores another
+        candidate's answer to the same request (one the gateway explored), with that answer's usage.
 
         Raises:
             ValueError: `score` is not a number in [0, 1], or the request was not answered.
@@ -327,8 +333,21 @@ class OutcomeLog:
             raise ValueError(
                 f"Request {request_id!r} was not answered (status {served.get('status')!r}): there is no answer to score."
             )
-        self._append({"type": FEEDBACK, "request_id": request_id, "score": score, "time": time.time()})
+        if source not in ("user", "judge"):
+            raise ValueError(f"source must be 'user' or 'judge', got {source!r}.")
+        line = {"type": FEEDBACK, "request_id": request_id, "score": score, "time": time.time(), "source": source}
+        if model is not None:
+            line["model"] = model
+            if usage is not None:
+                line["usage"] = _jsonable(dict(usage))
+        self._append(line)
         return served
+
+    def explored(self, record: Mapping) -> None:
+        """Append the audit record of one exploration (`request_id`, what was asked, its labels and cost)."""
+        line = {**_jsonable(dict(record)), "type": EXPLORED}
+        line.setdefault("time", time.time())
+        self._append(line)
 
     def _append(self, line: dict, served_id: str | None = None) -> None:
         """Write one line; a served record's place (`served_id`) goes into the feedback index as written."""

@@ -56,6 +56,18 @@ class GatewayMetrics:
         self.reload_failures = Counter("carrot_reload_failures", "Router revisions that failed to load and were skipped",
                                        ["revision"], registry=r)
         self._revision: str | None = None
+        self.routed_distribution = Counter("carrot_routed_in_distribution", "Routed requests by whether the router "
+                                           "found the prompt in distribution (true, false, unknown)",
+                                           ["in_distribution"], registry=r)
+        self.ood_share = Gauge("carrot_out_of_distribution_share", "Share of routed requests since start that the "
+                               "router flagged out of distribution (a new kind of traffic shows here first)", registry=r)
+        self.explored = Counter("carrot_explored", "Judged explorations finished, by outcome (judged, "
+                                "partly_judged, unscored, explored_failed)", ["outcome"], registry=r)
+        self.explore_dropped = Counter("carrot_explore_dropped", "Explorations sampled but not run, by reason "
+                                       "(queue_full, budget)", ["reason"], registry=r)
+        self.explore_spend = Counter("carrot_explore_spend_dollars", "US$ spent exploring (the explored candidate "
+                                     "and the judge), never billed to a request", ["kind"], registry=r)
+        self._routed_counts = {"true": 0, "false": 0, "unknown": 0}
 
     def set_revision(self, revision: str | None) -> None:
         """Label the router in use (`carrot_router_revision{revision="…"} 1`; "none" for a plain router folder)."""
@@ -63,6 +75,13 @@ class GatewayMetrics:
             self.revision.remove(self._revision)
         self._revision = revision or "none"
         self.revision.labels(self._revision).set(1)
+
+    def observe_distribution(self, in_distribution: bool | None) -> None:
+        """One routed request: counted by in/out of distribution; the out-of-distribution share updated."""
+        key = {True: "true", False: "false", None: "unknown"}[in_distribution]
+        self._routed_counts[key] += 1
+        self.routed_distribution.labels(key).inc()
+        self.ood_share.set(self._routed_counts["false"] / sum(self._routed_counts.values()))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.routing_batch.observe(size)

@@ -1,0 +1,244 @@
+"""Judged exploration (`carrot serve --explore RATE --judge CANDIDATE`): the gateway labels its own traffic.
+
+After a sampled routed request has been answered (the client already has its answer), the gateway
+asks one other candidate the same request and has the judge grade both answers with the rubric of
+`carrot collect` (`carrot_hub.collect.judge`). Both grades become feedback records with
+`source: "judge"` in the outcome log, and with `--learn` they go through the learner as user
+feedback does. All of it runs on its own bounded queue and workers: a full queue drops the
+exploration (counted), an exploration never touches the answer already sent, and its spend (the
+explored answer and the judge's two calls) is counted apart and capped per UTC day.
+
+Which candidate is explored (`pick_explored`): among the candidates the request allowed (the
+routed choice's ranking: allowed, callable, within `max_cost`) other than the one that answered,
+the cheaper ones by predicted cost, and of those the one whose predicted quality is closest to the
+answering model's; when none is cheaper, the one closest in predicted quality. The label that
+teaches the router most is one that can change a decision: the router picked its model over the
+rivals near it, and the nearest cheaper rival is the one whose real quality, if as good, would have
+been the better choice (the CARROT trade-off); it is also the cheapest label to buy. A candidate far
+below in predicted quality is rarely chosen whatever its label says.
+
+Each answer is graded absolutely (0 to 10 per the rubric, one call each), not against the other:
+`remember()` takes a quality in [0, 1] per (prompt, model) cell on the scale of the training labels,
+which a preference between two answers does not give; and grading each answer alone has no
+position bias and lets one grade stand when the other call fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..collect.contracts import Score, ScoringInput
+
+logger = logging.getLogger("carrot_hub.serving.exploration")
+DEFAULT_QUEUE_SIZE = 256
+DEFAULT_WORKERS = 4
+# Request fields an explored candidate is asked with (the rest, tools or a response format, is never explored).
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed",
+                 "presence_penalty", "frequency_penalty")
+# A request carrying any of these asks for something a judge cannot compare as plain text.
+NOT_PLAIN_KEYS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+
+
+def default_ood_rate(rate: float) -> float:
+    """Out-of-distribution prompts teach the router most: sampled at 4× RATE by default (at most 1)."""
+    return min(1.0, 4 * rate)
+
+
+@dataclass
+class ExploreSettings:
+    """
+    `rate`: share of routed, in-distribution (or unknown) plain chat requests explored, in [0, 1].
+    `judge`: the upstream that grades. `budget_per_day`: US$ per UTC day (None: no cap).
+    `ood_rate`: share of out-of-distribution requests explored (default `default_ood_rate(rate)`).
+    `private`: also explore requests whose prompt is not logged (`--no-prompt-log`).
+    """
+
+    rate: float
+    judge: str
+    budget_per_day: float | None = None
+    ood_rate: float | None = None
+    private: bool = False
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    workers: int = DEFAULT_WORKERS
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("rate", "ood_rate"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+                raise ValueError(f"--explore{'' if name == 'rate' else '-ood-rate'} must be a share in [0, 1], got {value!r}.")
+        if self.ood_rate is None:
+            self.ood_rate = default_ood_rate(self.rate)
+        if self.budget_per_day is not None and not (self.budget_per_day >= 0 and self.budget_per_day != float("inf")):
+            raise ValueError(f"--explore-budget must be a number of US$ per day ≥ 0, got {self.budget_per_day!r}.")
+        if not isinstance(self.judge, str) or not self.judge:
+            raise ValueError("--explore needs --judge CANDIDATE: the upstream that grades the answers.")
+        if self.queue_size < 1 or self.workers < 1:
+            raise ValueError("queue_size and workers must be positive.")
+
+
+@dataclass
+class ExploreJob:
+    """One exploration to run: the served request and its answer, and the candidate to ask."""
+
+    request_id: str
+    messages: list
+    sampling: dict
+    prompt: str
+    chosen: str
+    chosen_answer: str
+    explored: str
+    predicted: dict = field(default_factory=dict)  # {model: (quality, cost)} as the router predicted
+
+
+def pick_explored(ranked, answered: str) -> str | None:
+    """
+    The candidate to explore (see the module docstring): of `ranked` (`CandidateEstimate`s: name,
+    quality, cost) other than `answered`, the cheaper ones' closest in predicted quality, else the
+    closest in predicted quality. None when there is no other candidate.
+    """
+    by_name = {c.name: c for c in ranked}
+    if answered not in by_name:
+        return None
+    mine = by_name[answered]
+    others = [c for c in ranked if c.name != answered]
+    if not others:
+        return None
+    cheaper = [c for c in others if c.cost < mine.cost]
+    pool = cheaper or others
+    return min(pool, key=lambda c: (abs(c.quality - mine.quality), c.cost, c.name)).name
+
+
+def plain_chat(payload: dict) -> bool:
+    """True for a request a judge can compare as text: no tools, functions or response format."""
+    return not any(payload.get(key) not in (None, [], {}) for key in NOT_PLAIN_KEYS)
+
+
+def utc_day(now: datetime.datetime | None = None) -> str:
+    return (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d")
+
+
+class Explorer:
+    """
+    The exploration queue and its workers, on the gateway's event loop.
+
+    `ask(candidate, messages, sampling) -> Completion` calls an upstream (`collect.asking.Asker`);
+    `judge` is a `collect` scorer (`JudgeScorer`); `record(job, explored, scores, error)` is awaited
+    with the outcome (the gateway writes the log and feeds the learner). `metrics` is the gateway's.
+    """
+
+    def __init__(self, settings: ExploreSettings, ask, judge, record: Callable, metrics, clock=None):
+        self.settings, self.ask, self.judge, self.record, self.metrics = settings, ask, judge, record, metrics
+        self._random = random.Random(settings.seed)
+        self._queue: asyncio.Queue | None = None
+        self._workers: list[asyncio.Task] = []
+        self._day, self._spent_today = utc_day(), 0.0
+        self._clock = clock or utc_day
+        self.stats = {"queued": 0, "finished": 0, "dropped": 0}
+
+    # ------------------------------------------------------------------ sampling
+
+    def sampled(self, in_distribution: bool | None) -> bool:
+        rate = self.settings.ood_rate if in_distribution is False else self.settings.rate
+        return rate > 0 and self._random.random() < rate
+
+    def spent_today(self) -> float:
+        today = self._clock()
+        if today != self._day:
+            self._day, self._spent_today = today, 0.0
+        return self._spent_today
+
+    def over_budget(self, predicted_cost: float = 0.0) -> bool:
+        """True when today's spend plus `predicted_cost` (the explored answer's) passes the budget."""
+        budget = self.settings.budget_per_day
+        return budget is not None and self.spent_today() + max(predicted_cost, 0.0) > budget
+
+    def _spend(self, dollars: float | None, kind: str) -> None:
+        if dollars:
+            self.spent_today()
+            self._spent_today += dollars
+            self.metrics.explore_spend.labels(kind).inc(dollars)
+
+    # ------------------------------------------------------------------ queue
+
+    def offer(self, job: ExploreJob, predicted_cost: float = 0.0) -> bool:
+        """Queue `job` without waiting; False (and counted) when the budget is spent or the queue is full."""
+        if self.over_budget(predicted_cost):
+            self.metrics.explore_dropped.labels("budget").inc()
+            self.stats["dropped"] += 1
+            return False
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.settings.queue_size)
+            self._workers = [asyncio.create_task(self._work(), name=f"carrot-explore-{i}")
+                             for i in range(self.settings.workers)]
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.explore_dropped.labels("queue_full").inc()
+            self.stats["dropped"] += 1
+            return False
+        self.stats["queued"] += 1
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self.explore(job)
+            except Exception:  # noqa: BLE001  (a bug in one exploration must not stop the worker)
+                logger.exception("exploration of %s failed", job.request_id)
+            finally:
+                self.stats["finished"] += 1
+                self._queue.task_done()
+
+    async def explore(self, job: ExploreJob) -> None:
+        """Ask the explored candidate, judge both answers, hand the outcome to `record`."""
+        from .upstreams import UpstreamFailure, UpstreamRejected
+
+        if self.over_budget():  # the day's budget ran out while this job waited
+            self.metrics.explore_dropped.labels("budget").inc()
+            self.stats["dropped"] += 1
+            return
+        try:
+            explored = await self.ask(job.explored, job.messages, job.sampling)
+        except (UpstreamFailure, UpstreamRejected) as error:
+            self.metrics.explored.labels("explored_failed").inc()
+            await self.record(job, None, {}, f"the explored candidate {job.explored!r} failed: {str(error)[:200]}")
+            return
+        self._spend(explored.cost, "explored")
+        messages = tuple(job.messages)
+        answers = {job.chosen: job.chosen_answer, job.explored: explored.text}
+        graded = await asyncio.gather(*(self.judge.score(ScoringInput(job.prompt, answer, messages=messages))
+                                        for answer in answers.values()), return_exceptions=True)
+        scores: dict[str, Score] = {}
+        for model, grade in zip(answers, graded):
+            if isinstance(grade, BaseException):
+                grade = Score(None, f"the judge failed: {type(grade).__name__}: {str(grade)[:200]}",
+                              scorer=getattr(self.judge, "name", "judge"))
+            scores[model] = grade
+            self._spend(grade.judge_cost, "judge")
+        n_scored = sum(score.scored for score in scores.values())
+        self.metrics.explored.labels({2: "judged", 1: "partly_judged", 0: "unscored"}[n_scored]).inc()
+        await self.record(job, explored, scores, None)
+
+    async def join(self) -> None:
+        """Wait until every queued exploration has finished (tests, shutdown)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def aclose(self, drain_s: float = 5.0) -> None:
+        """Give queued explorations up to `drain_s` seconds, then cancel the workers."""
+        if self._queue is None:
+            return
+        try:
+            await asyncio.wait_for(self.join(), drain_s)
+        except TimeoutError:
+            logger.warning("%d explorations were still queued at shutdown and were dropped", self._queue.qsize())
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)

@@ -1,0 +1,334 @@
+"""Judged exploration (`carrot serve --explore RATE --judge CANDIDATE`): after the answer, one other
+candidate is asked the same request, the judge grades both with the collect rubric, and both labels
+go to the outcome log (`source: judge`) and, with --learn, into the router. Fake upstreams on loopback;
+the judge is a small fake that grades with "Score: N"."""
+
+import asyncio
+import json
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from carrot_hub.cli import main
+from carrot_hub.data.outcome_logs import iter_shard_records, outcome_log_records, read_outcome_log
+from carrot_hub.modeling_carrot import CarrotRouter
+from carrot_hub.serving.exploration import Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
+from carrot_hub.serving.local_server import LocalServer
+from carrot_hub.serving.metrics import GatewayMetrics
+from carrot_hub.serving.outcome_log import OutcomeLog
+from tests.conftest import TINY_MODELS
+from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
+
+USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
+JUDGE = "big-model"
+
+
+class FakeJudge:
+    """Grades every answer: "Score: 3" when the answer is small-model's, else "Score: 8"; or `reply` as given."""
+
+    def __init__(self, reply: str | None = None):
+        self.reply, self.asked = reply, []
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+    async def chat(self, request: Request):
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        self.asked.append(text)
+        reply = self.reply if self.reply is not None else (
+            "Weak answer.\nScore: 3" if "small-model-upstream-id says" in text else "Fine.\nScore: 8")
+        return JSONResponse({"id": "j", "object": "chat.completion", "model": "judge",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 100, "completion_tokens": 10}})
+
+
+@contextmanager
+def gateway_with_judge(router, tmp_path, judge_reply=None, log=None, learner=None, **explore):
+    """Fakes for mid/small-model, the fake judge as big-model; yields `(gateway, server, judge, fakes)`."""
+    judge = FakeJudge(judge_reply)
+    with fake_upstreams([m for m in TINY_MODELS if m != JUDGE]) as fakes, LocalServer(judge.app) as judge_server:
+        entries = upstream_entries(fakes)
+        entries[JUDGE] = {"base_url": judge_server.base_url, "model": "judge-id"}
+        settings = ExploreSettings(**{"rate": 1.0, "judge": JUDGE, "seed": 0, **explore})
+        log = log or OutcomeLog(tmp_path / "log")
+        with running_gateway(router, entries, log=log, learner=learner, explore=settings,
+                             route_window_s=0.0) as (gateway, server):
+            yield gateway, server, judge, fakes
+
+
+def wait_explored(gateway, count: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while gateway.explorer.stats["finished"] < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gateway.explorer.stats["finished"] >= count, gateway.explorer.stats
+    wait_records(gateway)
+    gateway._feedback_lookup.submit(lambda: None).result(timeout=5)
+    gateway._learning.submit(lambda: None).result(timeout=5)
+
+
+def records_of(log, kind):
+    return [record for _, record in iter_shard_records(log.folder) if record.get("type") == kind]
+
+
+def test_a_routed_answer_is_explored_judged_and_both_labels_logged(knn_router, tmp_path):
+    with gateway_with_judge(knn_router, tmp_path) as (gateway, server, judge, fakes):
+        response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+        assert response.status_code == 200
+        chosen, request_id = response.headers["x-carrot-model"], response.headers["x-carrot-request-id"]
+        wait_explored(gateway, 1)
+        metrics = httpx.get(server.base_url.removesuffix("/v1") + "/metrics").text
+        log = gateway.outcome_log
+    # The client's answer is the chosen model's, untouched.
+    assert response.json()["choices"][0]["message"]["content"].startswith(f"{chosen}-upstream-id says") \
+        or chosen == JUDGE
+    [audit] = records_of(log, "explored")
+    assert audit["request_id"] == request_id and audit["chosen"] == chosen and audit["explored"] != chosen
+    explored = audit["explored"]
+    # The explored candidate got the same messages, never the `carrot` options.
+    if explored != JUDGE:
+        sent = fakes[explored][0].received[-1]
+        assert sent["messages"] == USER and "carrot" not in sent
+    feedback = records_of(log, "feedback")
+    assert {f["source"] for f in feedback} == {"judge"} and len(feedback) == 2
+    by_model = {f.get("model", chosen): f for f in feedback}
+    assert set(by_model) == {chosen, explored}
+    assert by_model[explored]["usage"]["completion_tokens"] > 0
+    expected = {m: 0.3 if m == "small-model" else 0.8 for m in (chosen, explored)}
+    assert {m: f["score"] for m, f in by_model.items()} == pytest.approx(expected)
+    # Both labels are read back: the chosen one joined to its request, the explored one as its own cell.
+    contents = read_outcome_log(log.folder)
+    assert contents.labels[request_id][0] == pytest.approx(expected[chosen])
+    assert contents.explored_labels[(request_id, explored)][0] == pytest.approx(expected[explored])
+    cells, summary = outcome_log_records(log.folder)
+    [cell] = [c for c in cells if c["model"] == explored]
+    assert cell["score"] == pytest.approx(expected[explored]) and cell["output_tokens"] > 0
+    assert summary["explored_labelled"] == 1
+    # Spend is counted apart from the request's.
+    assert 'carrot_explored_total{outcome="judged"} 1.0' in metrics
+    assert 'carrot_explore_spend_dollars_total{kind="judge"}' in metrics
+    assert len(judge.asked) == 2 + (1 if chosen == JUDGE or explored == JUDGE else 0)
+
+
+def test_a_streamed_answer_is_explored_with_its_assembled_text(knn_router, tmp_path):
+    with gateway_with_judge(knn_router, tmp_path) as (gateway, server, judge, _):
+        with httpx.stream("POST", server.base_url + "/chat/completions",
+                          json={"model": "carrot:1", "messages": USER, "stream": True}) as response:
+            body = "".join(response.iter_text())
+            chosen = response.headers["x-carrot-model"]
+        assert "[DONE]" in body
+        wait_explored(gateway, 1)
+    assert chosen != JUDGE  # μ = 1: the cheapest candidate, a streaming fake
+    # The chosen model's streamed answer (words without the plain answer's "<model> says:"), assembled,
+    # is what the judge graded.
+    assert any("w0 w1 w2 w3 w4 w5 w6 w7" in asked and "upstream-id says" not in asked for asked in judge.asked)
+
+
+@pytest.mark.parametrize("extra", [
+    {"model": "small-model"},  # pinned
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+    {"response_format": {"type": "json_object"}},
+    {"carrot": {"explore": False}},
+])
+def test_what_is_never_explored(knn_router, tmp_path, extra):
+    with gateway_with_judge(knn_router, tmp_path) as (gateway, server, judge, _):
+        body = {"model": "carrot:1", "messages": USER, **extra}
+        assert httpx.post(server.base_url + "/chat/completions", json=body).status_code == 200
+        time.sleep(0.2)
+        assert gateway.explorer.stats["queued"] == 0 and not judge.asked
+
+
+def test_explore_must_be_a_boolean(knn_router, tmp_path):
+    with gateway_with_judge(knn_router, tmp_path) as (_, server, _, _):
+        response = httpx.post(server.base_url + "/chat/completions",
+                              json={"model": "carrot", "messages": USER, "carrot": {"explore": "no"}})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "carrot.explore"
+
+
+def test_a_judge_without_a_grade_leaves_both_unscored_and_nothing_learned(saved_knn_router, tmp_path):
+    from carrot_hub.serving.learning import OnlineLearner
+
+    router = CarrotRouter.from_pretrained(saved_knn_router)
+    learner = OnlineLearner(router, tmp_path / "learned", every=0)
+    with gateway_with_judge(router, tmp_path, judge_reply="I cannot say.", learner=learner) as (gateway, server, _, _):
+        response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0.5", "messages": USER})
+        assert response.status_code == 200
+        wait_explored(gateway, 1)
+        log = gateway.outcome_log
+        again = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0.5", "messages": USER,
+                                                                         "carrot": {"explore": False}})
+        assert again.status_code == 200  # serving goes on
+    [audit] = records_of(log, "explored")
+    assert all(label["score"] is None and "no 'Score: N' line" in label["reason"] for label in audit["labels"].values())
+    assert records_of(log, "feedback") == [] and learner.stats["learned"] == 0
+
+
+def test_with_learn_both_judge_labels_go_through_the_learner(saved_knn_router, tmp_path):
+    from carrot_hub.serving.learning import OnlineLearner
+
+    router = CarrotRouter.from_pretrained(saved_knn_router)
+    learner = OnlineLearner(router, tmp_path / "learned", every=0)
+    with gateway_with_judge(router, tmp_path, learner=learner) as (gateway, server, _, _):
+        response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+        wait_explored(gateway, 1)
+        # A user label of the same request is still taken (and kept apart by its source).
+        label = httpx.post(server.base_url + "/feedback",
+                           json={"request_id": response.headers["x-carrot-request-id"], "score": 1.0})
+        assert label.status_code == 200
+        log = gateway.outcome_log
+    assert learner.stats["learned"] == 2 and learner.stats["repeated"] == 1
+    assert sorted(f["source"] for f in records_of(log, "feedback")) == ["judge", "judge", "user"]
+
+
+def test_a_failing_explored_candidate_is_recorded_and_serving_goes_on(knn_router, tmp_path):
+    with gateway_with_judge(knn_router, tmp_path) as (gateway, server, _, fakes):
+        post = lambda: httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+        assert post().status_code == 200
+        wait_explored(gateway, 1)
+        explored = records_of(gateway.outcome_log, "explored")[0]["explored"]
+        assert explored in fakes  # μ = 0 chooses big-model (the judge's upstream); a fake is explored
+        fakes[explored][0].fail_next("400", 1)
+        assert post().status_code == 200
+        wait_explored(gateway, 2)
+        audits = records_of(gateway.outcome_log, "explored")
+        feedback = records_of(gateway.outcome_log, "feedback")
+    assert audits[-1]["status"] == "explored_failed" and "failed" in audits[-1]["error"]
+    assert len(feedback) == 2  # the first exploration's labels only
+
+
+def test_no_prompt_log_requests_are_explored_only_when_private(knn_router, tmp_path):
+    for private, expected in ((False, 0), (True, 1)):
+        log = OutcomeLog(tmp_path / f"log-{private}", log_prompts=False)
+        with gateway_with_judge(knn_router, tmp_path, log=log, private=private) as (gateway, server, _, _):
+            httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+            if expected:
+                wait_explored(gateway, 1)
+            else:
+                time.sleep(0.2)
+            assert gateway.explorer.stats["queued"] == expected
+            if expected:  # the labels are logged without the prompt
+                assert all("prompt" not in r for _, r in iter_shard_records(log.folder))
+
+
+def test_metrics_report_the_out_of_distribution_share():
+    metrics = GatewayMetrics()
+    for flag in (True, False, False, None):
+        metrics.observe_distribution(flag)
+    text = metrics.render().decode()
+    assert "carrot_out_of_distribution_share 0.5" in text
+    assert 'carrot_routed_in_distribution_total{in_distribution="false"} 2.0' in text
+
+
+# ----------------------------------------------------------------------------------- the rule and the queue
+
+def test_pick_explored_prefers_the_cheaper_candidate_closest_in_quality():
+    from types import SimpleNamespace as C
+
+    ranked = [C(name="big", quality=0.9, cost=1.0), C(name="mid", quality=0.85, cost=0.1),
+              C(name="small", quality=0.4, cost=0.01), C(name="huge", quality=0.91, cost=5.0)]
+    assert pick_explored(ranked, "big") == "mid"
+    assert pick_explored(ranked, "small") == "mid"  # nothing cheaper: the closest in quality
+    assert pick_explored(ranked[:1], "big") is None
+    assert plain_chat({"messages": USER}) and not plain_chat({"messages": USER, "tools": [{}]})
+
+
+class _Counting:
+    """A judge/ask pair for Explorer unit tests."""
+
+    def __init__(self, cost=0.5):
+        self.cost = cost
+
+    async def ask(self, candidate, messages, sampling):
+        from carrot_hub.collect.contracts import Completion
+
+        return Completion(candidate, "answer", 10, 10, cost=self.cost)
+
+
+def _job(i=0):
+    return ExploreJob(f"r{i}", USER, {}, USER[0]["content"], "big", "a", "mid")
+
+
+def test_a_full_queue_drops_and_counts():
+    async def run():
+        metrics = GatewayMetrics()
+        explorer = Explorer(ExploreSettings(rate=1, judge="j", queue_size=1, workers=1), _Counting().ask, None,
+                            None, metrics)
+        offered = [explorer.offer(_job(i)) for i in range(3)]  # the worker has not run yet
+        for task in explorer._workers:
+            task.cancel()
+        return offered, metrics.render().decode()
+
+    offered, text = asyncio.run(run())
+    assert offered == [True, False, False]
+    assert 'carrot_explore_dropped_total{reason="queue_full"} 2.0' in text
+
+
+def test_the_budget_stops_exploration_for_the_utc_day():
+    from carrot_hub.collect.contracts import Score
+
+    class Judge:
+        name = "judge:j"
+
+        async def score(self, item):
+            return Score(0.5, "ok", judge_cost=0.25)
+
+    recorded = []
+
+    async def record(job, explored, scores, error):
+        recorded.append(job.request_id)
+
+    day = ["2026-12-06"]
+
+    async def run():
+        metrics = GatewayMetrics()
+        explorer = Explorer(ExploreSettings(rate=1, judge="j", budget_per_day=1.0), _Counting(0.5).ask, Judge(),
+                            record, metrics, clock=lambda: day[0])
+        await explorer.explore(_job(0))  # 0.5 + 2 × 0.25 = 1.0: the budget is spent
+        assert explorer.spent_today() == pytest.approx(1.0)
+        assert not explorer.offer(_job(1), predicted_cost=0.01)
+        day[0] = "2026-12-07"  # a new UTC day: exploring again
+        assert explorer.offer(_job(2), predicted_cost=0.01)
+        await explorer.join()
+        await explorer.aclose()
+        return metrics.render().decode()
+
+    text = asyncio.run(run())
+    assert recorded == ["r0", "r2"]
+    assert 'carrot_explore_dropped_total{reason="budget"} 1.0' in text
+    assert 'carrot_explore_spend_dollars_total{kind="explored"} 1.0' in text
+
+
+def test_out_of_distribution_prompts_are_sampled_at_their_own_rate():
+    explorer = Explorer(ExploreSettings(rate=0.0, judge="j", ood_rate=1.0), None, None, None, GatewayMetrics())
+    assert explorer.sampled(False) and not explorer.sampled(True) and not explorer.sampled(None)
+    assert ExploreSettings(rate=0.1, judge="j").ood_rate == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------------- start-up errors
+
+def _serve(tmp_path, capsys, *flags):
+    upstreams = tmp_path / "upstreams.json"
+    upstreams.write_text(json.dumps({"big-model": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}))
+    code = main(["serve", "--upstreams", str(upstreams), "--port", "0", *map(str, flags)])
+    _, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    return code, lines
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--explore", "0.1", "--judge", "mid-model"], "is not an upstream"),
+    (["--explore", "1.5", "--judge", "big-model"], "share in [0, 1]"),
+    (["--explore", "-0.1", "--judge", "big-model"], "share in [0, 1]"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-budget", "-1"], "≥ 0"),
+    (["--explore", "0.1"], "needs --judge"),
+    (["--judge", "big-model"], "only applies with --explore"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-ood-rate", "2"], "share in [0, 1]"),
+])
+def test_bad_explore_options_are_one_line_and_exit_2(tmp_path, capsys, flags, fragment):
+    code, lines = _serve(tmp_path, capsys, *flags)
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
