@@ -20,7 +20,7 @@ from carrot_hub.data.outcome_logs import iter_shard_records, outcome_log_records
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.exploration import Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
 from carrot_hub.serving.local_server import LocalServer
-from carrot_hub.serving.metrics import GatewayMetrics
+from carrot_hub.serving.prometheus_metrics import GatewayMetrics
 from carrot_hub.serving.outcome_log import OutcomeLog
 from tests.conftest import TINY_MODELS
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
