@@ -1,7 +1,5 @@
 """`carrot serve`: start-up errors are one line with exit code 2; a real start serves and stops cleanly."""
 
-import json
-import os
 import re
 import signal
 import socket
@@ -12,31 +10,9 @@ import time
 import httpx
 import pytest
 
-from carrot_hub.cli import main
 from tests.conftest import TINY_MODELS
+from tests.serve_cli_helpers import ENV, assert_one_line, run, write
 from tests.serve_fixtures import fake_upstreams, upstream_entries
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
-    return code, err
-
-
-def assert_one_line(err: str, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("carrot serve: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def write(tmp_path, content, name="upstreams.yaml"):
-    path = tmp_path / name
-    path.write_text(json.dumps(content) if not isinstance(content, str) else content)
-    return path
-
 
 ONE = {"big-model": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}
 

@@ -20,7 +20,7 @@ from carrot_hub.serving.outcome_log import OutcomeLog
 from carrot_hub.serving.reloading import RevisionSource, RouterReloader
 from tests.conftest import TINY_MODELS, TINY_PROMPTS
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries
-from tests.test_serve_cli import ENV, assert_one_line, run, write
+from tests.serve_cli_helpers import ENV, assert_one_line, run, write
 
 USER = [{"role": "user", "content": TINY_PROMPTS[0]}]
 
