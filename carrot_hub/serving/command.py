@@ -177,7 +177,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             from .workers import run_workers
 
-            return run_workers(args, sock)
+            return run_workers(args, sock, serve_in_this_process, gateway_key)
         return serve_in_this_process(args, sock, gateway_key, progress=True)
     finally:
         sock.close()

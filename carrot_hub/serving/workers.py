@@ -15,7 +15,6 @@ Kubernetes Deployment restarts the whole).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -23,31 +22,26 @@ import time
 STOP_GRACE_S = 20.0
 
 
-def _worker_main(args, sock, index: int, gateway_key: str | None) -> None:
-    """One worker: serve on the inherited socket until stopped."""
+def _worker_main(args, sock, index: int, gateway_key: str | None, serve) -> None:
+    """One worker: serve on the inherited socket until stopped (`serve` is the command's serve_in_this_process)."""
     from ..cli_common import Failure, UsageError
 
     try:
-        code = _serve_worker(args, sock, index, gateway_key)
+        code = serve(args, sock, gateway_key, progress=False, worker=f" [worker {index}]")
     except (UsageError, Failure) as error:
         print(f"carrot serve [worker {index}]: error: {error}", file=sys.stderr, flush=True)
         code = 2 if isinstance(error, UsageError) else 1
     sys.exit(code)
 
 
-def _serve_worker(args, sock, index, gateway_key) -> int:
-    from .command import serve_in_this_process
-
-    return serve_in_this_process(args, sock, gateway_key, progress=False, worker=f" [worker {index}]")
-
-
-def run_workers(args, sock) -> int:
-    """Start `args.workers` workers on `sock` and supervise them; returns the exit code."""
-    from .command import GATEWAY_KEY_ENV
-
-    gateway_key = os.environ.get(GATEWAY_KEY_ENV) or None
+def run_workers(args, sock, serve, gateway_key: str | None) -> int:
+    """
+    Start `args.workers` workers on `sock` and supervise them; returns the exit code. Each runs
+    `serve(args, sock, gateway_key, progress=..., worker=...)` (passed in by the command, so that
+    this module does not import it back).
+    """
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker_main, args=(args, sock, i, gateway_key), name=f"carrot-worker-{i}")
+    workers = [context.Process(target=_worker_main, args=(args, sock, i, gateway_key, serve), name=f"carrot-worker-{i}")
                for i in range(args.workers)]
     stopping = False
 
