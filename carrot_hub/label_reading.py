@@ -1,6 +1,6 @@
 """New labels from outcome logs, each read once: what `carrot learn` applies to a router.
 
-A log is a set of JSONL shards (`outcomes-*.jsonl`, see `carrot_hub.serving.outcome_log`), in a
+A log is a set of JSONL shards (`outcomes-*.jsonl`, see `carrot_hub.serving.outcome_log_writer`), in a
 folder (any depth: one sub-folder per replica is fine) or in a Hub data set (as `--push-logs` ships
 them), read with `datasets`. Shards only grow, so a reader's position is, per shard, how far it has
 read: byte offsets for a folder, line counts for a data set. The position is saved with the router
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.outcome_logs import EXPLORED, FEEDBACK, SERVED, SHARD_PREFIX, SHARD_SUFFIX, answered, read_shard_lines
+from .data.outcome_log_reader import EXPLORED, FEEDBACK, SERVED, SHARD_PREFIX, SHARD_SUFFIX, answered, read_shard_lines
 
 SOURCES = ("user", "judge")
 

@@ -129,7 +129,7 @@ def metric_sum(text: str, name: str) -> float:
 
 def count_records(log_dir: Path) -> int:
     """Served records in the outcome log, read back with the log's own reader."""
-    from carrot_hub.data.outcome_logs import read_outcome_log
+    from carrot_hub.data.outcome_log_reader import read_outcome_log
 
     return len(read_outcome_log(log_dir).served)
 

@@ -255,7 +255,7 @@ def phase_reloads(upstreams, work, env, args, deadline, prompts, store) -> dict:
         if learn is not None:
             stop_process(learn)
         stop_process(server)
-    from carrot_hub.data.outcome_logs import iter_shard_records
+    from carrot_hub.data.outcome_log_reader import iter_shard_records
 
     record_revisions = {r.get("revision") for _, r in iter_shard_records(log_dir) if r.get("type") == "served"}
     reloads = sum(text.count("now routing with revision") for text in [serve_log.read_text()])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carrot_hub.serving.outcome_log import OutcomeLog  # noqa: E402
+from carrot_hub.serving.outcome_log_writer import OutcomeLog  # noqa: E402
 
 
 def measure(requests: int) -> dict:

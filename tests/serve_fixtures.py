@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from carrot_hub.data.outcome_logs import read_outcome_log
+from carrot_hub.data.outcome_log_reader import read_outcome_log
 from carrot_hub.serving.app import Gateway, GatewaySettings
 from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from carrot_hub.serving.local_server import LocalServer

@@ -9,7 +9,7 @@ import pytest
 from carrot_hub.cli import main
 from carrot_hub.data import read_routing_logs
 from carrot_hub.data.validation import RoutingDataError
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from carrot_hub.serving.upstreams import UpstreamConfigError, parse_upstreams, read_upstreams_file
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS

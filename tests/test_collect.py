@@ -256,7 +256,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, two_fakes, capsys, case, need
 
 
 def test_from_log_asks_the_served_prompts_and_only_out_of_distribution_ones(tmp_path, two_fakes):
-    from carrot_hub.serving.outcome_log import OutcomeLog
+    from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
     with OutcomeLog(tmp_path / "log") as log:
         for i, flag in enumerate([True, False, False, None]):
@@ -272,7 +272,7 @@ def test_from_log_asks_the_served_prompts_and_only_out_of_distribution_ones(tmp_
 
 
 def test_from_log_without_the_flag_is_refused(tmp_path, two_fakes, capsys):
-    from carrot_hub.serving.outcome_log import OutcomeLog
+    from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
     with OutcomeLog(tmp_path / "log") as log:
         log.record({"request_id": "r0", "prompt": "an old record", "model": "alpha", "status": "ok"})

@@ -16,7 +16,7 @@ from carrot_hub.label_reading import DatasetLogSource, FolderLogSource, LabelRea
 from carrot_hub.log_learning import LogLearner, parse_duration
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.router_store import FolderStore, HubStore, StoreLocked
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
 from .conftest import TINY_MODELS, TINY_PROMPTS
 

@@ -6,7 +6,7 @@ from huggingface_hub import HfApi
 from carrot_hub.cli import main
 from carrot_hub.data import load_routing_table
 from carrot_hub.data.outcome_log_publishing import push_outcome_log
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
 from .conftest import TINY_PRICES, TINY_PROMPTS
 

@@ -6,7 +6,7 @@ import pytest
 
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.learning import OnlineLearner, latest_snapshot
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
 from .conftest import TINY_MODELS, TINY_PRICES
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from carrot_hub.data import load_routing_table, read_routing_logs
-from carrot_hub.data.outcome_logs import iter_shard_records, outcome_log_records, shard_paths
-from carrot_hub.serving.outcome_log import OutcomeLog, UnknownRequestError
+from carrot_hub.data.outcome_log_reader import iter_shard_records, outcome_log_records, shard_paths
+from carrot_hub.serving.outcome_log_writer import OutcomeLog, UnknownRequestError
 
 from .conftest import TINY_PRICES, TINY_PROMPTS
 
@@ -70,7 +70,7 @@ def test_shards_rotate_by_size_and_no_record_is_lost(tmp_path):
 
 def test_shards_rotate_by_age(tmp_path, monkeypatch):
     clock = [1_000_000.0]
-    monkeypatch.setattr("carrot_hub.serving.outcome_log.time.time", lambda: clock[0])
+    monkeypatch.setattr("carrot_hub.serving.outcome_log_writer.time.time", lambda: clock[0])
     with OutcomeLog(tmp_path, max_shard_seconds=60) as log:
         log.record(served("r1"))
         clock[0] += 30

@@ -16,12 +16,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from carrot_hub.cli import main
-from carrot_hub.data.outcome_logs import iter_shard_records, outcome_log_records, read_outcome_log
+from carrot_hub.data.outcome_log_reader import iter_shard_records, outcome_log_records, read_outcome_log
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.exploration import Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
 from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.prometheus_metrics import GatewayMetrics
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.conftest import TINY_MODELS
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
 

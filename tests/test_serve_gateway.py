@@ -9,9 +9,9 @@ import openai
 import pytest
 
 from tests.conftest import TINY_MODELS
-from carrot_hub.data.outcome_logs import read_outcome_log
+from carrot_hub.data.outcome_log_reader import read_outcome_log
 from carrot_hub.modeling_carrot import CarrotRouter
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries, wait_records
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]

@@ -6,7 +6,7 @@ import pytest
 from carrot_hub.serving.app import GatewaySettings, _realised_cost, _usage
 from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from carrot_hub.serving.local_server import LocalServer
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.conftest import TINY_MODELS
 from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries, wait_records
 

@@ -13,7 +13,7 @@ import pytest
 
 from carrot_hub.serving.app import GatewaySettings
 from carrot_hub.serving.local_server import LocalServer
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.conftest import TINY_MODELS
 from tests.hostile_upstream import HostileUpstream
 from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoModel
 
 from carrot_hub.default import default_router
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.serve_fixtures import fake_upstreams, running_gateway, served_records, upstream_entries, wait_records
 
 HAIKU = "Write a haiku about autumn rain on a tin roof."  # nothing like ARC, MBPP or Winogrande

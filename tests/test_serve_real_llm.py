@@ -28,7 +28,7 @@ import yaml
 
 from carrot_hub.configuration_carrot import CarrotConfig
 from carrot_hub.data import load_routing_table
-from carrot_hub.data.outcome_logs import read_outcome_log
+from carrot_hub.data.outcome_log_reader import read_outcome_log
 from carrot_hub.default import build_default_router, default_cache_dir
 from carrot_hub.serving.local_llm import ensure_local_llm
 

@@ -10,10 +10,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from carrot_hub.data.outcome_logs import read_outcome_log, shard_paths
-from carrot_hub.serving import outcome_log as outcome_log_module
+from carrot_hub.data.outcome_log_reader import read_outcome_log, shard_paths
+from carrot_hub.serving import outcome_log_writer as outcome_log_module
 from carrot_hub.serving.local_server import LocalServer
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.serve_fixtures import running_gateway, served_records, wait_records
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
@@ -242,7 +242,7 @@ def test_own_records_are_found_without_reading_a_shard(tmp_path, monkeypatch):
 def test_a_refresh_never_holds_up_the_records_being_written(tmp_path, monkeypatch):
     import threading
 
-    from carrot_hub.data.outcome_logs import read_shard_lines
+    from carrot_hub.data.outcome_log_reader import read_shard_lines
 
     with OutcomeLog(tmp_path / "other") as other:  # another worker's shard, to be read on a miss
         other.record({"request_id": "theirs", "model": "big-model", "status": "ok"})
@@ -273,7 +273,7 @@ def test_a_refresh_never_holds_up_the_records_being_written(tmp_path, monkeypatc
 def test_a_feedback_lookup_never_runs_on_the_gateways_writer_thread(knn_router, hostile, tmp_path, monkeypatch):
     import threading
 
-    from carrot_hub.data.outcome_logs import read_shard_lines
+    from carrot_hub.data.outcome_log_reader import read_shard_lines
 
     _, server = hostile
     with OutcomeLog(tmp_path / "other") as other:  # another worker's shard, read on the first miss

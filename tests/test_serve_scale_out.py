@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from carrot_hub.data.outcome_logs import iter_shard_records, shard_paths
+from carrot_hub.data.outcome_log_reader import iter_shard_records, shard_paths
 from carrot_hub.label_reading import DatasetLogSource, LabelReader
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.router_store import FolderStore
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from carrot_hub.serving.reloading import RevisionSource, RouterReloader
 from tests.conftest import TINY_MODELS, TINY_PROMPTS
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries

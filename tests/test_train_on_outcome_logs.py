@@ -8,7 +8,7 @@ from carrot_hub.cli import main
 from carrot_hub.data import read_routing_logs
 from carrot_hub.data.validation import RoutingDataError
 from carrot_hub.modeling_carrot import CarrotRouter
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
 from .conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
 
@@ -73,6 +73,6 @@ def test_learn_feedback_on_a_zero_width_prompt_is_recorded_not_a_500(saved_knn_r
         label = httpx.post(server.base_url + "/feedback", json={"request_id": "pinned-zw", "score": 1.0})
     assert label.status_code == 200 and label.json()["status"] == "recorded"
     assert learner.stats["empty_prompt"] == 1 and learner.stats["learned"] == 0
-    from carrot_hub.data.outcome_logs import read_outcome_log
+    from carrot_hub.data.outcome_log_reader import read_outcome_log
 
     assert read_outcome_log(tmp_path / "log").labels["pinned-zw"][0] == 1.0

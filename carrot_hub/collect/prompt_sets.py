@@ -78,7 +78,7 @@ class PromptSet:
 
 def text_key(prompt: str) -> str:
     """The key of a row that gave none: its text's SHA-256 (the outcome log keys served prompts alike)."""
-    from ..data.outcome_logs import prompt_key
+    from ..data.outcome_log_reader import prompt_key
 
     return prompt_key(prompt)
 
@@ -190,7 +190,7 @@ def read_prompt_set(
     Read a prompt set (see the module docstring). `split` picks the split of a table or Hub data set;
     `streaming` reads a Hub data set without downloading it whole; `limit` keeps the first N prompts.
     """
-    from ..data.outcome_logs import is_outcome_log
+    from ..data.outcome_log_reader import is_outcome_log
     from ..data.packaged import packaged_tables, PACKAGED_DATA_DIR
     from ..data.sources import RoutingSourceError, open_dataset
 
@@ -228,7 +228,7 @@ def read_log_prompt_set(log_dir: str | os.PathLike, *, only_out_of_distribution:
     the order first served; with `only_out_of_distribution` just those the router flagged as out of
     distribution (the served record's `in_distribution` is false). Task: `served`.
     """
-    from ..data.outcome_logs import SERVED_TASK, is_outcome_log, read_outcome_log
+    from ..data.outcome_log_reader import SERVED_TASK, is_outcome_log, read_outcome_log
 
     folder = Path(log_dir).expanduser()
     if not is_outcome_log(folder):

@@ -36,10 +36,10 @@ def _read_batches(dataset, split, streaming, on_error, batch_size, progress):
 
 
 def _outcome_log_folder(source):
-    """The folder, when `source` is the outcome log of a `carrot serve` gateway (see `outcome_logs`)."""
+    """The folder, when `source` is the outcome log of a `carrot serve` gateway (see `outcome_log_reader`)."""
     from pathlib import Path
 
-    from .outcome_logs import is_outcome_log
+    from .outcome_log_reader import is_outcome_log
 
     if isinstance(source, (str, os.PathLike)) and is_outcome_log(Path(source).expanduser()):
         return Path(source).expanduser()

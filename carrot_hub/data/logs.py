@@ -15,7 +15,7 @@ prompt must name the same split; records without one belong to `train`. `convert
 writes one split per name.
 
 The outcome-log folder a `carrot serve` gateway writes (JSONL shards of served requests and their
-feedback, see `carrot_hub.data.outcome_logs`) is read the same way: pass the folder instead of a file.
+feedback, see `carrot_hub.data.outcome_log_reader`) is read the same way: pass the folder instead of a file.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _check_record(record) -> str | None:
     prompt = record["prompt"]
     if not isinstance(prompt, str):
         return "prompt is not text"
-    from .outcome_logs import EMPTY_PROMPT, prompt_has_content
+    from .outcome_log_reader import EMPTY_PROMPT, prompt_has_content
 
     if not prompt_has_content(prompt):  # the router's test: zero-width characters are empty too
         return EMPTY_PROMPT
@@ -95,7 +95,7 @@ def read_routing_logs(
 ) -> RoutingTable:
     """
     Read a JSONL log file (see module docstring), or the outcome-log folder of a `carrot serve`
-    gateway (see `carrot_hub.data.outcome_logs`), into a RoutingTable `(n_prompts, n_models)`.
+    gateway (see `carrot_hub.data.outcome_log_reader`), into a RoutingTable `(n_prompts, n_models)`.
 
     on_error="raise" stops at the first bad line, naming its line number; "skip" leaves bad lines out,
     warns with their count and lists them (`{"line", "reason"}`) in `table.metadata["skipped"]`.
@@ -131,7 +131,7 @@ def _jsonl_lines(path: Path):
 
 
 def _read_outcome_log_table(folder: Path, on_error, prices, split, require_all_models) -> RoutingTable:
-    from .outcome_logs import is_outcome_log, outcome_log_records
+    from .outcome_log_reader import is_outcome_log, outcome_log_records
     from .prices import PRICES_FILENAME, read_prices_file
 
     if not is_outcome_log(folder):

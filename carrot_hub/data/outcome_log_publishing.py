@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .dataset_publishing import HubAuthError, push_routing_dataset
 from .logs import convert_routing_logs
-from .outcome_logs import is_outcome_log
+from .outcome_log_reader import is_outcome_log
 from .validation import RoutingDataError
 
 DEFAULT_LICENSE = "other"

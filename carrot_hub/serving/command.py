@@ -314,7 +314,7 @@ def _explore_settings(args, upstream_names):
 
 
 def _open_outcome_log(args, router):
-    from .outcome_log import OutcomeLog
+    from .outcome_log_writer import OutcomeLog
 
     try:
         window = {} if args.feedback_window is None else {"feedback_window": args.feedback_window}

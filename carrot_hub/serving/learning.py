@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..router_store import LATEST_FILENAME, FolderStore
 from ..modeling_carrot import prompt_has_content
-from .outcome_log import check_score
+from .outcome_log_writer import check_score
 
 logger = logging.getLogger(__name__)
 

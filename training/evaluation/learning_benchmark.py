@@ -41,7 +41,7 @@ from carrot_hub.data import load_routing_table
 from carrot_hub.data.routing_table import RoutingTable
 from carrot_hub.modeling_carrot import CarrotRouter, PromptEncoding
 from carrot_hub.serving.learning import OnlineLearner
-from carrot_hub.serving.outcome_log import OutcomeLog
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
 
 from .curves import CostQualityCurve, ground_truth
 from ..embeddings import embed_table

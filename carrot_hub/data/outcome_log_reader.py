@@ -1,7 +1,7 @@
 """Reading a gateway's outcome log (the folder `carrot serve` writes) as routing-log records.
 
 An outcome log is a folder of JSONL shards named `outcomes-<UTC start>-<host>-<pid>-<sequence>.jsonl`,
-one writer process per shard (see `carrot_hub.serving.outcome_log.OutcomeLog`), and optionally a
+one writer process per shard (see `carrot_hub.serving.outcome_log_writer.OutcomeLog`), and optionally a
 `prices.json` with the router's price table. Each line is one record:
 
     {"type": "served", "request_id": "…", "time": 1764300000.1, "prompt": "routed text",

@@ -1,6 +1,6 @@
 """The outcome log: what a gateway served, and the labels its users give back, as local JSONL shards.
 
-Layout (read back by `carrot_hub.data.outcome_logs`, hence by `load_routing_table`, `read_routing_logs`
+Layout (read back by `carrot_hub.data.outcome_log_reader`, hence by `load_routing_table`, `read_routing_logs`
 and `carrot train`):
 
     LOG_DIR/
@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-from carrot_hub.data.outcome_logs import (
+from carrot_hub.data.outcome_log_reader import (
     EXPLORED,
     FEEDBACK,
     SERVED,
