@@ -14,7 +14,16 @@ import time
 import traceback
 from pathlib import Path
 
-from .cli_common import Failure, UsageError, first_line, load_router, positive_int, read_mapping, read_prices
+from .cli_common import (
+    Failure,
+    UsageError,
+    first_line,
+    load_router,
+    non_negative_number,
+    positive_int,
+    read_mapping,
+    read_prices,
+)
 from .errors import BadInputError
 from .configuration_carrot import ENCODER_KINDS
 from .default import DEFAULT_ENCODER_KIND
@@ -74,24 +83,10 @@ _mu = _unit_interval(" (0 = best quality, 1 = cheapest)")
 _quality = _unit_interval()
 
 
-def _dollars(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of US dollars, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of dollars ≥ 0, got {text}")
-    return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds ≥ 0, got {text}")
-    return value
+_dollars = non_negative_number("dollars")
+_seconds = non_negative_number("seconds")
 
 
 def _packaged_table(text: str) -> str:

@@ -7,6 +7,7 @@ price table (`read_prices`), each failing with a one-line message.
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +31,33 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0, with a one-line error otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def non_negative_number(unit: str | None = None):
+    """An argparse type: a finite number ≥ 0, its one-line error naming `unit` ("dollars", "seconds")."""
+    of_unit = f" of {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number{of_unit}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number{of_unit} ≥ 0, got {text}")
+        return value
+
+    return parse
 
 
 def load_router(

@@ -720,7 +720,8 @@ class CarrotRouter(CarrotPreTrainedModel):
     def _latency_profile(self, latency: Mapping | None) -> tuple | None:
         """The config's latency profile with per-call `latency` overrides: `(ttft_s, tokens_per_s)` or None per candidate."""
         names = self.config.candidate_models
-        profile = dict(check_latency_profile(self.config.latency, names)) if self.config.latency else {}
+        # The config's profile was checked when the config was built (or by set_latency): read it as it is.
+        profile = {name: (entry["ttft_s"], entry["tokens_per_s"]) for name, entry in (self.config.latency or {}).items()}
         if latency is not None:
             profile.update(check_latency_profile(latency, names))
         if not profile:

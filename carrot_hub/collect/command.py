@@ -16,29 +16,9 @@ import math
 import sys
 
 
-def _dollars(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of US dollars, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of US dollars ≥ 0, got {text}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
-    return value
-
-
 def add_collect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of `carrot collect`."""
-    from ..cli_common import positive_int
+    from ..cli_common import non_negative_number, positive_int
 
     parser.add_argument("prompts", nargs="?", metavar="PROMPTS",
                         help="a packaged table name, a SPROUT-layout folder, a JSONL/JSON/CSV/Parquet file or a Hub "
@@ -60,7 +40,7 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="stop before this run's estimated spend (candidates and judges) would pass this many US$")
     parser.add_argument("--prices", metavar="FILE|JSON",
                         help="$ per million tokens per model (default: the --into table's, then the prompt set's prices.json)")
-    parser.add_argument("--temperature", type=_temperature, default=0.0, help="sampling temperature (default: 0)")
+    parser.add_argument("--temperature", type=non_negative_number(), default=0.0, help="sampling temperature (default: 0)")
     parser.add_argument("--max-tokens", type=positive_int, help="max_tokens per answer (default: the upstream's)")
     parser.add_argument("--limit", type=positive_int, help="ask only the first N prompts")
     parser.add_argument("--split", default="train", help="split of a table or Hub prompt set, and of --into (default: train)")

@@ -772,7 +772,7 @@ class Gateway:
         if served.usage and served.chat.stream:
             # Only a stream shows both parts: a plain answer's first byte comes with its last token.
             self.latency.observe(served.model, served.ttfb_s, served.usage["completion_tokens"], latency)
-            speed = self.latency.profile().get(served.model)
+            speed = self.latency.estimate(served.model)
             if speed is not None:
                 self.metrics.upstream_ttft.labels(served.model).set(speed["ttft_s"])
                 self.metrics.upstream_speed.labels(served.model).set(speed["tokens_per_s"])

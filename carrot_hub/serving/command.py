@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ..cli_common import Failure, UsageError, load_router, positive_int
+from ..cli_common import Failure, UsageError, load_router, positive_float, positive_int
 from ..log_learning import parse_duration
 from ..precision import ENCODER_DTYPE_CHOICES, resolve_encoder_dtype
 from .chat_request import ROUTE_ON
@@ -338,17 +338,6 @@ def _open_learner(args, router):
         return learner
     except (TypeError, ValueError, OSError, StoreLocked) as error:
         raise UsageError(f"--learn: {error}") from None
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0, with a one-line error otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
 
 
 def _serve(router, upstreams, sock, args, gateway_key, revision=None, reload_source=None, worker: str = "",

@@ -57,12 +57,16 @@ class LatencyTracker:
         weight = max(self.alpha, 1.0 / (samples + 1))
         return old + weight * (new - old)
 
+    def estimate(self, model: str) -> dict[str, float] | None:
+        """`{"ttft_s", "tokens_per_s"}` of one upstream, or None until it has enough observations."""
+        with self._lock:
+            speed = self._speeds.get(model)
+            if speed is None or min(speed.ttft_samples, speed.speed_samples) < self.min_samples or speed.tokens_per_s <= 0:
+                return None
+            return {"ttft_s": speed.ttft_s, "tokens_per_s": speed.tokens_per_s}
+
     def profile(self) -> dict[str, dict[str, float]]:
         """`{model: {"ttft_s", "tokens_per_s"}}` for the upstreams with enough observations."""
         with self._lock:
-            return {
-                model: {"ttft_s": speed.ttft_s, "tokens_per_s": speed.tokens_per_s}
-                for model, speed in self._speeds.items()
-                if speed.ttft_samples >= self.min_samples and speed.speed_samples >= self.min_samples
-                and speed.tokens_per_s > 0
-            }
+            models = list(self._speeds)
+        return {model: speed for model in models if (speed := self.estimate(model)) is not None}
