@@ -12,7 +12,7 @@ switched on or off (the fitted values kept, the others set to "no change"):
     python -m training.ablation --splits 30 --cache-dir /work/cache/emb --out ablation.json
 
 On each table (default: both packaged ones) it scores every combination on `--splits` fresh re-splits
-(`training.resplit`: AIQ − zero router on the test part; mean and standard error over re-splits) and
+(`training.evaluation.resplit`: AIQ − zero router on the test part; mean and standard error over re-splits) and
 leave-one-task-out (train on the table's other tasks, score on the held-out task against that
 task's zero router). A layer is worth keeping when switching it off from the full stack loses
 out of fold on both tables (paired means over re-splits, from the full stack and from none) and,
@@ -75,7 +75,7 @@ def set_layers(router, fitted: dict, on: Sequence[str]) -> None:
 
 def score_combinations(router, test_table, test_embeddings, mu_steps: int) -> dict:
     """`{combination: AIQ − zero router}` on one test part, every combination of `LAYERS`."""
-    from training.resplit import score_split
+    from training.evaluation.resplit import score_split
 
     fitted = fitted_layers(router)
     scores = {}
@@ -96,14 +96,14 @@ def mean_and_error(values: Sequence[float]) -> dict:
 
 
 def ablate_table(name: str, splits: int, cache_dir, mu_steps: int, progress: bool, k_grid, log=None, first_seed: int = 0,
-                 held_out_tasks: bool = True) -> dict:
+                 held_out_tasks: bool = True, only_tasks: Sequence[str] | None = None) -> dict:
     """Re-splits and leave-one-task-out of one packaged table (see the module docstring)."""
     from carrot_hub.building import new_router
     from carrot_hub.data.packaged import read_router_defaults, resolve_table_source
 
     from training.embeddings import embed_table
     from training.knn import train_knn_router
-    from training.resplit import pooled_table, resplit_rows
+    from training.evaluation.resplit import pooled_table, resplit_rows
 
     source = resolve_table_source(name)
     defaults = read_router_defaults(name)
@@ -117,7 +117,8 @@ def ablate_table(name: str, splits: int, cache_dir, mu_steps: int, progress: boo
     ])
     tasks = np.asarray(pooled.tasks, dtype=object)
     draws = [("resplit", seed, *resplit_rows(pooled.tasks, test_fraction, seed)) for seed in range(first_seed, first_seed + splits)]
-    draws += [] if not held_out_tasks else [("held_out_task", task, np.flatnonzero(tasks != task), np.flatnonzero(tasks == task)) for task in sorted(set(pooled.tasks))]
+    held_out = [task for task in sorted(set(pooled.tasks)) if only_tasks is None or task in only_tasks]
+    draws += [] if not held_out_tasks else [("held_out_task", task, np.flatnonzero(tasks != task), np.flatnonzero(tasks == task)) for task in held_out]
     rows = []
     for kind, label, train_rows, test_rows in draws:
         began = time.perf_counter()
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", type=int, default=30, help="fresh re-splits per table (default: 30)")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first re-split (to add re-splits to a --log)")
     parser.add_argument("--no-held-out-tasks", action="store_true", help="re-splits only")
+    parser.add_argument("--held-out", action="append", metavar="TASK", help="hold out only this task (repeatable; default: every task)")
     parser.add_argument("--mu-steps", type=int, default=201)
     parser.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID)
     parser.add_argument("--cache-dir", help="folder caching prompt embeddings")
@@ -209,6 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [json.loads(line) for path in args.summarize for line in open(path, encoding="utf-8") if line.strip()]
         summaries = {name: summarize_table([row for row in rows if row["table"] == name]) for name in dict.fromkeys(row["table"] for row in rows)}
         return report(summaries, None, args, 0.0)
+    if args.held_out:
+        from carrot_hub.data.packaged import resolve_table_source
+        from training.evaluation.resplit import pooled_table
+
+        known = {task for name in tables for task in pooled_table(resolve_table_source(name))[2].tasks}
+        if set(args.held_out) - known:
+            print(f"error: --held-out takes tasks of the tables ({', '.join(sorted(known))}); got {sorted(set(args.held_out) - known)}",
+                  file=sys.stderr)
+            return 2
     if unknown or args.splits == 1 or args.splits < 0:
         print(f"error: --data takes packaged tables ({', '.join(packaged_tables())}) and --splits 0 (held-out tasks only) or at least 2; "
               f"got {unknown or args.splits}", file=sys.stderr)
@@ -217,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = open(args.log, "a", encoding="utf-8") if args.log else None
     try:
         summaries = {name: ablate_table(name, args.splits, args.cache_dir, args.mu_steps, not args.quiet, args.k_grid, log,
-                                        args.first_seed, not args.no_held_out_tasks) for name in tables}
+                                        args.first_seed, not args.no_held_out_tasks, args.held_out) for name in tables}
     finally:
         if log is not None:
             log.close()
