@@ -34,9 +34,18 @@ from starlette.routing import Route
 
 from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
 from .batching import RoutedChoice, RoutingBatcher
-from .exploration import SAMPLING_KEYS, Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
+from .exploration import (
+    SAMPLING_KEYS,
+    Explorer,
+    ExploreJob,
+    ExploreSettings,
+    exploration_audit,
+    pick_explored,
+    plain_chat,
+)
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .latency import LatencyTracker
+from .outcome_log_writer import MAX_ANSWER_CHARS
 from .prometheus_metrics import GatewayMetrics
 from .sessions import (
     DEFAULT_MAX_SESSIONS,
@@ -430,7 +439,7 @@ class Gateway:
             order = [chat.pinned]
         served = _Served(request_id, started, chat, choice, prices, fallbacks=[], session=session, session_state=state,
                          context_tokens=state.context_tokens if state is not None else 0)
-        if self._may_explore(served):
+        if self._may_explore(served) or self._logs_answers():
             served.answer_parts = []
         if chat.stream:
             return await self._stream(served, order)
@@ -693,9 +702,13 @@ class Gateway:
             return False
         return self.outcome_log.log_prompts or self.explorer.settings.private
 
+    def _logs_answers(self) -> bool:
+        """`carrot serve --log-answers`: the outcome log keeps answers (never where it keeps no prompts)."""
+        return self.outcome_log is not None and self.outcome_log.log_answers
+
     def _offer_exploration(self, served: _Served) -> None:
         """After the answer: sample the request, pick the candidate to explore and queue the job."""
-        if served.answer_parts is None or served.status != "ok" or not served.model:
+        if served.answer_parts is None or served.status != "ok" or not served.model or not self._may_explore(served):
             return
         if not self.explorer.sampled(served.choice.in_distribution):
             return
@@ -721,20 +734,7 @@ class Gateway:
         pending = self._pending_records.get(job.request_id)
         if pending is not None:  # the served record first: feedback looks it up
             await asyncio.shield(pending)
-        audit = {
-            "request_id": job.request_id, "chosen": job.chosen, "explored": job.explored,
-            "judge": self.explorer.settings.judge,
-            "predicted": {model: {"quality": q, "cost": c} for model, (q, c) in job.predicted.items()},
-            "status": "ok" if error is None else "explored_failed",
-        }
-        if error is not None:
-            audit["error"] = self.upstreams.redact(error)
-        if explored is not None:
-            audit["explored_usage"] = {"prompt_tokens": explored.input_tokens, "completion_tokens": explored.output_tokens}
-            audit["explored_cost"] = explored.cost
-            audit["judge_cost"] = sum(score.judge_cost for score in scores.values())
-            audit["labels"] = {model: {"score": score.value, "reason": self.upstreams.redact(score.reason or "")}
-                               for model, score in scores.items()}
+        audit = exploration_audit(job, self.explorer.settings.judge, explored, scores, error, self.upstreams.redact)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._log_writer, self._write_exploration, audit)
         for model, score in scores.items():
@@ -848,6 +848,8 @@ class Gateway:
         }
         if served.error:
             record["error"] = served.error
+        if served.answer_parts is not None and served.status == "ok" and self._logs_answers():
+            record.update(self._logged_answer(served))
         if served.usage_invalid:
             record["usage_invalid"] = served.usage_invalid
         if served.session is not None and self.settings.session_policy != "off":
@@ -858,6 +860,20 @@ class Gateway:
         future = loop.run_in_executor(self._log_writer, self._write_record, record)
         self._pending_records[served.request_id] = future
         future.add_done_callback(lambda _: self._pending_records.pop(served.request_id, None))
+
+    def _logged_answer(self, served: _Served) -> dict:
+        """
+        `answer` (the assembled text, streamed or not, keys scrubbed, at most `MAX_ANSWER_CHARS`),
+        `answer_truncated` when cut, and `plain_chat` (whether a judge can grade it as text).
+        Cut before scrubbing with a margin longer than any key, so a huge answer costs no more.
+        """
+        text = "".join(served.answer_parts)
+        cut = len(text) > MAX_ANSWER_CHARS
+        answer = self.upstreams.redact(text[: MAX_ANSWER_CHARS + 1024] if cut else text)
+        logged = {"answer": answer[:MAX_ANSWER_CHARS], "plain_chat": plain_chat(served.chat.payload)}
+        if cut or len(answer) > MAX_ANSWER_CHARS:
+            logged["answer_truncated"] = True
+        return logged
 
     def _write_record(self, record: dict) -> None:
         """On the writer thread. A record that cannot be written (a full disk) is counted and logged, and

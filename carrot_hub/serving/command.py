@@ -69,6 +69,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help=f"seconds a conversation is remembered after its last turn (default {DEFAULT_SESSION_TTL_S:g})")
     parser.add_argument("--no-prompt-log", action="store_true",
                         help="keep only a hash of the routed text in the outcome log")
+    parser.add_argument("--log-answers", action="store_true",
+                        help="also keep each answer's text in the outcome log (keys scrubbed, at most 32,768 "
+                             "characters), so `carrot logs judge` can grade it later; not with --no-prompt-log")
     parser.add_argument("--learn", action="store_true",
                         help="apply each feedback label to the kNN router's memory as it arrives, saving the grown "
                              "router as a new folder under --learn-dir every --learn-every labels and on shutdown")
@@ -158,6 +161,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except UpstreamConfigError as error:
         raise UsageError(str(error)) from None
     _explore_settings(args, list(specs))  # its errors before anything starts; each serving process builds its own
+    if args.log_answers and args.no_prompt_log:
+        raise UsageError("--log-answers keeps what the models answered, which tells as much as the prompt that "
+                         "--no-prompt-log keeps out of the log: give one of them.")
     if not (args.body_timeout > 0 and math.isfinite(args.body_timeout)):
         raise UsageError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}.")
     gateway_key = os.environ.get(GATEWAY_KEY_ENV) or None
@@ -318,7 +324,8 @@ def _open_outcome_log(args, router):
 
     try:
         window = {} if args.feedback_window is None else {"feedback_window": args.feedback_window}
-        return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log, prices=router.config.prices,
+        return OutcomeLog(args.log_dir, log_prompts=not args.no_prompt_log, log_answers=args.log_answers,
+                          prices=router.config.prices,
                           prices_recorded_on=router.config.prices_recorded_on, **window)
     except (OSError, ValueError) as error:
         raise UsageError(f"Cannot open the outcome log in {args.log_dir}: {error}") from None

@@ -114,6 +114,47 @@ def pick_explored(ranked, answered: str) -> str | None:
     return min(pool, key=lambda c: (abs(c.quality - mine.quality), c.cost, c.name)).name
 
 
+async def judge_answers(judge, prompt: str, messages, answers: dict[str, str]) -> dict[str, Score]:
+    """
+    Grade each of `answers` ({model: text}, answers to one request) alone with `judge` (a collect
+    scorer: `JudgeScorer`), all in parallel. A judge call that raised leaves its answer unscored with
+    the reason, never 0: `{model: Score}` in the order of `answers`.
+    """
+    messages = tuple(messages)
+    graded = await asyncio.gather(*(judge.score(ScoringInput(prompt, answer, messages=messages))
+                                    for answer in answers.values()), return_exceptions=True)
+    scores: dict[str, Score] = {}
+    for model, grade in zip(answers, graded):
+        if isinstance(grade, BaseException):
+            grade = Score(None, f"the judge failed: {type(grade).__name__}: {str(grade)[:200]}",
+                          scorer=getattr(judge, "name", "judge"))
+        scores[model] = grade
+    return scores
+
+
+def exploration_audit(job: ExploreJob, judge: str, explored, scores: dict, error: str | None, redact) -> dict:
+    """
+    The audit record of one exploration (`OutcomeLog.explored`): what was asked, what it cost, each
+    answer's label with its reason (unscored ones too). `explored` is the explored candidate's
+    `Completion` (None when it failed, or when none was asked); `redact` scrubs keys from text.
+    """
+    audit = {
+        "request_id": job.request_id, "chosen": job.chosen, "explored": job.explored, "judge": judge,
+        "predicted": {model: {"quality": q, "cost": c} for model, (q, c) in job.predicted.items()},
+        "status": "ok" if error is None else "explored_failed",
+    }
+    if error is not None:
+        audit["error"] = redact(error)
+    if explored is not None:
+        audit["explored_usage"] = {"prompt_tokens": explored.input_tokens, "completion_tokens": explored.output_tokens}
+        audit["explored_cost"] = explored.cost
+    if scores:
+        audit["judge_cost"] = sum(score.judge_cost for score in scores.values())
+        audit["labels"] = {model: {"score": score.value, "reason": redact(score.reason or "")}
+                           for model, score in scores.items()}
+    return audit
+
+
 def plain_chat(payload: dict) -> bool:
     """True for a request a judge can compare as text: no tools, functions or response format."""
     return not any(payload.get(key) not in (None, [], {}) for key in NOT_PLAIN_KEYS)
@@ -211,16 +252,9 @@ class Explorer:
             await self.record(job, None, {}, f"the explored candidate {job.explored!r} failed: {str(error)[:200]}")
             return
         self._spend(explored.cost, "explored")
-        messages = tuple(job.messages)
-        answers = {job.chosen: job.chosen_answer, job.explored: explored.text}
-        graded = await asyncio.gather(*(self.judge.score(ScoringInput(job.prompt, answer, messages=messages))
-                                        for answer in answers.values()), return_exceptions=True)
-        scores: dict[str, Score] = {}
-        for model, grade in zip(answers, graded):
-            if isinstance(grade, BaseException):
-                grade = Score(None, f"the judge failed: {type(grade).__name__}: {str(grade)[:200]}",
-                              scorer=getattr(self.judge, "name", "judge"))
-            scores[model] = grade
+        scores = await judge_answers(self.judge, job.prompt, job.messages,
+                                     {job.chosen: job.chosen_answer, job.explored: explored.text})
+        for grade in scores.values():
             self._spend(grade.judge_cost, "judge")
         n_scored = sum(score.scored for score in scores.values())
         self.metrics.explored.labels({2: "judged", 1: "partly_judged", 0: "unscored"}[n_scored]).inc()

@@ -63,6 +63,9 @@ from carrot_hub.data.prices import PRICES_FILENAME, validate_prices
 
 FSYNC_POLICIES = ("rotate", "always", "never")
 DEFAULT_FEEDBACK_WINDOW = 100_000
+# `log_answers`: an answer is kept up to this many characters (about 8,000 tokens; a served line stays
+# well under a shard's size, and a reader holding a log's records holds at most this much per answer).
+MAX_ANSWER_CHARS = 32_768
 logger = logging.getLogger(__name__)
 # The one call that writes records (a seam for tests that simulate a full disk).
 _write = os.write
@@ -91,6 +94,17 @@ def check_score(score) -> float:
     if not (0.0 <= score <= 1.0):  # also rejects NaN
         raise ValueError(f"score must be in [0, 1] (e.g. 1 for a good answer, 0 for a bad one), got {score!r}.")
     return score
+
+
+def _keep_answer(line: dict, log_answers: bool) -> None:
+    """A served line's `answer`: dropped unless answers are logged, else cut to `MAX_ANSWER_CHARS`."""
+    if not log_answers:
+        line.pop("answer", None)
+        line.pop("answer_truncated", None)
+        return
+    answer = line.get("answer")
+    if isinstance(answer, str) and len(answer) > MAX_ANSWER_CHARS:
+        line["answer"], line["answer_truncated"] = answer[:MAX_ANSWER_CHARS], True
 
 
 def _jsonable(value):
@@ -223,6 +237,9 @@ class OutcomeLog:
         log_prompts: keep the routed text (the default: it is what makes the log routing data); when
             False only its SHA-256 is written (`prompt_sha256`), and the log can count and price the
             traffic but not train on it.
+        log_answers: also keep the answering model's text (`answer`, cut to `MAX_ANSWER_CHARS`
+            characters, `answer_truncated` true when cut) so the log can be judged later (`carrot logs
+            judge`). Never for a log that does not keep prompts: an answer says as much as its prompt.
         max_shard_bytes: start a new shard once the current one reaches this size.
         max_shard_seconds: start a new shard once the current one is this old (None: no time limit).
         fsync: `"rotate"`, `"always"` or `"never"` (see the module docstring).
@@ -238,6 +255,7 @@ class OutcomeLog:
         self,
         folder,
         log_prompts: bool = True,
+        log_answers: bool = False,
         max_shard_bytes: int = 64 * 2**20,
         max_shard_seconds: float | None = 3600.0,
         fsync: str = "rotate",
@@ -258,6 +276,7 @@ class OutcomeLog:
             raise NotADirectoryError(f"The outcome log {self.folder} exists and is not a folder; choose another --log-dir.")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log_prompts = bool(log_prompts)
+        self.log_answers = bool(log_answers) and self.log_prompts
         self.max_shard_bytes = max_shard_bytes
         self.max_shard_seconds = max_shard_seconds
         self.fsync = fsync
@@ -291,7 +310,9 @@ class OutcomeLog:
         `prompt`, `mu`, `predicted_quality`, `predicted_output_tokens`, `predicted_cost`, `usage`
         (`prompt_tokens`, `completion_tokens`), `realised_cost`, `latency_s`, `ttfb_s`, `fallbacks`,
         `status` ("ok" when the answer reached the client), `route_on`, and what the router knew of the
-        prompt: `support`, `in_distribution`, `ood_policy`, `ood_applied`. Feedback can only find a
+        prompt: `support`, `in_distribution`, `ood_policy`, `ood_applied`; with `log_answers`, the
+        answer's text (`answer`) and whether the request was plain chat (`plain_chat`: no tools or
+        response format, an answer a judge can grade as text). Feedback can only find a
         request once its record is written: record it before the response's last byte leaves.
         """
         if not isinstance(record, Mapping):
@@ -309,6 +330,7 @@ class OutcomeLog:
             prompt = line.pop("prompt")
             if isinstance(prompt, str):
                 line["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        _keep_answer(line, self.log_answers)
         self._append(line, served_id=request_id)
 
     def feedback(self, request_id: str, score: float, source: str = "user", model: str | None = None,
