@@ -12,7 +12,10 @@ requests, with one of `FAILURE_KINDS`:
 It remembers what it last received (`received`: bodies; `authorizations`: headers) for tests to inspect.
 Answers are not language: the content is `"<model> says: "` followed by numbered words; or, in replay
 mode (`replay`: a `ReplayRecord`), the recorded answer of the request's model to its prompt, with the
-record's token counts as `usage` and every cell's requests counted (`GET /v1/replay/counts`).
+record's token counts as `usage` and every cell's requests counted (`GET /v1/replay/counts`). With
+`replay_judge` too, a request that is a judge rubric (`carrot collect`'s judge, which `carrot serve
+--explore` uses) is graded with the quoted answer's recorded score ("Score: 10" / "Score: 0"; see
+`carrot_hub.serving.replay_judge`), so one fake serves both the candidates and the judge.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+
+from .replay_judge import replay_grade
 
 RECEIVED_KEPT = 1000
 FAILURE_KINDS = ("500", "502", "503", "429", "400", "401", "422", "timeout", "drop", "midstream")
@@ -53,10 +58,13 @@ class FakeUpstreamConfig:
     send_usage: bool = True  # False: answers carry no `usage` (as some servers do)
     retry_after_s: float | None = None  # sent as `Retry-After` with injected 429/503 failures
     replay: object | None = None  # a `ReplayRecord`: answer from the record instead of numbered words
+    replay_judge: bool = False  # with `replay`: grade judge rubric requests with the record's scores
 
     def __post_init__(self):
         if self.failure not in FAILURE_KINDS:
             raise ValueError(f"failure must be one of {FAILURE_KINDS}, got {self.failure!r}.")
+        if self.replay_judge and self.replay is None:
+            raise ValueError("replay_judge grades from a record: give replay too.")
 
 
 @dataclass
@@ -134,13 +142,19 @@ class FakeUpstream:
         content = f"{config.model} says: " + " ".join(words)
         if config.replay is not None:
             users = [_text(m) for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
-            recorded = config.replay.lookup(users[-1] if users else "", body.get("model"))
-            if recorded is None:
-                return _error(404, f"the replay record has no answer of {body.get('model')!r} to this prompt",
-                              "not_recorded")
-            content, words = recorded.text, recorded.text.split()
-            usage = {"prompt_tokens": recorded.input_tokens, "completion_tokens": recorded.output_tokens,
-                     "total_tokens": (recorded.input_tokens or 0) + (recorded.output_tokens or 0)}
+            asked = users[-1] if users else ""
+            graded = replay_grade(config.replay, asked) if config.replay_judge else None
+            if graded is not None:
+                content, usage = graded
+                words = content.split()
+            else:
+                recorded = config.replay.lookup(asked, body.get("model"))
+                if recorded is None:
+                    return _error(404, f"the replay record has no answer of {body.get('model')!r} to this prompt",
+                                  "not_recorded")
+                content, words = recorded.text, recorded.text.split()
+                usage = {"prompt_tokens": recorded.input_tokens, "completion_tokens": recorded.output_tokens}
+            usage["total_tokens"] = (usage["prompt_tokens"] or 0) + (usage["completion_tokens"] or 0)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         if failure == "drop" or (failure == "midstream" and not body.get("stream")):
@@ -228,7 +242,11 @@ def main(argv=None) -> int:
                         help="replay mode: answer from this SPROUT-layout table's record (e.g. zeroeval-2024)")
     parser.add_argument("--responses", metavar="PATH",
                         help="the recorded answers (parquet file or folder; default: TABLE/responses)")
+    parser.add_argument("--replay-judge", action="store_true",
+                        help="with --replay: grade judge rubric requests with the recorded scores (Score: 10 / 0)")
     args = parser.parse_args(argv)
+    if args.replay_judge and not args.replay:
+        parser.error("--replay-judge grades from a record: give --replay TABLE too.")
     replay = None
     if args.replay:
         from .replay_record import ReplayRecord
@@ -236,7 +254,8 @@ def main(argv=None) -> int:
         replay = ReplayRecord.from_files(args.replay, args.responses)
     fake = FakeUpstream(FakeUpstreamConfig(model=args.model, latency_s=args.latency_ms / 1000,
                                            reply_words=args.reply_words, failure_rate=args.failure_rate,
-                                           failure=args.failure, seed=args.seed, replay=replay))
+                                           failure=args.failure, seed=args.seed, replay=replay,
+                                           replay_judge=args.replay_judge))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalServer(fake.app, port=args.port, backlog=4096, timeout_keep_alive=75) as server:

@@ -7,6 +7,10 @@ the raw answers in long format (`key`, `model`, `response`; e.g. ZeroEval's 44,4
 `usage`, the table's token counts, so a collection's realised cost can be checked against the
 table's own cost to the cent. Requests are counted per cell (`counts`), which is how a test sees
 that no cell was asked twice.
+
+Where the answers carry their recorded `score` (ZeroEval's 0/1), `grade` finds an answer by its
+text among a prompt's recorded answers and returns that score: the replay judge
+(`carrot_hub.serving.replay_judge`) grades with it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class RecordedAnswer:
     text: str
     input_tokens: int | None
     output_tokens: int | None
+    score: float | None = None  # the recorded grade of this answer, when the record has one
 
 
 @dataclass
@@ -36,9 +41,11 @@ class ReplayRecord:
     answers: dict[tuple[str, str], RecordedAnswer]
     models: list[str]
     counts: Counter = field(default_factory=Counter)
+    graded: Counter = field(default_factory=Counter)  # (key, model) cells whose answer was graded, and how often
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._by_key: dict[str, list[tuple[str, RecordedAnswer]]] | None = None
 
     @classmethod
     def from_files(cls, table: str | os.PathLike, responses: str | os.PathLike | list | None = None) -> ReplayRecord:
@@ -59,11 +66,15 @@ class ReplayRecord:
             files = [Path(p).expanduser() for p in responses]
         if not files or not all(f.is_file() for f in files):
             raise FileNotFoundError(f"No recorded answers (parquet files with key, model, response) at {responses}.")
-        texts = {}
+        texts, scores = {}, {}
         for file in files:
-            columns = pq.read_table(file, columns=["key", "model", "response"]).to_pydict()
-            for key, model, text in zip(columns["key"], columns["model"], columns["response"]):
+            names = pq.read_schema(file).names
+            columns = pq.read_table(file, columns=["key", "model", "response", *(["score"] if "score" in names else [])])
+            columns = columns.to_pydict()
+            recorded = columns.get("score", [None] * len(columns["key"]))
+            for key, model, text, score in zip(columns["key"], columns["model"], columns["response"], recorded):
                 texts[(key, model)] = text or ""
+                scores[(key, model)] = None if score is None else float(score)
         key_of_prompt, answers, models = {}, {}, []
         for file in sorted((table / "data").glob("*.parquet")):
             data = pq.read_table(file)
@@ -76,7 +87,7 @@ class ReplayRecord:
                     if (key, model) in texts:
                         cell = cell or {}
                         answers[(key, model)] = RecordedAnswer(key, texts[(key, model)], cell.get("num_input_tokens"),
-                                                               cell.get("num_output_tokens"))
+                                                               cell.get("num_output_tokens"), scores[(key, model)])
             key_of_prompt.update(zip(prompts, keys))
         return cls(key_of_prompt, answers, models)
 
@@ -88,6 +99,38 @@ class ReplayRecord:
             with self._lock:
                 self.counts[(key, model)] += 1
         return answer
+
+    def grade(self, prompt: str, answer: str) -> tuple[float, RecordedAnswer] | str:
+        """
+        The recorded score of `answer` to `prompt` and the recorded answer it matched: the answer's
+        text equal to a recorded answer's, else equal once runs of whitespace are made one space (a
+        streamed answer's chunks are joined with spaces). A string saying why when there is none: the
+        prompt is not recorded, no recorded answer matches, the matches have no score or differ in it.
+        """
+        key = self.key_of_prompt.get(prompt)
+        if key is None:
+            return "the request is not a prompt of the record"
+        if self._by_key is None:
+            by_key: dict[str, list] = {}
+            for (cell_key, model), recorded in self.answers.items():
+                by_key.setdefault(cell_key, []).append((model, recorded))
+            self._by_key = by_key
+        candidates = self._by_key.get(key, [])
+        matches = [(m, a) for m, a in candidates if a.text == answer]
+        if not matches:
+            words = " ".join(answer.split())
+            matches = [(m, a) for m, a in candidates if " ".join(a.text.split()) == words]
+        if not matches:
+            return "the answer is none of the recorded answers to this prompt"
+        scores = {a.score for _, a in matches}
+        if None in scores:
+            return "the record has no score for this answer"
+        if len(scores) > 1:
+            return f"answers of this text were recorded with different scores ({sorted(scores)})"
+        with self._lock:
+            for model, _ in matches:
+                self.graded[(key, model)] += 1
+        return scores.pop(), matches[0][1]
 
     def count_summary(self) -> dict:
         """`{"requests", "cells", "max_per_cell", "repeated_cells"}` over the cells asked so far."""
