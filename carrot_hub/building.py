@@ -145,10 +145,13 @@ def default_cost_scale(table) -> float:
     return scale
 
 
-def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
+def fit_knn(router: CarrotRouter, embeddings, table, support: bool = True) -> CarrotRouter:
     """
     Fill a kNN router's memory with `embeddings (n, hidden)` and the table's scores and output
     tokens `(n, n_models)`. The router's candidates must equal the table's models, in order.
+    With `support` (default) it also gets support statistics and each candidate's prior
+    ([`fit_support_and_prior`]); training leaves them out when the reliability fit follows, which
+    fits both again (the support search is the costliest part of filling a large memory).
     """
     if router.config.candidate_models != list(table.models):
         raise ValueError(
@@ -166,7 +169,8 @@ def fit_knn(router: CarrotRouter, embeddings, table) -> CarrotRouter:
     router.predictor.keep_prompt_keys()
     router.config.knn_memory_size = int(embeddings.shape[0])
     router.config.knn_remembered_rows = 0
-    fit_support_and_prior(router, table)
+    if support:
+        fit_support_and_prior(router, table)
     return router
 
 

@@ -301,21 +301,26 @@ def mean_of_largest(similarity: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_k_mean_similarity(
-    embeddings: torch.Tensor, memory: torch.Tensor, k: int, exclude_self: bool = False, chunk_size: int = 1024
+    embeddings: torch.Tensor, memory: torch.Tensor, k: int, exclude_self: bool = False, chunk_size: int = 1024,
+    self_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """
     Mean cosine similarity of each row of `embeddings (n, hidden)` to its `k` most similar rows of
     `memory (n_memory, hidden)` (both L2-normalised) → `(n,)`. With `exclude_self`, `embeddings` is
-    `memory` itself and each row leaves itself out (its leave-one-out similarity).
+    `memory` itself and each row leaves itself out (its leave-one-out similarity); with
+    `self_rows (n,)` int64, row i of `embeddings` is row `self_rows[i]` of `memory` and leaves it out
+    (the leave-one-out similarity of a sample of the memory's rows).
     """
     n_memory = memory.shape[0]
-    k = max(1, min(int(k), n_memory - (1 if exclude_self else 0)))
+    if exclude_self and self_rows is None:
+        self_rows = torch.arange(embeddings.shape[0])
+    k = max(1, min(int(k), n_memory - (0 if self_rows is None else 1)))
     out = torch.empty(embeddings.shape[0], dtype=torch.float32)
     for start in range(0, embeddings.shape[0], chunk_size):
         chunk = embeddings[start : start + chunk_size].to(memory.dtype)
         similarity = chunk @ memory.T
-        if exclude_self:
-            rows = torch.arange(chunk.shape[0])
-            similarity[rows, rows + start] = -math.inf
+        if self_rows is not None:
+            rows = torch.arange(chunk.shape[0], device=similarity.device)
+            similarity[rows, self_rows[start : start + chunk.shape[0]].to(similarity.device)] = -math.inf
         out[start : start + chunk.shape[0]] = mean_of_largest(similarity, k).float().cpu()
     return out

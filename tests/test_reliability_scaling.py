@@ -69,6 +69,30 @@ def test_every_k_from_one_search_matches_the_memory_at_each_k():
         torch.testing.assert_close(by_k_tokens[column], expected_tokens, atol=1e-5, rtol=0)
 
 
+def test_a_large_memory_reads_its_support_reference_off_a_sample():
+    from carrot_hub.building import fit_knn, new_router
+
+    from .conftest import TINY_MODELS, TINY_PRICES
+    from .reliability_fixtures import clustered_embeddings, synthetic_table
+
+    embeddings, centres = clustered_embeddings(n_per_cluster=300)
+    n = embeddings.shape[0]
+    router = new_router(TINY_MODELS, TINY_PRICES, predictor_kind="knn", knn_k=8, cost_scale=1e-3)
+    fit_knn(router, embeddings, synthetic_table(n))
+    noise = 0.15 * torch.randn(100, embeddings.shape[1], generator=torch.Generator().manual_seed(3))
+    fresh = torch.nn.functional.normalize(centres.repeat_interleave(50, 0) + noise, dim=1)  # new prompts of the same tasks
+    full = router.fit_support(k=4)
+    whole = router.reliability.support(fresh, embeddings, 4)
+    sampled = router.fit_support(k=4, max_probes=n // 3)
+    probes = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: n // 3].sort().values
+    # each sampled row's leave-one-out similarity is the one an all-by-all search finds
+    torch.testing.assert_close(sampled, full[probes], atol=1e-6, rtol=0)
+    assert router.config.support_reference_size == n // 3
+    # support read off the sample is the full reference's within a few standard errors (√(s(1 − s)/m) ≤ 0.05)
+    assert 0.2 < float(whole.mean()) < 0.8
+    assert float((router.reliability.support(fresh, embeddings, 4) - whole).abs().max()) < 0.1
+
+
 # Chosen (every layer in use) by the fit before the shared search (main at a719848, `fit_knn_reliability` of each packaged
 # table's default router on its shipped embeddings); the shared search must choose the same.
 PACKAGED_CHOICES = {

@@ -201,7 +201,7 @@ def train_knn_router(
     router.config.knn_k = chosen_k
     router.predictor.k = chosen_k
     began = time.perf_counter()
-    fit_knn(router, embeddings, train_table)
+    fit_knn(router, embeddings, train_table, support=False)  # the reliability fit below fits support and the prior
     stage_seconds["memory"] = round(time.perf_counter() - began, 2)
     began = time.perf_counter()
     reliability = fit_reliability(

@@ -11,13 +11,16 @@ optionally split into about `--tasks` pseudo-tasks (task name + row number modul
 fit holds out one at a time. The router is trained as `carrot train --kind knn` trains it
 (`training.knn.train_knn_router`) from the precomputed embeddings: the encoder pass is excluded from
 `train_seconds` and reported apart (`encode_seconds_estimate`: the encoder's measured speed on
-`--encode-sample` of the table's prompts, times the size). Last line: JSON.
+`--encode-sample` of the table's prompts, times the size). Each run also reports the machine's
+1-minute load average at its end and the process's peak resident memory so far. Last line: JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 
@@ -91,6 +94,8 @@ def run(args) -> dict:
             "candidates": len(grown.models),
             "train_seconds": round(seconds, 1),
             "train_cpu_seconds": round(cpu_seconds, 1),  # all threads; on a shared machine wall time also counts the others' load
+            "load_average_1min": round(os.getloadavg()[0], 2),  # at the end of the run: what else the machine was doing
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the process so far (sizes ascend)
             "stage_seconds": report.get("stage_seconds"),
             "encode_seconds_estimate": round(encode_per_prompt * size, 1),
             "k": report["k"],
