@@ -25,9 +25,6 @@ import asyncio
 import json
 import os
 import random
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,91 +32,14 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
-
-HOST = "127.0.0.1"
-
-
-class Deadline:
-    def __init__(self, seconds: float):
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def passed(self) -> bool:
-        return self.left() <= 0
-
-
-def start_process(command: list[str], pattern: str, env: dict, timeout_s: float, log_file: Path):
-    """Start a server process, its output going to `log_file`, and wait for the line announcing its URL."""
-    handle = open(log_file, "w")
-    process = subprocess.Popen(command, env=env, text=True, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = re.search(pattern, log_file.read_text())
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{command[2:4]} did not start:\n{log_file.read_text()[-2000:]}")
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 60) -> int:
-    process.send_signal(signal.SIGINT)
-    try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
-async def load(url: str, bodies, concurrency: int, total: int, deadline: Deadline, headers=None):
-    """
-    `concurrency` clients sending `total` requests between them (bodies cycled); returns per request
-    (status, ttfb seconds, whether it fell back, chosen model).
-    """
-    results = []
-    counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-
-        async def worker():
-            for index in counter:
-                if deadline.passed():
-                    return
-                body = bodies[index % len(bodies)]
-                started = time.perf_counter()
-                ttfb = None
-                try:
-                    async with client.stream("POST", url, json=body, headers=headers) as response:
-                        async for _ in response.aiter_raw():
-                            if ttfb is None:
-                                ttfb = time.perf_counter() - started
-                except httpx.TransportError:  # counted as a failed request (status 0), never a crash
-                    results.append((0, None, False, None))
-                    continue
-                results.append((response.status_code, ttfb, bool(response.headers.get("x-carrot-fallbacks")),
-                                response.headers.get("x-carrot-model")))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results
-
-
-def percentiles(values) -> dict:
-    values = np.asarray([v for v in values if v is not None], dtype=float)
-    if not len(values):
-        return {"p50_ms": None, "p99_ms": None, "n": 0}
-    return {"p50_ms": round(float(np.percentile(values, 50)) * 1000, 2),
-            "p99_ms": round(float(np.percentile(values, 99)) * 1000, 2), "n": int(len(values))}
+from carrot_hub.serving.bench_setup import (  # noqa: E402
+    SERVER_URL, routerbench_test_prompts, server_env, start_process, stop_process)
+from carrot_hub.serving.load_clients import Deadline, load, percentiles  # noqa: E402
 
 
 def metric_sum(text: str, name: str) -> float:
@@ -154,24 +74,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: overhead,throughput,failures,soak")
     args = parser.parse_args(argv)
     deadline = Deadline(args.max_seconds)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("CARROT_API_KEY", None)
-
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(next((DEFAULT_DATA_DIR / "data").glob("test-*.parquet")), columns=["prompt"])
-    prompts = [p for p in table.column("prompt").to_pylist() if p and p.strip()]
-    random.Random(0).shuffle(prompts)
+    env = server_env(ROOT)
+    prompts = routerbench_test_prompts()
 
     fake_command = [sys.executable, "-m", "carrot_hub.serving.fake_upstream", "--port", "0",
                     "--latency-ms", str(args.latency_ms)]
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    healthy, healthy_url = start_process(fake_command + ["--model", "fake-healthy"], r"on (http://\S+/v1)", env, 60,
+    healthy, healthy_url = start_process(fake_command + ["--model", "fake-healthy"], SERVER_URL, env, 60,
                                          work / "fake-healthy.log")
     failing, failing_url = start_process(fake_command + ["--model", "fake-failing", "--failure-rate", "0.3",
                                                          "--failure", "503", "--seed", "1"],
-                                         r"on (http://\S+/v1)", env, 60, work / "fake-failing.log")
+                                         SERVER_URL, env, 60, work / "fake-failing.log")
     cheap, mid, strong = "mistralai/mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"
     upstreams = {cheap: {"base_url": healthy_url, "model": "fake-healthy"},
                  mid: {"base_url": healthy_url, "model": "fake-healthy"},
@@ -181,7 +94,7 @@ def main(argv=None) -> dict:
                "--upstreams", str(work / "upstreams.json"), "--port", "0", "--log-dir", str(work / "log")]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    gateway, gateway_url = start_process(command, r"on (http://\S+/v1)", env, 300, work / "gateway.log")
+    gateway, gateway_url = start_process(command, SERVER_URL, env, 300, work / "gateway.log")
     gateway_ps = psutil.Process(gateway.pid)
     summary = {"latency_ms_upstream": args.latency_ms, "cpu_count": os.cpu_count()}
     try:
@@ -206,7 +119,7 @@ def main(argv=None) -> dict:
             started = time.perf_counter()
             runs["routed"] = asyncio.run(load(gateway_url + chat, routed, clients, count, deadline))
             routed_seconds = time.perf_counter() - started
-            stats = {name: percentiles([r[1] for r in results if r[0] == 200]) for name, results in runs.items()}
+            stats = {name: percentiles([r.ttfb_s for r in results if r.ok]) for name, results in runs.items()}
             entry = {"ttfb": stats}
             for path in ("routed", "pinned"):
                 for q in ("p50_ms", "p99_ms"):
@@ -229,7 +142,7 @@ def main(argv=None) -> dict:
             routed_n = metric_sum(after, "carrot_routing_batch_size_sum") - metric_sum(before, "carrot_routing_batch_size_sum")
             summary["throughput"] = {
                 "requests_per_s": round(len(results) / wall, 1), "requests": len(results),
-                "ok": sum(r[0] == 200 for r in results),
+                "ok": sum(r.ok for r in results),
                 "mean_routing_batch": round(routed_n / batches, 1) if batches else None,
                 "routing_thread_busy_share": round(busy / wall, 3),
             }
@@ -240,11 +153,11 @@ def main(argv=None) -> dict:
             failing_pair = [{**body, "carrot": {"allowed": [strong, cheap], "mu": body["carrot"]["mu"] / 2}}
                             for body in routed]
             results = asyncio.run(load(gateway_url + chat, failing_pair, 16, args.failure_requests, deadline))
-            answered = sum(r[0] == 200 for r in results)
+            answered = sum(r.ok for r in results)
             summary["failures"] = {
                 "requests": len(results), "answered_share": round(answered / max(1, len(results)), 4),
-                "fell_back": sum(r[2] for r in results),
-                "answered_by": {m: sum(r[3] == m for r in results if r[0] == 200) for m in (strong, cheap)},
+                "fell_back": sum(bool(r.headers.get("x-carrot-fallbacks")) for r in results),
+                "answered_by": {m: sum(r.headers.get("x-carrot-model") == m for r in results if r.ok) for m in (strong, cheap)},
             }
             print(f"one upstream failing 30%: {json.dumps(summary['failures'])}", flush=True)
 
@@ -274,8 +187,8 @@ def main(argv=None) -> dict:
             rss_peak = max([rss_start, rss_end] + [rss for _, rss in samples])
             served_total = metric_sum(httpx.get(gateway_url.removesuffix("/v1") + "/metrics").text, "carrot_requests_total")
             summary["soak"] = {
-                "requests": warm + len(results), "ok_after_warm_up": sum(r[0] == 200 for r in results),
-                "transport_errors": sum(r[0] == 0 for r in results),
+                "requests": warm + len(results), "ok_after_warm_up": sum(r.ok for r in results),
+                "transport_errors": sum(r.status == 0 for r in results),
                 "routed_share": args.soak_routed_share, "seconds": round(soak_wall, 1), "rss_mb_start": round(rss_start / 2**20, 1),
                 "rss_mb_peak": round(rss_peak / 2**20, 1), "rss_mb_end": round(rss_end / 2**20, 1),
                 "rss_growth": round(rss_end / rss_start - 1, 4),

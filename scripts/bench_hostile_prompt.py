@@ -21,18 +21,14 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_gateway import Deadline, percentiles, start_process, stop_process  # noqa: E402
-
-from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
+from carrot_hub.serving.bench_setup import (  # noqa: E402
+    SERVER_URL, routerbench_test_prompts, server_env, start_process, stop_process)
+from carrot_hub.serving.load_clients import Deadline, percentiles, run_clients, timed_request  # noqa: E402
 
 HUGE_PROMPT_CHARS = 4_000_000
 
@@ -51,48 +47,29 @@ def distinct_words_prompt(seed: int, n_chars: int = HUGE_PROMPT_CHARS) -> str:
 
 async def others(base: str, prompts: list[str], candidate: str, total: int, deadline: Deadline) -> list:
     """8 clients, `total` requests cycling routed / pinned / health: (kind, status, seconds) each."""
-    results = []
-    counter = iter(range(total))
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
 
-        async def worker():
-            for index in counter:
-                if deadline.passed():
-                    return
-                kind = ("routed", "pinned", "health")[index % 3]
-                started = time.perf_counter()
-                try:
-                    if kind == "health":
-                        response = await client.get(base.removesuffix("/v1") + "/health")
-                    else:
-                        model = "carrot" if kind == "routed" else candidate
-                        response = await client.post("/chat/completions", json={
-                            "model": model, "messages": [{"role": "user", "content": prompts[index % len(prompts)]}]})
-                    status = response.status_code
-                except httpx.TransportError:
-                    status = 0
-                results.append((kind, status, time.perf_counter() - started))
+    async def send(client, index):
+        kind = ("routed", "pinned", "health")[index % 3]
+        if kind == "health":
+            reply = await timed_request(client, "GET", base.removesuffix("/v1") + "/health")
+        else:
+            model = "carrot" if kind == "routed" else candidate
+            reply = await timed_request(client, "POST", base + "/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": prompts[index % len(prompts)]}]})
+        return kind, reply.status, reply.total_s
 
-        await asyncio.gather(*(worker() for _ in range(8)))
-    return results
+    return await run_clients(send, 8, total, deadline, timeout_s=120)
 
 
 async def hostile(base: str, bodies: list[bytes], stop: asyncio.Event, deadline: Deadline) -> list:
     """Send the huge prompts back to back until `stop`: (status, seconds) each."""
-    results = []
-    async with httpx.AsyncClient(base_url=base, timeout=300) as client:
-        for index in range(1000):
-            if stop.is_set() or deadline.passed():
-                break
-            started = time.perf_counter()
-            try:
-                response = await client.post("/chat/completions", content=bodies[index % len(bodies)],
-                                             headers={"content-type": "application/json"})
-                status = response.status_code
-            except httpx.TransportError:
-                status = 0
-            results.append((status, time.perf_counter() - started))
-    return results
+
+    async def send(client, index):
+        reply = await timed_request(client, "POST", base + "/chat/completions", content=bodies[index % len(bodies)],
+                                    headers={"content-type": "application/json"})
+        return reply.status, reply.total_s
+
+    return await run_clients(send, 1, 1000, deadline, timeout_s=300, stop=stop)
 
 
 async def phase(base, prompts, candidate, total, deadline, huge_bodies=None) -> dict:
@@ -120,28 +97,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-seconds", type=float, default=300, help="bound on the whole run")
     args = parser.parse_args(argv)
     deadline = Deadline(args.max_seconds)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("CARROT_API_KEY", None)
-
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(next((DEFAULT_DATA_DIR / "data").glob("test-*.parquet")), columns=["prompt"])
-    prompts = [p for p in table.column("prompt").to_pylist() if p and p.strip()]
-    random.Random(0).shuffle(prompts)
+    env = server_env(ROOT)
+    prompts = routerbench_test_prompts()
     huge_bodies = [json.dumps({"model": "carrot", "messages": [{"role": "user", "content": distinct_words_prompt(seed)}]})
                    .encode() for seed in range(3)]
 
     work = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
     fake, fake_url = start_process([sys.executable, "-m", "carrot_hub.serving.fake_upstream", "--port", "0",
-                                    "--latency-ms", "20"], r"on (http://\S+/v1)", env, 60, work / "fake.log")
+                                    "--latency-ms", "20"], SERVER_URL, env, 60, work / "fake.log")
     cheap, strong = "mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"
     (work / "upstreams.json").write_text(json.dumps({name: {"base_url": fake_url, "model": "fake"}
                                                      for name in (cheap, strong)}))
     command = [sys.executable, "-m", "carrot_hub.cli", "serve", *([args.router] if args.router else []),
                "--upstreams", str(work / "upstreams.json"), "--port", "0", "--log-dir", str(work / "log"),
                "--max-body-bytes", str(8 * 1024 * 1024)]
-    gateway, base = start_process(command, r"on (http://\S+/v1)", env, 300, work / "gateway.log")
+    gateway, base = start_process(command, SERVER_URL, env, 300, work / "gateway.log")
     summary = {"huge_prompt_chars": HUGE_PROMPT_CHARS, "cpu_count": os.cpu_count()}
     try:
         asyncio.run(others(base, prompts, cheap, 60, deadline))  # warm-up

@@ -16,21 +16,19 @@ last byte over the second half of phase 1, per upstream. Phase 2 sends `--bounde
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import statistics
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import httpx
 
 from carrot_hub.data.loading import load_routing_table
 from carrot_hub.data.packaged import packaged_table_dir
 from carrot_hub.default import default_router
 from carrot_hub.serving.app import Gateway, GatewaySettings
 from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from carrot_hub.serving.load_clients import Deadline, run_clients, timed_request
 from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.replay_record import ReplayRecord
 from carrot_hub.serving.upstreams import UpstreamPool, parse_upstreams
@@ -39,17 +37,25 @@ CANDIDATES = ("gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "Meta-Llama-3.1-8B-
 SLOW = CANDIDATES[0]
 
 
-def stream_once(http: httpx.Client, prompt: str, carrot: dict) -> tuple[str, float | None, float]:
-    """One streamed routed request: (answering model, predicted latency, measured seconds to the last byte)."""
-    started = time.perf_counter()
-    with http.stream("POST", "chat/completions", json={"model": "carrot", "stream": True, "carrot": carrot,
-                                                      "messages": [{"role": "user", "content": prompt}]}) as response:
-        response.read()
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        predicted = response.headers.get("x-carrot-predicted-latency")
-        model = response.headers["x-carrot-model"]
-    return model, None if predicted in (None, "none") else float(predicted), time.perf_counter() - started
+def streaming(url: str, prompts: list[str], carrots: list[dict]):
+    """A `send` for `run_clients`: prompt i streamed, routed with `carrots[i]` →
+    (answering model, predicted latency, measured seconds to the last byte)."""
+
+    async def send(client, i: int) -> tuple[str, float | None, float]:
+        reply = await timed_request(client, "POST", url, json={
+            "model": "carrot", "stream": True, "carrot": carrots[i],
+            "messages": [{"role": "user", "content": prompts[i]}]})
+        if not reply.ok:
+            raise RuntimeError(f"HTTP {reply.status} from the gateway")
+        predicted = reply.headers.get("x-carrot-predicted-latency")
+        return reply.headers["x-carrot-model"], None if predicted in (None, "none") else float(predicted), reply.total_s
+
+    return send
+
+
+def clients(url: str, prompts: list[str], carrots: list[dict], n_clients: int) -> list:
+    """Every prompt once, `n_clients` at a time (bounded by the prompt count and 10 minutes)."""
+    return asyncio.run(run_clients(streaming(url, prompts, carrots), n_clients, len(prompts), Deadline(600)))
 
 
 def main(argv=None) -> int:
@@ -78,11 +84,11 @@ def main(argv=None) -> int:
     try:
         entries = {name: {"base_url": servers[name].base_url, "model": name, "timeout": 60} for name in CANDIDATES}
         gateway = Gateway(router, UpstreamPool(parse_upstreams(entries)), GatewaySettings())
-        with LocalServer(gateway.app) as server, httpx.Client(base_url=server.base_url, timeout=60) as http:
+        with LocalServer(gateway.app) as server:
+            url = server.base_url + "/chat/completions"
             prompts = [test.prompts[i] for i in rng.sample(range(len(test)), args.requests)]
             mus = [rng.random() for _ in prompts]
-            with ThreadPoolExecutor(args.clients) as pool:
-                phase1 = list(pool.map(lambda pm: stream_once(http, pm[0], {"mu": pm[1]}), zip(prompts, mus)))
+            phase1 = clients(url, prompts, [{"mu": mu} for mu in mus], args.clients)
             profile = gateway.latency.profile()
             late = phase1[len(phase1) // 2:]
             errors = {}
@@ -96,10 +102,9 @@ def main(argv=None) -> int:
                         "median_relative_error": statistics.median(abs(p - m) / m for p, m in pairs),
                     }
             bounded_prompts = [test.prompts[i] for i in rng.sample(range(len(test)), args.bounded)]
-            with ThreadPoolExecutor(args.clients) as pool:
-                free = list(pool.map(lambda p: stream_once(http, p, {"mu": 0.0}), bounded_prompts))
-                bound = list(pool.map(lambda p: stream_once(http, p, {"mu": 0.0, "max_latency_s": args.max_latency}),
-                                      bounded_prompts))
+            free = clients(url, bounded_prompts, [{"mu": 0.0}] * len(bounded_prompts), args.clients)
+            bound = clients(url, bounded_prompts, [{"mu": 0.0, "max_latency_s": args.max_latency}] * len(bounded_prompts),
+                            args.clients)
     finally:
         for item in servers.values():
             item.stop()

@@ -36,14 +36,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_gateway import Deadline, load, percentiles, start_process, stop_process  # noqa: E402
-
-from carrot_hub.default import DEFAULT_DATA_DIR  # noqa: E402
+from carrot_hub.serving.bench_setup import (  # noqa: E402
+    SERVER_URL, routerbench_test_prompts, server_env, start_process, stop_process)
+from carrot_hub.serving.load_clients import Deadline, load, percentiles, run_clients  # noqa: E402
 
 CHAT = "/chat/completions"
-URL = r"on (http://\S+/v1)"
+URL = SERVER_URL
 
 
 def serve_command(router: str, upstreams: Path, log_dir: Path, workers: int, *extra) -> list[str]:
@@ -87,10 +86,10 @@ def phase_workers(router, upstreams, fake_url, prompts, work, env, args, deadlin
             stop_process(process)
     result = {}
     for workers in (1, 2):
-        gateway, fake = (percentiles([r[1] for r in rs if r[0] == 200]) for rs in (runs[workers], fakes[workers]))
+        gateway, fake = (percentiles([r.ttfb_s for r in rs if r.ok]) for rs in (runs[workers], fakes[workers]))
         result[f"workers_{workers}"] = {
             "requests_per_s": round(len(runs[workers]) / walls[workers], 1), "requests": len(runs[workers]),
-            "ok": sum(r[0] == 200 for r in runs[workers]),
+            "ok": sum(r.ok for r in runs[workers]),
             "overhead_p50_ms": round(gateway["p50_ms"] - fake["p50_ms"], 2),
             "overhead_p99_ms": round(gateway["p99_ms"] - fake["p99_ms"], 2),
             "fake_alone_ttfb_p50_ms": fake["p50_ms"],
@@ -103,25 +102,19 @@ def phase_workers(router, upstreams, fake_url, prompts, work, env, args, deadlin
 
 async def serve_and_label(url: str, prompts, scores, concurrency: int, deadline: Deadline) -> list[dict]:
     """Each prompt served once (routed) and labelled; returns what was sent, with the answering model."""
-    sent, counter = [], iter(range(len(prompts)))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)  # new connections: both workers
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        async def worker():
-            for i in counter:
-                if deadline.passed():
-                    return
-                response = await client.post(url + CHAT, json={"model": "carrot",
-                                                               "messages": [{"role": "user", "content": prompts[i]}]})
-                if response.status_code != 200:
-                    sent.append({"prompt": prompts[i], "error": response.status_code})
-                    continue
-                request_id = response.headers["x-carrot-request-id"]
-                label = await client.post(url + "/feedback", json={"request_id": request_id, "score": scores[i]})
-                sent.append({"prompt": prompts[i], "model": response.headers["x-carrot-model"], "score": scores[i],
-                             "request_id": request_id, "status": label.status_code, "time": time.time()})
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return sent
+    async def send(client, i):
+        response = await client.post(url + CHAT, json={"model": "carrot",
+                                                       "messages": [{"role": "user", "content": prompts[i]}]})
+        if response.status_code != 200:
+            return {"prompt": prompts[i], "error": response.status_code}
+        request_id = response.headers["x-carrot-request-id"]
+        label = await client.post(url + "/feedback", json={"request_id": request_id, "score": scores[i]})
+        return {"prompt": prompts[i], "model": response.headers["x-carrot-model"], "score": scores[i],
+                "request_id": request_id, "status": label.status_code, "time": time.time()}
+
+    # New connections for every request: the kernel spreads them over both workers.
+    return await run_clients(send, concurrency, len(prompts), deadline, keepalive=False)
 
 
 def latest_state(store: Path) -> dict:
@@ -260,7 +253,7 @@ def phase_reloads(upstreams, work, env, args, deadline, prompts, store) -> dict:
     record_revisions = {r.get("revision") for _, r in iter_shard_records(log_dir) if r.get("type") == "served"}
     reloads = sum(text.count("now routing with revision") for text in [serve_log.read_text()])
     result = {
-        "requests_under_load": len(results), "failed_requests": sum(r[0] != 200 for r in results),
+        "requests_under_load": len(results), "failed_requests": sum(not r.ok for r in results),
         "rounds": len(delays), "reloads_logged_by_workers": reloads,
         "revisions_named_in_outcome_records": len(record_revisions - {None}),
         "label_to_serving_s": {"each": [round(d, 2) for d in delays],
@@ -282,17 +275,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     deadline = Deadline(args.max_seconds)
     skip = set(filter(None, args.skip.split(",")))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("CARROT_API_KEY", None)
-
-    import pyarrow.parquet as pq
-
+    env = server_env(ROOT)
     from carrot_hub.default import default_router
 
-    table = pq.read_table(next((DEFAULT_DATA_DIR / "data").glob("test-*.parquet")), columns=["prompt"])
-    prompts = [p for p in table.column("prompt").to_pylist() if p and p.strip()]
-    random.Random(0).shuffle(prompts)
+    prompts = routerbench_test_prompts()
     work = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     router_folder = work / "router"
     router = default_router(cache_dir=router_folder, encoder="static", progress=False)

@@ -10,7 +10,8 @@ requests, with one of `FAILURE_KINDS`:
 - `"midstream"`: a stream sends two chunks, then drops the connection (a plain answer drops at once).
 
 It remembers what it last received (`received`: bodies; `authorizations`: headers) for tests to inspect.
-Answers are not language: the content is `"<model> says: "` followed by numbered words; or, in replay
+Answers are not language: the content is `"<model> says: "` followed by numbered words, or a fixed
+`reply` (a judge's `"Score: 7"`, for instance); or, in replay
 mode (`replay`: a `ReplayRecord`), the recorded answer of the request's model to its prompt, with the
 record's token counts as `usage` and every cell's requests counted (`GET /v1/replay/counts`). With
 `replay_judge` too, a request that is a judge rubric (`carrot collect`'s judge, which `carrot serve
@@ -59,6 +60,7 @@ class FakeUpstreamConfig:
     retry_after_s: float | None = None  # sent as `Retry-After` with injected 429/503 failures
     replay: object | None = None  # a `ReplayRecord`: answer from the record instead of numbered words
     replay_judge: bool = False  # with `replay`: grade judge rubric requests with the record's scores
+    reply: str | None = None  # answer with this text instead of numbered words (a judge's "Score: 7", say)
 
     def __post_init__(self):
         if self.failure not in FAILURE_KINDS:
@@ -140,6 +142,10 @@ class FakeUpstream:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
         content = f"{config.model} says: " + " ".join(words)
+        if config.reply is not None:
+            content, words = config.reply, config.reply.split()
+            usage["completion_tokens"] = len(words)
+            usage["total_tokens"] = prompt_tokens + len(words)
         if config.replay is not None:
             users = [_text(m) for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
             asked = users[-1] if users else ""
@@ -235,6 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--reply-words", type=int, default=8)
+    parser.add_argument("--reply", help="answer with this text instead of numbered words (e.g. 'Score: 7')")
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--failure", choices=FAILURE_KINDS, default="500")
     parser.add_argument("--seed", type=int, default=0)
@@ -255,7 +262,7 @@ def main(argv=None) -> int:
     fake = FakeUpstream(FakeUpstreamConfig(model=args.model, latency_s=args.latency_ms / 1000,
                                            reply_words=args.reply_words, failure_rate=args.failure_rate,
                                            failure=args.failure, seed=args.seed, replay=replay,
-                                           replay_judge=args.replay_judge))
+                                           replay_judge=args.replay_judge, reply=args.reply))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalServer(fake.app, port=args.port, backlog=4096, timeout_keep_alive=75) as server:
