@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-BEHAVIOURS = ("quote_key", "quote_key_escaped", "no_done", "comments_only", "nested")
+BEHAVIOURS = ("quote_key", "quote_key_escaped", "split_key", "split_key_unfinished", "no_done", "comments_only", "nested")
 
 
 def _chunk(content: str | None, finish_reason=None) -> dict:
@@ -47,6 +47,8 @@ class HostileUpstream:
             return Response(nested, media_type="application/json")
         if self.behaviour == "comments_only":
             return StreamingResponse(self._comments(), media_type="text/event-stream" if stream else "application/json")
+        if self.behaviour.startswith("split_key"):
+            return StreamingResponse(self._split_key_stream(key), media_type="text/event-stream")
         quoted = key if self.behaviour == "quote_key" else "".join(f"\\u{ord(c):04x}" for c in key)
         if not stream:
             text = ('{"id":"chatcmpl-hostile","object":"chat.completion","created":0,"model":"hostile",'
@@ -70,6 +72,14 @@ class HostileUpstream:
         yield _frame(_chunk(None, finish_reason="stop"))
         if self.behaviour != "no_done":
             yield _frame("[DONE]")
+
+    async def _split_key_stream(self, key: str):
+        """The key spread over the content of three events, then text ending in the key's first letter."""
+        for piece in ("my key is ", key[:4], key[4:9], key[9:] + ". And it has ", "s"):
+            yield _frame(_chunk(piece))
+        if self.behaviour == "split_key":
+            yield _frame(_chunk(None, finish_reason="stop"))
+        yield _frame("[DONE]")
 
     async def _comments(self):
         for _ in range(self.max_comments):  # bounded: a minute at most with the defaults

@@ -58,6 +58,7 @@ from .sessions import (
     session_id,
 )
 from .strict_json import JSONRejected, loads_strict
+from .stream_redaction import SplitKeyGuard, guard_chunk, leftover_chunk
 from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
 
 logger = logging.getLogger("carrot_hub.serving")
@@ -137,6 +138,8 @@ class _Served:
     session_switched: bool = False
     context_tokens: int = 0  # earlier turns' tokens the session's model already processed (its prompt cache)
     answer_parts: list | None = None  # the answer's text, kept only when the request may be explored
+    key_guard: SplitKeyGuard | None = None  # a stream's text that could begin a key, held back until it cannot
+    completion_id: str | None = None  # the stream's chunk id, for a last chunk of held text
 
 
 def _reliability_headers(choice: RoutedChoice | None) -> dict:
@@ -601,6 +604,7 @@ class Gateway:
         if name is None:
             return stream
         served.model = name
+        served.key_guard = self.upstreams.split_key_guard()
         return EventSourceResponse(self._relay(served, stream), headers=self._headers(served), sep="\n", ping=15)
 
     async def _relay(self, served: _Served, stream):
@@ -612,6 +616,9 @@ class Gateway:
             while True:
                 if data == "[DONE]":
                     finished = True
+                    leftover = self._held_text_chunk(served)
+                    if leftover is not None:
+                        yield {"data": leftover}
                     yield {"data": "[DONE]"}
                     return
                 out = self._rewrite_chunk(served, data)
@@ -652,6 +659,9 @@ class Gateway:
             return self.upstreams.redact(data)
         if "model" in chunk:
             chunk["model"] = served.model
+            served.completion_id = chunk.get("id") if isinstance(chunk.get("id"), str) else None
+        if served.key_guard is not None:
+            guard_chunk(served.key_guard, chunk)
         if served.answer_parts is not None:
             served.answer_parts.append(_delta_text(chunk))
         if chunk.get("usage"):
@@ -660,6 +670,15 @@ class Gateway:
                 if not chunk.get("choices"):
                     return None  # the usage-only chunk the gateway asked for, not the client
                 chunk.pop("usage")
+        return self.upstreams.redact(json.dumps(chunk))
+
+    def _held_text_chunk(self, served: _Served) -> str | None:
+        """The text the key guard still holds when the stream is done, as one last chunk (None: nothing held)."""
+        if served.key_guard is None or not served.key_guard.holding:
+            return None
+        chunk = leftover_chunk(served.key_guard.flush_all(), served.model, served.completion_id)
+        if served.answer_parts is not None:
+            served.answer_parts.append(_delta_text(chunk))
         return self.upstreams.redact(json.dumps(chunk))
 
     # ------------------------------------------------------------------------------ outcome

@@ -44,6 +44,7 @@ import httpx
 from httpx_sse import EventSource
 
 from .strict_json import JSONRejected, loads_strict
+from .stream_redaction import SplitKeyGuard
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_CONCURRENCY = 64
@@ -536,6 +537,10 @@ class UpstreamPool:
     @property
     def names(self) -> list[str]:
         return list(self.upstreams)
+
+    def split_key_guard(self) -> SplitKeyGuard:
+        """A guard for one stream: holds back text that could begin any upstream's key (see `stream_redaction`)."""
+        return SplitKeyGuard((upstream._api_key for upstream in self.upstreams.values()), self.redact)
 
     def redact(self, text: str) -> str:
         """`text` with every upstream key replaced by `***`."""
