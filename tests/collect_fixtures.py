@@ -85,3 +85,37 @@ def sample_prompt_file(path: Path, n_per_task: int = 20) -> Path:
             rows.append(row)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def sample_rows() -> list[dict]:
+    """The 120-answer sample's rows (key, model, response, score), each with its prompt's text."""
+    import pyarrow.parquet as pq
+
+    from carrot_hub.data import load_routing_table
+    from carrot_hub.data.packaged import packaged_table_dir
+
+    prompts = {}
+    for split in ("train", "test"):
+        table = load_routing_table(str(packaged_table_dir("zeroeval-2024")), split=split, progress=False)
+        prompts.update(zip(table.prompt_ids, table.prompts))
+    return [{**row, "prompt": prompts[row["key"]]} for row in pq.read_table(SAMPLE_RESPONSES).to_pylist()]
+
+
+def sample_knn_router(rows: list[dict], prompts: list[str]):
+    """A static-encoder kNN router (k = 2) over the sample's models, its memory `prompts` with their recorded scores."""
+    import numpy as np
+
+    from carrot_hub.building import fit_knn, new_router
+    from carrot_hub.data import load_routing_table
+    from carrot_hub.data.packaged import packaged_table_dir
+    from carrot_hub.data.routing_table import RoutingTable
+
+    prices = load_routing_table(str(packaged_table_dir("zeroeval-2024")), split="train", progress=False).prices
+    prices = {m: prices[m] for m in SAMPLE_MODELS}
+    score_of = {(row["prompt"], row["model"]): row["score"] for row in rows}
+    router = new_router(SAMPLE_MODELS, prices, predictor_kind="knn", knn_k=2, encoder_kind="static", progress=False)
+    scores = np.array([[score_of[(p, m)] for m in SAMPLE_MODELS] for p in prompts], dtype=float)
+    tokens = np.full_like(scores, 50.0)
+    table = RoutingTable(list(prompts), [f"m{i}" for i in range(len(prompts))], ["t"] * len(prompts), list(SAMPLE_MODELS),
+                         scores=scores, input_tokens=tokens, output_tokens=tokens, prices=prices)
+    return fit_knn(router, router.encode(list(prompts)).embeddings, table)

@@ -7,10 +7,8 @@ import asyncio
 import json
 
 import httpx
-import pyarrow.parquet as pq
 import pytest
 
-from carrot_hub.building import fit_knn, new_router
 from carrot_hub.collect.asking import Asker
 from carrot_hub.collect.contracts import ScoringInput
 from carrot_hub.collect.judge import JudgeScorer, judge_request
@@ -26,7 +24,7 @@ from carrot_hub.serving.replay_judge import JUDGE_REPLY_TOKENS, replay_grade, ru
 from carrot_hub.serving.replay_record import ReplayRecord
 from carrot_hub.serving.upstreams import UpstreamPool, parse_upstreams
 
-from .collect_fixtures import SAMPLE_MODELS, SAMPLE_RESPONSES
+from .collect_fixtures import SAMPLE_MODELS, SAMPLE_RESPONSES, sample_knn_router, sample_rows
 
 TABLE = packaged_table_dir("zeroeval-2024")
 
@@ -39,12 +37,7 @@ def record():
 @pytest.fixture(scope="module")
 def sample():
     """The sample's rows: key, model, response, score, with each key's prompt."""
-    rows = pq.read_table(SAMPLE_RESPONSES).to_pylist()
-    prompts = {}
-    for split in ("train", "test"):
-        table = load_routing_table(str(TABLE), split=split, progress=False)
-        prompts.update(zip(table.prompt_ids, table.prompts))
-    return [{**row, "prompt": prompts[row["key"]]} for row in rows]
+    return sample_rows()
 
 
 def replay_pool(fake: FakeUpstream, models=SAMPLE_MODELS) -> UpstreamPool:
@@ -147,22 +140,11 @@ def test_without_replay_judge_a_rubric_is_just_an_unrecorded_prompt(record, samp
 
 def test_the_gateway_explores_and_learns_zeroevals_grades_through_the_replay_judge(record, sample, tmp_path):
     """Served with --learn --explore 1 --judge: both labels of each request are the recorded 0/1."""
-    prices = load_routing_table(str(TABLE), split="train", progress=False).prices
     prompts = sorted({row["prompt"] for row in sample})
     rows_of = {(row["prompt"], row["model"]): row for row in sample}
     # A kNN router over the sample's three models, filled with half of its prompts.
     memory, served = prompts[::2], prompts[1::2][:6]
-    router = new_router(SAMPLE_MODELS, {m: prices[m] for m in SAMPLE_MODELS}, predictor_kind="knn", knn_k=2,
-                        encoder_kind="static", progress=False)
-    from carrot_hub.data.routing_table import RoutingTable
-    import numpy as np
-
-    scores = np.array([[rows_of[(p, m)]["score"] for m in SAMPLE_MODELS] for p in memory], dtype=float)
-    tokens = np.full_like(scores, 50.0)
-    table = RoutingTable(memory, [f"m{i}" for i in range(len(memory))], ["t"] * len(memory), list(SAMPLE_MODELS),
-                         scores=scores, input_tokens=tokens, output_tokens=tokens,
-                         prices={m: prices[m] for m in SAMPLE_MODELS})
-    fit_knn(router, router.encode(memory).embeddings, table)
+    router = sample_knn_router(sample, memory)
     rows_before = router.config.knn_memory_size
     fake = FakeUpstream(FakeUpstreamConfig(replay=record, replay_judge=True))
     log = OutcomeLog(tmp_path / "log")

@@ -5,6 +5,7 @@ the judge is a small fake that grades with "Score: N"."""
 
 import asyncio
 import json
+import random
 import time
 from contextlib import contextmanager
 
@@ -18,7 +19,17 @@ from starlette.routing import Route
 from carrot_hub.cli import main
 from carrot_hub.data.outcome_log_reader import iter_shard_records, outcome_log_records, read_outcome_log
 from carrot_hub.modeling_carrot import CarrotRouter
-from carrot_hub.serving.exploration import Explorer, ExploreJob, ExploreSettings, pick_explored, plain_chat
+from carrot_hub.serving.exploration import (
+    PICK_RULES,
+    Explorer,
+    ExploreJob,
+    ExploreSettings,
+    pick_explored,
+    pick_most_expensive,
+    pick_most_uncertain,
+    pick_random,
+    plain_chat,
+)
 from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.prometheus_metrics import GatewayMetrics
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
@@ -235,6 +246,28 @@ def test_pick_explored_prefers_the_cheaper_candidate_closest_in_quality():
     assert pick_explored(ranked, "small") == "mid"  # nothing cheaper: the closest in quality
     assert pick_explored(ranked[:1], "big") is None
     assert plain_chat({"messages": USER}) and not plain_chat({"messages": USER, "tools": [{}]})
+
+
+def test_the_measured_alternative_rules_and_the_setting_that_picks_one():
+    from types import SimpleNamespace as C
+
+    ranked = [C(name="big", quality=0.9, cost=1.0), C(name="mid", quality=0.55, cost=0.1),
+              C(name="small", quality=0.2, cost=0.01), C(name="huge", quality=0.95, cost=5.0)]
+    assert pick_most_uncertain(ranked, "big") == "mid" and pick_most_expensive(ranked, "big") == "huge"
+    assert pick_most_expensive(ranked, "huge") == "big"
+    picked = {pick_random(ranked, "big", random.Random(seed)) for seed in range(40)}
+    assert picked == {"mid", "small", "huge"}
+    for rule in PICK_RULES.values():
+        args = (ranked[:1], "big", random.Random(0)) if rule is pick_random else (ranked[:1], "big")
+        assert rule(*args) is None
+    assert ExploreSettings(rate=0.1, judge="j").pick_rule == "closest-cheaper"
+    explorer = Explorer(ExploreSettings(rate=0.1, judge="j", pick_rule="most-expensive"), None, None, None, None)
+    assert explorer.pick(ranked, "big") == "huge"
+    seeded = [Explorer(ExploreSettings(rate=0.1, judge="j", seed=3, pick_rule="random"), None, None, None, None)
+              for _ in range(2)]
+    assert [seeded[0].pick(ranked, "big") for _ in range(10)] == [seeded[1].pick(ranked, "big") for _ in range(10)]
+    with pytest.raises(ValueError, match="pick_rule must be one of"):
+        ExploreSettings(rate=0.1, judge="j", pick_rule="widest")
 
 
 class _Counting:

@@ -40,7 +40,6 @@ from .exploration import (
     ExploreJob,
     ExploreSettings,
     exploration_audit,
-    pick_explored,
     plain_chat,
 )
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
@@ -731,7 +730,7 @@ class Gateway:
             return
         if not self.explorer.sampled(served.choice.in_distribution):
             return
-        explored = pick_explored(served.choice.ranked, served.model)
+        explored = self.explorer.pick(served.choice.ranked, served.model)
         if explored is None:
             return
         payload = served.chat.payload

@@ -42,6 +42,7 @@ SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", 
                  "presence_penalty", "frequency_penalty")
 # A request carrying any of these asks for something a judge cannot compare as plain text.
 NOT_PLAIN_KEYS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+DEFAULT_PICK_RULE = "closest-cheaper"  # the explored-candidate rule (see PICK_RULES and pick_explored)
 
 
 def default_ood_rate(rate: float) -> float:
@@ -56,6 +57,7 @@ class ExploreSettings:
     `judge`: the upstream that grades. `budget_per_day`: US$ per UTC day (None: no cap).
     `ood_rate`: share of out-of-distribution requests explored (default `default_ood_rate(rate)`).
     `private`: also explore requests whose prompt is not logged (`--no-prompt-log`).
+    `pick_rule`: which other candidate is explored, a name of `PICK_RULES` (docs/exploration.md: the measurement).
     """
 
     rate: float
@@ -66,8 +68,11 @@ class ExploreSettings:
     queue_size: int = DEFAULT_QUEUE_SIZE
     workers: int = DEFAULT_WORKERS
     seed: int | None = None
+    pick_rule: str = DEFAULT_PICK_RULE
 
     def __post_init__(self):
+        if self.pick_rule not in PICK_RULES:
+            raise ValueError(f"pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         for name in ("rate", "ood_rate"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
@@ -112,6 +117,33 @@ def pick_explored(ranked, answered: str) -> str | None:
     cheaper = [c for c in others if c.cost < mine.cost]
     pool = cheaper or others
     return min(pool, key=lambda c: (abs(c.quality - mine.quality), c.cost, c.name)).name
+
+
+def pick_most_uncertain(ranked, answered: str) -> str | None:
+    """The other candidate whose predicted quality is nearest 0.5 (the largest q·(1 − q): the least sure)."""
+    others = [c for c in ranked if c.name != answered]
+    return min(others, key=lambda c: (abs(c.quality - 0.5), c.cost, c.name)).name if others else None
+
+
+def pick_most_expensive(ranked, answered: str) -> str | None:
+    """The other candidate with the highest predicted cost."""
+    others = [c for c in ranked if c.name != answered]
+    return max(others, key=lambda c: (c.cost, c.name)).name if others else None
+
+
+def pick_random(ranked, answered: str, rng: random.Random) -> str | None:
+    """Any other candidate, uniformly (`rng`: the explorer's own seeded generator)."""
+    others = sorted(c.name for c in ranked if c.name != answered)
+    return rng.choice(others) if others else None
+
+
+# The explored-candidate rules compared by scripts/bench_exploration.py (docs/exploration.md has the figures).
+PICK_RULES = {
+    "closest-cheaper": pick_explored,
+    "most-uncertain": pick_most_uncertain,
+    "most-expensive": pick_most_expensive,
+    "random": pick_random,
+}
 
 
 async def judge_answers(judge, prompt: str, messages, answers: dict[str, str]) -> dict[str, Score]:
@@ -176,6 +208,7 @@ class Explorer:
     def __init__(self, settings: ExploreSettings, ask, judge, record: Callable, metrics, clock=None):
         self.settings, self.ask, self.judge, self.record, self.metrics = settings, ask, judge, record, metrics
         self._random = random.Random(settings.seed)
+        self._pick_random = random.Random(None if settings.seed is None else settings.seed + 1)  # the random rule's own
         self._queue: asyncio.Queue | None = None
         self._workers: list[asyncio.Task] = []
         self._day, self._spent_today = utc_day(), 0.0
@@ -187,6 +220,11 @@ class Explorer:
     def sampled(self, in_distribution: bool | None) -> bool:
         rate = self.settings.ood_rate if in_distribution is False else self.settings.rate
         return rate > 0 and self._random.random() < rate
+
+    def pick(self, ranked, answered: str) -> str | None:
+        """The candidate to explore by the settings' rule (`PICK_RULES`), None when there is no other."""
+        rule = PICK_RULES[self.settings.pick_rule]
+        return rule(ranked, answered, self._pick_random) if rule is pick_random else rule(ranked, answered)
 
     def spent_today(self) -> float:
         today = self._clock()

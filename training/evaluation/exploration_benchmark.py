@@ -1,0 +1,398 @@
+"""
+Does judged exploration (`carrot serve --learn --explore RATE --judge CANDIDATE`) teach the router?
+A simulation with real answers: ZeroEval's 2024 table, every candidate and the judge replayed from
+ZeroEval's recorded answers and 0/1 grades (`FakeUpstream` with `replay` and `replay_judge`).
+
+The gateway is the real one (`carrot_hub.serving.app.Gateway`: routing batcher, upstream pool,
+exploration queue and judge scorer, outcome log, `OnlineLearner` and `remember()`), driven in
+process: clients and upstreams are reached through `httpx.ASGITransport` (nothing is sent on a
+network). Per arm:
+
+1. the start router: CARROT-KNN (`training.knn.train_knn_router`, what `carrot train --kind knn`
+   runs: k by out-of-fold AIQ) on a seeded `start_share` of the train prompts (all their labels);
+2. the other train prompts, in one seeded order, are sent as `model: "carrot"` (μ = the router's
+   default) plain chat requests; an arm explores with RATE (`--explore RATE --judge JUDGE`, out of
+   distribution at the default 4 × RATE) with one explored-candidate rule, or sends the chosen
+   model's ZeroEval 0/1 as user feedback after every answer (`POST /v1/feedback`);
+3. after every `every` requests (and at the start and end) the queue is drained (explorations
+   judged and learned) and the router being served, the object `remember()` grows, routes the
+   test prompts over a μ sweep. Each request waits for its exploration to be learned before the
+   next is sent, so runs are deterministic (a gateway under light traffic).
+
+All curves of one scenario are scored together (one shared cost range, as `carrot evaluate` does)
+with the router trained on all train labels (the target) and the zero router. Spend is the
+gateway's own metrics: `carrot_spend_dollars_total` (serving) and
+`carrot_explore_spend_dollars_total` (explored answers and judge calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from carrot_hub.modeling_carrot import CarrotRouter
+from carrot_hub.serving.app import Gateway, GatewaySettings
+from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, ExploreSettings
+from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
+from carrot_hub.serving.learning import OnlineLearner
+from carrot_hub.serving.outcome_log_writer import OutcomeLog
+from carrot_hub.serving.upstreams import UpstreamPool, parse_upstreams
+
+from ..embeddings import embed_table
+from ..knn import train_knn_router
+from .evaluate import router_curve, summarize
+
+LOCAL = "http://127.0.0.1"  # a label only: every call goes through an in-process ASGI transport
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of serving the stream: exploration RATE with a pick rule, or user feedback on the chosen model."""
+
+    name: str
+    rate: float = 0.0
+    feedback: bool = False
+    rule: str = DEFAULT_PICK_RULE
+
+
+def default_arms(rules=("most-uncertain", "random", "most-expensive")) -> list[Arm]:
+    arms = [Arm("rate=0"), Arm("rate=0.05", 0.05), Arm("rate=0.2", 0.2), Arm("user feedback", feedback=True)]
+    return arms + [Arm(f"rate=0.2 {rule}", 0.2, rule=rule) for rule in rules]
+
+
+def counter_total(counter, label: str | None = None) -> float:
+    """The sum of a prometheus Counter's `_total` samples (only those with `label` as a label value when given)."""
+    return float(sum(sample.value for metric in counter.collect() for sample in metric.samples
+                     if sample.name.endswith("_total") and (label is None or label in sample.labels.values())))
+
+
+def start_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(start, stream)`: a seeded `share` of `range(n)` (at least 1) and the rest, both in the seeded order."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, math.ceil(share * n))
+    return order[:cut], order[cut:]
+
+
+async def _drain(gateway: Gateway) -> None:
+    """Wait until every queued exploration is judged and learned and every record is written."""
+    if gateway.explorer is not None:
+        await gateway.explorer.join()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(gateway._log_writer, lambda: None)
+    await loop.run_in_executor(gateway._learning, lambda: None)
+
+
+async def serve_stream(router, record, arm: Arm, judge: str, prompts: list[str], truth: np.ndarray, models: list[str],
+                       every: int, evaluate, work: Path, seed: int = 0, deadline: float = math.inf) -> dict:
+    """
+    Serve `prompts` through a gateway around `router` (grown in place by `--learn`) as `arm` says.
+    `truth (n_prompts, n_models)`: the ZeroEval 0/1 a user would send. `evaluate(requests)` is called
+    at every checkpoint, with the queue drained, and returns what to record of the router then.
+    Returns `{"checkpoints": [...], "stopped_early": bool, "ood_share": float}`.
+    """
+    fake = FakeUpstream(FakeUpstreamConfig(replay=record, replay_judge=True))
+    pool = UpstreamPool(parse_upstreams({m: {"base_url": f"{LOCAL}/v1", "model": m} for m in models}), environ={},
+                        transport=httpx.ASGITransport(app=fake.app))
+    learner = OnlineLearner(router, work / "grown", every=0, keep=1)
+    explore = None if arm.feedback else ExploreSettings(rate=arm.rate, judge=judge, seed=seed, pick_rule=arm.rule)
+    gateway = Gateway(router, pool, GatewaySettings(route_window_s=0.0), outcome_log=OutcomeLog(work / "log"),
+                      learner=learner, explore=explore)
+    metrics, checkpoints, stopped_early = gateway.metrics, [], False
+
+    def checkpoint(requests: int) -> None:
+        explored_spend = counter_total(metrics.explore_spend, "explored")
+        judge_spend = counter_total(metrics.explore_spend, "judge")
+        serving = counter_total(metrics.spend)
+        checkpoints.append({
+            "requests": requests, "labels": learner.stats["learned"],
+            "explored": gateway.explorer.stats["queued"] if gateway.explorer else 0,
+            "serving_spend": serving, "explored_spend": explored_spend, "judge_spend": judge_spend,
+            "explore_share": (explored_spend + judge_spend) / serving if serving else 0.0,
+            **evaluate(requests),
+        })
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url=f"{LOCAL}/v1",
+                                     timeout=60) as client:
+            checkpoint(0)
+            for index, prompt in enumerate(prompts):
+                response = await client.post("/chat/completions", json={
+                    "model": "carrot", "messages": [{"role": "user", "content": prompt}]})
+                if response.status_code != 200:
+                    raise RuntimeError(f"the gateway answered {response.status_code}: {response.text[:300]}")
+                if arm.feedback:
+                    chosen = response.headers["x-carrot-model"]
+                    score = float(truth[index, models.index(chosen)])
+                    answer = await client.post("/feedback", json={
+                        "request_id": response.headers["x-carrot-request-id"], "score": score})
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"feedback was refused: {answer.text[:300]}")
+                await _drain(gateway)
+                done = index + 1
+                if done % every == 0 or done == len(prompts):
+                    checkpoint(done)
+                if time.monotonic() > deadline:
+                    stopped_early = done < len(prompts)
+                    if done % every:
+                        checkpoint(done)
+                    break
+        ood = {key: counter_total(metrics.routed_distribution, key) for key in ("true", "false", "unknown")}
+    finally:
+        await gateway.aclose()
+    routed = sum(ood.values())
+    return {"checkpoints": checkpoints, "stopped_early": stopped_early, "learner": dict(learner.stats),
+            "ood_share": ood["false"] / routed if routed else None}
+
+
+def run_scenario(name: str, train, test, record, arms: list[Arm], judge: str, every: int, start_share: float | None,
+                 seed: int, cache_dir=None, start_table=None, stream_table=None, mu_steps: int = 101,
+                 deadline: float = math.inf, limit: int | None = None, encoder_kind: str = "transformer",
+                 progress: bool = True) -> dict:
+    """
+    One scenario: the start router (on `start_share` of `train`, or on `start_table` with `stream_table`
+    as traffic), the target router on all of `train`, every arm's stream, all scored on `test`.
+    """
+    began = time.perf_counter()
+    if start_table is None:
+        start, stream = start_rows(len(train), start_share, seed)
+        start_table, stream_table = train.subset(np.sort(start)), train.subset(stream)
+    if limit is not None and limit < len(stream_table):
+        stream_table = stream_table.subset(np.arange(limit))
+    options = {"encoder_kind": encoder_kind} if encoder_kind != "transformer" else {}
+    full, full_report = train_knn_router(train, seed=seed, cache_dir=cache_dir, progress=False, **options)
+    start_router, start_report = train_knn_router(start_table, seed=seed, cache_dir=cache_dir, progress=False, **options)
+    test_embeddings = embed_table(full, test, cache_dir=cache_dir, progress=False)
+    mu_grid = np.linspace(0, 1, mu_steps)
+    curves, truth_holder = [], {}
+
+    def curve_of(router, label):
+        curve, truth = router_curve(router, test, mu_grid=mu_grid, embeddings=test_embeddings, name=label)
+        curve.choices = None  # one shared summary below; no per-curve bootstrap
+        curves.append(curve)
+        truth_holder["truth"] = truth
+        return curve
+
+    curve_of(full, "all train labels")
+    curve_of(start_router, "start")
+    arms_out = {}
+    with tempfile.TemporaryDirectory(prefix="carrot-explore-bench-") as scratch:
+        start_router.save_pretrained(Path(scratch) / "start")
+        for arm in arms:
+            router = CarrotRouter.from_pretrained(Path(scratch) / "start")  # each arm grows its own copy
+            arm_began = time.perf_counter()
+
+            def evaluate(requests, router=router, arm=arm):
+                return {"curve": curve_of(router, f"{arm.name} @{requests}").name}
+
+            result = asyncio.run(serve_stream(router, record, arm, judge, list(stream_table.prompts),
+                                              stream_table.scores, list(train.models), every, evaluate,
+                                              Path(scratch) / arm.name.replace(" ", "_"), seed=seed, deadline=deadline))
+            result["seconds"] = round(time.perf_counter() - arm_began, 1)
+            arms_out[arm.name] = {"rate": arm.rate, "feedback": arm.feedback, "rule": None if arm.feedback else arm.rule,
+                                  **result}
+            if progress:
+                last = result["checkpoints"][-1]
+                print(f"[{name}] {arm.name}: {last['requests']} requests, {last['labels']} labels, "
+                      f"explore share {last['explore_share']:.1%}, {result['seconds']} s", flush=True)
+    summary = summarize(curves, truth_holder["truth"])
+    aiq = {curve: round(entry["aiq"], 5) for curve, entry in summary["routers"].items()}
+    for arm in arms_out.values():
+        for point in arm["checkpoints"]:
+            point["aiq"] = aiq[point.pop("curve")]
+    return {
+        "scenario": name, "n_train": len(train), "n_start": len(start_table), "n_stream": len(stream_table),
+        "n_test": len(test), "k_start": start_report["k"], "k_full": full_report["k"],
+        "encoder": f"{full.config.encoder_kind} ({full.config.encoder_name})",
+        "aiq_all_train_labels": aiq["all train labels"], "aiq_start": aiq["start"],
+        "aiq_zero_router": round(summary["zero_router"]["aiq"], 5), "arms": arms_out,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def interpolate_at(points: list[tuple[float, float]], x: float) -> float | None:
+    """The piecewise-linear value at `x` of `(x, y)` points sorted by x; None outside their range."""
+    xs, ys = zip(*points)
+    if x < xs[0] or x > xs[-1]:
+        return None
+    return float(np.interp(x, xs, ys))
+
+
+def judge_targets(scenario: dict, rate_arm: str = "rate=0.2", feedback_arm: str = "user feedback") -> dict:
+    """The issue's targets read off one scenario's curves."""
+    target = scenario["aiq_all_train_labels"]
+    arm = scenario["arms"][rate_arm]["checkpoints"]
+    reached = next((p for p in arm if p["aiq"] >= target), None)
+    final = arm[-1]
+    out = {
+        "target_aiq": target,
+        "rate_0.2_final_aiq": final["aiq"],
+        "rate_0.2_best_aiq": max(p["aiq"] for p in arm),
+        "reached_at_requests": reached["requests"] if reached else None,
+        "explore_share_when_reached": round(reached["explore_share"], 4) if reached else None,
+        "reached_within_25pct": bool(reached and reached["explore_share"] <= 0.25),
+        "rate_0.2_final_explore_share": round(final["explore_share"], 4),
+    }
+    feedback = [(p["labels"], p["aiq"]) for p in scenario["arms"][feedback_arm]["checkpoints"]]
+    at = interpolate_at(feedback, final["labels"])
+    out["equal_labels"] = {
+        "labels": final["labels"], "exploration_aiq": final["aiq"],
+        "user_feedback_aiq": None if at is None else round(at, 5),
+        "exploration_minus_feedback": None if at is None else round(final["aiq"] - at, 5),
+    }
+    return out
+
+
+def rule_summary(scenarios: list[dict], rate: float = 0.2) -> dict:
+    """
+    Per pick rule at `rate`, over scenarios: AIQ gain over the start router at the end of the stream,
+    and per 100 labels and per US$ of exploration; the mean gain over the learning curve's checkpoints too.
+    """
+    rules: dict[str, list] = {}
+    for scenario in scenarios:
+        for arm in scenario["arms"].values():
+            if arm["feedback"] or arm["rate"] != rate:
+                continue
+            points = arm["checkpoints"]
+            final = points[-1]
+            gain = final["aiq"] - scenario["aiq_start"]
+            spend = final["explored_spend"] + final["judge_spend"]
+            rules.setdefault(arm["rule"], []).append({
+                "scenario": scenario["scenario"], "final_gain": gain,
+                "mean_gain": float(np.mean([p["aiq"] - scenario["aiq_start"] for p in points[1:]])),
+                "gain_per_100_labels": 100 * gain / final["labels"] if final["labels"] else None,
+                "gain_per_dollar": gain / spend if spend else None, "labels": final["labels"],
+                "explore_share": final["explore_share"]})
+    out = {}
+    for rule, rows in rules.items():
+        out[rule] = {key: round(float(np.mean([r[key] for r in rows if r[key] is not None])), 5)
+                     for key in ("final_gain", "mean_gain", "gain_per_100_labels", "gain_per_dollar", "labels",
+                                 "explore_share")}
+        out[rule]["per_scenario"] = {r["scenario"]: round(r["final_gain"], 5) for r in rows}
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import os
+
+    from carrot_hub.data import load_routing_table, resolve_table_source
+    from carrot_hub.serving.replay_record import ReplayRecord
+
+    from .resplit import pooled_table, resplit_rows
+
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--data", default="zeroeval-2024", help="packaged table name or SPROUT folder (default zeroeval-2024)")
+    parser.add_argument("--responses", type=Path, help="the recorded answers with their scores "
+                        "(default: $CARROT_SHARED_DATA/zeroeval-2024/responses or shared/data/... above the checkout)")
+    parser.add_argument("--judge", default="gpt-4o-2024-08-06", help="the judging candidate (its price is what the judge costs)")
+    parser.add_argument("--start-share", type=float, default=0.1, help="share of the train prompts the start router knows")
+    parser.add_argument("--every", type=int, default=200, help="requests between two test evaluations")
+    parser.add_argument("--rules", default="most-uncertain,random,most-expensive",
+                        help="other explored-candidate rules run at RATE 0.2 beside closest-cheaper ('' for none)")
+    parser.add_argument("--arms", help="comma-separated arm names to run (default: all; e.g. 'rate=0.2,user feedback')")
+    parser.add_argument("--resplits", default="", help="comma-separated re-split seeds to run too (training.evaluation.resplit)")
+    parser.add_argument("--new-task", action="store_true", help="also: GSM8K-only router, CRUXEval-O traffic")
+    parser.add_argument("--new-task-every", type=int, default=100)
+    parser.add_argument("--new-task-rates", default="0.2", help="exploration rates of the new-task scenario")
+    parser.add_argument("--skip-own-split", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", help="embedding cache folder (shared: /work/cache/emb)")
+    parser.add_argument("--max-minutes", type=float, default=240, help="stop streaming (and report) after this long")
+    parser.add_argument("--encoder", choices=("transformer", "static"), default="transformer",
+                        help="the routers' encoder: all-MiniLM-L6-v2 (carrot train's default) or the static table "
+                             "distilled from it (several times faster on a CPU)")
+    parser.add_argument("--limit", type=int, help="stream at most this many requests per arm (a quick check)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    deadline = time.monotonic() + args.max_minutes * 60
+    started = time.perf_counter()
+
+    source = resolve_table_source(args.data, strict=False)
+    responses = args.responses or _shared_responses()
+    record = ReplayRecord.from_files(source, responses)
+    train = load_routing_table(source, split="train", progress=False)
+    test = load_routing_table(source, split="test", progress=False)
+    if args.judge not in train.models:
+        raise SystemExit(f"--judge must be a candidate of {args.data}: one of {', '.join(train.models)}.")
+    arms = default_arms([r for r in args.rules.split(",") if r])
+    if args.arms:
+        wanted = [name.strip() for name in args.arms.split(",")]
+        unknown = [name for name in wanted if name not in {a.name for a in arms}]
+        if unknown:
+            raise SystemExit(f"--arms: unknown {unknown}; the arms are {', '.join(a.name for a in arms)}.")
+        arms = [a for a in arms if a.name in wanted]
+    results = {"data": str(args.data), "encoder": args.encoder, "judge": args.judge, "start_share": args.start_share, "every": args.every,
+               "arms": [a.name for a in arms], "scenarios": {}}
+
+    def run(name, tr, te, arm_list, **kw):
+        results["scenarios"][name] = run_scenario(name, tr, te, record, arm_list, args.judge, kw.pop("every", args.every),
+                                                  kw.pop("start_share", args.start_share), args.seed,
+                                                  cache_dir=args.cache_dir, deadline=deadline, limit=args.limit,
+                                                  encoder_kind=args.encoder, **kw)
+
+    if not args.skip_own_split:
+        run("own split", train, test, arms)
+    if args.resplits:
+        _, _, pooled, _ = pooled_table(source)
+        fraction = len(test) / (len(train) + len(test))
+        for split_seed in [int(s) for s in args.resplits.split(",")]:
+            train_rows, test_rows = resplit_rows(pooled.tasks, fraction, split_seed)
+            run(f"resplit {split_seed}", pooled.subset(train_rows), pooled.subset(test_rows), arms)
+    for name, scenario in results["scenarios"].items():
+        if {"rate=0.2", "user feedback"} <= set(scenario["arms"]):
+            scenario["targets"] = judge_targets(scenario)
+    results["rules"] = rule_summary(list(results["scenarios"].values()))
+    resplit_scenarios = [s for n, s in results["scenarios"].items() if n.startswith("resplit")]
+    if resplit_scenarios:
+        results["rules_over_resplits"] = rule_summary(resplit_scenarios)
+
+    if args.new_task:
+        gsm_train = train.subset(np.flatnonzero(np.array(train.tasks) == "gsm8k"))
+        crux_train = train.subset(np.flatnonzero(np.array(train.tasks) == "cruxeval"))
+        crux_test = test.subset(np.flatnonzero(np.array(test.tasks) == "cruxeval"))
+        order = np.random.default_rng(args.seed).permutation(len(crux_train))
+        new_arms = [Arm(f"rate={r}", float(r)) for r in args.new_task_rates.split(",")] + [Arm("user feedback", feedback=True)]
+        scenario = run_scenario("new task", crux_train, crux_test, record, new_arms, args.judge, args.new_task_every,
+                                None, args.seed, cache_dir=args.cache_dir, start_table=gsm_train,
+                                stream_table=crux_train.subset(order), deadline=deadline, limit=args.limit,
+                                encoder_kind=args.encoder)
+        # "all train labels" here is the router on CRUXEval-O's own train labels: what the stream could teach.
+        zero = scenario["aiq_zero_router"]
+        for arm in scenario["arms"].values():
+            above = next((p["requests"] for p in arm["checkpoints"] if p["aiq"] > zero), None)
+            arm["first_above_zero_router_at"] = above
+        results["scenarios"]["new task"] = scenario
+
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(results)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def _shared_responses() -> Path:
+    import os
+
+    if os.environ.get("CARROT_SHARED_DATA"):
+        return Path(os.environ["CARROT_SHARED_DATA"]) / "zeroeval-2024" / "responses"
+    root = Path(__file__).resolve().parents[2]
+    for folder in (root, *root.parents):
+        candidate = folder / "shared" / "data" / "zeroeval-2024" / "responses"
+        if candidate.is_dir():
+            return candidate
+    raise SystemExit("ZeroEval's recorded responses were not found: pass --responses or set CARROT_SHARED_DATA.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
