@@ -42,8 +42,9 @@ EXTERNAL_COMMANDS = {
                   "add a candidate LLM to a router"),
     "remove-model": ("training.candidates", "add_remove_model_arguments", "run_remove_model",
                      "remove a candidate LLM from a router"),
-    "logs": ("carrot_hub.data.outcome_log_publishing", "add_logs_arguments", "run_logs",
-             "push a carrot serve outcome log to a Hub dataset repo (carrot logs push LOG_DIR REPO_ID)"),
+    "logs": ("carrot_hub.logs_command", "add_logs_arguments", "run_logs",
+             "push a carrot serve outcome log to a Hub dataset repo (carrot logs push LOG_DIR REPO_ID), "
+             "or judge its logged answers (carrot logs judge LOG_DIR --judge CANDIDATE --upstreams FILE)"),
     "learn": ("carrot_hub.log_learning", "add_learn_arguments", "run_learn",
               "apply the labels of outcome logs to a kNN router and publish new revisions (one writer per store)"),
     "serve": ("carrot_hub.serving.command", "add_serve_arguments", "run_serve",

@@ -43,12 +43,14 @@ class StoreLocked(RuntimeError):
 
 class StoreLock:
     """
-    An exclusive `flock` on `STORE/.learn.lock`, released when the holder exits (also when killed),
-    so a crashed writer never leaves a stale lock. The file holds who took it, for the refusal message.
+    An exclusive `flock` on `STORE/.learn.lock` (or `filename`: `carrot logs judge` locks its log folder
+    with it), released when the holder exits (also when killed), so a crashed writer never leaves a
+    stale lock. The file holds who took it, for the refusal message, which ends with `advice`.
     """
 
-    def __init__(self, folder: Path, owner: str):
-        self.path = Path(folder) / LOCK_FILENAME
+    def __init__(self, folder: Path, owner: str, filename: str = LOCK_FILENAME,
+                 advice: str = "one writer per store. Stop that one first, or give another store."):
+        self.path = Path(folder) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -57,10 +59,7 @@ class StoreLock:
             holder = os.pread(self._fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(self._fd)
             self._fd = None
-            raise StoreLocked(
-                f"{folder} is already being written by {holder}: one writer per store. Stop that one first, "
-                "or give another store."
-            ) from None
+            raise StoreLocked(f"{folder} is already being written by {holder}: {advice}") from None
         description = f"{owner} (pid {os.getpid()} on {socket.gethostname()}, since " \
                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})"
         os.ftruncate(self._fd, 0)

@@ -69,9 +69,8 @@ def push_outcome_log(
     return commit_info, tables["train"]
 
 
-def add_logs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `carrot logs` (subcommand: push)."""
-    actions = parser.add_subparsers(dest="logs_action", metavar="ACTION", parser_class=type(parser))
+def add_push_arguments(actions) -> argparse.ArgumentParser:
+    """The `push` action of `carrot logs` (`actions`: its subparsers; see `carrot_hub.logs_command`)."""
     push = actions.add_parser(
         "push",
         help="send an outcome log to a Hub dataset repo",
@@ -86,15 +85,14 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     push.add_argument("--token", help="Hub token (default: `hf auth login` or HF_TOKEN)")
     push.add_argument("--strict", action="store_true", help="stop at a bad log line instead of skipping it")
     push.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    return push
 
 
-def run_logs(args: argparse.Namespace) -> int:
+def run_push(args: argparse.Namespace) -> int:
+    """`carrot logs push LOG_DIR REPO_ID`."""
     from carrot_hub.cli_common import UsageError
     from carrot_hub.router_publishing import PublishError
 
-    if args.logs_action != "push":
-        raise UsageError("name an action: `carrot logs push LOG_DIR REPO_ID`")
     try:
         commit_info, table = push_outcome_log(
             args.log_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
