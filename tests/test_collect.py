@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from carrot_hub.collect.spending import SpendLimitError
+
 from carrot_hub.cli import main
 from carrot_hub.collect import collect
 from carrot_hub.collect.cell_store import CELLS_FILENAME, CellStore, StoreError
@@ -178,6 +180,22 @@ def test_max_spend_stops_before_the_estimate_passes_it(tmp_path, two_fakes):
     assert result.spent <= 0.02
     table = load_routing_table(str(result.table))
     assert int(np.sum(~np.isnan(table.output_tokens))) == result.counts.answered
+
+
+def test_max_spend_counts_the_judges_grading_before_asking(tmp_path, two_fakes):
+    write_prompts(tmp_path / "prompts.jsonl", n=10)
+    upstreams = write_upstreams(tmp_path / "upstreams.json", two_fakes, max_concurrency=1)
+    # A cheap candidate and an expensive judge: grading, not answering, is what the limit must stop.
+    prices = {"alpha": {"input": 1.0, "output": 1.0}, "beta": {"input": 1000.0, "output": 1000.0}}
+    result = _collect(tmp_path, upstreams, models=["alpha"], scorers=["judge:beta"], prices=prices, max_spend=1.0,
+                      max_tokens=10)  # no history yet: answers are predicted at max_tokens
+    assert result.spent + result.judge_spent <= 1.0
+    graded = two_fakes["beta"][0].requests
+    assert 0 < graded < 10 and result.stopped_by_max_spend
+    assert result.counts.not_asked + result.counts.not_judged == 10 - graded
+    with pytest.raises(SpendLimitError, match="the judge beta has none"):
+        _collect(tmp_path, upstreams, models=["alpha"], scorers=["judge:beta"], out=tmp_path / "other",
+                 prices={"alpha": prices["alpha"]}, max_spend=1.0)
 
 
 def test_into_adds_a_model_and_refuses_clashes(tmp_path, two_fakes, capsys):

@@ -64,6 +64,7 @@ class CollectResult:
             "asked": self.counts.asked, "answered": self.counts.answered, "failed": self.counts.failed,
             "failed_cells": self.failed_cells, "scored": self.counts.scored,
             "scoring_failed": self.counts.scoring_failed, "not_asked": self.counts.not_asked,
+            "not_judged": self.counts.not_judged,
             "spent": self.spent, "judge_spent": self.judge_spent, "stopped_by_max_spend": self.stopped_by_max_spend,
             "elapsed_s": self.elapsed_s, "summary": self.summary,
         }
@@ -244,6 +245,7 @@ def collect(
     counter = TokenCounter()
     asker = Asker(None, table_prices, retries, counter)  # its pool opens inside the run's event loop
     built, scorer_names = build_scorers(scorers, asker, list(specs), allow_code_execution)
+    spend.require_prices({judge for scorer in built.values() if (judge := getattr(scorer, "judge", None))})
     _check_scorer_inputs(prompt_set, built)
     with CellStore.open(store_path, sampling) as cells:
         _check_same_prompts(prompt_set, chosen, cells)

@@ -84,7 +84,8 @@ def run_collect(args) -> int:
             print("No --scorer given: answers are stored but every cell is unscored; rerun with --scorer "
                   "TASK=SPEC to score them (no model is asked again).")
         if result.stopped_by_max_spend:
-            print(f"Stopped by --max-spend: {counts.not_asked} cells not asked; rerun with a higher limit to continue.")
+            print(f"Stopped by --max-spend: {counts.not_asked} cells not asked, {counts.not_judged} answers not graded; "
+                  "rerun with a higher limit to continue.")
         print(f"Table: {result.table}  (answers stored in {result.store})")
     if not result.ok:
         print(f"carrot collect: {result.failed_cells} cells failed every retry (see {result.table}/answers); "

@@ -23,6 +23,12 @@ from .prompt_sets import PromptItem
 from .spending import SpendTracker
 
 
+def _judge_of(scorer: Scorer | None) -> str | None:
+    """The upstream a scorer asks to grade (`JudgeScorer.judge`), None for scorers that ask nobody."""
+    judge = getattr(scorer, "judge", None)
+    return judge if isinstance(judge, str) else None
+
+
 def scorer_for(scorers: Mapping[str, Scorer], task: str) -> Scorer | None:
     """The scorer of a task: its own, else the `default` one, else None (the cell stays unscored)."""
     return scorers.get(task) or scorers.get("default")
@@ -38,6 +44,7 @@ class RunCounts:
     scored: int = 0
     scoring_failed: int = 0
     not_asked: int = 0  # left for a later run when --max-spend stopped this one
+    not_judged: int = 0  # answers left unscored for a later run: grading them would pass --max-spend
     scoring_errors: dict = field(default_factory=dict)  # (key, model) -> reason, for cells whose scorer raised
 
 
@@ -55,6 +62,7 @@ class CollectionRun:
         self.concurrency, self.counter, self.progress = dict(concurrency), counter, progress
         self.counts = RunCounts()
         self._input_tokens: dict[str, int] = {}
+        self._judge_input_tokens: dict[str, int] = {}  # rubric + prompt + reference, the answer excluded
         self._bar = None
 
     def pending(self, model: str) -> list[PromptItem]:
@@ -65,13 +73,22 @@ class CollectionRun:
         """Input tokens of the prompts still to ask, for the spend estimates (only under a limit)."""
         if self.spend.max_spend is None:
             return
+        from .asking import messages_text
+
+        counter = self.counter or TokenCounter()
         todo = {item.key: item for model in self.models for item in self.pending(model)}
         if todo:
-            from .asking import messages_text
-
-            counter = self.counter or TokenCounter()
             counts = counter([messages_text(item.messages) for item in todo.values()])
             self._input_tokens = dict(zip(todo, counts))
+        judged = [item for item in self.items if _judge_of(scorer_for(self.scorers, item.task)) is not None]
+        if judged:
+            from .judge import judge_request
+
+            # The judge's request for an empty answer: what it reads besides the answer.
+            requests = [judge_request(ScoringInput(prompt=item.prompt, answer="", reference=item.reference,
+                                                   task=item.task, messages=item.messages)) for item in judged]
+            counts = counter([messages_text(request) for request in requests])
+            self._judge_input_tokens = {item.key: count for item, count in zip(judged, counts)}
 
     async def run(self) -> RunCounts:
         for (key, model), answer in self.store.answers.items():
@@ -106,8 +123,16 @@ class CollectionRun:
                     continue
             await self._score(model, item, stored)
 
+    def _grading_estimate(self, item: PromptItem, answer_tokens: float) -> tuple[str | None, float]:
+        """`(judge, predicted US$ of grading an answer of answer_tokens)`; `(None, 0.0)` without a judge."""
+        judge = _judge_of(scorer_for(self.scorers, item.task))
+        if judge is None or self.spend.max_spend is None:
+            return judge, 0.0
+        return judge, self.spend.judge_estimate(judge, self._judge_input_tokens.get(item.key, 0) + answer_tokens)
+
     async def _ask(self, model: str, item: PromptItem) -> dict | None:
-        held = self.spend.reserve(model, self._input_tokens.get(item.key, 0))
+        _, grading = self._grading_estimate(item, self.spend.predicted_output_tokens(model))
+        held = self.spend.reserve(model, self._input_tokens.get(item.key, 0), extra=grading)
         if held is None:
             return None
         self.counts.asked += 1
@@ -133,6 +158,20 @@ class CollectionRun:
             return
         scoring = ScoringInput(prompt=item.prompt, answer=answer.get("text") or "", reference=item.reference,
                                tests=item.tests, task=item.task, messages=item.messages)
+        judge, grading = self._grading_estimate(item, answer.get("output_tokens") or 0)
+        held = 0.0
+        if judge is not None and self.spend.max_spend is not None:
+            held = self.spend.reserve_amount(grading)
+            if held is None:
+                self.counts.not_judged += 1
+                return
+        try:
+            await self._score_with(scorer, item, model, scoring)
+        finally:
+            if held:
+                self.spend.release(held)
+
+    async def _score_with(self, scorer: Scorer, item: PromptItem, model: str, scoring: ScoringInput) -> None:
         failures = failed_calls.set([])
         try:
             score: Score = await scorer.score(scoring)

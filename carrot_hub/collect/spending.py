@@ -6,6 +6,13 @@ store's answers count, so a rerun starts informed). A model with no answer yet i
 `max_tokens` when the run sets one (an upper bound: that call cannot overshoot) and else at
 `DEFAULT_OUTPUT_TOKENS` (1,024, longer than the typical chat answer) until its first answers arrive.
 
+A judge's call is estimated the same way: its input is the rubric, the prompt, the reference and the
+graded answer (the answer at its model's predicted output tokens before it exists, at its real
+count after), its output at the judge's `max_tokens` (an upper bound: the judge is asked with it).
+A candidate's call reserves its own estimate plus its grading's, so no answer is bought that the
+run could not afford to grade; the grading then reserves its own estimate again before the judge is
+asked, and an answer whose grading would pass the limit is left unscored for a later run.
+
 Calls in flight hold their estimate; a call starts only if what this run spent (candidates and
 judges, realised) plus the estimates held plus its own estimate stay within the limit. The first call
 that would pass it stops the run: no new call starts, those in flight finish. The limit is for one
@@ -18,6 +25,7 @@ from collections.abc import Mapping
 
 from ..errors import BadInputError
 from .asking import DOLLARS_PER_MILLION
+from .judge import JUDGE_SAMPLING
 
 DEFAULT_OUTPUT_TOKENS = 1024
 
@@ -46,6 +54,7 @@ class SpendTracker:
                     "has none: pass --prices FILE with their $ per million input and output tokens."
                 )
         self.max_tokens = max_tokens
+        self.judge_output_tokens = JUDGE_SAMPLING["max_tokens"]
         self.history: dict[str, list] = {m: [0, 0] for m in models}
         self.spent = 0.0        # candidates' realised cost, this run
         self.judge_spent = 0.0  # judges' realised cost, this run
@@ -72,9 +81,31 @@ class SpendTracker:
             return 0.0
         return (input_tokens * price["input"] + self.predicted_output_tokens(model) * price["output"]) / DOLLARS_PER_MILLION
 
-    def reserve(self, model: str, input_tokens: int) -> float | None:
-        """Hold the estimate of one call and return it; None (and `stopped`) when it would pass the limit."""
-        estimate = self.estimate(model, input_tokens)
+    def require_prices(self, judges) -> None:
+        """Under a limit, every judge needs a price too (its calls are estimated like the candidates')."""
+        unpriced = [judge for judge in judges if self.max_spend is not None and judge not in self.prices]
+        if unpriced:
+            raise SpendLimitError(
+                f"--max-spend needs a price for every model asked; the judge {', '.join(unpriced)} has none: "
+                "pass --prices FILE with its $ per million input and output tokens."
+            )
+
+    def judge_estimate(self, judge: str, input_tokens: float) -> float:
+        """Predicted US$ of one grading by `judge` with `input_tokens` tokens of rubric, prompt and answer."""
+        price = self.prices.get(judge)
+        if not price:
+            return 0.0
+        return (input_tokens * price["input"] + self.judge_output_tokens * price["output"]) / DOLLARS_PER_MILLION
+
+    def reserve(self, model: str, input_tokens: int, extra: float = 0.0) -> float | None:
+        """
+        Hold the estimate of one call (plus `extra`, e.g. its grading's) and return it; None (and
+        `stopped`) when it would pass the limit.
+        """
+        return self.reserve_amount(self.estimate(model, input_tokens) + extra)
+
+    def reserve_amount(self, estimate: float) -> float | None:
+        """Hold `estimate` US$ for a call about to start; None (and `stopped`) when it would pass the limit."""
         if self.stopped:
             return None
         if self.max_spend is not None and self.spent + self.judge_spent + self.held + estimate > self.max_spend:
@@ -88,6 +119,10 @@ class SpendTracker:
         self.held = max(self.held - held, 0.0)
         self.spent += cost or 0.0
         self.judge_spent += judge_cost
+
+    def release(self, held: float) -> None:
+        """A reserved call ended (its realised cost is added apart)."""
+        self.held = max(self.held - held, 0.0)
 
     def add_judge(self, cost: float) -> None:
         self.judge_spent += cost or 0.0
