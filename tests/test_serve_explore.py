@@ -6,6 +6,7 @@ the judge is a small fake that grades with "Score: N"."""
 import asyncio
 import json
 import random
+import threading
 import time
 from contextlib import contextmanager
 
@@ -45,12 +46,16 @@ class FakeJudge:
 
     def __init__(self, reply: str | None = None):
         self.reply, self.asked = reply, []
+        self.hold: threading.Event | None = None  # set: grading requests wait for it (at most 20 s)
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request):
         body = await request.json()
         text = body["messages"][-1]["content"]
         self.asked.append(text)
+        end = time.monotonic() + 20
+        while self.hold is not None and "Score:" in text and not self.hold.is_set() and time.monotonic() < end:
+            await asyncio.sleep(0.01)
         reply = self.reply if self.reply is not None else (
             "Weak answer.\nScore: 3" if "small-model-upstream-id says" in text else "Fine.\nScore: 8")
         return JSONResponse({"id": "j", "object": "chat.completion", "model": "judge",
@@ -60,12 +65,13 @@ class FakeJudge:
 
 
 @contextmanager
-def gateway_with_judge(router, tmp_path, judge_reply=None, log=None, learner=None, **explore):
-    """Fakes for mid/small-model, the fake judge as big-model; yields `(gateway, server, judge, fakes)`."""
+def gateway_with_judge(router, tmp_path, judge_reply=None, log=None, learner=None, judge_entry=None, **explore):
+    """Fakes for mid/small-model, the fake judge as big-model (`judge_entry`: more of its upstreams-file
+    entry); yields `(gateway, server, judge, fakes)`."""
     judge = FakeJudge(judge_reply)
     with fake_upstreams([m for m in TINY_MODELS if m != JUDGE]) as fakes, LocalServer(judge.app) as judge_server:
         entries = upstream_entries(fakes)
-        entries[JUDGE] = {"base_url": judge_server.base_url, "model": "judge-id"}
+        entries[JUDGE] = {"base_url": judge_server.base_url, "model": "judge-id", **(judge_entry or {})}
         settings = ExploreSettings(**{"rate": 1.0, "judge": JUDGE, "seed": 0, **explore})
         log = log or OutcomeLog(tmp_path / "log")
         with running_gateway(router, entries, log=log, learner=learner, explore=settings,
@@ -210,6 +216,30 @@ def test_a_failing_explored_candidate_is_recorded_and_serving_goes_on(knn_router
         feedback = records_of(gateway.outcome_log, "feedback")
     assert audits[-1]["status"] == "explored_failed" and "failed" in audits[-1]["error"]
     assert len(feedback) == 2  # the first exploration's labels only
+
+
+def test_exploration_never_takes_the_connections_clients_need(knn_router, tmp_path):
+    """The judge's upstream serves clients too: with its one connection (max_concurrency 1) held by a
+    grading call that does not answer (for up to 20 s), a client's request to it is still answered."""
+    with gateway_with_judge(knn_router, tmp_path, judge_entry={"max_concurrency": 1, "timeout": 30}) \
+            as (gateway, server, judge, _):
+        judge.hold = threading.Event()
+        try:
+            post = lambda body, timeout: httpx.post(server.base_url + "/chat/completions", json=body, timeout=timeout)
+            assert post({"model": "carrot:1", "messages": USER}, 30).status_code == 200
+            deadline = time.monotonic() + 10
+            while not any("Score:" in asked for asked in judge.asked) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert any("Score:" in asked for asked in judge.asked)  # a grading call holds its connection
+            # Waiting for the exploration's connection would take the judge's 20 s: the client gives up at 10.
+            pinned = post({"model": JUDGE, "messages": USER, "carrot": {"explore": False}}, 10)
+            assert pinned.status_code == 200 and pinned.headers["x-carrot-model"] == JUDGE
+            assert gateway.explorer.stats["finished"] == 0  # the exploration is still waiting for its grades
+        finally:
+            judge.hold.set()
+        wait_explored(gateway, 1)
+    [audit] = records_of(gateway.outcome_log, "explored")
+    assert all(label["score"] is not None for label in audit["labels"].values())
 
 
 def test_no_prompt_log_requests_are_explored_only_when_private(knn_router, tmp_path):

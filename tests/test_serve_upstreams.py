@@ -83,3 +83,13 @@ def test_pool_needs_an_upstream_and_redacts_keys():
     pool = UpstreamPool(parse_upstreams(GOOD), environ={"BIG_KEY": "sk-secret-42"})
     assert pool.redact("refused key sk-secret-42, sorry") == "refused key ***, sorry"
     assert pool.names == ["big-model", "small-model"]
+
+
+def test_a_pool_apart_has_the_same_upstreams_on_connections_of_its_own():
+    pool = UpstreamPool(parse_upstreams(GOOD), environ={"BIG_KEY": "sk-secret-42"})
+    apart = pool.apart(8)
+    assert apart.names == pool.names
+    assert [apart[n].spec.max_concurrency for n in apart.names] == [4, 8]  # its own limit when lower
+    assert (apart["big-model"].spec.base_url, apart["big-model"].spec.timeout) == (pool["big-model"].spec.base_url, 5)
+    assert apart.redact("key sk-secret-42") == "key ***"  # the same key, read once by the first pool
+    assert apart["big-model"]._client is not pool["big-model"]._client

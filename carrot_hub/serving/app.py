@@ -250,7 +250,10 @@ class Gateway:
 
         if self.outcome_log is None:
             raise ValueError("--explore writes its labels to the outcome log; this gateway keeps none.")
-        ask = Asker(self.upstreams, prices=self.default_prices)
+        # Connections of its own (one per worker, two per worker for the judge's parallel grades): an
+        # exploration never holds a connection of an upstream's max_concurrency that a client waits for.
+        self._explore_upstreams = self.upstreams.apart(2 * explore.workers)
+        ask = Asker(self._explore_upstreams, prices=self.default_prices)
         try:
             judge = build_scorer(f"judge:{explore.judge}", ask=ask, candidates=list(self.upstreams.names),
                                  allow_code_execution=False)
@@ -264,6 +267,7 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self.reloader.stop)
         if self.explorer is not None:
             await self.explorer.aclose()
+            await self._explore_upstreams.aclose()
         if self._pending_records:
             await asyncio.gather(*self._pending_records.values(), return_exceptions=True)
         await self.batcher.aclose()

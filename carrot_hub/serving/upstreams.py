@@ -36,7 +36,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -527,6 +527,18 @@ class UpstreamPool:
             name: Upstream(spec, environ.get(spec.api_key_env) if spec.api_key_env else None, transport)
             for name, spec in specs.items()
         }
+        self._transport = transport
+
+    def apart(self, max_concurrency: int) -> "UpstreamPool":
+        """
+        The same upstreams (endpoints, keys, timeouts, limits) on connections of their own, at most
+        `max_concurrency` per upstream (or its own `max_concurrency` if lower): for calls made beside
+        the clients' (judged exploration), which must never hold a connection a client's request waits for.
+        """
+        keys = {u.spec.api_key_env: u._api_key for u in self.upstreams.values() if u.spec.api_key_env and u._api_key}
+        specs = {name: replace(u.spec, max_concurrency=min(u.spec.max_concurrency, max_concurrency))
+                 for name, u in self.upstreams.items()}
+        return UpstreamPool(specs, environ=keys, transport=self._transport)
 
     def __contains__(self, name: str) -> bool:
         return name in self.upstreams
