@@ -38,3 +38,18 @@ def test_a_layer_stays_on_only_where_it_wins_and_loses_no_held_out_task(held_out
     verdict = keep_layers({"t": summarize_table(rows)})
     assert verdict["prior_shrink"]["keep"] is kept
     assert not verdict["calibration"]["keep"] and not verdict["ood_shrink"]["keep"] and not verdict["caution"]["keep"]
+
+
+def test_layers_are_added_forward_while_each_addition_wins_on_every_table():
+    from training.ablation import choose_layers
+
+    gains = {"calibration": 0.0005, "prior_shrink": 0.002, "ood_shrink": -0.001, "caution": 0.001}
+    tables = {}
+    for table, scale in (("a", 1.0), ("b", 0.5)):
+        rows = [_row("resplit", seed, {layer: value * scale * (1 + 0.1 * seed) for layer, value in gains.items()})
+                for seed in range(4)]
+        tables[table] = summarize_table(rows)
+    chosen = choose_layers(tables)
+    assert chosen["layers"] == ["prior_shrink", "caution", "calibration"]  # largest worst-table gain first
+    assert [step["from"] for step in chosen["steps"]][:2] == ["none", "prior_shrink"]
+    assert not chosen["steps"][-1]["options"]["ood_shrink"]["eligible"]

@@ -15,9 +15,11 @@ On each table (default: both packaged ones) it scores every combination on `--sp
 (`training.evaluation.resplit`: AIQ − zero router on the test part; mean and standard error over re-splits) and
 leave-one-task-out (train on the table's other tasks, score on the held-out task against that
 task's zero router). A layer is worth keeping when switching it off from the full stack loses
-out of fold on both tables (paired means over re-splits, from the full stack and from none) and,
-on its own, loses to the plain router on no held-out task by more than `HELD_OUT_TOLERANCE`.
-Last line: JSON summary.
+out of fold on both tables and loses on no held-out task by more than `HELD_OUT_TOLERANCE`. The
+default set is chosen forward (`choose_layers`): from no layer, add the layer whose addition wins on
+every table's re-splits (paired mean over re-splits > 0) by the largest margin on its worst table
+and loses no held-out task, until no layer does. Each layer's value from the full stack (all − all
+but it) and alone (it − none) is reported beside. Last line: JSON summary.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ def summarize_table(rows: Sequence[dict]) -> dict:
     full = combination_name(LAYERS)
     summary = {
         "resplits": {name: mean_and_error([row["aiq_minus_zero_router"][name] for row in resplits]) for name in names} if resplits else {},
+        "resplit_scores": [row["aiq_minus_zero_router"] for row in resplits],
         "held_out_tasks": {row["split"]: row["aiq_minus_zero_router"] for row in held_out},
         "layer_value": {},
         "fitted": [row["fitted"] for row in rows],
@@ -163,12 +166,41 @@ def summarize_table(rows: Sequence[dict]) -> dict:
     return summary
 
 
+def choose_layers(summaries: dict) -> dict:
+    """
+    The default set, chosen forward: `{"layers": [...], "steps": [...]}`. From no layer, each step adds
+    the layer whose addition (paired over re-splits, per table) wins on every table, by the largest
+    margin on its worst table, and on no held-out task loses more than `HELD_OUT_TOLERANCE`; it
+    stops when no layer does. Every step's candidates are reported with their paired gains.
+    """
+    chosen: list[str] = []
+    steps = []
+    while True:
+        current = combination_name([layer for layer in LAYERS if layer in chosen])
+        options = {}
+        for layer in (layer for layer in LAYERS if layer not in chosen):
+            added = combination_name([other for other in LAYERS if other in chosen or other == layer])
+            gains = {name: mean_and_error([scores[added] - scores[current] for scores in table["resplit_scores"]])
+                     for name, table in summaries.items() if table["resplit_scores"]}
+            held_out = {task: scores[added] - scores[current]
+                        for table in summaries.values() for task, scores in table["held_out_tasks"].items()}
+            eligible = bool(gains) and all(gain["mean"] > 0 for gain in gains.values()) and \
+                all(value >= -HELD_OUT_TOLERANCE for value in held_out.values())
+            options[layer] = {"resplit_gain": gains, "held_out_gain": held_out, "eligible": eligible}
+        steps.append({"from": current, "options": options})
+        eligible = [layer for layer, option in options.items() if option["eligible"]]
+        if not eligible:
+            return {"layers": chosen, "steps": steps}
+        chosen.append(max(eligible, key=lambda layer: min(g["mean"] for g in options[layer]["resplit_gain"].values())))
+
+
 def keep_layers(summaries: dict) -> dict:
     """
-    Per layer: kept when, on every table's re-splits, it wins both ways (paired means > 0: the full
-    stack against the stack without it, and the layer alone against no layer) and on no held-out task
-    the layer alone loses more than `HELD_OUT_TOLERANCE` against the plain router.
+    Per layer: `keep` when `choose_layers` puts it in the default set; beside it, whether it wins
+    both ways on every table's re-splits (the full stack against the stack without it, and the layer
+    alone against no layer) and whether, alone, it loses no held-out task against the plain router.
     """
+    chosen = choose_layers(summaries)["layers"]
     verdict = {}
     for layer in LAYERS:
         wins = all(
@@ -177,7 +209,8 @@ def keep_layers(summaries: dict) -> dict:
         )
         held_out = [value for table in summaries.values() for value in table["layer_value"][layer]["alone_minus_none_held_out"].values()]
         no_loss = all(value >= -HELD_OUT_TOLERANCE for value in held_out)
-        verdict[layer] = {"wins_out_of_fold_on_every_table": wins, "no_held_out_task_loses": no_loss, "keep": wins and no_loss}
+        verdict[layer] = {"wins_both_ways_on_every_table": wins, "no_held_out_task_loses_alone": no_loss,
+                          "keep": layer in chosen}
     return verdict
 
 
@@ -197,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="results JSON (the summary and every split's scores)")
     parser.add_argument("--log", help="JSON lines, one per trained split, written as they finish")
     parser.add_argument("--summarize", nargs="+", metavar="LOG", help="only summarize --log files already written (no training)")
+    parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown tables (before the JSON line)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -235,14 +269,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     return report(summaries, args.splits, args, time.perf_counter() - started)
 
 
+def markdown_tables(summaries: dict, keep: dict) -> str:
+    """The summary as two Markdown tables: AIQ − zero router per combination, and each layer's value."""
+    full = combination_name(LAYERS)
+    combos = [("none (plain CARROT-KNN)", "none"), *((f"{layer} only", layer) for layer in LAYERS), ("all four", full),
+              *((f"all but {layer}", combination_name([o for o in LAYERS if o != layer])) for layer in LAYERS)]
+    tasks = [(table, task) for table, summary in summaries.items() for task in summary["held_out_tasks"]]
+
+    def mean_se(value: dict) -> str:
+        return f"{value['mean']:+.4f} ± {value['standard_error']:.4f}"
+
+    lines = ["| layers on | " + " | ".join(f"{table}: re-splits (n={summary['resplits']['none']['n']})"
+                                         for table, summary in summaries.items() if summary["resplits"])
+             + "".join(f" | held out: {task}" for _, task in tasks) + " |"]
+    lines.append("|---" * (1 + sum(bool(s["resplits"]) for s in summaries.values()) + len(tasks)) + "|")
+    for label, key in combos:
+        cells = [mean_se(summary["resplits"][key]) for summary in summaries.values() if summary["resplits"]]
+        cells += [f"{summaries[table]['held_out_tasks'][task][key]:+.4f}" for table, task in tasks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| layer | " + " | ".join(f"{table}: all − all but it | {table}: it only − none"
+                                           for table, summary in summaries.items() if summary["resplits"])
+              + " | held out: all − all but it | held out: it only − none | keep |"]
+    lines.append("|---" * (4 + 2 * sum(bool(s["resplits"]) for s in summaries.values())) + "|")
+    for layer in LAYERS:
+        values = [summary["layer_value"][layer] for summary in summaries.values()]
+        cells = [mean_se(v[c]) for v in values if v["full_minus_without_resplits"]
+                 for c in ("full_minus_without_resplits", "alone_minus_none_resplits")]
+        held = ", ".join(f"{task} {x:+.4f}" for v in values for task, x in v["full_minus_without_held_out"].items())
+        alone = ", ".join(f"{task} {x:+.4f}" for v in values for task, x in v["alone_minus_none_held_out"].items())
+        lines.append(f"| {layer} | " + " | ".join(cells) + f" | {held} | {alone} | {'yes' if keep[layer]['keep'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def markdown_steps(chosen: dict) -> str:
+    """The forward choice as a Markdown table: each step's candidates and their paired gains."""
+    lines = ["| from | add | " + "re-split gain per table (paired mean ± SE) | held-out gain per task | eligible |", "|---|---|---|---|---|"]
+    for step in chosen["steps"]:
+        for layer, option in step["options"].items():
+            gains = ", ".join(f"{name} {g['mean']:+.4f} ± {g['standard_error']:.4f}" for name, g in option["resplit_gain"].items())
+            held = ", ".join(f"{task} {value:+.4f}" for task, value in option["held_out_gain"].items())
+            lines.append(f"| {step['from']} | {layer} | {gains} | {held} | {'yes' if option['eligible'] else 'no'} |")
+    return "\n".join(lines) + f"\n\nChosen: {combination_name(chosen['layers'])}"
+
+
 def report(summaries: dict, splits, args, seconds: float) -> int:
-    results = {"tables": summaries, "keep": keep_layers(summaries), "splits": splits, "seconds": round(seconds, 1)}
+    results = {"tables": summaries, "keep": keep_layers(summaries), "chosen": choose_layers(summaries), "splits": splits,
+               "seconds": round(seconds, 1)}
+    if getattr(args, "markdown", False):
+        print(markdown_tables(summaries, results["keep"]))
+        print(markdown_steps(results["chosen"]))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1)
     brief = {
         "splits": {name: (table["resplits"].get("none") or {}).get("n", 0) for name, table in summaries.items()},
         "keep": {layer: verdict["keep"] for layer, verdict in results["keep"].items()},
+        "chosen": combination_name(results["chosen"]["layers"]),
         "resplit_mean": {name: {combo: round(value["mean"], 5) for combo, value in table["resplits"].items()
                                 if combo in ("none", combination_name(LAYERS), *LAYERS)} for name, table in summaries.items()},
     }
