@@ -721,20 +721,43 @@ def fit_reliability(
         prior = np.nan_to_num(np.nanmean(scores, axis=0), nan=0.5)
     all_scores, all_oof = scores, oof_quality
     scores, oof_quality = scores[probes], oof_quality[probes]  # out-of-fold evidence: the probes only
-    method, briers = choose_calibration(oof_quality, scores, seed=seed)
+    layers = frozenset(DEFAULT_LAYERS if layers is None else layers)
+    unknown = sorted(layers - set(RELIABILITY_LAYERS))
+    if unknown:
+        raise ValueError(f"Unknown reliability layers {unknown}; choose from {', '.join(RELIABILITY_LAYERS)}.")
+    chosen_method, briers = choose_calibration(oof_quality, scores, seed=seed)
+    # Without the calibration layer the router acts on raw predictions, so every later choice (λ, the
+    # floor, the pessimism) is made for raw ones: λ chosen for calibrated predictions and applied to
+    # raw ones is not what the out-of-fold evidence chose (on a two-candidate table, λ = 0.5 chosen
+    # for isotonic predictions silenced every pick of a dominated model where raw predictions found some).
+    method = chosen_method if "calibration" in layers else "identity"
     maps = fit_calibration(method, oof_quality, scores)
     crossed = cross_fitted(method, oof_quality, scores, seed=seed)
     spread_in = np.array([max(BAND_Z * binned_calibration_gap(crossed[:, j], scores[:, j]), 0.005) for j in range(n_models)])
-    report["calibration"] = {"method": method, "cross_fitted_brier": briers}
+    report["calibration"] = {"method": method, "chosen": chosen_method, "cross_fitted_brier": briers}
     true_cost = np.asarray(table.cost(), dtype=np.float64)
     all_cost = np.where(np.isnan(true_cost), np.nanmean(true_cost, axis=0, keepdims=True), true_cost)
     true_cost = all_cost[probes]
-    prior_shrink, shrink_aiq = choose_prior_shrink(crossed, leave_one_out_prior(all_scores)[probes], scores, true_cost, router.config.cost_scale)
+    loo_prior = leave_one_out_prior(all_scores)[probes]
+    prior_shrink, shrink_aiq = choose_prior_shrink(crossed, loo_prior, scores, true_cost, router.config.cost_scale)
     report["prior_shrink_choice"] = {
         "chosen": prior_shrink,
-        "criterion": "out-of-fold routing AIQ of the cross-fitted calibrated predictions (true costs; ties: smaller)",
+        "criterion": "out-of-fold routing AIQ of the cross-fitted predictions the router uses (calibrated with "
+                     "the calibration in use; true costs; ties: smaller)",
+        "calibration_in_use": method,
         "out_of_fold_aiq": {str(lam): value for lam, value in shrink_aiq.items()},
     }
+    # λ for the other side of the calibration switch too (reported; `training.ablation` switches with it)
+    if chosen_method == "identity":
+        calibrated_shrink = uncalibrated_shrink = prior_shrink
+    elif method == "identity":
+        uncalibrated_shrink = prior_shrink
+        calibrated_shrink = choose_prior_shrink(cross_fitted(chosen_method, oof_quality, scores, seed=seed), loo_prior, scores,
+                                                true_cost, router.config.cost_scale)[0]
+    else:
+        calibrated_shrink = prior_shrink
+        uncalibrated_shrink = choose_prior_shrink(oof_quality, loo_prior, scores, true_cost, router.config.cost_scale)[0]
+    report["prior_shrink_choice"].update({"calibrated": calibrated_shrink, "uncalibrated": uncalibrated_shrink})
 
     floor, spread_out, pessimism, pessimism_support = 1.0, np.full(n_models, BAND_Z * 0.5), 0.0, threshold
     if len(groups) >= 2:
@@ -797,13 +820,8 @@ def fit_reliability(
             threshold, floor, router.config.cost_scale, prior_shrink,
         )
         report["ood_pessimism"] = {"chosen": pessimism, "support": pessimism_support, "evidence": evidence_by_pair}
-    fitted = {"calibration": method, "prior_shrink": prior_shrink, "ood_shrink": floor, "caution": pessimism}
-    layers = frozenset(DEFAULT_LAYERS if layers is None else layers)
-    unknown = sorted(layers - set(RELIABILITY_LAYERS))
-    if unknown:
-        raise ValueError(f"Unknown reliability layers {unknown}; choose from {', '.join(RELIABILITY_LAYERS)}.")
-    if "calibration" not in layers:
-        method, maps = "identity", fit_calibration("identity", oof_quality, scores)
+    fitted = {"calibration": chosen_method, "prior_shrink": calibrated_shrink, "prior_shrink_uncalibrated": uncalibrated_shrink,
+              "ood_shrink": floor, "caution": pessimism}
     prior_shrink = prior_shrink if "prior_shrink" in layers else 0.0
     floor = floor if "ood_shrink" in layers else 1.0
     pessimism = pessimism if "caution" in layers else 0.0

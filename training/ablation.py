@@ -48,12 +48,17 @@ def all_combinations() -> list[tuple[str, ...]]:
     return [combo for size in range(len(LAYERS) + 1) for combo in itertools.combinations(LAYERS, size)]
 
 
-def fitted_layers(router) -> dict:
-    """What the fit chose for each layer (kept so that layers can be switched back on)."""
+def fitted_layers(router, report: dict | None = None) -> dict:
+    """
+    What the fit chose for each layer (kept so that layers can be switched back on); with the
+    training `report`, also λ chosen for uncalibrated predictions (used when calibration is off).
+    """
     reliability = router.reliability
+    uncalibrated = ((report or {}).get("reliability", {}).get("layers", {}).get("fitted", {})).get("prior_shrink_uncalibrated")
     return {
         "calibration": (reliability.calibration_x.clone(), reliability.calibration_y.clone()),
         "prior_shrink": router.config.prior_shrink,
+        "prior_shrink_uncalibrated": router.config.prior_shrink if uncalibrated is None else uncalibrated,
         "ood_shrink": router.config.shrink_floor,
         "caution": router.config.ood_pessimism,
         "calibration_method": router.config.calibration_method,
@@ -70,16 +75,18 @@ def set_layers(router, fitted: dict, on: Sequence[str]) -> None:
         knots_y = knots_x.clone()
     reliability.calibration_x.copy_(knots_x)
     reliability.calibration_y.copy_(knots_y)
-    router.config.prior_shrink = fitted["prior_shrink"] if "prior_shrink" in on else 0.0
+    # λ was chosen for the predictions it shrinks: calibrated ones, or raw ones when calibration is off
+    shrink = fitted["prior_shrink"] if "calibration" in on else fitted.get("prior_shrink_uncalibrated", fitted["prior_shrink"])
+    router.config.prior_shrink = shrink if "prior_shrink" in on else 0.0
     router.config.shrink_floor = fitted["ood_shrink"] if "ood_shrink" in on else 1.0
     router.config.ood_pessimism = fitted["caution"] if "caution" in on else 0.0
 
 
-def score_combinations(router, test_table, test_embeddings, mu_steps: int) -> dict:
-    """`{combination: AIQ − zero router}` on one test part, every combination of `LAYERS`."""
+def score_combinations(router, test_table, test_embeddings, mu_steps: int, report: dict | None = None) -> dict:
+    """`{combination: AIQ − zero router}` on one test part, every combination of `LAYERS` (`report`: see `fitted_layers`)."""
     from training.evaluation.resplit import score_split
 
-    fitted = fitted_layers(router)
+    fitted = fitted_layers(router, report)
     scores = {}
     for combo in all_combinations():
         set_layers(router, fitted, combo)
@@ -88,7 +95,7 @@ def score_combinations(router, test_table, test_embeddings, mu_steps: int) -> di
     set_layers(router, fitted, LAYERS)
     return {"aiq_minus_zero_router": scores, "fitted": {
         "calibration_method": fitted["calibration_method"], "prior_shrink": fitted["prior_shrink"],
-        "shrink_floor": fitted["ood_shrink"], "ood_pessimism": fitted["caution"]}}
+        "prior_shrink_uncalibrated": fitted["prior_shrink_uncalibrated"], "shrink_floor": fitted["ood_shrink"], "ood_pessimism": fitted["caution"]}}
 
 
 def mean_and_error(values: Sequence[float]) -> dict:
@@ -124,10 +131,10 @@ def ablate_table(name: str, splits: int, cache_dir, mu_steps: int, progress: boo
     rows = []
     for kind, label, train_rows, test_rows in draws:
         began = time.perf_counter()
-        router, _ = train_knn_router(pooled.subset(train_rows), k_grid=k_grid, embeddings=embeddings[train_rows], seed=0,
+        router, report = train_knn_router(pooled.subset(train_rows), k_grid=k_grid, embeddings=embeddings[train_rows], seed=0,
                                      progress=False, reliability_layers=LAYERS, **options)  # every layer fitted, then switched
         row = {"table": name, "kind": kind, "split": label, "n_train": int(train_rows.size), "n_test": int(test_rows.size),
-               **score_combinations(router, pooled.subset(test_rows), embeddings[test_rows], mu_steps),
+               **score_combinations(router, pooled.subset(test_rows), embeddings[test_rows], mu_steps, report),
                "seconds": round(time.perf_counter() - began, 1)}
         rows.append(row)
         if log is not None:
