@@ -728,8 +728,8 @@ def fit_reliability(
     chosen_method, briers = choose_calibration(oof_quality, scores, seed=seed)
     # Without the calibration layer the router acts on raw predictions, so every later choice (λ, the
     # floor, the pessimism) is made for raw ones: λ chosen for calibrated predictions and applied to
-    # raw ones is not what the out-of-fold evidence chose (on a two-candidate table, λ = 0.5 chosen
-    # for isotonic predictions silenced every pick of a dominated model where raw predictions found some).
+    # raw ones is not what the out-of-fold evidence chose (on two-candidate re-splits, isotonic
+    # predictions chose λ = 0.2 or 0.5 where raw ones chose less or more; see docs/quality.md).
     method = chosen_method if "calibration" in layers else "identity"
     maps = fit_calibration(method, oof_quality, scores)
     crossed = cross_fitted(method, oof_quality, scores, seed=seed)
