@@ -233,16 +233,18 @@ class CarrotKNNMemory(nn.Module):
         `(targets, most_unobserved)`: quality and log-tokens side by side (0 where unobserved), then
         their 0/1 masks, `(n_memory, 4 * n_models)` float32 (one neighbour search serves all), and the
         most unobserved rows of any column; cached until one of the four buffers changes (in place
-        or replaced).
+        or replaced). The cache holds the buffers it was built from and compares them by identity:
+        an `id()` alone is reused by a new buffer once the old one is freed (`remember()` swaps
+        buffers), and a stale cache then predicted from the old rows or failed on the new ones.
         """
         buffers = (quality, quality_observed, log_output_tokens, output_tokens_observed)
-        key = tuple((id(tensor), tensor._version) for tensor in buffers)
+        versions = tuple(tensor._version for tensor in buffers)
         cached = getattr(self, "_stacked_cache", None)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], buffers)):
             values = torch.cat([quality, log_output_tokens], 1)
             observed = torch.cat([quality_observed, output_tokens_observed], 1)
-            cached = self._stacked_cache = (key, self._stack_targets(values, observed))
-        return cached[1]
+            cached = self._stacked_cache = (buffers, versions, self._stack_targets(values, observed))
+        return cached[2]
 
     @staticmethod
     def _stack_targets(values: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -197,3 +197,20 @@ def test_a_router_saved_without_prompt_keys_learns_and_saves_them(router, tmp_pa
     old.save_pretrained(tmp_path / "grown")
     back = CarrotRouter.from_pretrained(tmp_path / "grown")
     assert back.config.knn_prompt_keys and back.remember([TINY_PROMPTS[0]], "big-model", [1.0])["filled"] == 1
+
+
+def test_predictions_follow_every_remembered_label_the_neighbour_cache_is_never_stale(router):
+    """The stacked-targets cache is keyed by its buffers: a freed buffer's id() reused by the next one
+    (remember() swaps buffers whole) once served old rows (wrong predictions, or an index error)."""
+    for step in range(120):
+        model = TINY_MODELS[step % len(TINY_MODELS)]
+        router.remember([f"{NEW_PROMPTS[step % 2]} (step {step // 2})"], model, [float(step % 2)], [step])
+        router.remember([NEW_PROMPTS[step % 2]], model, [float(step % 3 == 0)], [step])  # fills a cell in place of a row
+        memory = router.predictor
+        uncached, _ = memory._stack_targets(torch.cat([memory.quality, memory.log_output_tokens], 1),
+                                            torch.cat([memory.quality_observed, memory.output_tokens_observed], 1))
+        cached, _ = memory._stacked_targets(memory.quality, memory.quality_observed, memory.log_output_tokens,
+                                            memory.output_tokens_observed)
+        assert torch.equal(cached, uncached), step
+        if step % 10 == 0:
+            assert router.predict(NEW_PROMPTS).quality.shape == (2, len(TINY_MODELS))
