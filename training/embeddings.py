@@ -33,8 +33,11 @@ def embed_table(router, table, cache_dir=None, batch_size: int = 32, progress: b
     prompts = list(table.prompts)
     if not prompts:
         raise ValueError("The routing table has no prompts to embed.")
-    cache_file = None
-    if cache_dir is not None:
-        name = hashlib.blake2b(embeddings_key(router, prompts).encode(), digest_size=16).hexdigest()
-        cache_file = Path(cache_dir) / f"embeddings-{name}.safetensors"
+    cache_file = None if cache_dir is None else embedding_cache_file(cache_dir, router, prompts)
     return encode_with_cache(router, prompts, cache_file, batch_size=batch_size, progress=progress)
+
+
+def embedding_cache_file(cache_dir, router, prompts) -> Path:
+    """The file in `cache_dir` holding `router`'s embeddings of `prompts` (`embeddings-<hash>.safetensors`)."""
+    name = hashlib.blake2b(embeddings_key(router, list(prompts)).encode(), digest_size=16).hexdigest()
+    return Path(cache_dir) / f"embeddings-{name}.safetensors"

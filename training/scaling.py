@@ -58,6 +58,26 @@ def replicated_table(table, embeddings: torch.Tensor, size: int, n_tasks: int | 
     return grown, torch.nn.functional.normalize(grown_embeddings + noise, dim=1)
 
 
+def write_replicated_table(grown, grown_embeddings: torch.Tensor, folder, cache_dir, options: dict) -> str:
+    """
+    Write `grown` as a SPROUT-layout folder and put `grown_embeddings` in `cache_dir` under the key
+    `carrot train --kind knn --data FOLDER --embeddings-cache CACHE_DIR` (with `options` as its
+    --max-prompt-tokens and --truncation-side) looks up, so that an end-to-end run of the command line
+    skips the encoder pass, as the timed runs here do. Returns that command line.
+    """
+    from carrot_hub.data.writing import write_sprout_dataset
+    from carrot_hub.embedding_cache import save_embeddings, embeddings_key
+
+    from training.embeddings import embedding_cache_file
+    from training.prepare import new_training_router
+
+    write_sprout_dataset(grown, folder)
+    router = new_training_router(grown, "knn", **options)
+    save_embeddings(embedding_cache_file(cache_dir, router, grown.prompts), grown_embeddings, embeddings_key(router, list(grown.prompts)))
+    flags = "".join(f" --{key.replace('_', '-')} {value}" for key, value in options.items())
+    return f"carrot train --kind knn --data {folder} --embeddings-cache {cache_dir}{flags} --out ROUTER_FOLDER --no-progress"
+
+
 def run(args) -> dict:
     from carrot_hub.data import load_routing_table, resolve_table_source
     from carrot_hub.data.packaged import packaged_tables, read_router_defaults
@@ -76,6 +96,12 @@ def run(args) -> dict:
         options = {key: defaults[key] for key in ("max_prompt_tokens", "truncation_side") if key in defaults}
     router = new_training_router(table, "knn", **options)
     embeddings = embed_table(router, table, cache_dir=args.cache_dir, progress=False)
+    if args.write_table:
+        grown, grown_embeddings = replicated_table(table, embeddings, args.sizes[0], args.tasks, args.jitter)
+        command = write_replicated_table(grown, grown_embeddings, args.write_table, args.cache_dir, options)
+        return {"data": args.data, "wrote": args.write_table, "prompts": len(grown), "tasks": len(set(grown.tasks)),
+                "candidates": len(grown.models), "train_with": command}
+
     sample = list(table.prompts[: args.encode_sample])
     began = time.perf_counter()
     router.encode(sample, batch_size=32, progress=False)
@@ -129,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jitter", type=float, default=0.01, help="per-coordinate noise on replicated embeddings")
     parser.add_argument("--encode-sample", type=int, default=256, help="prompts encoded to measure the encoder's speed")
     parser.add_argument("--cache-dir", help="folder caching prompt embeddings")
+    parser.add_argument("--write-table", metavar="FOLDER",
+                        help="instead of timing: write the first size's replicated table to FOLDER (SPROUT layout) and its "
+                             "embeddings to --cache-dir, and print the `carrot train` command that trains on them end to end")
     return parser
 
 
@@ -141,7 +170,15 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --sizes takes comma-separated prompt counts of at least 100, got {args.sizes!r}", file=sys.stderr)
         return 2
-    print(json.dumps(run(args)))
+    if args.write_table and not args.cache_dir:
+        print("error: --write-table needs --cache-dir: the replicated table's embeddings are put there for `carrot train`.", file=sys.stderr)
+        return 2
+    try:
+        result = run(args)
+    except (ValueError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
     return 0
 
 
