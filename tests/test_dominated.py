@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from training.dominated import brief, dominated_pair, main, pick_statistics, summarize_rows
+from training.dominated import brief, dominated_pair, main, markdown, pick_statistics, summarize_rows
 
 
 def test_the_pair_is_the_largest_quality_margin_among_cheaper_and_better():
@@ -36,9 +36,11 @@ def test_pick_statistics_count_picks_right_picks_and_wins_found():
 
 
 def _row(seed, gain):
-    entry = {"b_pick_share": 0.1, "b_picks_right": 0.5, "b_wins_share": 0.2, "aiq_minus_zero_router": gain, "gap_closed": gain * 10}
-    return {"table": "t", "seed": seed, "pair": {"cheaper_better": "a", "dominated": "b"}, "k": 8,
-            "fitted": {"prior_shrink": 0.1}, "knn": {"none": entry, "prior_shrink": dict(entry, b_picks_right=None)},
+    entry = {"b_pick_share": 0.1, "b_picks_right": 0.5, "b_wins_found_mu0": 0.3, "b_wins_share": 0.2, "aiq_minus_zero_router": gain,
+             "gap_closed": gain * 10, "oracle_minus_zero_router": 0.1}
+    pair = {"cheaper_better": "a", "dominated": "b", "mean_quality": [0.8, 0.6], "cost_ratio": 3.0}
+    return {"table": "t", "seed": seed, "pair": pair, "k": 8,
+            "fitted": {"prior_shrink": 0.1}, "knn": {"none": entry, "prior_shrink": dict(entry, b_picks_right=None, aiq_minus_zero_router=2 * gain)},
             "baselines": {"random": {"aiq_minus_zero_router": 0.0, "gap_closed": 0.0}}}
 
 
@@ -47,6 +49,8 @@ def test_summary_averages_over_splits_and_skips_undefined_shares(tmp_path, capsy
     tables = summarize_rows(rows)
     assert tables["t"]["routers"]["knn:none"]["aiq_minus_zero_router"]["mean"] == pytest.approx(0.02)
     assert tables["t"]["routers"]["knn:prior_shrink"]["b_picks_right"] is None
+    assert tables["t"]["routers"]["knn:prior_shrink"]["gain_minus_knn_none"]["mean"] == pytest.approx(0.02)  # paired per split
+    assert "| knn:prior_shrink | 0.100 | – | 0.300 | 0.0400 ± 0.0200 |" in markdown(tables)
     short = brief(tables)["t"]
     assert short["pair"] == ["a", "b"] and short["knn:none"]["gap_closed"] == pytest.approx(0.2)
     log = tmp_path / "log.jsonl"

@@ -206,19 +206,24 @@ def one_line(row: dict) -> str:
 
 
 def summarize_rows(rows: Sequence[dict]) -> dict:
-    """Per table and router: mean and standard error over splits of every statistic."""
+    """
+    Per table and router: mean and standard error over splits of every statistic, and of the
+    router's gain minus the plain kNN's (`knn:none`) on the same split (`gain_minus_knn_none`).
+    """
     tables = {}
     for name in dict.fromkeys(row["table"] for row in rows):
         mine = [row for row in rows if row["table"] == name]
-        routers = {f"knn:{label}": [row["knn"][label] for row in mine] for label in mine[0]["knn"]}
-        routers.update({label: [row["baselines"][label] for row in mine if label in row["baselines"]]
+        routers = {f"knn:{label}": [(row, row["knn"][label]) for row in mine] for label in mine[0]["knn"]}
+        routers.update({label: [(row, row["baselines"][label]) for row in mine if label in row["baselines"]]
                         for label in dict.fromkeys(key for row in mine for key in row["baselines"])})
         summary = {}
-        for label, entries in routers.items():
+        for label, pairs in routers.items():
             summary[label] = {}
-            for key in entries[0]:
-                values = [entry[key] for entry in entries if entry.get(key) is not None]
+            for key in pairs[0][1]:
+                values = [entry[key] for _, entry in pairs if entry.get(key) is not None]
                 summary[label][key] = mean_and_error(values) if values else None
+            summary[label]["gain_minus_knn_none"] = mean_and_error(
+                [entry["aiq_minus_zero_router"] - row["knn"]["none"]["aiq_minus_zero_router"] for row, entry in pairs])
         tables[name] = {"pair": mine[0]["pair"], "splits": len(mine), "k": [row["k"] for row in mine],
                         "fitted": [row["fitted"] for row in mine], "routers": summary}
     return tables
@@ -239,9 +244,39 @@ def brief(tables: dict) -> dict:
         out[name] = {"pair": [table["pair"]["cheaper_better"], table["pair"]["dominated"]], "splits": table["splits"],
                      "b_wins_share": mean("knn:none", "b_wins_share"),
                      **{label: {"b_pick_share": mean(label, "b_pick_share"), "b_picks_right": mean(label, "b_picks_right"),
-                                "aiq_gain": mean(label, "aiq_minus_zero_router"), "gap_closed": mean(label, "gap_closed")}
+                                "aiq_gain": mean(label, "aiq_minus_zero_router"), "gap_closed": mean(label, "gap_closed"),
+                                "gain_minus_knn_none": mean(label, "gain_minus_knn_none")}
                         for label in shown}}
     return out
+
+
+def markdown(tables: dict) -> str:
+    """The docs' tables: per table, one row per reported router (means over splits, ± one standard error)."""
+
+    def cell(value, digits: int = 3, error: bool = False) -> str:
+        if value is None:
+            return "–"
+        text = f"{value['mean']:.{digits}f}"
+        return f"{text} ± {value['standard_error']:.{digits}f}" if error else text
+
+    lines = []
+    for name, table in tables.items():
+        routers, pair = table["routers"], table["pair"]
+        lines += [f"**{name}**: A = `{pair['cheaper_better']}`, B = `{pair['dominated']}` (train split: score "
+                  f"{pair['mean_quality'][0]:.3f} against {pair['mean_quality'][1]:.3f}, B {pair['cost_ratio']:.1f}× A's cost); "
+                  f"{table['splits']} re-splits; B wins on {cell(routers['knn:none']['b_wins_share'])} of the test prompts; "
+                  f"oracle − zero router {cell(routers['knn:none']['oracle_minus_zero_router'], 4)}.", "",
+                  "| router | B picks (of prompts × μ) | B picks right | B's wins found at μ = 0 | AIQ − zero router | share of the gap | − plain kNN (paired) |",
+                  "|---|---|---|---|---|---|---|"]
+        shown = [f"knn:{label}" for label in REPORTED_COMBINATIONS if f"knn:{label}" in routers]
+        shown += [label for label in routers if not label.startswith("knn:")]
+        for label in shown:
+            entry = routers[label]
+            lines.append(f"| {label} | {cell(entry.get('b_pick_share'))} | {cell(entry.get('b_picks_right'))} | "
+                         f"{cell(entry.get('b_wins_found_mu0'))} | {cell(entry['aiq_minus_zero_router'], 4, True)} | "
+                         f"{cell(entry['gap_closed'])} | {cell(entry['gain_minus_knn_none'], 4, True)} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", help="JSON lines, one per split, written as they finish (appended)")
     parser.add_argument("--out", help="summary JSON")
     parser.add_argument("--summarize", nargs="+", metavar="LOG", help="only summarize --log files already written (no training)")
+    parser.add_argument("--markdown", action="store_true", help="print the docs' tables before the JSON line")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -295,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"tables": tables, "seconds": round(time.perf_counter() - started, 1)}, handle, indent=1)
+    if args.markdown:
+        print(markdown(tables))
     print(json.dumps(brief(tables)))
     return 0
 
