@@ -323,7 +323,7 @@ def report(summaries: dict, splits, args, seconds: float) -> int:
     results = {"tables": summaries, "keep": keep_layers(summaries), "chosen": choose_layers(summaries), "splits": splits,
                "seconds": round(seconds, 1)}
     if getattr(args, "markdown", False):
-        print(markdown_tables(summaries, results["keep"]))
+        print(markdown_tables(summaries, results["keep"]), end="\n\n")
         print(markdown_steps(results["chosen"]))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
