@@ -3,6 +3,8 @@
 
 import array
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -85,3 +87,17 @@ def test_encoder_names_and_summary():
 def test_unknown_encoder_is_refused_with_exit_2(capsys):
     assert main(["--encoders", "static", "bogus"]) == 2
     assert "unknown encoder or table bogus" in capsys.readouterr().err
+
+
+def test_paired_difference_of_a_router_with_itself_is_zero_and_a_better_one_is_ahead():
+    from training.static_unseen import paired_difference
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((200, 3))
+    cost = np.tile([1.0, 2.0, 4.0], (200, 1))
+    singles = np.repeat(np.arange(3)[:, None], 200, axis=1)  # each point one model for every prompt: the zero router
+    oracle = np.stack([np.zeros(200, dtype=int), scores[:, :2].argmax(1), scores.argmax(1)])  # the best within each budget
+    same = paired_difference(scores, cost, singles, singles, resamples=50)
+    assert same["difference"] == 0 and same["standard_error"] == 0
+    better = paired_difference(scores, cost, oracle, singles, resamples=50)
+    assert better["difference"] > 0 and better["ci95"][0] > 0

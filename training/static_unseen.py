@@ -20,8 +20,9 @@ default router does. Encoders (`--encoders`, default all):
   task of both packaged tables (their MiniLM embeddings as targets; no scores are read).
 
 Rows are appended to `--log` as they finish and a rerun skips those already there. Last line: JSON
-(per encoder, per held-out task AIQ − zero router, the mean over held-out tasks, and the mean
-difference from MiniLM).
+(per encoder, per held-out task AIQ − zero router, the mean over held-out tasks, and the
+difference from MiniLM per task with a paired bootstrap's standard error over the held-out prompts,
+from the routers' choices saved beside the log).
 """
 
 from __future__ import annotations
@@ -147,18 +148,64 @@ def training_options(width: int) -> dict:
     return {"encoder_kind": "static", "static_dimensions": width}
 
 
-def held_out_score(corpus: Corpus, task: str, embeddings: torch.Tensor, options: dict, mu_steps: int) -> dict:
-    """Train on the table's other tasks, score on `task`: AIQ, zero router AIQ and their difference."""
-    from training.evaluation.resplit import score_split
+def held_out_score(corpus: Corpus, task: str, embeddings: torch.Tensor, options: dict, mu_steps: int) -> tuple[dict, dict]:
+    """
+    Train on the table's other tasks, score on `task`: `(scores, arrays)`, the scores AIQ, zero
+    router AIQ and their difference; the arrays the router's `choices (mu_steps, n_test)` (columns of
+    the true `scores` and `cost (n_test, n_models)`, also given) for the paired bootstrap.
+    """
+    from training.evaluation.evaluate import router_curve, summarize
     from training.knn import train_knn_router
 
     train_rows, test_rows = np.flatnonzero(corpus.tasks != task), np.flatnonzero(corpus.tasks == task)
     router, report = train_knn_router(corpus.pooled.subset(train_rows), embeddings=embeddings[train_rows], seed=0,
                                       progress=False, **options, **training_options(embeddings.shape[1]))
-    scores = score_split(router, corpus.pooled.subset(test_rows), embeddings[test_rows], mu_steps)
-    return {"aiq": scores["aiq"], "zero_router_aiq": scores["zero_router_aiq"],
-            "aiq_minus_zero_router": scores["aiq_minus_zero_router"], "k": report["k"],
-            "n_train": int(train_rows.size), "n_test": int(test_rows.size)}
+    curve, truth = router_curve(router, corpus.pooled.subset(test_rows), mu_grid=np.linspace(0, 1, mu_steps),
+                                embeddings=embeddings[test_rows])
+    choices, curve.choices = curve.choices, None
+    results = summarize([curve], truth)
+    aiq, zero = results["routers"][curve.name]["aiq"], results["zero_router"]["aiq"]
+    return ({"aiq": aiq, "zero_router_aiq": zero, "aiq_minus_zero_router": aiq - zero, "k": report["k"],
+             "n_train": int(train_rows.size), "n_test": int(test_rows.size)},
+            {"choices": choices.astype(np.int16), "scores": truth.scores, "cost": truth.cost})
+
+
+def paired_difference(scores, cost, choices_a, choices_b, resamples: int = 1000, seed: int = 0) -> dict:
+    """
+    (AIQ − zero router) of router a minus that of router b on the same prompts, with its standard
+    error and 95% interval from a paired bootstrap over the prompts (as `aiq_vs_zero_router`, each
+    router against the zero router of the same draw).
+
+    Args:
+        scores, cost: `(n_prompts, n_models)` true quality and dollars.
+        choices_a, choices_b: each router's chosen column `(n_points, n_prompts)`.
+    """
+    from carrot_hub.cost_quality import aiq
+
+    scores, cost = np.asarray(scores, dtype=np.float64), np.asarray(cost, dtype=np.float64)
+    rows = np.arange(scores.shape[0])[None, :]
+    picked = [(scores[rows, np.unique(np.asarray(c, dtype=np.int64), axis=0)], cost[rows, np.unique(np.asarray(c, dtype=np.int64), axis=0)])
+              for c in (choices_a, choices_b)]
+
+    def difference(weights: np.ndarray) -> float:
+        total = weights.sum()
+        single_q, single_c = weights @ scores / total, weights @ cost / total
+        gaps = []
+        for quality, dollars in picked:
+            router_q, router_c = quality @ weights / total, dollars @ weights / total
+            max_cost = max(router_c.max(), single_c.max())
+            gaps.append(aiq(router_c, router_q, max_cost) - aiq(single_c, single_q, max_cost))
+        return gaps[0] - gaps[1]
+
+    n = scores.shape[0]
+    rng = np.random.default_rng(seed)
+    draws = np.array([difference(w) for w in rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)])
+    return {"difference": difference(np.ones(n)), "standard_error": float(draws.std(ddof=1)),
+            "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]}
+
+
+def choices_file(log_path, encoder: str, table: str, task: str) -> Path:
+    return Path(f"{log_path}.choices") / f"{encoder}--{table}--{task}.npz"
 
 
 def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_steps: int, progress: bool) -> list[dict]:
@@ -190,11 +237,14 @@ def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_
                         table_rows, extra = learned_rows(encoder, corpora, (table, task), cache_dir, progress)
                         extra = {"learning": extra}
                     embeddings, options = embed_with_rows(table_rows, corpus.token_ids), STATIC_OPTIONS
-                row = {"encoder": encoder, "table": table, "task": task, "width": int(embeddings.shape[1]),
-                       **held_out_score(corpus, task, embeddings, options, mu_steps), **extra,
-                       "seconds": round(time.perf_counter() - began, 1)}
+                scores, arrays = held_out_score(corpus, task, embeddings, options, mu_steps)
+                row = {"encoder": encoder, "table": table, "task": task, "width": int(embeddings.shape[1]), **scores,
+                       **extra, "seconds": round(time.perf_counter() - began, 1)}
                 rows.append(row)
                 if log_path:
+                    path = choices_file(log_path, encoder, table, task)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(path, **arrays)
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(row) + "\n")
                 if progress:
@@ -203,8 +253,11 @@ def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_
     return rows
 
 
-def summarize(rows: Sequence[dict]) -> dict:
-    """Per encoder: AIQ − zero router per held-out task, their mean, and the mean difference from MiniLM."""
+def summarize(rows: Sequence[dict], log_path=None) -> dict:
+    """
+    Per encoder: AIQ − zero router per held-out task, their mean, and the difference from MiniLM
+    per task (with the paired bootstrap's standard error where `log_path`'s choices are saved for both).
+    """
     by_encoder: dict[str, dict[str, float]] = {}
     for row in rows:
         by_encoder.setdefault(row["encoder"], {})[f"{row['table']}/{row['task']}"] = round(row["aiq_minus_zero_router"], 5)
@@ -218,6 +271,14 @@ def summarize(rows: Sequence[dict]) -> dict:
             entry["minus_minilm"] = {task: round(gap, 5) for task, gap in zip(shared, gaps)}
             entry["minus_minilm_mean"] = round(float(np.mean(gaps)), 5)
             entry["minus_minilm_worst"] = round(float(np.min(gaps)), 5)
+            errors = {}
+            for task in shared:
+                mine, theirs = (choices_file(log_path, name, *task.split("/", 1)) for name in (encoder, "minilm"))
+                if log_path and mine.is_file() and theirs.is_file():
+                    a, b = np.load(mine), np.load(theirs)
+                    errors[task] = round(paired_difference(a["scores"], a["cost"], a["choices"], b["choices"])["standard_error"], 5)
+            if errors:
+                entry["minus_minilm_standard_error"] = errors
         summary[encoder] = entry
     return summary
 
@@ -245,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     began = time.perf_counter()
     rows = run(args.encoders, args.data, args.cache_dir, args.log, args.mu_steps, not args.quiet)
-    summary = summarize(rows)
+    summary = summarize(rows, args.log)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"summary": summary, "rows": rows, "seconds": round(time.perf_counter() - began, 1)}, handle, indent=1)
