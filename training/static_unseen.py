@@ -107,7 +107,8 @@ def distilled_rows(name: str, cache_dir) -> torch.Tensor:
     return table.token_embeddings.float()
 
 
-def learned_rows(name: str, corpora: dict, held_out: tuple[str, str] | None, cache_dir, progress: bool) -> tuple[torch.Tensor, dict]:
+def learned_rows(name: str, corpora: dict, held_out: tuple[str, str] | None, cache_dir, progress: bool,
+                 epochs: int = 8) -> tuple[torch.Tensor, dict]:
     """
     The table `learned-<objective>-<width>` trained on every prompt of `corpora` except the task
     `held_out = (table, task)` (None: all), cached under `cache_dir` by name and held-out task.
@@ -118,7 +119,7 @@ def learned_rows(name: str, corpora: dict, held_out: tuple[str, str] | None, cac
 
     objective, width = parse_learned(name)
     label = "all" if held_out is None else f"{held_out[0]}-{held_out[1]}"
-    path = Path(cache_dir or ".") / "static-tables" / f"learned-{objective}-without-{label}.safetensors"
+    path = Path(cache_dir or ".") / "static-tables" / f"learned-{objective}-{epochs}-epochs-without-{label}.safetensors"
     if path.is_file():
         with open(path.with_suffix(".json"), encoding="utf-8") as handle:
             report = json.load(handle)
@@ -132,7 +133,7 @@ def learned_rows(name: str, corpora: dict, held_out: tuple[str, str] | None, cac
         began = time.perf_counter()
         log = (lambda line: print(f"  {label} {objective}: {line}", file=sys.stderr)) if progress else None
         rows, report = learn_token_table(distilled_rows("distill-none", cache_dir), token_ids, torch.cat(targets),
-                                         objective=objective, log=log)
+                                         objective=objective, max_epochs=epochs, log=log)
         report["seconds"] = round(time.perf_counter() - began, 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"rows": rows.contiguous()}, str(path))
@@ -208,7 +209,8 @@ def choices_file(log_path, encoder: str, table: str, task: str) -> Path:
     return Path(f"{log_path}.choices") / f"{encoder}--{table}--{task}.npz"
 
 
-def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_steps: int, progress: bool) -> list[dict]:
+def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_steps: int, progress: bool,
+        epochs: int = 8) -> list[dict]:
     from training.static_tokens import embed_with_rows
 
     done = {}
@@ -234,7 +236,7 @@ def run(encoders: Sequence[str], tables: Sequence[str], cache_dir, log_path, mu_
                     if encoder in DISTILLED:
                         table_rows = distilled_rows(encoder, cache_dir)
                     else:
-                        table_rows, extra = learned_rows(encoder, corpora, (table, task), cache_dir, progress)
+                        table_rows, extra = learned_rows(encoder, corpora, (table, task), cache_dir, progress, epochs)
                         extra = {"learning": extra}
                     embeddings, options = embed_with_rows(table_rows, corpus.token_ids), STATIC_OPTIONS
                 scores, arrays = held_out_score(corpus, task, embeddings, options, mu_steps)
@@ -289,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"encoders to compare (default: {' '.join(DEFAULT_ENCODERS)})")
     parser.add_argument("--data", nargs="+", default=list(TABLES), help=f"packaged tables (default: {' '.join(TABLES)})")
     parser.add_argument("--mu-steps", type=int, default=201)
+    parser.add_argument("--learning-epochs", type=int, default=8,
+                        help="most epochs of training a learned table (default: 8, about 3 minutes each on two busy cores)")
     parser.add_argument("--cache-dir", help="folder caching prompt embeddings and the candidate tables")
     parser.add_argument("--log", help="JSON lines, one per held-out task and encoder, appended as they finish; rerun skips them")
     parser.add_argument("--out", help="results JSON (the summary and every row)")
@@ -305,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"learned-<cosine|tokenlearn>-<width|none>; tables: {', '.join(TABLES)}", file=sys.stderr)
         return 2
     began = time.perf_counter()
-    rows = run(args.encoders, args.data, args.cache_dir, args.log, args.mu_steps, not args.quiet)
+    rows = run(args.encoders, args.data, args.cache_dir, args.log, args.mu_steps, not args.quiet, args.learning_epochs)
     summary = summarize(rows, args.log)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
