@@ -26,8 +26,8 @@ from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.log_judging import LOCK_FILENAME
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.conftest import TINY_MODELS, TINY_PRICES, TINY_PROMPTS
+from tests.fake_judge import FakeJudge
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
-from tests.test_serve_explore import FakeJudge
 
 JUDGE = "grader"
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]

@@ -12,10 +12,6 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from carrot_hub.cli import main
 from carrot_hub.data.outcome_log_reader import iter_shard_records, outcome_log_records, read_outcome_log
@@ -35,33 +31,11 @@ from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.prometheus_metrics import GatewayMetrics
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
 from tests.conftest import TINY_MODELS
+from tests.fake_judge import FakeJudge
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
 
 USER = [{"role": "user", "content": "Write a python function that returns the nth Fibonacci number."}]
 JUDGE = "big-model"
-
-
-class FakeJudge:
-    """Grades every answer: "Score: 3" when the answer is small-model's, else "Score: 8"; or `reply` as given."""
-
-    def __init__(self, reply: str | None = None):
-        self.reply, self.asked = reply, []
-        self.hold: threading.Event | None = None  # set: grading requests wait for it (at most 20 s)
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
-
-    async def chat(self, request: Request):
-        body = await request.json()
-        text = body["messages"][-1]["content"]
-        self.asked.append(text)
-        end = time.monotonic() + 20
-        while self.hold is not None and "Score:" in text and not self.hold.is_set() and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        reply = self.reply if self.reply is not None else (
-            "Weak answer.\nScore: 3" if "small-model-upstream-id says" in text else "Fine.\nScore: 8")
-        return JSONResponse({"id": "j", "object": "chat.completion", "model": "judge",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                          "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 100, "completion_tokens": 10}})
 
 
 @contextmanager
