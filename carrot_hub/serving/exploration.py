@@ -15,7 +15,9 @@ answering model's; when none is cheaper, the one closest in predicted quality. T
 teaches the router most is one that can change a decision: the router picked its model over the
 rivals near it, and the nearest cheaper rival is the one whose real quality, if as good, would have
 been the better choice (the CARROT trade-off); it is also the cheapest label to buy. A candidate far
-below in predicted quality is rarely chosen whatever its label says.
+below in predicted quality is rarely chosen whatever its label says. Measured against the most
+uncertain, a random and the most expensive other candidate (`PICK_RULES`) by
+scripts/bench_exploration.py, no alternative learned more (docs/exploration.md has the figures).
 
 Each answer is graded absolutely (0 to 10 per the rubric, one call each), not against the other:
 `remember()` takes a quality in [0, 1] per (prompt, model) cell on the scale of the training labels,
