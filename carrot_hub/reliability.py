@@ -35,8 +35,9 @@ The rules, and why:
   it: on RouterBench it sits near 1, because a held-out task's mean differs from the prior by more
   than the noise does, and the Brier score cannot see the selection bias that costs money.
 - **prior_shrink** (λ, in distribution too; see `carrot_hub.prior_shrinkage`): chosen before the
-  floor, by out-of-fold routing AIQ of the cross-fitted calibrated predictions; the floor is then
-  chosen for the shrunk predictions (the weights multiply).
+  floor, by out-of-fold routing AIQ of the cross-fitted predictions the router uses (calibrated when
+  the calibration layer is on, raw when it is off; the λ of the other side is reported too); the
+  floor is then chosen for the shrunk predictions (the weights multiply).
 - **ood_pessimism** p and **ood_pessimism_support** s_p (quality is lowered by
   p · (1 − min(1, support / s_p)) · spread_out; p = 1 puts it at the band's lower end at support
   0): out of distribution the chosen model's quality is over-stated for a reason no held-out
