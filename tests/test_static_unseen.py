@@ -85,7 +85,7 @@ def test_encoder_names_and_summary():
 
 
 def test_unknown_encoder_is_refused_with_exit_2(capsys):
-    assert main(["--encoders", "static", "bogus"]) == 2
+    assert main(["--encoders", "distill-128", "bogus"]) == 2
     assert "unknown encoder or table bogus" in capsys.readouterr().err
 
 

@@ -11,8 +11,9 @@ as the table's default router does; the static ones keep their last 128 tokens, 
 default router does. Encoders (`--encoders`, default all):
 
 - `minilm`: all-MiniLM-L6-v2 (the transformer default);
-- `static`: the shipped static table (model2vec distillation, PCA to 128);
-- `distill-256`, `distill-none`: model2vec's distillation with PCA to 256, or without PCA (384);
+- `distill-128`, `distill-256`, `distill-none`: model2vec's plain distillation with PCA to 128 (the
+  static table shipped before this comparison, `scripts/build_static_default.py --plain`), to 256,
+  or without PCA (384);
 - `learned-<objective>-<width>`: a table trained in the manner of tokenlearn
   (`training.static_tokens.learn_token_table`) from `distill-none`, so that the mean of a prompt's
   rows reproduces MiniLM's embedding of the prompt, then reduced by PCA to `<width>` (`none`: 384).
@@ -39,8 +40,8 @@ import torch
 
 TABLES = ("zeroeval-2024", "routerbench-0shot")
 STATIC_OPTIONS = {"max_prompt_tokens": 128, "truncation_side": "left"}  # the static default router's cutting
-DISTILLED = {"static": 128, "distill-256": 256, "distill-none": None}
-DEFAULT_ENCODERS = ("minilm", "static", "distill-256", "distill-none",
+DISTILLED = {"distill-128": 128, "distill-256": 256, "distill-none": None}
+DEFAULT_ENCODERS = ("minilm", "distill-128", "distill-256", "distill-none",
                     "learned-cosine-none", "learned-cosine-256", "learned-cosine-128", "learned-tokenlearn-none")
 MINILM_WIDTH = 384
 
@@ -84,14 +85,10 @@ class Corpus:
 
 
 def distilled_rows(name: str, cache_dir) -> torch.Tensor:
-    """`(vocab, width)` rows of a plain model2vec distillation of all-MiniLM-L6-v2 (cached under `cache_dir`)."""
+    """`(vocab, width)` rows of a plain model2vec distillation of all-MiniLM-L6-v2 (cached under `cache_dir`;
+    never the shipped table, which may be another recipe)."""
     from safetensors.torch import load_file, save_file
 
-    from carrot_hub.distillation import distill_static_encoder
-
-    width = DISTILLED[name]
-    if width is not None:  # the shipped table (128) or the library's own cache
-        return distill_static_encoder(dimensions=width, progress=False).token_embeddings.float()
     path = Path(cache_dir or ".") / "static-tables" / f"{name}.safetensors"
     if path.is_file():
         return load_file(str(path))["rows"]
@@ -101,7 +98,7 @@ def distilled_rows(name: str, cache_dir) -> torch.Tensor:
     from carrot_hub.distillation import _distill
 
     source = default_encoder_path()
-    table = _distill(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), None, None, progress=False)
+    table = _distill(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), DISTILLED[name], None, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"rows": table.token_embeddings.float().contiguous()}, str(path))
     return table.token_embeddings.float()
