@@ -19,16 +19,25 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
-def _imports(name: str, path: Path, modules: dict) -> set[str]:
+def _import_statements(name: str, path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import in one file, function-level ones included; relative ones resolved.
+    A plain `import a.b` gives module "" and names ["a.b"]."""
     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    found = set()
+    found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             module = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) \
                 if node.level else node.module or ""
-            found.update([module, *(f"{module}.{alias.name}" for alias in node.names)])
+            found.append((node.lineno, module, [alias.name for alias in node.names]))
         elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            found.append((node.lineno, "", [alias.name for alias in node.names]))
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict) -> set[str]:
+    found = set()
+    for _, module, names in _import_statements(name, path):
+        found.update([module, *(f"{module}.{n}" for n in names)] if module else names)
     return {module for module in found if module in modules and module != name}
 
 
@@ -82,21 +91,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def _project_imports(path: Path, name: str) -> list[tuple[int, str, list[str]]]:
-    """(line, module, names) of every import of a project package in one file, function-level ones included."""
-    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    """(line, module, names) of every import of a project package in one file (`import a.b`: names [])."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom):
-            module = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else [])) \
-                if node.level else node.module or ""
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.Import):
-            module, names = "", [alias.name for alias in node.names]
-        else:
-            continue
+    for line, module, names in _import_statements(name, path):
         for target in ([module] if module else names):
             if target.split(".")[0] in PACKAGES:
-                found.append((node.lineno, target, names if module else []))
+                found.append((line, target, names if module else []))
     return found
 
 

@@ -201,13 +201,14 @@ def choose_layers(summaries: dict) -> dict:
         chosen.append(max(eligible, key=lambda layer: min(g["mean"] for g in options[layer]["resplit_gain"].values())))
 
 
-def keep_layers(summaries: dict) -> dict:
+def keep_layers(summaries: dict, chosen: dict | None = None) -> dict:
     """
-    Per layer: `keep` when `choose_layers` puts it in the default set; beside it, whether it wins
-    both ways on every table's re-splits (the full stack against the stack without it, and the layer
-    alone against no layer) and whether, alone, it loses no held-out task against the plain router.
+    Per layer: `keep` when `choose_layers` puts it in the default set (`chosen`: its result, when
+    already computed); beside it, whether it wins both ways on every table's re-splits (the full stack
+    against the stack without it, and the layer alone against no layer) and whether, alone, it loses
+    no held-out task against the plain router.
     """
-    chosen = choose_layers(summaries)["layers"]
+    chosen = (chosen or choose_layers(summaries))["layers"]
     verdict = {}
     for layer in LAYERS:
         wins = all(
@@ -221,24 +222,29 @@ def keep_layers(summaries: dict) -> dict:
     return verdict
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_split_benchmark_arguments(parser: argparse.ArgumentParser, splits: int, mu_steps: int) -> None:
+    """The options every re-split benchmark over the packaged tables takes (`training.ablation`, `training.dominated`)."""
     from training.knn import DEFAULT_K_GRID
     from training.train import _k_grid
 
-    parser = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", action="append", default=None, help=f"packaged table (repeatable; default: {', '.join(TABLES)})")
-    parser.add_argument("--splits", type=int, default=30, help="fresh re-splits per table (default: 30)")
+    parser.add_argument("--splits", type=int, default=splits, help=f"fresh re-splits per table (default: {splits})")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first re-split (to add re-splits to a --log)")
-    parser.add_argument("--no-held-out-tasks", action="store_true", help="re-splits only")
-    parser.add_argument("--held-out", action="append", metavar="TASK", help="hold out only this task (repeatable; default: every task)")
-    parser.add_argument("--mu-steps", type=int, default=201)
+    parser.add_argument("--mu-steps", type=int, default=mu_steps)
     parser.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID)
     parser.add_argument("--cache-dir", help="folder caching prompt embeddings")
-    parser.add_argument("--out", help="results JSON (the summary and every split's scores)")
-    parser.add_argument("--log", help="JSON lines, one per trained split, written as they finish")
+    parser.add_argument("--out", help="results JSON")
+    parser.add_argument("--log", help="JSON lines, one per trained split, written as they finish (appended)")
     parser.add_argument("--summarize", nargs="+", metavar="LOG", help="only summarize --log files already written (no training)")
     parser.add_argument("--markdown", action="store_true", help="also print the summary as Markdown tables (before the JSON line)")
     parser.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__.split("\n\n")[0])
+    add_split_benchmark_arguments(parser, splits=30, mu_steps=201)
+    parser.add_argument("--no-held-out-tasks", action="store_true", help="re-splits only")
+    parser.add_argument("--held-out", action="append", metavar="TASK", help="hold out only this task (repeatable; default: every task)")
     return parser
 
 
@@ -320,7 +326,8 @@ def markdown_steps(chosen: dict) -> str:
 
 
 def report(summaries: dict, splits, args, seconds: float) -> int:
-    results = {"tables": summaries, "keep": keep_layers(summaries), "chosen": choose_layers(summaries), "splits": splits,
+    chosen = choose_layers(summaries)
+    results = {"tables": summaries, "keep": keep_layers(summaries, chosen), "chosen": chosen, "splits": splits,
                "seconds": round(seconds, 1)}
     if getattr(args, "markdown", False):
         print(markdown_tables(summaries, results["keep"]), end="\n\n")

@@ -39,7 +39,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from training.ablation import LAYERS, TABLES, combination_name, fitted_layers, mean_and_error, set_layers
+from training.ablation import (
+    LAYERS,
+    TABLES,
+    add_split_benchmark_arguments,
+    combination_name,
+    fitted_layers,
+    mean_and_error,
+    set_layers,
+)
 
 # none, each layer alone (prior_shrink alone is the kNN default, `KNN_DEFAULT_LAYERS`), and all four
 COMBINATIONS = ((), ("prior_shrink",), ("calibration",), ("ood_shrink",), ("caution",), LAYERS)
@@ -280,22 +288,9 @@ def markdown(tables: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.knn import DEFAULT_K_GRID
-    from training.train import _k_grid
-
     parser = argparse.ArgumentParser(prog="python -m training.dominated", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", action="append", default=None, help=f"packaged table (repeatable; default: {', '.join(TABLES)})")
-    parser.add_argument("--splits", type=int, default=10, help="re-splits per table (default: 10)")
-    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first re-split (to add re-splits to a --log)")
-    parser.add_argument("--mu-steps", type=int, default=101)
-    parser.add_argument("--k-grid", type=_k_grid, default=DEFAULT_K_GRID)
+    add_split_benchmark_arguments(parser, splits=10, mu_steps=101)
     parser.add_argument("--mlp", action="store_true", help="also train the MLP router on each split")
-    parser.add_argument("--cache-dir", help="folder caching prompt embeddings")
-    parser.add_argument("--log", help="JSON lines, one per split, written as they finish (appended)")
-    parser.add_argument("--out", help="summary JSON")
-    parser.add_argument("--summarize", nargs="+", metavar="LOG", help="only summarize --log files already written (no training)")
-    parser.add_argument("--markdown", action="store_true", help="print the docs' tables before the JSON line")
-    parser.add_argument("--quiet", action="store_true")
     return parser
 
 

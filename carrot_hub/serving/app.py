@@ -662,7 +662,8 @@ class Gateway:
             return self.upstreams.redact(data)
         if "model" in chunk:
             chunk["model"] = served.model
-            served.completion_id = chunk.get("id") if isinstance(chunk.get("id"), str) else None
+        if served.completion_id is None and isinstance(chunk.get("id"), str):
+            served.completion_id = chunk["id"]
         if served.key_guard is not None:
             guard_chunk(served.key_guard, chunk)
         if served.answer_parts is not None:
