@@ -340,6 +340,135 @@ def test_the_budget_stops_exploration_for_the_utc_day():
     assert 'carrot_explore_spend_dollars_total{kind="explored"} 1.0' in text
 
 
+def _metric_sum(text: str, name: str, **labels) -> float:
+    """The sum of `name`'s samples in a /metrics text whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+def test_the_share_cap_drops_explorations_until_serving_spend_grows(knn_router, tmp_path):
+    """--explore-max-share 0.5: μ = 0 serves big-model (the fake judge's upstream, 100 + 10 tokens a call),
+    so one exploration (a cheap explored answer and two judge calls as dear as the served answer) costs
+    about twice a served request; the next explorations wait until the day's serving spend has grown
+    to twice that. The dropped count is the rule applied to the gateway's own spend figures."""
+    share = 0.5
+    with gateway_with_judge(knn_router, tmp_path, max_share=share) as (gateway, server, judge, _):
+        metrics_url = server.base_url.removesuffix("/v1") + "/metrics"
+
+        def post(i: int) -> None:
+            response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+            assert response.status_code == 200 and response.headers["x-carrot-model"] == JUDGE
+            deadline = time.monotonic() + 10  # the exploration is offered after the answer has gone out
+            while gateway.explorer.stats["queued"] + gateway.explorer.stats["dropped"] < i \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert gateway.explorer.stats["queued"] + gateway.explorer.stats["dropped"] == i
+
+        post(1)
+        wait_explored(gateway, 1)
+        text = httpx.get(metrics_url).text
+        served_one = _metric_sum(text, "carrot_spend_dollars_total")
+        explored_spend = _metric_sum(text, "carrot_explore_spend_dollars_total")
+        [audit] = records_of(gateway.outcome_log, "explored")
+        predicted = audit["predicted"][audit["explored"]]["cost"]
+        assert served_one > 0 and explored_spend > share * served_one  # the first exploration passed the share
+        assert _metric_sum(text, "carrot_explore_spend_share") == pytest.approx(explored_spend / served_one)
+
+        # The rule on these figures: request k is explored again once spend + predicted ≤ share × k served.
+        served, expected_drops = served_one, 0
+        while True:
+            served += served_one
+            if explored_spend + predicted <= share * served:
+                break
+            expected_drops += 1
+        assert 1 <= expected_drops <= 20
+        for i in range(2, expected_drops + 3):
+            post(i)
+            if i < expected_drops + 2:
+                assert gateway.explorer.stats["queued"] == 1, i  # held back by the share
+        assert gateway.explorer.stats["queued"] == 2  # serving spend grew enough: exploring again
+        wait_explored(gateway, 2)
+        text = httpx.get(metrics_url).text
+        asked = len(judge.asked)
+    assert _metric_sum(text, "carrot_explore_dropped_total", reason="share") == expected_drops
+    assert _metric_sum(text, "carrot_explore_dropped_total", reason="budget") == 0
+    assert len(records_of(gateway.outcome_log, "explored")) == 2
+    assert asked == (expected_drops + 2) + 2 * 2  # every served answer, and two grades per exploration
+    served_total = _metric_sum(text, "carrot_spend_dollars_total")
+    explore_total = _metric_sum(text, "carrot_explore_spend_dollars_total")
+    assert served_total == pytest.approx(served_one * (expected_drops + 2))
+    assert _metric_sum(text, "carrot_explore_spend_share") == pytest.approx(explore_total / served_total)
+
+
+def _share_explorer(day, recorded, **settings):
+    from carrot_hub.collect.contracts import Score
+
+    class Judge:
+        name = "judge:j"
+
+        async def score(self, item):
+            return Score(0.5, "ok", judge_cost=0.25)
+
+    async def record(job, explored, scores, error):
+        recorded.append(job.request_id)
+
+    metrics = GatewayMetrics()
+    explorer = Explorer(ExploreSettings(rate=1, judge="j", **settings), _Counting(0.5).ask, Judge(), record, metrics,
+                        clock=lambda: day[0])
+    return explorer, metrics
+
+
+def test_the_share_cap_holds_a_queued_job_and_counts_per_utc_day():
+    day, recorded = ["2026-12-06"], []
+
+    async def run():
+        explorer, metrics = _share_explorer(day, recorded, max_share=0.25)
+        assert not explorer.offer(_job(0), predicted_cost=0.5)  # nothing served yet today: no room
+        explorer.served(4.0)
+        assert explorer.offer(_job(1), predicted_cost=0.5)  # 0 + 0.5 ≤ 0.25 × 4
+        await explorer.join()  # spends 0.5 + 2 × 0.25 = 1.0: the share is used up
+        assert explorer.share_today() == pytest.approx(0.25)
+        job = _job(2)
+        job.predicted = {"mid": (0.5, 0.5)}
+        explorer.served(4.0)  # room for 1.0 more: 1.0 + 0.5 ≤ 0.25 × 8
+        assert explorer.offer(job, predicted_cost=0.5)
+        explorer._spend(0.9, "judge")  # another exploration spent while this one waited in the queue
+        await explorer.join()  # 1.9 + 0.5 > 2.0: not started
+        day[0] = "2026-12-07"  # a new UTC day: both sums start again
+        assert explorer.share_today() == 0.0 and not explorer.offer(_job(3), predicted_cost=0.01)
+        explorer.served(1.0)
+        assert explorer.offer(_job(4), predicted_cost=0.01)
+        await explorer.join()
+        await explorer.aclose()
+        return metrics.render().decode()
+
+    text = asyncio.run(run())
+    assert recorded == ["r1", "r4"]
+    assert 'carrot_explore_dropped_total{reason="share"} 3.0' in text
+    assert "carrot_explore_spend_share 1.0" in text  # day two: 0.5 + 2 × 0.25 explored over 1.0 served
+
+
+def test_either_cap_stops_exploration_when_both_are_given():
+    day, recorded = ["2026-12-06"], []
+
+    async def run():
+        explorer, metrics = _share_explorer(day, recorded, budget_per_day=1.0, max_share=1.0)
+        explorer.served(10.0)
+        await explorer.explore(_job(0))  # 1.0: the budget is spent, the share (1.0 of 10.0) is not
+        assert not explorer.offer(_job(1), predicted_cost=0.01)
+        day[0] = "2026-12-07"
+        explorer.served(0.5)
+        assert not explorer.offer(_job(2), predicted_cost=0.6)  # under the budget, over the share
+        return metrics.render().decode()
+
+    text = asyncio.run(run())
+    assert recorded == ["r0"]
+    assert 'carrot_explore_dropped_total{reason="budget"} 1.0' in text
+    assert 'carrot_explore_dropped_total{reason="share"} 1.0' in text
+
+
 def test_out_of_distribution_prompts_are_sampled_at_their_own_rate():
     explorer = Explorer(ExploreSettings(rate=0.0, judge="j", ood_rate=1.0), None, None, None, GatewayMetrics())
     assert explorer.sampled(False) and not explorer.sampled(True) and not explorer.sampled(None)
@@ -362,6 +491,11 @@ def _serve(tmp_path, capsys, *flags):
     (["--explore", "1.5", "--judge", "big-model"], "share in [0, 1]"),
     (["--explore", "-0.1", "--judge", "big-model"], "share in [0, 1]"),
     (["--explore", "0.1", "--judge", "big-model", "--explore-budget", "-1"], "≥ 0"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-max-share", "0"], "--explore-max-share must be"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-max-share", "-0.25"], "--explore-max-share must be"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-max-share", "nan"], "--explore-max-share must be"),
+    (["--explore", "0.1", "--judge", "big-model", "--explore-max-share", "inf"], "--explore-max-share must be"),
+    (["--explore-max-share", "0.25"], "only applies with --explore"),
     (["--explore", "0.1"], "needs --judge"),
     (["--judge", "big-model"], "only applies with --explore"),
     (["--explore", "0.1", "--judge", "big-model", "--explore-ood-rate", "2"], "share in [0, 1]"),

@@ -836,6 +836,8 @@ class Gateway:
         realised = _realised_cost(served.usage, served.prices.get(served.model)) if served.model else None
         if realised is not None:
             self.metrics.spend.labels(model).inc(realised)
+            if self.explorer is not None:  # --explore-max-share is a share of this spend
+                self.explorer.served(realised)
         if served.usage:
             self.metrics.tokens.labels(model, "prompt").inc(served.usage["prompt_tokens"])
             self.metrics.tokens.labels(model, "completion").inc(served.usage["completion_tokens"])

@@ -99,6 +99,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--explore-budget", type=float, default=None, metavar="DOLLARS_PER_DAY",
                         help="stop exploring for the rest of the UTC day once its spend (explored answers and the "
                              "judge) reaches this many US$ (default: no cap)")
+    parser.add_argument("--explore-max-share", type=float, default=None, metavar="F",
+                        help="hold exploration's spend (explored answers and the judge) this UTC day to at most F "
+                             "times the day's serving spend, e.g. 0.25 for at most 25%% extra (default: no cap)")
     parser.add_argument("--explore-ood-rate", type=float, default=None, metavar="R",
                         help="share of out-of-distribution requests explored (default 4 x RATE, at most 1)")
     parser.add_argument("--explore-private", action="store_true",
@@ -300,6 +303,7 @@ def _set_routing_threads(router, threads: int | None) -> None:
 def _explore_settings(args, upstream_names):
     """`--explore ...` as `ExploreSettings` (None without --explore); `UsageError` (exit 2) on bad values."""
     given = [flag for flag, value in (("--judge", args.judge), ("--explore-budget", args.explore_budget),
+                                      ("--explore-max-share", args.explore_max_share),
                                       ("--explore-ood-rate", args.explore_ood_rate)) if value is not None]
     if args.explore is None:
         if given or args.explore_private:
@@ -314,6 +318,7 @@ def _explore_settings(args, upstream_names):
 
     try:
         return ExploreSettings(rate=args.explore, judge=args.judge, budget_per_day=args.explore_budget,
+                               max_share=args.explore_max_share,
                                ood_rate=args.explore_ood_rate, private=args.explore_private)
     except ValueError as error:
         raise UsageError(str(error)) from None

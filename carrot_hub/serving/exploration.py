@@ -6,7 +6,8 @@ asks one other candidate the same request and has the judge grade both answers w
 `source: "judge"` in the outcome log, and with `--learn` they go through the learner as user
 feedback does. All of it runs on its own bounded queue and workers: a full queue drops the
 exploration (counted), an exploration never touches the answer already sent, and its spend (the
-explored answer and the judge's two calls) is counted apart and capped per UTC day.
+explored answer and the judge's two calls) is counted apart and capped per UTC day, in dollars
+(`--explore-budget`) and as a share of the day's serving spend (`--explore-max-share`).
 
 Which candidate is explored (`pick_explored`): among the candidates the request allowed (the
 routed choice's ranking: allowed, callable, within `max_cost`) other than the one that answered,
@@ -57,6 +58,7 @@ class ExploreSettings:
     """
     `rate`: share of routed, in-distribution (or unknown) plain chat requests explored, in [0, 1].
     `judge`: the upstream that grades. `budget_per_day`: US$ per UTC day (None: no cap).
+    `max_share`: exploration's spend per UTC day at most this share of the day's serving spend (None: no cap).
     `ood_rate`: share of out-of-distribution requests explored (default `default_ood_rate(rate)`).
     `private`: also explore requests whose prompt is not logged (`--no-prompt-log`).
     `pick_rule`: which other candidate is explored, a name of `PICK_RULES` (docs/exploration.md: the measurement).
@@ -65,6 +67,7 @@ class ExploreSettings:
     rate: float
     judge: str
     budget_per_day: float | None = None
+    max_share: float | None = None
     ood_rate: float | None = None
     private: bool = False
     queue_size: int = DEFAULT_QUEUE_SIZE
@@ -83,6 +86,9 @@ class ExploreSettings:
             self.ood_rate = default_ood_rate(self.rate)
         if self.budget_per_day is not None and not (self.budget_per_day >= 0 and self.budget_per_day != float("inf")):
             raise ValueError(f"--explore-budget must be a number of US$ per day ≥ 0, got {self.budget_per_day!r}.")
+        if self.max_share is not None and not (self.max_share > 0 and self.max_share != float("inf")):
+            raise ValueError("--explore-max-share must be a share of the serving spend > 0 (e.g. 0.25 for at most "
+                             f"25% extra), got {self.max_share!r}.")
         if not isinstance(self.judge, str) or not self.judge:
             raise ValueError("--explore needs --judge CANDIDATE: the upstream that grades the answers.")
         if self.queue_size < 1 or self.workers < 1:
@@ -213,9 +219,11 @@ class Explorer:
         self._pick_random = random.Random(None if settings.seed is None else settings.seed + 1)  # the random rule's own
         self._queue: asyncio.Queue | None = None
         self._workers: list[asyncio.Task] = []
-        self._day, self._spent_today = utc_day(), 0.0
         self._clock = clock or utc_day
+        self._day, self._spent_today, self._served_today = self._clock(), 0.0, 0.0
         self.stats = {"queued": 0, "finished": 0, "dropped": 0}
+        if metrics is not None:
+            metrics.explore_share.set_function(self.share_today)
 
     # ------------------------------------------------------------------ sampling
 
@@ -228,30 +236,70 @@ class Explorer:
         rule = PICK_RULES[self.settings.pick_rule]
         return rule(ranked, answered, self._pick_random) if rule is pick_random else rule(ranked, answered)
 
-    def spent_today(self) -> float:
+    def _roll(self) -> None:
+        """A new UTC day starts both of the day's sums (exploration's and serving's) from 0."""
         today = self._clock()
         if today != self._day:
-            self._day, self._spent_today = today, 0.0
+            self._day, self._spent_today, self._served_today = today, 0.0, 0.0
+
+    def spent_today(self) -> float:
+        """US$ spent exploring (explored answers and judge calls) this UTC day."""
+        self._roll()
         return self._spent_today
+
+    def served_today(self) -> float:
+        """US$ of served requests' realised cost this UTC day (what `carrot_spend_dollars_total` counts)."""
+        self._roll()
+        return self._served_today
+
+    def served(self, dollars: float | None) -> None:
+        """The gateway's realised cost of one served request (None: unknown, not counted)."""
+        if dollars:
+            self._roll()
+            self._served_today += dollars
+
+    def share_today(self) -> float:
+        """Exploration's spend today over serving's (0 when neither spent; inf when only exploration did)."""
+        spent, served = self.spent_today(), self.served_today()
+        if served > 0:
+            return spent / served
+        return float("inf") if spent > 0 else 0.0
 
     def over_budget(self, predicted_cost: float = 0.0) -> bool:
         """True when today's spend plus `predicted_cost` (the explored answer's) passes the budget."""
         budget = self.settings.budget_per_day
         return budget is not None and self.spent_today() + max(predicted_cost, 0.0) > budget
 
+    def over_share(self, predicted_cost: float = 0.0) -> bool:
+        """True when today's spend plus `predicted_cost` passes `max_share` × today's serving spend."""
+        share = self.settings.max_share
+        return share is not None and self.spent_today() + max(predicted_cost, 0.0) > share * self.served_today()
+
+    def _held_back(self, predicted_cost: float) -> str | None:
+        """Why an exploration predicted to cost `predicted_cost` must not run now (a drop reason), else None."""
+        if self.over_budget(predicted_cost):
+            return "budget"
+        if self.over_share(predicted_cost):
+            return "share"
+        return None
+
+    def _drop(self, reason: str) -> None:
+        self.metrics.explore_dropped.labels(reason).inc()
+        self.stats["dropped"] += 1
+
     def _spend(self, dollars: float | None, kind: str) -> None:
         if dollars:
-            self.spent_today()
+            self._roll()
             self._spent_today += dollars
             self.metrics.explore_spend.labels(kind).inc(dollars)
 
     # ------------------------------------------------------------------ queue
 
     def offer(self, job: ExploreJob, predicted_cost: float = 0.0) -> bool:
-        """Queue `job` without waiting; False (and counted) when the budget is spent or the queue is full."""
-        if self.over_budget(predicted_cost):
-            self.metrics.explore_dropped.labels("budget").inc()
-            self.stats["dropped"] += 1
+        """Queue `job` without waiting; False (and counted) when a cap would be passed or the queue is full."""
+        reason = self._held_back(predicted_cost)
+        if reason is not None:
+            self._drop(reason)
             return False
         if self._queue is None:
             self._queue = asyncio.Queue(self.settings.queue_size)
@@ -260,8 +308,7 @@ class Explorer:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.metrics.explore_dropped.labels("queue_full").inc()
-            self.stats["dropped"] += 1
+            self._drop("queue_full")
             return False
         self.stats["queued"] += 1
         return True
@@ -281,9 +328,12 @@ class Explorer:
         """Ask the explored candidate, judge both answers, hand the outcome to `record`."""
         from .upstreams import UpstreamFailure, UpstreamRejected
 
-        if self.over_budget():  # the day's budget ran out while this job waited
-            self.metrics.explore_dropped.labels("budget").inc()
-            self.stats["dropped"] += 1
+        # A cap reached while this job waited (the budget as before: by the spend alone; the share with
+        # the explored answer's predicted cost, as when it was queued).
+        predicted_cost = job.predicted.get(job.explored, (None, 0.0))[1]
+        reason = "budget" if self.over_budget() else ("share" if self.over_share(predicted_cost) else None)
+        if reason is not None:
+            self._drop(reason)
             return
         try:
             explored = await self.ask(job.explored, job.messages, job.sampling)

@@ -64,9 +64,12 @@ class GatewayMetrics:
         self.explored = Counter("carrot_explored", "Judged explorations finished, by outcome (judged, "
                                 "partly_judged, unscored, explored_failed)", ["outcome"], registry=r)
         self.explore_dropped = Counter("carrot_explore_dropped", "Explorations sampled but not run, by reason "
-                                       "(queue_full, budget)", ["reason"], registry=r)
+                                       "(queue_full, budget, share)", ["reason"], registry=r)
         self.explore_spend = Counter("carrot_explore_spend_dollars", "US$ spent exploring (the explored candidate "
                                      "and the judge), never billed to a request", ["kind"], registry=r)
+        self.explore_share = Gauge("carrot_explore_spend_share", "Exploration's spend this UTC day over the "
+                                   "day's serving spend (what --explore-max-share caps; 0 without --explore)",
+                                   registry=r)
         self._routed_counts = {"true": 0, "false": 0, "unknown": 0}
 
     def set_revision(self, revision: str | None) -> None:
