@@ -15,6 +15,7 @@ from training.evaluation.exploration_benchmark import (
     default_arms,
     interpolate_at,
     judge_targets,
+    parse_new_task,
     serve_stream,
     start_rows,
 )
@@ -69,3 +70,11 @@ def test_the_helpers():
     targets = judge_targets(scenario)
     assert targets["reached_at_requests"] == 400 and targets["reached_within_25pct"]
     assert targets["equal_labels"]["user_feedback_aiq"] == pytest.approx(0.7 + 0.06 * 160 / 200)
+
+
+def test_the_new_task_option_names_known_tasks_and_one_new_one():
+    tasks = ["arc-challenge", "mbpp", "winogrande", "mbpp"]
+    assert parse_new_task("arc-challenge,winogrande:mbpp", tasks) == (["arc-challenge", "winogrande"], "mbpp")
+    for bad in ("mbpp", "arc-challenge:", "gsm8k:mbpp", "mbpp:mbpp"):
+        with pytest.raises(SystemExit, match="--new-task"):
+            parse_new_task(bad, tasks)

@@ -49,13 +49,47 @@ def read_routerbench_split(folder: str | os.PathLike, split: str, tokenizer=None
         `(table, extra_columns)`: scores 0/1 with NaN for empty cells; input/output tokens counted with
         `tokenizer` (default: all-MiniLM-L6-v2's). `extra_columns` has `dataset_idx` (RouterBench's sample_id).
     """
+    tokenizer = tokenizer or load_counting_tokenizer()
+    data, models = _read_split_frame(folder, split)
+    prompts = [parse_list_text(v, f"{data['_file'][i]} row {i} prompt") for i, v in enumerate(data["prompt"])]
+    sample_ids = data["sample_id"].astype(str).tolist()
+    keys = _row_keys(data)
+
+    scores = data[models].to_numpy(dtype=np.float64)
+    bad = ~np.isnan(scores) & ~np.isin(scores, (0.0, 1.0))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"Correctness of {models[j]!r} at row {i} is {scores[i, j]}; RouterBench scores are 0 or 1.")
+
+    input_counts = count_tokens(prompts, tokenizer, progress=progress, desc=f"{split} prompt tokens")
+    output_tokens = np.zeros((len(data), len(models)))
+    for j, model in enumerate(models):
+        responses = _response_texts(data, model)
+        output_tokens[:, j] = count_tokens(responses, tokenizer, progress=progress, desc=f"{split} {model} tokens")
+        output_tokens[data[model + RESPONSE_SUFFIX].isna().to_numpy(), j] = np.nan
+    table = RoutingTable(
+        prompts=prompts,
+        prompt_ids=keys,
+        tasks=data["eval_name"].astype(str).tolist(),
+        models=list(models),
+        scores=scores,
+        input_tokens=np.repeat(input_counts[:, None], len(models), axis=1),
+        output_tokens=output_tokens,
+        split=split,
+        metadata={"source_files": sorted(set(data["_file"]))},
+    )
+    return table, {"dataset_idx": sample_ids}
+
+
+
+def _read_split_frame(folder: str | os.PathLike, split: str):
+    """`(frame, models)`: every `*_<split>.csv` of `folder` in one pandas frame (with `_file`), and the model names."""
     import pandas as pd
 
     folder = Path(folder)
     files = sorted(folder.glob(f"*_{split}.csv"))
     if not files:
         raise FileNotFoundError(f"No *_{split}.csv files in {folder}.")
-    tokenizer = tokenizer or load_counting_tokenizer()
     models: list[str] | None = None
     frames = []
     for path in files:
@@ -68,44 +102,56 @@ def read_routerbench_split(folder: str | os.PathLike, split: str, tokenizer=None
             raise ValueError(f"{path.name} has models {sorted(file_models)}, other files have {sorted(models)}.")
         frame["_file"] = path.name
         frames.append(frame)
-    data = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), models
 
-    prompts = [parse_list_text(v, f"{data['_file'][i]} row {i} prompt") for i, v in enumerate(data["prompt"])]
+
+def _row_keys(data) -> list[str]:
+    """
+    The table's `key` of each row: RouterBench's sample_id. A few samples appear twice, each row holding
+    some models' results: both rows are kept (as the source does) with ids made unique by RouterBench's
+    global row number.
+    """
     sample_ids = data["sample_id"].astype(str).tolist()
-    # A few RouterBench samples appear twice, each row holding some models' results: keep both rows
-    # (as the source does) with ids made unique by RouterBench's global row number.
     duplicated = data["sample_id"].duplicated(keep=False).to_numpy()
     row_numbers = data["Unnamed: 0"].astype(str).tolist() if "Unnamed: 0" in data else [str(i) for i in range(len(data))]
-    keys = [f"{s}#{r}" if dup else s for s, r, dup in zip(sample_ids, row_numbers, duplicated)]
+    return [f"{s}#{r}" if dup else s for s, r, dup in zip(sample_ids, row_numbers, duplicated)]
 
-    scores = data[models].to_numpy(dtype=np.float64)
-    bad = ~np.isnan(scores) & ~np.isin(scores, (0.0, 1.0))
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise ValueError(f"Correctness of {models[j]!r} at row {i} is {scores[i, j]}; RouterBench scores are 0 or 1.")
 
-    input_counts = count_tokens(prompts, tokenizer, progress=progress, desc=f"{split} prompt tokens")
-    output_tokens = np.zeros((len(data), len(models)))
-    for j, model in enumerate(models):
-        column = data[model + RESPONSE_SUFFIX]
-        responses = [
-            "" if pd.isna(v) else parse_list_text(v, f"{model} response row {i}") for i, v in enumerate(column)
-        ]
-        output_tokens[:, j] = count_tokens(responses, tokenizer, progress=progress, desc=f"{split} {model} tokens")
-        output_tokens[column.isna().to_numpy(), j] = np.nan
-    table = RoutingTable(
-        prompts=prompts,
-        prompt_ids=keys,
-        tasks=data["eval_name"].astype(str).tolist(),
-        models=list(models),
-        scores=scores,
-        input_tokens=np.repeat(input_counts[:, None], len(models), axis=1),
-        output_tokens=output_tokens,
-        split=split,
-        metadata={"source_files": [p.name for p in files]},
-    )
-    return table, {"dataset_idx": sample_ids}
+def _response_texts(data, model: str) -> list[str]:
+    """`model`'s answer per row, as its output tokens are counted ("" where the CSV has none)."""
+    import pandas as pd
 
+    column = data[model + RESPONSE_SUFFIX]
+    return ["" if pd.isna(v) else parse_list_text(v, f"{model} response row {i}") for i, v in enumerate(column)]
+
+
+def write_routerbench_responses(source: str | os.PathLike, output: str | os.PathLike,
+                                splits: Sequence[str] = ("train", "test")) -> int:
+    """
+    Write RouterBench's recorded answers as one long parquet file `output` (`key`, `model`, `response`,
+    `score`; the layout of ZeroEval's `responses/`), keyed as the converted table is, so the fake
+    upstream can replay them (`ReplayRecord.from_files(table, output)`) and the replay judge grade them
+    with RouterBench's own correctness. Cells without an answer or a score are left out. Returns the rows written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {"key": [], "model": [], "response": [], "score": []}
+    for split in splits:
+        data, models = _read_split_frame(source, split)
+        keys = _row_keys(data)
+        for model in models:
+            texts, scores = _response_texts(data, model), data[model].to_numpy(dtype=np.float64)
+            answered = (~data[model + RESPONSE_SUFFIX].isna().to_numpy()) & ~np.isnan(scores)
+            for i in np.flatnonzero(answered):
+                columns["key"].append(keys[i])
+                columns["model"].append(model)
+                columns["response"].append(texts[i])
+                columns["score"].append(float(scores[i]))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), output)
+    return len(columns["key"])
 
 def convert_routerbench(
     source: str | os.PathLike,

@@ -99,7 +99,7 @@ def replay_grade(record, text: str) -> tuple[str, dict] | None:
     if not readings:
         return None
     # the reading whose request the record knows (a request quoting the rubric's heading reads several ways)
-    fields = next((r for r in readings if r.prompt in record.key_of_prompt), readings[0])
+    fields = next((r for r in readings if r.prompt in record.keys_of_prompt), readings[0])
     graded = record.grade(fields.prompt, fields.answer)
     if isinstance(graded, str):  # why there is no grade
         return f"No grade can be replayed: {graded}.", {"prompt_tokens": rubric_tokens(), "completion_tokens": JUDGE_REPLY_TOKENS}

@@ -35,9 +35,13 @@ class RecordedAnswer:
 
 @dataclass
 class ReplayRecord:
-    """`(prompt text, model) -> RecordedAnswer`, and how many times each (key, model) cell was asked."""
+    """
+    `(prompt text, model) -> RecordedAnswer`, and how many times each (key, model) cell was asked.
+    `keys_of_prompt` lists every key of a prompt text: a table may hold one text under two keys, each
+    row with some models' answers (RouterBench's duplicated ARC samples).
+    """
 
-    key_of_prompt: dict[str, str]
+    keys_of_prompt: dict[str, list[str]]
     answers: dict[tuple[str, str], RecordedAnswer]
     models: list[str]
     counts: Counter = field(default_factory=Counter)
@@ -75,7 +79,7 @@ class ReplayRecord:
             for key, model, text, score in zip(columns["key"], columns["model"], columns["response"], recorded):
                 texts[(key, model)] = text or ""
                 scores[(key, model)] = None if score is None else float(score)
-        key_of_prompt, answers, models = {}, {}, []
+        keys_of_prompt, answers, models = {}, {}, []
         for file in sorted((table / "data").glob("*.parquet")):
             data = pq.read_table(file)
             names = discover_model_columns(data.schema)
@@ -88,12 +92,15 @@ class ReplayRecord:
                         cell = cell or {}
                         answers[(key, model)] = RecordedAnswer(key, texts[(key, model)], cell.get("num_input_tokens"),
                                                                cell.get("num_output_tokens"), scores[(key, model)])
-            key_of_prompt.update(zip(prompts, keys))
-        return cls(key_of_prompt, answers, models)
+            for prompt, key in zip(prompts, keys):
+                known = keys_of_prompt.setdefault(prompt, [])
+                if key not in known:
+                    known.append(key)
+        return cls(keys_of_prompt, answers, models)
 
     def lookup(self, prompt: str, model: str) -> RecordedAnswer | None:
         """The recorded answer of `model` to `prompt` (counted as one request of that cell), or None."""
-        key = self.key_of_prompt.get(prompt)
+        key = next((k for k in self.keys_of_prompt.get(prompt, ()) if (k, model) in self.answers), None)
         answer = self.answers.get((key, model)) if key is not None else None
         if answer is not None:
             with self._lock:
@@ -107,30 +114,30 @@ class ReplayRecord:
         streamed answer's chunks are joined with spaces). A string saying why when there is none: the
         prompt is not recorded, no recorded answer matches, the matches have no score or differ in it.
         """
-        key = self.key_of_prompt.get(prompt)
-        if key is None:
+        keys = self.keys_of_prompt.get(prompt)
+        if not keys:
             return "the request is not a prompt of the record"
         if self._by_key is None:
             by_key: dict[str, list] = {}
             for (cell_key, model), recorded in self.answers.items():
                 by_key.setdefault(cell_key, []).append((model, recorded))
             self._by_key = by_key
-        candidates = self._by_key.get(key, [])
-        matches = [(m, a) for m, a in candidates if a.text == answer]
+        candidates = [(key, model, recorded) for key in keys for model, recorded in self._by_key.get(key, [])]
+        matches = [(k, m, a) for k, m, a in candidates if a.text == answer]
         if not matches:
             words = " ".join(answer.split())
-            matches = [(m, a) for m, a in candidates if " ".join(a.text.split()) == words]
+            matches = [(k, m, a) for k, m, a in candidates if " ".join(a.text.split()) == words]
         if not matches:
             return "the answer is none of the recorded answers to this prompt"
-        scores = {a.score for _, a in matches}
+        scores = {a.score for _, _, a in matches}
         if None in scores:
             return "the record has no score for this answer"
         if len(scores) > 1:
             return f"answers of this text were recorded with different scores ({sorted(scores)})"
         with self._lock:
-            for model, _ in matches:
+            for key, model, _ in matches:
                 self.graded[(key, model)] += 1
-        return scores.pop(), matches[0][1]
+        return scores.pop(), matches[0][2]
 
     def count_summary(self) -> dict:
         """`{"requests", "cells", "max_per_cell", "repeated_cells"}` over the cells asked so far."""

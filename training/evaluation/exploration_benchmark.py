@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import torch
 
+from carrot_hub.data.routerbench import write_routerbench_responses
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.app import Gateway, GatewaySettings
 from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, ExploreSettings
@@ -50,7 +51,11 @@ from ..embeddings import embed_table
 from ..knn import train_knn_router
 from .evaluate import router_curve, summarize
 
-LOCAL = "http://127.0.0.1"  # a label only: every call goes through an in-process ASGI transport
+LOCAL = "http://127.0.0.1"
+# Where each packaged table's recorded answers lie under shared/data, its default judge and new-task scenario.
+SHARED_ANSWERS = {"zeroeval-2024": "zeroeval-2024/responses", "routerbench-0shot": "routerbench-0shot"}
+DEFAULT_JUDGES = {"zeroeval-2024": "gpt-4o-2024-08-06", "routerbench-0shot": "gpt-4-1106-preview"}
+DEFAULT_NEW_TASKS = {"zeroeval-2024": "gsm8k:cruxeval", "routerbench-0shot": "arc-challenge,winogrande:mbpp"}  # a label only: every call goes through an in-process ASGI transport
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,8 @@ async def serve_stream(router, record, arm: Arm, judge: str, prompts: list[str],
                     "model": "carrot", "messages": [{"role": "user", "content": prompt}]})
                 if response.status_code != 200:
                     raise RuntimeError(f"the gateway answered {response.status_code}: {response.text[:300]}")
-                if arm.feedback:
-                    chosen = response.headers["x-carrot-model"]
-                    score = float(truth[index, models.index(chosen)])
+                score = float(truth[index, models.index(response.headers["x-carrot-model"])]) if arm.feedback else math.nan
+                if not math.isnan(score):  # a cell the table has no score of (RouterBench's gaps) gets no feedback
                     answer = await client.post("/feedback", json={
                         "request_id": response.headers["x-carrot-request-id"], "score": score})
                     if answer.status_code != 200:
@@ -290,17 +294,23 @@ def main(argv=None) -> int:
     from .resplit import pooled_table, resplit_rows
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--data", default="zeroeval-2024", help="packaged table name or SPROUT folder (default zeroeval-2024)")
-    parser.add_argument("--responses", type=Path, help="the recorded answers with their scores "
-                        "(default: $CARROT_SHARED_DATA/zeroeval-2024/responses or shared/data/... above the checkout)")
-    parser.add_argument("--judge", default="gpt-4o-2024-08-06", help="the judging candidate (its price is what the judge costs)")
+    parser.add_argument("--data", default="zeroeval-2024", help="packaged table: zeroeval-2024 (default) or "
+                        "routerbench-0shot, or a SPROUT folder with --responses")
+    parser.add_argument("--responses", type=Path, help="the recorded answers with their scores (default: "
+                        "$CARROT_SHARED_DATA/zeroeval-2024/responses, or for routerbench-0shot its CSVs' answers, "
+                        "$CARROT_SHARED_DATA/routerbench-0shot; else shared/data/... above the checkout)")
+    parser.add_argument("--judge", help="the judging candidate (its price is what the judge costs; default "
+                        "gpt-4o-2024-08-06 on zeroeval-2024, gpt-4-1106-preview on routerbench-0shot)")
     parser.add_argument("--start-share", type=float, default=0.1, help="share of the train prompts the start router knows")
     parser.add_argument("--every", type=int, default=200, help="requests between two test evaluations")
     parser.add_argument("--rules", default="most-uncertain,random,most-expensive",
                         help="other explored-candidate rules run at RATE 0.2 beside closest-cheaper ('' for none)")
     parser.add_argument("--arms", help="comma-separated arm names to run (default: all; e.g. 'rate=0.2,user feedback')")
     parser.add_argument("--resplits", default="", help="comma-separated re-split seeds to run too (training.evaluation.resplit)")
-    parser.add_argument("--new-task", action="store_true", help="also: GSM8K-only router, CRUXEval-O traffic")
+    parser.add_argument("--new-task", nargs="?", const="", metavar="KNOWN:NEW",
+                        help="also: a router trained on the KNOWN tasks only (comma-separated), the NEW task's train "
+                             "prompts as traffic (default gsm8k:cruxeval on zeroeval-2024, "
+                             "arc-challenge,winogrande:mbpp on routerbench-0shot)")
     parser.add_argument("--new-task-every", type=int, default=100)
     parser.add_argument("--new-task-rates", default="0.2", help="exploration rates of the new-task scenario")
     parser.add_argument("--skip-own-split", action="store_true")
@@ -318,10 +328,17 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     source = resolve_table_source(args.data, strict=False)
-    responses = args.responses or _shared_responses()
-    record = ReplayRecord.from_files(source, responses)
+    table_name = Path(str(source)).name
+    responses = args.responses or _shared_responses(table_name)
+    if responses.is_dir() and sorted(responses.glob("*_train.csv")):  # RouterBench's CSVs: answers in long form first
+        with tempfile.TemporaryDirectory(prefix="carrot-routerbench-answers-") as scratch:
+            write_routerbench_responses(responses, Path(scratch) / "responses.parquet")
+            record = ReplayRecord.from_files(source, Path(scratch) / "responses.parquet")
+    else:
+        record = ReplayRecord.from_files(source, responses)
     train = load_routing_table(source, split="train", progress=False)
     test = load_routing_table(source, split="test", progress=False)
+    args.judge = args.judge or DEFAULT_JUDGES.get(table_name, "gpt-4o-2024-08-06")
     if args.judge not in train.models:
         raise SystemExit(f"--judge must be a candidate of {args.data}: one of {', '.join(train.models)}.")
     arms = default_arms([r for r in args.rules.split(",") if r])
@@ -356,17 +373,20 @@ def main(argv=None) -> int:
     if resplit_scenarios:
         results["rules_over_resplits"] = rule_summary(resplit_scenarios)
 
-    if args.new_task:
-        gsm_train = train.subset(np.flatnonzero(np.array(train.tasks) == "gsm8k"))
-        crux_train = train.subset(np.flatnonzero(np.array(train.tasks) == "cruxeval"))
-        crux_test = test.subset(np.flatnonzero(np.array(test.tasks) == "cruxeval"))
-        order = np.random.default_rng(args.seed).permutation(len(crux_train))
+    if args.new_task is not None:
+        known, new = parse_new_task(args.new_task or DEFAULT_NEW_TASKS.get(table_name, ""), train.tasks)
+        train_tasks, test_tasks = np.array(train.tasks), np.array(test.tasks)
+        known_train = train.subset(np.flatnonzero(np.isin(train_tasks, known)))
+        new_train = train.subset(np.flatnonzero(train_tasks == new))
+        new_test = test.subset(np.flatnonzero(test_tasks == new))
+        order = np.random.default_rng(args.seed).permutation(len(new_train))
         new_arms = [Arm(f"rate={r}", float(r)) for r in args.new_task_rates.split(",")] + [Arm("user feedback", feedback=True)]
-        scenario = run_scenario("new task", crux_train, crux_test, record, new_arms, args.judge, args.new_task_every,
-                                None, args.seed, cache_dir=args.cache_dir, start_table=gsm_train,
-                                stream_table=crux_train.subset(order), deadline=deadline, limit=args.limit,
+        scenario = run_scenario("new task", new_train, new_test, record, new_arms, args.judge, args.new_task_every,
+                                None, args.seed, cache_dir=args.cache_dir, start_table=known_train,
+                                stream_table=new_train.subset(order), deadline=deadline, limit=args.limit,
                                 encoder_kind=args.encoder)
-        # "all train labels" here is the router on CRUXEval-O's own train labels: what the stream could teach.
+        scenario["known_tasks"], scenario["new_task"] = known, new
+        # "all train labels" here is the router on the new task's own train labels: what the stream could teach.
         zero = scenario["aiq_zero_router"]
         for arm in scenario["arms"].values():
             above = next((p["requests"] for p in arm["checkpoints"] if p["aiq"] > zero), None)
@@ -381,17 +401,35 @@ def main(argv=None) -> int:
     return 0
 
 
-def _shared_responses() -> Path:
+def parse_new_task(text: str, tasks) -> tuple[list[str], str]:
+    """`"a,b:c"` → `(["a", "b"], "c")`, each a task of `tasks`; SystemExit saying what is wrong otherwise."""
+    known_text, _, new = text.partition(":")
+    known = [t.strip() for t in known_text.split(",") if t.strip()]
+    present = sorted(set(tasks))
+    if not known or not new.strip():
+        raise SystemExit(f"--new-task: give KNOWN:NEW, e.g. {present[0]}:{present[-1]} (the tasks are {', '.join(present)}).")
+    new = new.strip()
+    unknown = [t for t in (*known, new) if t not in present]
+    if unknown or new in known:
+        raise SystemExit(f"--new-task: {unknown or new!r} is not a task apart from the known ones; "
+                         f"the tasks are {', '.join(present)}.")
+    return known, new
+
+
+def _shared_responses(table_name: str) -> Path:
     import os
 
+    inside = SHARED_ANSWERS.get(table_name)
+    if inside is None:
+        raise SystemExit(f"No recorded answers are known for {table_name}: pass --responses.")
     if os.environ.get("CARROT_SHARED_DATA"):
-        return Path(os.environ["CARROT_SHARED_DATA"]) / "zeroeval-2024" / "responses"
+        return Path(os.environ["CARROT_SHARED_DATA"]) / inside
     root = Path(__file__).resolve().parents[2]
     for folder in (root, *root.parents):
-        candidate = folder / "shared" / "data" / "zeroeval-2024" / "responses"
+        candidate = folder / "shared" / "data" / inside
         if candidate.is_dir():
             return candidate
-    raise SystemExit("ZeroEval's recorded responses were not found: pass --responses or set CARROT_SHARED_DATA.")
+    raise SystemExit(f"The recorded answers of {table_name} were not found: pass --responses or set CARROT_SHARED_DATA.")
 
 
 if __name__ == "__main__":
