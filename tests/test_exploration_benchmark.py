@@ -28,7 +28,8 @@ def sample():
     return sample_rows()
 
 
-@pytest.mark.parametrize("arm", [Arm("explore", rate=1.0), Arm("feedback", feedback=True), Arm("off")])
+@pytest.mark.parametrize("arm", [Arm("explore", rate=1.0), Arm("feedback", feedback=True), Arm("off"),
+                                 Arm("capped", rate=1.0, max_share=0.25)])
 def test_a_stream_is_served_learned_and_checkpointed(sample, tmp_path, arm):
     record = ReplayRecord.from_files(packaged_table_dir("zeroeval-2024"), SAMPLE_RESPONSES)
     prompts = sorted({row["prompt"] for row in sample})
@@ -46,6 +47,10 @@ def test_a_stream_is_served_learned_and_checkpointed(sample, tmp_path, arm):
     assert final["serving_spend"] > 0 and not result["stopped_early"]
     if arm.feedback:
         assert final["labels"] == 5 and final["explored"] == 0 and final["explore_share"] == 0
+    elif arm.max_share is not None:  # what the share cap lets through, never more than its share of serving
+        assert final["explore_share"] <= arm.max_share and final["explored"] < len(stream)
+        assert final["rows"] == points[0]["rows"] + final["explored"]
+        return
     elif arm.rate:
         # every request explored: two judged labels each (an empty or refused answer is left unscored)
         assert final["explored"] == 5 and 5 < final["labels"] <= 10
@@ -62,6 +67,7 @@ def test_the_helpers():
     assert start_rows(20, 0.1, seed=0)[0].tolist() == start.tolist()
     assert interpolate_at([(0, 0.5), (10, 0.7)], 5) == pytest.approx(0.6) and interpolate_at([(0, 0.5)], 3) is None
     assert [a.name for a in default_arms(["random"])] == ["rate=0", "rate=0.05", "rate=0.2", "user feedback",
+                                                          "rate=0.2 share<=0.25", "rate=1 share<=0.25",
                                                           "rate=0.2 random"]
     point = lambda n, labels, aiq, share=0.0: {"requests": n, "labels": labels, "aiq": aiq, "explore_share": share}
     scenario = {"aiq_all_train_labels": 0.8, "arms": {

@@ -351,8 +351,9 @@ def _metric_sum(text: str, name: str, **labels) -> float:
 def test_the_share_cap_drops_explorations_until_serving_spend_grows(knn_router, tmp_path):
     """--explore-max-share 0.5: μ = 0 serves big-model (the fake judge's upstream, 100 + 10 tokens a call),
     so one exploration (a cheap explored answer and two judge calls as dear as the served answer) costs
-    about twice a served request; the next explorations wait until the day's serving spend has grown
-    to twice that. The dropped count is the rule applied to the gateway's own spend figures."""
+    about twice a served request: nothing is explored until the day's serving spend covers it, the first
+    exploration does not pass the share, and the next waits until serving spend has grown again. The
+    dropped count is the rule applied to the gateway's own spend figures and the exploration's predicted cost."""
     share = 0.5
     with gateway_with_judge(knn_router, tmp_path, max_share=share) as (gateway, server, judge, _):
         metrics_url = server.base_url.removesuffix("/v1") + "/metrics"
@@ -366,39 +367,47 @@ def test_the_share_cap_drops_explorations_until_serving_spend_grows(knn_router, 
                 time.sleep(0.01)
             assert gateway.explorer.stats["queued"] + gateway.explorer.stats["dropped"] == i
 
-        post(1)
+        sent = 0
+        while gateway.explorer.stats["queued"] == 0 and sent < 30:
+            sent += 1
+            post(sent)
+        first_drops = gateway.explorer.stats["dropped"]
+        assert gateway.explorer.stats["queued"] == 1 and first_drops >= 1  # held back until serving covered it
         wait_explored(gateway, 1)
         text = httpx.get(metrics_url).text
-        served_one = _metric_sum(text, "carrot_spend_dollars_total")
+        served = _metric_sum(text, "carrot_spend_dollars_total")
+        served_one = served / sent
         explored_spend = _metric_sum(text, "carrot_explore_spend_dollars_total")
         [audit] = records_of(gateway.outcome_log, "explored")
-        predicted = audit["predicted"][audit["explored"]]["cost"]
-        assert served_one > 0 and explored_spend > share * served_one  # the first exploration passed the share
-        assert _metric_sum(text, "carrot_explore_spend_share") == pytest.approx(explored_spend / served_one)
+        predicted = audit["predicted_cost"]
+        assert 0 < explored_spend <= predicted  # the fake judge writes less than a typical reply: predicted above
+        assert explored_spend <= share * served  # the cap held, the first exploration included
+        assert _metric_sum(text, "carrot_explore_spend_share") == pytest.approx(explored_spend / served)
 
-        # The rule on these figures: request k is explored again once spend + predicted ≤ share × k served.
-        served, expected_drops = served_one, 0
+        # The rule on these figures: the next request is explored once spend + predicted ≤ share × served.
+        expected_drops = 0
         while True:
             served += served_one
             if explored_spend + predicted <= share * served:
                 break
             expected_drops += 1
-        assert 1 <= expected_drops <= 20
-        for i in range(2, expected_drops + 3):
+        assert 1 <= expected_drops <= 30
+        for i in range(sent + 1, sent + expected_drops + 2):
             post(i)
-            if i < expected_drops + 2:
+            if i <= sent + expected_drops:
                 assert gateway.explorer.stats["queued"] == 1, i  # held back by the share
         assert gateway.explorer.stats["queued"] == 2  # serving spend grew enough: exploring again
         wait_explored(gateway, 2)
         text = httpx.get(metrics_url).text
         asked = len(judge.asked)
-    assert _metric_sum(text, "carrot_explore_dropped_total", reason="share") == expected_drops
+    assert _metric_sum(text, "carrot_explore_dropped_total", reason="share") == first_drops + expected_drops
     assert _metric_sum(text, "carrot_explore_dropped_total", reason="budget") == 0
     assert len(records_of(gateway.outcome_log, "explored")) == 2
-    assert asked == (expected_drops + 2) + 2 * 2  # every served answer, and two grades per exploration
+    assert asked == (sent + expected_drops + 1) + 2 * 2  # every served answer, and two grades per exploration
     served_total = _metric_sum(text, "carrot_spend_dollars_total")
     explore_total = _metric_sum(text, "carrot_explore_spend_dollars_total")
-    assert served_total == pytest.approx(served_one * (expected_drops + 2))
+    assert served_total == pytest.approx(served_one * (sent + expected_drops + 1))
+    assert explore_total <= share * served_total  # never past the share
     assert _metric_sum(text, "carrot_explore_spend_share") == pytest.approx(explore_total / served_total)
 
 
@@ -503,3 +512,15 @@ def _serve(tmp_path, capsys, *flags):
 def test_bad_explore_options_are_one_line_and_exit_2(tmp_path, capsys, flags, fragment):
     code, lines = _serve(tmp_path, capsys, *flags)
     assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_an_explorations_predicted_cost_counts_both_gradings():
+    from carrot_hub.collect.judge import JUDGE_REPLY_TOKENS, rubric_tokens
+    from carrot_hub.serving.exploration import predicted_exploration_cost
+
+    judge = {"input": 2.0, "output": 10.0}  # US$ per million tokens
+    reads = [rubric_tokens() + 50 + 200, rubric_tokens() + 50 + 30]  # rubric, prompt and one answer each
+    expected = 0.001 + sum(r * 2.0 + JUDGE_REPLY_TOKENS * 10.0 for r in reads) / 1e6
+    assert predicted_exploration_cost(0.001, judge, 50, [200, 30]) == pytest.approx(expected)
+    assert predicted_exploration_cost(0.001, None, 50, [200, 30]) == 0.001  # an unpriced judge counts 0, as its calls do
+    assert predicted_exploration_cost(-1.0, judge, None, [None, 30]) > 0  # unknown counts read as 0, never negative

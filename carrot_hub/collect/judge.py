@@ -29,6 +29,18 @@ def rubric(with_reference: bool) -> str:
     return (resources.files(__package__) / "rubrics" / name).read_text(encoding="utf-8")
 
 
+CHARS_PER_TOKEN = 4  # the rubric's own words have no token count of their own: ~4 characters per token
+# A judge's typical reply: the rubric asks for "a short justification (at most three sentences)" and the grade.
+JUDGE_REPLY_TOKENS = 80
+
+
+@cache
+def rubric_tokens(with_reference: bool = False) -> int:
+    """The rubric's own words (its fields left empty) in tokens, estimated at `CHARS_PER_TOKEN` characters each."""
+    fields = {"prompt": "", "answer": "", **({"reference": ""} if with_reference else {})}
+    return -(-len(rubric(with_reference).format(**fields)) // CHARS_PER_TOKEN)
+
+
 def judge_request(item: ScoringInput) -> list[dict]:
     """The chat messages that ask the judge to grade `item`."""
     request = item.prompt

@@ -41,6 +41,7 @@ from .exploration import (
     ExploreSettings,
     exploration_audit,
     plain_chat,
+    predicted_exploration_cost,
 )
 from .chat_request import ROUTE_ON, VIRTUAL_MODEL, ChatRequest, RequestError, parse_chat_request, parse_json_body
 from .latency import LatencyTracker
@@ -746,7 +747,12 @@ class Gateway:
             explored=explored,
             predicted={c.name: (c.quality, c.cost) for c in served.choice.ranked if c.name in (served.model, explored)},
         )
-        self.explorer.offer(job, predicted_cost=served.choice.estimate(explored).cost)
+        estimate, usage = served.choice.estimate(explored), served.usage or {}
+        chosen = served.choice.estimate(served.model)
+        chosen_tokens = usage.get("completion_tokens", chosen.output_tokens if chosen else 0.0)
+        job.predicted_cost = predicted_exploration_cost(estimate.cost, self.default_prices.get(self.explorer.settings.judge),
+                                                        usage.get("prompt_tokens", 0), [chosen_tokens, estimate.output_tokens])
+        self.explorer.offer(job)
 
     async def _record_exploration(self, job: ExploreJob, explored, scores: dict, error: str | None) -> None:
         """

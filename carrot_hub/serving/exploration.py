@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..collect.contracts import Score, ScoringInput
+from ..collect.judge import JUDGE_REPLY_TOKENS, rubric_tokens
 
 logger = logging.getLogger("carrot_hub.serving.exploration")
 DEFAULT_QUEUE_SIZE = 256
@@ -107,6 +108,24 @@ class ExploreJob:
     chosen_answer: str
     explored: str
     predicted: dict = field(default_factory=dict)  # {model: (quality, cost)} as the router predicted
+    predicted_cost: float = 0.0  # US$ the whole exploration is predicted to cost (`predicted_exploration_cost`)
+
+
+def predicted_exploration_cost(explored_cost: float, judge_price, prompt_tokens: float, answer_tokens) -> float:
+    """
+    What one exploration is predicted to cost, in US$, for the caps to be checked before it runs: the
+    explored answer's predicted cost plus one grading per answer, each reading the rubric, the prompt
+    and that answer (`answer_tokens`: the chosen answer's and the explored one's output tokens) at
+    the judge's input price and writing a typical reply (`JUDGE_REPLY_TOKENS`: the rubric asks for at
+    most three sentences and a grade) at its output price. `judge_price` is the judge's
+    `{"input", "output"}` US$ per million tokens (None: unpriced; its calls then count 0 too).
+    """
+    cost = max(explored_cost or 0.0, 0.0)
+    if judge_price:
+        for tokens in answer_tokens:
+            read = rubric_tokens() + max(prompt_tokens or 0.0, 0.0) + max(tokens or 0.0, 0.0)
+            cost += (read * judge_price["input"] + JUDGE_REPLY_TOKENS * judge_price["output"]) / 1e6
+    return cost
 
 
 def pick_explored(ranked, answered: str) -> str | None:
@@ -181,6 +200,7 @@ def exploration_audit(job: ExploreJob, judge: str, explored, scores: dict, error
     audit = {
         "request_id": job.request_id, "chosen": job.chosen, "explored": job.explored, "judge": judge,
         "predicted": {model: {"quality": q, "cost": c} for model, (q, c) in job.predicted.items()},
+        "predicted_cost": job.predicted_cost,
         "status": "ok" if error is None else "explored_failed",
     }
     if error is not None:
@@ -295,9 +315,14 @@ class Explorer:
 
     # ------------------------------------------------------------------ queue
 
-    def offer(self, job: ExploreJob, predicted_cost: float = 0.0) -> bool:
-        """Queue `job` without waiting; False (and counted) when a cap would be passed or the queue is full."""
-        reason = self._held_back(predicted_cost)
+    def offer(self, job: ExploreJob, predicted_cost: float | None = None) -> bool:
+        """
+        Queue `job` without waiting; False (and counted) when a cap would be passed or the queue is full.
+        `predicted_cost` (default: the job's own) is what the caps are checked with, now and again before it starts.
+        """
+        if predicted_cost is not None:
+            job.predicted_cost = predicted_cost
+        reason = self._held_back(job.predicted_cost)
         if reason is not None:
             self._drop(reason)
             return False
@@ -328,10 +353,8 @@ class Explorer:
         """Ask the explored candidate, judge both answers, hand the outcome to `record`."""
         from .upstreams import UpstreamFailure, UpstreamRejected
 
-        # A cap reached while this job waited (the budget as before: by the spend alone; the share with
-        # the explored answer's predicted cost, as when it was queued).
-        predicted_cost = job.predicted.get(job.explored, (None, 0.0))[1]
-        reason = "budget" if self.over_budget() else ("share" if self.over_share(predicted_cost) else None)
+        # A cap reached while this job waited: checked again with the exploration's predicted cost, as when it was queued.
+        reason = self._held_back(job.predicted_cost)
         if reason is not None:
             self._drop(reason)
             return

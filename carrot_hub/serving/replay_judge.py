@@ -15,17 +15,12 @@ scorer records as unscored with that reply as the reason.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import cache
 
-from ..collect.judge import MAX_GRADE, rubric
-
-# A real judge writes "a short justification (at most three sentences)" and the grade (see the rubric);
-# the replayed reply is shorter, so its usage is billed as this many output tokens instead.
-JUDGE_REPLY_TOKENS = 80
-CHARS_PER_TOKEN = 4  # for the rubric's own words, which the record has no token count of
+# The replayed reply is shorter than a real judge's, so its usage is billed as JUDGE_REPLY_TOKENS output tokens.
+from ..collect.judge import JUDGE_REPLY_TOKENS, MAX_GRADE, rubric, rubric_tokens
 
 
 @dataclass(frozen=True)
@@ -80,11 +75,6 @@ def rubric_readings(text: str):
 def rubric_fields(text: str) -> RubricFields | None:
     """The first reading of `text` as a filled judge rubric (see `rubric_readings`), or None when it is not one."""
     return next(rubric_readings(text), None)
-
-
-def rubric_tokens() -> int:
-    """The rubric's own words (without the quoted fields) in tokens, at `CHARS_PER_TOKEN` characters each."""
-    return math.ceil(sum(map(len, _rubric_parts(False)[0])) / CHARS_PER_TOKEN)
 
 
 def replay_grade(record, text: str) -> tuple[str, dict] | None:

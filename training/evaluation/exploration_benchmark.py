@@ -66,10 +66,12 @@ class Arm:
     rate: float = 0.0
     feedback: bool = False
     rule: str = DEFAULT_PICK_RULE
+    max_share: float | None = None  # --explore-max-share: exploration's spend at most this share of serving's
 
 
 def default_arms(rules=("most-uncertain", "random", "most-expensive")) -> list[Arm]:
-    arms = [Arm("rate=0"), Arm("rate=0.05", 0.05), Arm("rate=0.2", 0.2), Arm("user feedback", feedback=True)]
+    arms = [Arm("rate=0"), Arm("rate=0.05", 0.05), Arm("rate=0.2", 0.2), Arm("user feedback", feedback=True),
+            Arm("rate=0.2 share<=0.25", 0.2, max_share=0.25), Arm("rate=1 share<=0.25", 1.0, max_share=0.25)]
     return arms + [Arm(f"rate=0.2 {rule}", 0.2, rule=rule) for rule in rules]
 
 
@@ -107,7 +109,8 @@ async def serve_stream(router, record, arm: Arm, judge: str, prompts: list[str],
     pool = UpstreamPool(parse_upstreams({m: {"base_url": f"{LOCAL}/v1", "model": m} for m in models}), environ={},
                         transport=httpx.ASGITransport(app=fake.app))
     learner = OnlineLearner(router, work / "grown", every=0, keep=1)
-    explore = None if arm.feedback else ExploreSettings(rate=arm.rate, judge=judge, seed=seed, pick_rule=arm.rule)
+    explore = None if arm.feedback else ExploreSettings(rate=arm.rate, judge=judge, seed=seed, pick_rule=arm.rule,
+                                                                max_share=arm.max_share)
     gateway = Gateway(router, pool, GatewaySettings(route_window_s=0.0), outcome_log=OutcomeLog(work / "log"),
                       learner=learner, explore=explore)
     metrics, checkpoints, stopped_early = gateway.metrics, [], False
@@ -201,6 +204,7 @@ def run_scenario(name: str, train, test, record, arms: list[Arm], judge: str, ev
                                               Path(scratch) / arm.name.replace(" ", "_"), seed=seed, deadline=deadline))
             result["seconds"] = round(time.perf_counter() - arm_began, 1)
             arms_out[arm.name] = {"rate": arm.rate, "feedback": arm.feedback, "rule": None if arm.feedback else arm.rule,
+                                  "max_share": arm.max_share,
                                   **result}
             if progress:
                 last = result["checkpoints"][-1]
@@ -262,7 +266,7 @@ def rule_summary(scenarios: list[dict], rate: float = 0.2) -> dict:
     rules: dict[str, list] = {}
     for scenario in scenarios:
         for arm in scenario["arms"].values():
-            if arm["feedback"] or arm["rate"] != rate:
+            if arm["feedback"] or arm["rate"] != rate or arm.get("max_share") is not None:
                 continue
             points = arm["checkpoints"]
             final = points[-1]
