@@ -42,6 +42,7 @@ from carrot_hub.serving.exploration import pick_explored
 
 from ..embeddings import embed_table
 from ..knn import train_knn_router
+from ..knn_refit import refit_knn
 from .evaluate import router_curve, summarize
 from .exploration_benchmark import start_rows
 
@@ -83,7 +84,7 @@ def remember_cells(router, stream, cells) -> None:
 
 
 def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1, cache_dir=None,
-                 encoder_kind: str = "static", mu_steps: int = 101) -> dict:
+                 encoder_kind: str = "static", mu_steps: int = 101, refit: bool = False) -> dict:
     """One scenario's AIQs: the target, the start router and the start router grown by each pattern."""
     began = time.perf_counter()
     start, stream_rows = start_rows(len(train), start_share, seed)
@@ -104,19 +105,23 @@ def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1
     score(full, "all train labels")
     score(start_router, "start")
     patterns = label_patterns(start_router, stream, seed)
+    refits = {}
     with tempfile.TemporaryDirectory(prefix="carrot-label-ceiling-") as scratch:
         start_router.save_pretrained(Path(scratch) / "start")
         for pattern, cells in patterns.items():
             grown = CarrotRouter.from_pretrained(Path(scratch) / "start")
             remember_cells(grown, stream, cells)
             score(grown, pattern)
+            if refit:
+                refits[pattern] = {key: value for key, value in refit_knn(grown, seed=seed).items() if key != "aiq"}
+                score(grown, f"{pattern} + refit")
     summary = summarize(curves, truth)
     aiq = {label: round(entry["aiq"], 5) for label, entry in summary["routers"].items()}
     return {"scenario": name, "n_start": len(start_table), "n_stream": len(stream), "n_test": len(test),
             "k_start": start_report["k"], "prior_shrink_start": start_router.config.prior_shrink,
             "aiq_all_train_labels": aiq.pop("all train labels"), "aiq_start": aiq.pop("start"),
             "aiq_zero_router": round(summary["zero_router"]["aiq"], 5), "aiq": aiq,
-            "labels": {pattern: len(cells) for pattern, cells in patterns.items()},
+            "labels": {pattern: len(cells) for pattern, cells in patterns.items()}, "refits": refits,
             "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -129,10 +134,10 @@ def mean_and_se(values) -> tuple[float, float]:
 def markdown(scenarios: list[dict]) -> str:
     """Mean ± SE over the scenarios of each pattern's AIQ minus the start router's and minus the target's."""
     lines = ["| labels | per scenario (mean) | AIQ − start | AIQ − all train labels |", "|---|---|---|---|"]
-    for pattern in PATTERNS:
+    for pattern in [p for name in PATTERNS for p in (name, f"{name} + refit") if p in scenarios[0]["aiq"]]:
         over_start = mean_and_se([s["aiq"][pattern] - s["aiq_start"] for s in scenarios])
         over_target = mean_and_se([s["aiq"][pattern] - s["aiq_all_train_labels"] for s in scenarios])
-        labels = np.mean([s["labels"][pattern] for s in scenarios])
+        labels = np.mean([s["labels"][pattern.removesuffix(" + refit")] for s in scenarios])
         lines.append(f"| {pattern} | {labels:,.0f} | {over_start[0]:+.4f} ± {over_start[1]:.4f} "
                      f"| {over_target[0]:+.4f} ± {over_target[1]:.4f} |")
     gap = mean_and_se([s["aiq_all_train_labels"] - s["aiq_start"] for s in scenarios])
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--encoder", choices=("transformer", "static"), default="static")
     parser.add_argument("--cache-dir", help="embedding cache folder")
     parser.add_argument("--markdown", action="store_true", help="also print the mean ± SE table")
+    parser.add_argument("--refit", action="store_true", help="also score each grown router after refit_knn "
+                        "(k and λ re-chosen out of fold on its grown memory, as --learn does)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -162,14 +169,14 @@ def main(argv=None) -> int:
         train = load_routing_table(source, split="train", progress=False)
         test = load_routing_table(source, split="test", progress=False)
         scenarios.append(run_scenario("own split", train, test, seed=args.seed, cache_dir=args.cache_dir,
-                                      encoder_kind=args.encoder))
+                                      encoder_kind=args.encoder, refit=args.refit))
     if args.resplits:
         own_train, own_test, pooled, _ = pooled_table(source)
         fraction = len(own_test) / (len(own_train) + len(own_test))  # as the exploration benchmark re-splits
         for split_seed in [int(s) for s in args.resplits.split(",")]:
             train_rows, test_rows = resplit_rows(pooled.tasks, fraction, split_seed)
             scenarios.append(run_scenario(f"resplit {split_seed}", pooled.subset(train_rows), pooled.subset(test_rows),
-                                          seed=args.seed, cache_dir=args.cache_dir, encoder_kind=args.encoder))
+                                          seed=args.seed, cache_dir=args.cache_dir, encoder_kind=args.encoder, refit=args.refit))
     if not scenarios:
         raise SystemExit("Nothing to run: give --resplits or leave out --skip-own-split.")
     result = {"data": str(args.data), "encoder": args.encoder, "scenarios": scenarios}
