@@ -33,3 +33,22 @@ def require_shared_data(name: str) -> Path:
     if running_in_ci():
         pytest.fail(message)
     pytest.skip(message)
+
+
+def routerbench_csv_slice(destination: Path, first_rows: int) -> Path:
+    """
+    A slice of the real RouterBench CSVs in `destination`: the first `first_rows` rows of each file,
+    and in ARC's train file also both rows of a duplicated sample (each holding some models' results).
+    """
+    import numpy as np
+    import pandas as pd
+
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in require_shared_data("routerbench-0shot").glob("*.csv"):
+        frame = pd.read_csv(path)
+        keep = set(range(first_rows))
+        if path.name == "arc_challenge_train.csv":
+            twin = frame["sample_id"][frame["sample_id"].duplicated()].iloc[0]
+            keep |= set(np.flatnonzero(frame["sample_id"] == twin).tolist())
+        frame.iloc[sorted(keep)].to_csv(destination / path.name, index=False)
+    return destination

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from carrot_hub.data import (
@@ -19,7 +18,7 @@ from carrot_hub.data import (
 from carrot_hub.data.routerbench import convert_routerbench, parse_list_text
 
 from .data_files import MODELS, PRICES, sprout_rows, write_parquet
-from .shared_data import require_shared_data
+from .shared_data import routerbench_csv_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "carrot_hub" / "default_data" / "routerbench-0shot"
@@ -47,16 +46,7 @@ def test_packaged_routerbench_data(split, rows, missing):
 
 
 def test_routerbench_converter_on_a_real_slice(tmp_path):
-    routerbench_csv = require_shared_data("routerbench-0shot")
-    source = tmp_path / "csv"
-    source.mkdir()
-    for path in routerbench_csv.glob("*.csv"):  # first rows; arc train also keeps both rows of a duplicated sample
-        frame = pd.read_csv(path)
-        keep = set(range(6))
-        if path.name == "arc_challenge_train.csv":
-            twin = frame["sample_id"][frame["sample_id"].duplicated()].iloc[0]
-            keep |= set(np.flatnonzero(frame["sample_id"] == twin).tolist())
-        frame.iloc[sorted(keep)].to_csv(source / path.name, index=False)
+    source = routerbench_csv_slice(tmp_path / "csv", first_rows=6)
     tables = convert_routerbench(source, tmp_path / "out", ROUTERBENCH_PRICES, progress=False)
     assert set(tables) == {"train", "test"}
     train = load_routing_table(tmp_path / "out", split="train")

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,7 +14,7 @@ from carrot_hub.data import load_routing_table
 from carrot_hub.data.routerbench import convert_routerbench, write_routerbench_responses
 from carrot_hub.serving.replay_record import ReplayRecord
 
-from .shared_data import require_shared_data
+from .shared_data import routerbench_csv_slice
 
 ROUTERBENCH_PRICES = Path(__file__).resolve().parent.parent / "scripts" / "routerbench_prices.json"
 
@@ -23,17 +22,8 @@ ROUTERBENCH_PRICES = Path(__file__).resolve().parent.parent / "scripts" / "route
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """A slice of the real CSVs (the first rows of each file, and both rows of a duplicated ARC sample), converted."""
-    routerbench_csv = require_shared_data("routerbench-0shot")
     folder = tmp_path_factory.mktemp("routerbench")
-    source = folder / "csv"
-    source.mkdir()
-    for path in routerbench_csv.glob("*.csv"):
-        frame = pd.read_csv(path)
-        keep = set(range(4))
-        if path.name == "arc_challenge_train.csv":
-            twin = frame["sample_id"][frame["sample_id"].duplicated()].iloc[0]
-            keep |= set(np.flatnonzero(frame["sample_id"] == twin).tolist())
-        frame.iloc[sorted(keep)].to_csv(source / path.name, index=False)
+    source = routerbench_csv_slice(folder / "csv", first_rows=4)
     convert_routerbench(source, folder / "table", ROUTERBENCH_PRICES, progress=False)
     written = write_routerbench_responses(source, folder / "answers" / "responses.parquet")
     return folder, written

@@ -290,7 +290,6 @@ def rule_summary(scenarios: list[dict], rate: float = 0.2) -> dict:
 def main(argv=None) -> int:
     import argparse
     import json
-    import os
 
     from carrot_hub.data import load_routing_table, resolve_table_source
     from carrot_hub.serving.replay_record import ReplayRecord
