@@ -177,6 +177,8 @@ def run_scenario(name: str, train, test, record, arms: list[Arm], judge: str, ev
     full, full_report = train_knn_router(train, seed=seed, cache_dir=cache_dir, progress=False, **options)
     start_router, start_report = train_knn_router(start_table, seed=seed, cache_dir=cache_dir, progress=False, **options)
     test_embeddings = embed_table(full, test, cache_dir=cache_dir, progress=False)
+    flags = start_router.route(list(test.prompts)).in_distribution
+    start_ood_share = sum(flag is False for flag in flags) / len(flags)  # what the start router makes of the test prompts
     mu_grid = np.linspace(0, 1, mu_steps)
     curves, truth_holder = [], {}
 
@@ -220,7 +222,8 @@ def run_scenario(name: str, train, test, record, arms: list[Arm], judge: str, ev
         "n_test": len(test), "k_start": start_report["k"], "k_full": full_report["k"],
         "encoder": f"{full.config.encoder_kind} ({full.config.encoder_name})",
         "aiq_all_train_labels": aiq["all train labels"], "aiq_start": aiq["start"],
-        "aiq_zero_router": round(summary["zero_router"]["aiq"], 5), "arms": arms_out,
+        "aiq_zero_router": round(summary["zero_router"]["aiq"], 5), "start_test_ood_share": round(start_ood_share, 4),
+        "arms": arms_out,
         "seconds": round(time.perf_counter() - began, 1),
     }
 
