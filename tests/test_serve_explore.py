@@ -30,7 +30,7 @@ from carrot_hub.serving.exploration import (
 from carrot_hub.serving.local_server import LocalServer
 from carrot_hub.serving.prometheus_metrics import GatewayMetrics
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
-from tests.conftest import TINY_MODELS
+from tests.conftest import TINY_MODELS, make_tiny_table, tiny_knn_router
 from tests.fake_judge import FakeJudge
 from tests.serve_fixtures import fake_upstreams, running_gateway, upstream_entries, wait_records
 
@@ -524,3 +524,25 @@ def test_an_explorations_predicted_cost_counts_both_gradings():
     assert predicted_exploration_cost(0.001, judge, 50, [200, 30]) == pytest.approx(expected)
     assert predicted_exploration_cost(0.001, None, 50, [200, 30]) == 0.001  # an unpriced judge counts 0, as its calls do
     assert predicted_exploration_cost(-1.0, judge, None, [None, 30]) > 0  # unknown counts read as 0, never negative
+
+
+def test_a_new_kind_of_prompt_stays_explored_at_the_ood_rate_after_learn_remembers_its_kind(tmp_path):
+    """The routing flag counts remembered prompts as support; exploration samples by the trained rows
+    (carrot_hub.serving.trained_distribution), so a new task keeps its higher rate until the router is retrained."""
+    router = tiny_knn_router(make_tiny_table(n_repeats=8), encoder_kind="static")  # 48 trained rows: support means something
+    assert router.route(["Write a haiku about the ocean at dawn, with seagulls and salt."]).in_distribution == [False]
+    new_task = [f"Write a haiku about the ocean at dawn, number {i}, with seagulls and salt." for i in range(40)]
+    router.remember(new_task, router.config.candidate_models[0], [1.0] * len(new_task))
+    query = "Write a haiku about the ocean at dawn, number 99, with seagulls and salt."
+    assert router.route([query]).in_distribution == [True]  # routing: its remembered kind supports it
+    with gateway_with_judge(router, tmp_path, rate=0.0, ood_rate=1.0) as (gateway, server, _, _):
+        for text in (query, USER[0]["content"]):  # the new kind, then a prompt of the trained tiny table
+            response = httpx.post(server.base_url + "/chat/completions",
+                                  json={"model": "carrot:0", "messages": [{"role": "user", "content": text}]})
+            assert response.status_code == 200
+        wait_explored(gateway, 1)
+        time.sleep(0.2)  # the second request's exploration would be offered by now
+        assert gateway.explorer.stats["queued"] == 1
+        [audit] = records_of(gateway.outcome_log, "explored")
+    served = {record["request_id"]: record for record in records_of(gateway.outcome_log, "served")}
+    assert served[audit["request_id"]]["prompt"] == query

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -33,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..modeling_carrot import RoutingOptionError, RoutingOptions, prompt_problem
-from .batching import RoutedChoice, RoutingBatcher
+from .batching import RoutedChoice, RoutingBatcher, route_batch
 from .exploration import (
     SAMPLING_KEYS,
     Explorer,
@@ -195,8 +196,10 @@ class Gateway:
         self.metrics.sessions.set_function(lambda: float(len(self.sessions)))
         self.latency = LatencyTracker()
         self._latency_profile: tuple[float, dict | None] = (0.0, None)
+        # Exploration samples by the trained rows' distribution (trained_distribution), measured in the same batch.
+        route_fn = functools.partial(route_batch, trained_support=True) if explore is not None else route_batch
         self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
-                                      on_batch=self.metrics.observe_batch)
+                                      on_batch=self.metrics.observe_batch, route_fn=route_fn)
         self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
         self._learning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-learning")
         # Feedback looks requests up here, not on the writer thread: a lookup that reads other shards
@@ -734,7 +737,9 @@ class Gateway:
         """After the answer: sample the request, pick the candidate to explore and queue the job."""
         if served.answer_parts is None or served.status != "ok" or not served.model or not self._may_explore(served):
             return
-        if not self.explorer.sampled(served.choice.in_distribution):
+        choice = served.choice
+        trained = choice.trained_in_distribution
+        if not self.explorer.sampled(choice.in_distribution if trained is None else trained):
             return
         explored = self.explorer.pick(served.choice.ranked, served.model)
         if explored is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..modeling_carrot import RoutingOptions, prompt_problem
+from .trained_distribution import trained_in_distribution
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class RoutedChoice:
     ood_policy: str = "predict"
     ood_applied: bool = False
     revision: str | None = None  # the router revision that routed it
+    # In the distribution of the rows the router was trained on (remembered prompts left out; see
+    # trained_distribution), measured only for exploration; None: not measured, or the same as in_distribution.
+    trained_in_distribution: bool | None = None
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -95,11 +99,14 @@ def choices_from_decision(decision) -> list[RoutedChoice]:
     return choices
 
 
-def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions]) -> list[RoutedChoice | Exception]:
+def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions],
+                trained_support: bool = False) -> list[RoutedChoice | Exception]:
     """
     Route `prompts` in one encoder pass; each prompt with its own options. A prompt the router
     cannot route (`prompt_problem`) or whose options are rejected gets the exception in its place
-    instead of a choice: one bad request never fails its neighbours in the batch.
+    instead of a choice: one bad request never fails its neighbours in the batch. With
+    `trained_support` (judged exploration) each choice also says whether its prompt is in the
+    distribution of the router's trained rows (`trained_in_distribution`), from the same embeddings.
     """
     results: list = [None] * len(prompts)
     routable = []  # positions of the prompts that go to the encoder
@@ -111,7 +118,14 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
             results[position] = ValueError(f"The routed text {problem}.")
     if not routable:
         return results
-    predictions = router.predict([prompts[i] for i in routable], batch_size=max(1, len(routable)))
+    batch = [prompts[i] for i in routable]
+    trained = None
+    if trained_support and getattr(router.config, "knn_remembered_rows", 0):
+        encoding = router.encode(batch, batch_size=max(1, len(batch)))
+        predictions = router.predict_encoded(encoding)
+        trained = trained_in_distribution(router, encoding.embeddings)
+    else:
+        predictions = router.predict(batch, batch_size=max(1, len(batch)))
     revision = getattr(router, "carrot_revision", None)
     groups: dict[RoutingOptions, list[int]] = {}
     for row, position in enumerate(routable):  # row: the prompt's row in `predictions`
@@ -125,7 +139,10 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
                 results[routable[row]] = error
             continue
         for row, choice in zip(rows, choices_from_decision(decision)):
-            results[routable[row]] = choice if revision is None else dataclasses.replace(choice, revision=revision)
+            if revision is not None or trained is not None:
+                choice = dataclasses.replace(choice, revision=revision,
+                                             trained_in_distribution=None if trained is None else trained[row])
+            results[routable[row]] = choice
     return results
 
 
