@@ -186,7 +186,10 @@ def _interrupt_remove_model(source, output, signal_number, tmp_path, overwrite):
     import sys
     import time
 
-    marker = tmp_path / f"saving-{signal_number}"
+    # One marker per call: a marker left by an earlier call would send the signal at once, possibly before the
+    # child has even started Python (then it is lost and the child runs to a clean exit 0).
+    marker = tmp_path / f"saving-{signal_number}-{output.name}-{overwrite}"
+    marker.unlink(missing_ok=True)
     args = ["remove-model", str(source), "mid-model", "--output", str(output)] + (["--overwrite"] if overwrite else [])
     process = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(marker), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
