@@ -19,37 +19,15 @@ MAX_TOKENS=${DEMO_MAX_TOKENS:-64}
 DEADLINE=$((SECONDS + ${DEMO_TIMEOUT:-7200}))
 started=$SECONDS
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/carrot-collect-demo.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work folder kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT INT TERM
+source scripts/demo_lib.sh
+demo_workspace carrot-collect-demo
 
-# Wait (bounded by the demo's deadline) until URL answers; stop early if process PID died.
-wait_healthy() {
-  local url=$1 pid=$2 name=$3
-  until "$PY" -c "import sys, httpx; sys.exit(httpx.get('$url', timeout=2).status_code != 200)" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "$name stopped while starting; its log:" >&2; cat "$work/$name.log" >&2; exit 1; fi
-    if [ "$SECONDS" -ge "$DEADLINE" ]; then echo "$name not healthy in time" >&2; exit 1; fi
-    sleep 1
-  done
-}
 step() { echo; echo "== $1   [$((SECONDS - started)) s]"; }
 
 step "1. The two local LLMs (converted once to safetensors in \${CARROT_HUB_CACHE:-~/.cache/carrot_hub})"
 "$PY" -c "from carrot_hub.serving.local_llm import ensure_local_llm; print(ensure_local_llm('smollm2')); print(ensure_local_llm('gemma3'))"
 
-read -r smol_port gemma_port < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r smol_port gemma_port < <(free_ports 2)
 
 step "2. Each behind its own OpenAI-compatible server: SmolLM2 on 127.0.0.1:$smol_port, Gemma on 127.0.0.1:$gemma_port"
 "$PY" -m carrot_hub.serving.local_llm_server --model smollm2 --port "$smol_port" --threads 1 >"$work/smollm2.log" 2>&1 &

@@ -6,6 +6,7 @@
 # Both servers are stopped on exit. First run: converts the model once (a minute or two).
 #   CARROT_SKIP_SETUP=1   use the current .venv as is (no scripts/setup.sh)
 #   DEMO_TIMEOUT=900      seconds the whole demo may take
+#   KEEP_WORK=1           keep the work folder (logs, upstreams file) instead of removing it on exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${CARROT_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup.sh
@@ -13,36 +14,13 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 DEADLINE=$((SECONDS + ${DEMO_TIMEOUT:-900}))
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/carrot-serve-demo.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-# Wait (bounded by the demo's deadline) until URL answers; stop early if process PID died.
-wait_healthy() {
-  local url=$1 pid=$2 name=$3
-  until "$PY" -c "import sys, httpx; sys.exit(httpx.get('$url', timeout=2).status_code != 200)" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "$name stopped while starting; its log:" >&2; cat "$work/$name.log" >&2; exit 1; fi
-    if [ "$SECONDS" -ge "$DEADLINE" ]; then echo "$name not healthy in time" >&2; exit 1; fi
-    sleep 1
-  done
-}
+source scripts/demo_lib.sh
+demo_workspace carrot-serve-demo
 
 echo "== 1. The local LLM (converted once to safetensors in \${CARROT_HUB_CACHE:-~/.cache/carrot_hub})"
 "$PY" -c "from carrot_hub.serving.local_llm import ensure_local_llm; print(ensure_local_llm())"
 
-read -r llm_port gateway_port < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r llm_port gateway_port < <(free_ports 2)
 
 echo "== 2. SmolLM2 behind an OpenAI-compatible server on 127.0.0.1:$llm_port (first request fails: 503)"
 "$PY" -m carrot_hub.serving.local_llm_server --port "$llm_port" --fail-first 1 --threads 1 >"$work/llm.log" 2>&1 &
