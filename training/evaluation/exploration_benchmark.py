@@ -41,7 +41,7 @@ import torch
 from carrot_hub.data.routerbench import write_routerbench_responses
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.app import Gateway, GatewaySettings
-from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, ExploreSettings
+from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, PICK_RULES, ExploreSettings
 from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from carrot_hub.serving.learning import OnlineLearner
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
@@ -319,6 +319,8 @@ def main(argv=None) -> int:
                              "arc-challenge,winogrande:mbpp on routerbench-0shot)")
     parser.add_argument("--new-task-every", type=int, default=100)
     parser.add_argument("--new-task-rates", default="0.2", help="exploration rates of the new-task scenario")
+    parser.add_argument("--new-task-rules", default="", help="other explored-candidate rules run in the new-task "
+                        "scenario at its first rate (comma-separated, e.g. most-uncertain,random)")
     parser.add_argument("--skip-own-split", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="embedding cache folder (shared: /work/cache/emb)")
@@ -347,6 +349,9 @@ def main(argv=None) -> int:
     args.judge = args.judge or DEFAULT_JUDGES.get(table_name, "gpt-4o-2024-08-06")
     if args.judge not in train.models:
         raise SystemExit(f"--judge must be a candidate of {args.data}: one of {', '.join(train.models)}.")
+    unknown_rules = [r for r in (*args.rules.split(","), *args.new_task_rules.split(",")) if r and r not in PICK_RULES]
+    if unknown_rules:
+        raise SystemExit(f"--rules/--new-task-rules: unknown {unknown_rules}; the rules are {', '.join(PICK_RULES)}.")
     arms = default_arms([r for r in args.rules.split(",") if r])
     if args.arms:
         wanted = [name.strip() for name in args.arms.split(",")]
@@ -386,7 +391,9 @@ def main(argv=None) -> int:
         new_train = train.subset(np.flatnonzero(train_tasks == new))
         new_test = test.subset(np.flatnonzero(test_tasks == new))
         order = np.random.default_rng(args.seed).permutation(len(new_train))
-        new_arms = [Arm(f"rate={r}", float(r)) for r in args.new_task_rates.split(",")] + [Arm("user feedback", feedback=True)]
+        rates = [float(r) for r in args.new_task_rates.split(",")]
+        new_arms = [Arm(f"rate={r:g}", r) for r in rates] + [Arm("user feedback", feedback=True)]
+        new_arms += [Arm(f"rate={rates[0]:g} {rule}", rates[0], rule=rule) for rule in args.new_task_rules.split(",") if rule]
         scenario = run_scenario("new task", new_train, new_test, record, new_arms, args.judge, args.new_task_every,
                                 None, args.seed, cache_dir=args.cache_dir, start_table=known_train,
                                 stream_table=new_train.subset(order), deadline=deadline, limit=args.limit,
