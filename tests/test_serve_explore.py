@@ -232,11 +232,13 @@ def test_no_prompt_log_requests_are_explored_only_when_private(knn_router, tmp_p
 
 def test_metrics_report_the_out_of_distribution_share():
     metrics = GatewayMetrics()
-    for flag in (True, False, False, None):
-        metrics.observe_distribution(flag)
+    for flag, trained in ((True, None), (False, None), (False, None), (None, None), (True, False), (True, False)):
+        metrics.observe_distribution(flag, trained)
     text = metrics.render().decode()
-    assert "carrot_out_of_distribution_share 0.5" in text
+    assert "carrot_out_of_distribution_share 0.3333333333333333" in text
     assert 'carrot_routed_in_distribution_total{in_distribution="false"} 2.0' in text
+    # the trained rows' flag where measured (remembered prompts left out), the routing flag where not
+    assert "carrot_out_of_trained_distribution_share 0.6666666666666666" in text
 
 
 # ----------------------------------------------------------------------------------- the rule and the queue
@@ -543,6 +545,9 @@ def test_a_new_kind_of_prompt_stays_explored_at_the_ood_rate_after_learn_remembe
         wait_explored(gateway, 1)
         time.sleep(0.2)  # the second request's exploration would be offered by now
         assert gateway.explorer.stats["queued"] == 1
+        metrics = httpx.get(server.base_url.removesuffix("/v1") + "/metrics").text
+        assert "carrot_out_of_distribution_share 0.0" in metrics  # routing: both supported
+        assert "carrot_out_of_trained_distribution_share 0.5" in metrics  # the operator still sees the new kind
         [audit] = records_of(gateway.outcome_log, "explored")
     served = {record["request_id"]: record for record in records_of(gateway.outcome_log, "served")}
     assert served[audit["request_id"]]["prompt"] == query

@@ -1,10 +1,12 @@
 """`carrot serve` past one process: --workers, --reload-every, --push-logs (captured, no network)."""
 
 import json
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -26,21 +28,34 @@ USER = [{"role": "user", "content": TINY_PROMPTS[0]}]
 
 
 def start_serving(command, expected_lines: int = 1, timeout_s: float = 180):
-    """Start `carrot serve`; wait for `expected_lines` banners → (process, url)."""
+    """
+    Start `carrot serve`; wait for `expected_lines` banners → (process, url). Its stderr is read on a
+    thread, so a server that hangs silently fails the test after `timeout_s` instead of blocking it.
+    """
     process = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+
+    def drain() -> None:  # also keeps the pipe from filling once the banners are read
+        for line in process.stderr:
+            lines.put(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     url, seen, banners = None, [], 0
     deadline = time.monotonic() + timeout_s
     while banners < expected_lines and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            break
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
         seen.append(line)
         found = re.search(r"on (http://127\.0\.0\.1:\d+/v1)", line)
         if found:
             url, banners = found.group(1), banners + 1
     if banners < expected_lines:
         process.kill()
-        raise AssertionError("".join(seen))
+        raise AssertionError(f"{banners} of {expected_lines} banners in {timeout_s} s:\n" + "".join(seen))
     return process, url
 
 

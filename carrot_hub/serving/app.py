@@ -196,10 +196,11 @@ class Gateway:
         self.metrics.sessions.set_function(lambda: float(len(self.sessions)))
         self.latency = LatencyTracker()
         self._latency_profile: tuple[float, dict | None] = (0.0, None)
-        # Exploration samples by the trained rows' distribution (trained_distribution), measured in the same batch.
-        route_fn = functools.partial(route_batch, trained_support=True) if explore is not None else route_batch
+        # A router with remembered prompts (--learn, carrot learn) also gets the trained rows' distribution measured in
+        # the same batch (trained_distribution): exploration samples by it, and /metrics reports its share.
         self.batcher = RoutingBatcher(router, self.settings.route_window_s, self.settings.route_batch_size,
-                                      on_batch=self.metrics.observe_batch, route_fn=route_fn)
+                                      on_batch=self.metrics.observe_batch,
+                                      route_fn=functools.partial(route_batch, trained_support=True))
         self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-outcome-log")
         self._learning = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carrot-learning")
         # Feedback looks requests up here, not on the writer thread: a lookup that reads other shards
@@ -440,7 +441,7 @@ class Gateway:
                 raise RequestError(str(error), param="carrot") from None
             prices = choice.prices
             self.metrics.routed.labels(choice.chosen.name).inc()
-            self.metrics.observe_distribution(choice.in_distribution)
+            self.metrics.observe_distribution(choice.in_distribution, choice.trained_in_distribution)
             order = self._session_order(choice, state)[: 1 + self.settings.max_fallbacks]
         else:
             if chat.options:  # a pinned request's options get the same checks; its prices are theirs

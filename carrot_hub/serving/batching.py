@@ -54,7 +54,7 @@ class RoutedChoice:
     ood_applied: bool = False
     revision: str | None = None  # the router revision that routed it
     # In the distribution of the rows the router was trained on (remembered prompts left out; see
-    # trained_distribution), measured only for exploration; None: not measured, or the same as in_distribution.
+    # trained_distribution); None: not measured, because the router remembered nothing (then it is in_distribution).
     trained_in_distribution: bool | None = None
 
     @property
@@ -105,8 +105,9 @@ def route_batch(router, prompts: Sequence[str], options: Sequence[RoutingOptions
     Route `prompts` in one encoder pass; each prompt with its own options. A prompt the router
     cannot route (`prompt_problem`) or whose options are rejected gets the exception in its place
     instead of a choice: one bad request never fails its neighbours in the batch. With
-    `trained_support` (judged exploration) each choice also says whether its prompt is in the
-    distribution of the router's trained rows (`trained_in_distribution`), from the same embeddings.
+    `trained_support` (the gateway's), a router that has remembered prompts also says per choice
+    whether its prompt is in the distribution of its trained rows (`trained_in_distribution`), from
+    the same embeddings.
     """
     results: list = [None] * len(prompts)
     routable = []  # positions of the prompts that go to the encoder

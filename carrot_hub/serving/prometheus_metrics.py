@@ -70,7 +70,12 @@ class GatewayMetrics:
         self.explore_share = Gauge("carrot_explore_spend_share", "Exploration's spend this UTC day over the "
                                    "day's serving spend (what --explore-max-share caps; 0 without --explore)",
                                    registry=r)
+        self.trained_ood_share = Gauge(
+            "carrot_out_of_trained_distribution_share", "Share of routed requests since start out of the distribution "
+            "the router was trained on: as carrot_out_of_distribution_share, with the prompts remembered under --learn "
+            "left out of the support, so a new kind of traffic stays visible until the router is retrained", registry=r)
         self._routed_counts = {"true": 0, "false": 0, "unknown": 0}
+        self._trained_counts = {"true": 0, "false": 0, "unknown": 0}
 
     def set_revision(self, revision: str | None) -> None:
         """Label the router in use (`carrot_router_revision{revision="…"} 1`; "none" for a plain router folder)."""
@@ -79,12 +84,19 @@ class GatewayMetrics:
         self._revision = revision or "none"
         self.revision.labels(self._revision).set(1)
 
-    def observe_distribution(self, in_distribution: bool | None) -> None:
-        """One routed request: counted by in/out of distribution; the out-of-distribution share updated."""
+    def observe_distribution(self, in_distribution: bool | None, trained_in_distribution: bool | None = None) -> None:
+        """
+        One routed request: counted by in/out of distribution, and the out-of-distribution shares updated;
+        `trained_in_distribution` (None: not measured, the router has remembered nothing) is the flag among
+        the trained rows only (`trained_distribution`), which is `in_distribution` itself when not measured.
+        """
         key = {True: "true", False: "false", None: "unknown"}[in_distribution]
         self._routed_counts[key] += 1
         self.routed_distribution.labels(key).inc()
         self.ood_share.set(self._routed_counts["false"] / sum(self._routed_counts.values()))
+        trained = in_distribution if trained_in_distribution is None else trained_in_distribution
+        self._trained_counts[{True: "true", False: "false", None: "unknown"}[trained]] += 1
+        self.trained_ood_share.set(self._trained_counts["false"] / sum(self._trained_counts.values()))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.routing_batch.observe(size)

@@ -1,6 +1,7 @@
 """
 Whether a prompt is in the distribution the router was *trained* on, remembered prompts left out:
-what judged exploration samples at its out-of-distribution rate.
+what judged exploration samples at its out-of-distribution rate, and what
+`carrot_out_of_trained_distribution_share` reports.
 
 A kNN router's support (and `in_distribution`) is measured against its whole memory, prompts
 remembered under `--learn` included: right for routing, since a remembered prompt is a neighbour with
