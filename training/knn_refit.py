@@ -36,6 +36,7 @@ from carrot_hub.knn_memory_carrot import CarrotKNNMemory
 from carrot_hub.prior_shrinkage import PRIOR_SHRINK_GRID, routing_aiq
 
 from .knn import DEFAULT_K_GRID, neighbour_means_by_k
+
 MIN_PROBES = 50  # fewer fully scored rows than this: the out-of-fold AIQ is too noisy to move anything
 MAX_PROBES = 2048  # rows predicted per refit (a seeded sample beyond), so a refit stays well under a second
 FOLDS = 5

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import BadInputError
-from .asking import DOLLARS_PER_MILLION
+from .asking import DOLLARS_PER_MILLION, cell_cost
 from .judge import JUDGE_SAMPLING
 
 DEFAULT_OUTPUT_TOKENS = 1024
@@ -92,10 +92,7 @@ class SpendTracker:
 
     def judge_estimate(self, judge: str, input_tokens: float) -> float:
         """Predicted US$ of one grading by `judge` with `input_tokens` tokens of rubric, prompt and answer."""
-        price = self.prices.get(judge)
-        if not price:
-            return 0.0
-        return (input_tokens * price["input"] + self.judge_output_tokens * price["output"]) / DOLLARS_PER_MILLION
+        return cell_cost(self.prices.get(judge), input_tokens, self.judge_output_tokens) or 0.0
 
     def reserve(self, model: str, input_tokens: int, extra: float = 0.0) -> float | None:
         """

@@ -742,7 +742,7 @@ class Gateway:
         trained = choice.trained_in_distribution
         if not self.explorer.sampled(choice.in_distribution if trained is None else trained):
             return
-        explored = self.explorer.pick(served.choice.ranked, served.model)
+        explored = self.explorer.pick(choice.ranked, served.model)
         if explored is None:
             return
         payload = served.chat.payload
@@ -751,10 +751,9 @@ class Gateway:
             sampling={key: payload[key] for key in SAMPLING_KEYS if key in payload},
             prompt=served.chat.routed_text or "", chosen=served.model, chosen_answer="".join(served.answer_parts),
             explored=explored,
-            predicted={c.name: (c.quality, c.cost) for c in served.choice.ranked if c.name in (served.model, explored)},
+            predicted={c.name: (c.quality, c.cost) for c in choice.ranked if c.name in (served.model, explored)},
         )
-        estimate, usage = served.choice.estimate(explored), served.usage or {}
-        chosen = served.choice.estimate(served.model)
+        estimate, chosen, usage = choice.estimate(explored), choice.estimate(served.model), served.usage or {}
         chosen_tokens = usage.get("completion_tokens", chosen.output_tokens if chosen else 0.0)
         job.predicted_cost = predicted_exploration_cost(estimate.cost, self.default_prices.get(self.explorer.settings.judge),
                                                         usage.get("prompt_tokens", 0), [chosen_tokens, estimate.output_tokens])

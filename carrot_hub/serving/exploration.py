@@ -35,6 +35,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..collect.asking import cell_cost
 from ..collect.contracts import Score, ScoringInput
 from ..collect.judge import JUDGE_REPLY_TOKENS, rubric_tokens
 
@@ -120,12 +121,9 @@ def predicted_exploration_cost(explored_cost: float, judge_price, prompt_tokens:
     most three sentences and a grade) at its output price. `judge_price` is the judge's
     `{"input", "output"}` US$ per million tokens (None: unpriced; its calls then count 0 too).
     """
-    cost = max(explored_cost or 0.0, 0.0)
-    if judge_price:
-        for tokens in answer_tokens:
-            read = rubric_tokens() + max(prompt_tokens or 0.0, 0.0) + max(tokens or 0.0, 0.0)
-            cost += (read * judge_price["input"] + JUDGE_REPLY_TOKENS * judge_price["output"]) / 1e6
-    return cost
+    reading = rubric_tokens() + max(prompt_tokens or 0.0, 0.0)
+    gradings = (cell_cost(judge_price, reading + max(tokens or 0.0, 0.0), JUDGE_REPLY_TOKENS) for tokens in answer_tokens)
+    return max(explored_cost or 0.0, 0.0) + sum(cost or 0.0 for cost in gradings)
 
 
 def pick_explored(ranked, answered: str) -> str | None:
@@ -286,7 +284,7 @@ class Explorer:
         return float("inf") if spent > 0 else 0.0
 
     def over_budget(self, predicted_cost: float = 0.0) -> bool:
-        """True when today's spend plus `predicted_cost` (the explored answer's) passes the budget."""
+        """True when today's spend plus `predicted_cost` (the exploration's) passes the budget."""
         budget = self.settings.budget_per_day
         return budget is not None and self.spent_today() + max(predicted_cost, 0.0) > budget
 

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_FLAG_LABEL = {True: "true", False: "false", None: "unknown"}  # an in-distribution flag as a metric label
 
 
 class GatewayMetrics:
@@ -90,12 +91,12 @@ class GatewayMetrics:
         `trained_in_distribution` (None: not measured, the router has remembered nothing) is the flag among
         the trained rows only (`trained_distribution`), which is `in_distribution` itself when not measured.
         """
-        key = {True: "true", False: "false", None: "unknown"}[in_distribution]
+        key = _FLAG_LABEL[in_distribution]
         self._routed_counts[key] += 1
         self.routed_distribution.labels(key).inc()
         self.ood_share.set(self._routed_counts["false"] / sum(self._routed_counts.values()))
         trained = in_distribution if trained_in_distribution is None else trained_in_distribution
-        self._trained_counts[{True: "true", False: "false", None: "unknown"}[trained]] += 1
+        self._trained_counts[_FLAG_LABEL[trained]] += 1
         self.trained_ood_share.set(self._trained_counts["false"] / sum(self._trained_counts.values()))
 
     def observe_batch(self, size: int, seconds: float) -> None:

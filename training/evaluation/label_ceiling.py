@@ -41,6 +41,7 @@ from carrot_hub.serving.batching import CandidateEstimate
 from carrot_hub.serving.exploration import pick_explored
 
 from ..embeddings import embed_table
+from ..ablation import mean_and_error
 from ..knn import train_knn_router
 from ..knn_refit import refit_knn
 from .evaluate import router_curve, summarize
@@ -125,23 +126,19 @@ def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1
             "seconds": round(time.perf_counter() - began, 1)}
 
 
-def mean_and_se(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
-    return float(values.mean()), se
-
-
 def markdown(scenarios: list[dict]) -> str:
     """Mean ± SE over the scenarios of each pattern's AIQ minus the start router's and minus the target's."""
+    def mean_se(differences) -> str:
+        summary = mean_and_error(differences)
+        return f"{summary['mean']:+.4f} ± {summary['standard_error']:.4f}"
+
     lines = ["| labels | per scenario (mean) | AIQ − start | AIQ − all train labels |", "|---|---|---|---|"]
     for pattern in [p for name in PATTERNS for p in (name, f"{name} + refit") if p in scenarios[0]["aiq"]]:
-        over_start = mean_and_se([s["aiq"][pattern] - s["aiq_start"] for s in scenarios])
-        over_target = mean_and_se([s["aiq"][pattern] - s["aiq_all_train_labels"] for s in scenarios])
         labels = np.mean([s["labels"][pattern.removesuffix(" + refit")] for s in scenarios])
-        lines.append(f"| {pattern} | {labels:,.0f} | {over_start[0]:+.4f} ± {over_start[1]:.4f} "
-                     f"| {over_target[0]:+.4f} ± {over_target[1]:.4f} |")
-    gap = mean_and_se([s["aiq_all_train_labels"] - s["aiq_start"] for s in scenarios])
-    lines.append(f"\nAll train labels − start: {gap[0]:+.4f} ± {gap[1]:.4f} over {len(scenarios)} scenarios.")
+        lines.append(f"| {pattern} | {labels:,.0f} | {mean_se([s['aiq'][pattern] - s['aiq_start'] for s in scenarios])} "
+                     f"| {mean_se([s['aiq'][pattern] - s['aiq_all_train_labels'] for s in scenarios])} |")
+    gap = mean_se([s["aiq_all_train_labels"] - s["aiq_start"] for s in scenarios])
+    lines.append(f"\nAll train labels − start: {gap} over {len(scenarios)} scenarios.")
     return "\n".join(lines)
 
 
