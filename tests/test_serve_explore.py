@@ -431,6 +431,31 @@ def _share_explorer(day, recorded, **settings):
     return explorer, metrics
 
 
+def test_a_restarted_gateway_keeps_the_days_exploration_spend(knn_router, tmp_path):
+    """The budget is per UTC day, not per run: a gateway restarted on the same outcome log reads the
+    day's spend from the log folder's ledger (as its other --workers do) and does not spend it again."""
+    def explore_once(budget):
+        with gateway_with_judge(knn_router, tmp_path, log=OutcomeLog(tmp_path / "log"), budget_per_day=budget) \
+                as (gateway, server, _, _):
+            response = httpx.post(server.base_url + "/chat/completions", json={"model": "carrot:0", "messages": USER})
+            assert response.status_code == 200
+            deadline = time.monotonic() + 10
+            while gateway.explorer.stats["queued"] + gateway.explorer.stats["dropped"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if gateway.explorer.stats["queued"]:
+                wait_explored(gateway, 1)
+            return dict(gateway.explorer.stats), gateway.explorer.spent_today()
+
+    first, spent = explore_once(budget=100.0)
+    assert first["queued"] == 1 and spent > 0
+    [ledger_file] = (tmp_path / "log" / "explore-spend").glob("*/*.json")
+    assert json.loads(ledger_file.read_text())["explored"] == pytest.approx(spent)
+    # Restarted with a budget the first run's spend nearly used up: the day's spend is still there.
+    again, spent_again = explore_once(budget=spent * 1.01)
+    assert again["queued"] == 0 and again["dropped"] == 1
+    assert spent_again == pytest.approx(spent)
+
+
 def test_the_share_cap_holds_a_queued_job_and_counts_per_utc_day():
     day, recorded = ["2026-12-06"], []
 

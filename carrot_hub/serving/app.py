@@ -58,6 +58,7 @@ from .sessions import (
     choose_for_session,
     session_id,
 )
+from .spend_ledger import SpendLedger
 from .strict_json import JSONRejected, loads_strict
 from .stream_redaction import SplitKeyGuard, guard_chunk, leftover_chunk
 from .upstreams import UpstreamFailure, UpstreamPool, UpstreamRejected
@@ -264,7 +265,9 @@ class Gateway:
                                  allow_code_execution=False)
         except ScorerSpecError as error:
             raise ValueError(str(error)) from None
-        return Explorer(explore, ask, judge, self._record_exploration, self.metrics)
+        # The caps count the day's spend of every worker and earlier run writing this outcome log.
+        ledger = SpendLedger(self.outcome_log.folder)
+        return Explorer(explore, ask, judge, self._record_exploration, self.metrics, ledger=ledger)
 
     async def aclose(self) -> None:
         """Finish pending log writes, then close the upstream clients, the batcher, the learner and the log."""
@@ -272,6 +275,7 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self.reloader.stop)
         if self.explorer is not None:
             await self.explorer.aclose()
+            self.explorer.ledger.flush()
             await self._explore_upstreams.aclose()
         if self._pending_records:
             await asyncio.gather(*self._pending_records.values(), return_exceptions=True)

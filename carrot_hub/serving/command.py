@@ -98,7 +98,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="the upstream that grades answers for --explore (with the rubric of carrot collect)")
     parser.add_argument("--explore-budget", type=float, default=None, metavar="DOLLARS_PER_DAY",
                         help="stop exploring for the rest of the UTC day once its spend (explored answers and the "
-                             "judge) reaches this many US$ (default: no cap)")
+                             "judge; all --workers and every run of the day, kept in LOG_DIR/explore-spend) "
+                             "reaches this many US$ (default: no cap)")
     parser.add_argument("--explore-max-share", type=float, default=None, metavar="F",
                         help="hold exploration's spend (explored answers and the judge) this UTC day to at most F "
                              "times the day's serving spend, e.g. 0.25 for at most 25%% extra (default: no cap)")

@@ -7,7 +7,8 @@ asks one other candidate the same request and has the judge grade both answers w
 feedback does. All of it runs on its own bounded queue and workers: a full queue drops the
 exploration (counted), an exploration never touches the answer already sent, and its spend (the
 explored answer and the judge's two calls) is counted apart and capped per UTC day, in dollars
-(`--explore-budget`) and as a share of the day's serving spend (`--explore-max-share`).
+(`--explore-budget`) and as a share of the day's serving spend (`--explore-max-share`), over every
+worker of the gateway and every run of the day (`spend_ledger.SpendLedger`, in the outcome log's folder).
 
 Which candidate is explored (`pick_explored`): among the candidates the request allowed (the
 routed choice's ranking: allowed, callable, within `max_cost`) other than the one that answered,
@@ -29,7 +30,6 @@ position bias and lets one grade stand when the other call fails.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import random
 from collections.abc import Callable
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from ..collect.asking import cell_cost
 from ..collect.contracts import Score, ScoringInput
 from ..collect.judge import JUDGE_REPLY_TOKENS, rubric_tokens
+from .spend_ledger import SpendLedger, utc_day
 
 logger = logging.getLogger("carrot_hub.serving.exploration")
 DEFAULT_QUEUE_SIZE = 256
@@ -218,10 +219,6 @@ def plain_chat(payload: dict) -> bool:
     return not any(payload.get(key) not in (None, [], {}) for key in NOT_PLAIN_KEYS)
 
 
-def utc_day(now: datetime.datetime | None = None) -> str:
-    return (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d")
-
-
 class Explorer:
     """
     The exploration queue and its workers, on the gateway's event loop.
@@ -231,14 +228,15 @@ class Explorer:
     with the outcome (the gateway writes the log and feeds the learner). `metrics` is the gateway's.
     """
 
-    def __init__(self, settings: ExploreSettings, ask, judge, record: Callable, metrics, clock=None):
+    def __init__(self, settings: ExploreSettings, ask, judge, record: Callable, metrics, clock=None,
+                 ledger: SpendLedger | None = None):
         self.settings, self.ask, self.judge, self.record, self.metrics = settings, ask, judge, record, metrics
         self._random = random.Random(settings.seed)
         self._pick_random = random.Random(None if settings.seed is None else settings.seed + 1)  # the random rule's own
         self._queue: asyncio.Queue | None = None
         self._workers: list[asyncio.Task] = []
-        self._clock = clock or utc_day
-        self._day, self._spent_today, self._served_today = self._clock(), 0.0, 0.0
+        # The day's sums; the gateway's ledger is shared with its other workers and earlier runs of the day.
+        self.ledger = ledger if ledger is not None else SpendLedger(None, clock=clock or utc_day)
         self.stats = {"queued": 0, "finished": 0, "dropped": 0}
         if metrics is not None:
             metrics.explore_share.set_function(self.share_today)
@@ -254,44 +252,43 @@ class Explorer:
         rule = PICK_RULES[self.settings.pick_rule]
         return rule(ranked, answered, self._pick_random) if rule is pick_random else rule(ranked, answered)
 
-    def _roll(self) -> None:
-        """A new UTC day starts both of the day's sums (exploration's and serving's) from 0."""
-        today = self._clock()
-        if today != self._day:
-            self._day, self._spent_today, self._served_today = today, 0.0, 0.0
-
     def spent_today(self) -> float:
-        """US$ spent exploring (explored answers and judge calls) this UTC day."""
-        self._roll()
-        return self._spent_today
+        """US$ spent exploring (explored answers and judge calls) this UTC day, by every process of the ledger."""
+        return self.ledger.today().explored
 
     def served_today(self) -> float:
         """US$ of served requests' realised cost this UTC day (what `carrot_spend_dollars_total` counts)."""
-        self._roll()
-        return self._served_today
+        return self.ledger.today().served
 
     def served(self, dollars: float | None) -> None:
         """The gateway's realised cost of one served request (None: unknown, not counted)."""
         if dollars:
-            self._roll()
-            self._served_today += dollars
+            self.ledger.served(dollars)
 
     def share_today(self) -> float:
         """Exploration's spend today over serving's (0 when neither spent; inf when only exploration did)."""
-        spent, served = self.spent_today(), self.served_today()
-        if served > 0:
-            return spent / served
-        return float("inf") if spent > 0 else 0.0
+        day = self.ledger.today()
+        if day.served > 0:
+            return day.explored / day.served
+        return float("inf") if day.explored > 0 else 0.0
+
+    def _committed(self, predicted_cost: float) -> tuple[float, float]:
+        """(today's exploration spend + explorations in flight (predicted) + `predicted_cost`, today's serving spend)."""
+        day = self.ledger.today()
+        return day.explored + day.reserved + max(predicted_cost, 0.0), day.served
 
     def over_budget(self, predicted_cost: float = 0.0) -> bool:
-        """True when today's spend plus `predicted_cost` (the exploration's) passes the budget."""
+        """True when today's spend, in flight included, plus `predicted_cost` (the exploration's) passes the budget."""
         budget = self.settings.budget_per_day
-        return budget is not None and self.spent_today() + max(predicted_cost, 0.0) > budget
+        return budget is not None and self._committed(predicted_cost)[0] > budget
 
     def over_share(self, predicted_cost: float = 0.0) -> bool:
-        """True when today's spend plus `predicted_cost` passes `max_share` × today's serving spend."""
+        """True when today's spend, in flight included, plus `predicted_cost` passes `max_share` × today's serving spend."""
         share = self.settings.max_share
-        return share is not None and self.spent_today() + max(predicted_cost, 0.0) > share * self.served_today()
+        if share is None:
+            return False
+        committed, served = self._committed(predicted_cost)
+        return committed > share * served
 
     def _held_back(self, predicted_cost: float) -> str | None:
         """Why an exploration predicted to cost `predicted_cost` must not run now (a drop reason), else None."""
@@ -307,8 +304,7 @@ class Explorer:
 
     def _spend(self, dollars: float | None, kind: str) -> None:
         if dollars:
-            self._roll()
-            self._spent_today += dollars
+            self.ledger.spend(dollars)
             self.metrics.explore_spend.labels(kind).inc(dollars)
 
     # ------------------------------------------------------------------ queue
@@ -356,17 +352,22 @@ class Explorer:
         if reason is not None:
             self._drop(reason)
             return
+        reserved = max(job.predicted_cost, 0.0)
+        self.ledger.reserve(reserved)  # until it ends, other explorations' caps count it as spent
         try:
-            explored = await self.ask(job.explored, job.messages, job.sampling)
-        except (UpstreamFailure, UpstreamRejected) as error:
-            self.metrics.explored.labels("explored_failed").inc()
-            await self.record(job, None, {}, f"the explored candidate {job.explored!r} failed: {str(error)[:200]}")
-            return
-        self._spend(explored.cost, "explored")
-        scores = await judge_answers(self.judge, job.prompt, job.messages,
-                                     {job.chosen: job.chosen_answer, job.explored: explored.text})
-        for grade in scores.values():
-            self._spend(grade.judge_cost, "judge")
+            try:
+                explored = await self.ask(job.explored, job.messages, job.sampling)
+            except (UpstreamFailure, UpstreamRejected) as error:
+                self.metrics.explored.labels("explored_failed").inc()
+                await self.record(job, None, {}, f"the explored candidate {job.explored!r} failed: {str(error)[:200]}")
+                return
+            self._spend(explored.cost, "explored")
+            scores = await judge_answers(self.judge, job.prompt, job.messages,
+                                         {job.chosen: job.chosen_answer, job.explored: explored.text})
+            for grade in scores.values():
+                self._spend(grade.judge_cost, "judge")
+        finally:
+            self.ledger.release(reserved)
         n_scored = sum(score.scored for score in scores.values())
         self.metrics.explored.labels({2: "judged", 1: "partly_judged", 0: "unscored"}[n_scored]).inc()
         await self.record(job, explored, scores, None)
