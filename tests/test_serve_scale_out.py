@@ -201,3 +201,30 @@ def test_learn_refuses_a_store_that_carrot_learn_writes(saved_knn_router, tmp_pa
                          "--log-dir", tmp_path / "log", "--learn", "--learn-dir", tmp_path / "store"], capsys)
     assert code == 2
     assert_one_line(err, "already being written by carrot learn /srv/logs")
+
+
+def test_two_workers_explore_within_one_budget_for_the_day(saved_knn_router, tmp_path):
+    """--explore-budget is the gateway's, not each worker's: both workers write the day's sums to the
+    log folder's ledger, and their exploration spend together stays within one budget."""
+    budget = 0.1  # each exploration spends about 0.004 US$ (predicted 0.02): 64 of them, one per request, would pass it
+    with fake_upstreams(TINY_MODELS[:2], latency_s=0.05) as upstreams:
+        upstreams_file = write(tmp_path, upstream_entries(upstreams))
+        process, url = start_serving([sys.executable, "-m", "carrot_hub.cli", "serve", str(saved_knn_router),
+                                      "--upstreams", str(upstreams_file), "--port", "0", "--workers", "2",
+                                      "--log-dir", str(tmp_path / "log"), "--explore", "1",
+                                      "--judge", TINY_MODELS[0], "--explore-budget", str(budget)], expected_lines=2)
+        try:
+            with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                def ask(i):
+                    response = client.post(url + "/chat/completions", json={"model": "carrot", "messages": USER})
+                    assert response.status_code == 200
+
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(ask, range(64)))
+        finally:
+            code = stop(process)
+    assert code == 0
+    ledgers = [json.loads(path.read_text()) for path in (tmp_path / "log" / "explore-spend").glob("*/*.json")]
+    explored = sorted(ledger["explored"] for ledger in ledgers)
+    assert len(ledgers) == 2 and all(ledger["reserved"] == 0 for ledger in ledgers)
+    assert budget / 2 < sum(explored) <= budget  # each worker alone would have stopped at the budget
