@@ -86,6 +86,8 @@ def test_two_workers_share_the_port_each_with_its_own_shard(saved_knn_router, tm
 
                 with ThreadPoolExecutor(16) as pool:
                     ids = list(pool.map(ask, range(64)))
+                # Each scrape reaches one worker, and each reports the whole gateway.
+                scrapes = [client.get(url.removesuffix("/v1") + "/metrics").text for _ in range(6)]
         finally:
             code = stop(process)
     assert code == 0
@@ -96,6 +98,19 @@ def test_two_workers_share_the_port_each_with_its_own_shard(saved_knn_router, tm
     served = [r["request_id"] for r in records if r["type"] == "served"]
     labels = [r["request_id"] for r in records if r["type"] == "feedback"]
     assert sorted(served) == sorted(ids) == sorted(labels)  # none lost, none doubled, every line whole
+    for text in scrapes:
+        assert metric_total(text, "carrot_requests_total") == 64
+        assert metric_total(text, "carrot_request_latency_seconds_count") == 64
+        assert metric_total(text, "carrot_routed_in_distribution_total") == 64
+        assert 0.0 <= metric_total(text, "carrot_out_of_distribution_share") <= 1.0
+
+
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's samples (over labels) in an exposition text."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ")]
+    assert values, f"{name} is not in the scrape"
+    return sum(values)
 
 
 def test_bad_scale_out_options_are_one_line_errors(saved_knn_router, tmp_path, capsys, monkeypatch):

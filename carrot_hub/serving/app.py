@@ -177,7 +177,7 @@ class Gateway:
         self.reloader = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if outcome_log is not None:
-            self.metrics.log_failing.set_function(lambda: float(outcome_log.failing))
+            self.metrics.track(self.metrics.log_failing, lambda: float(outcome_log.failing))
         self.candidates = list(router.config.candidate_models)
         unknown = [name for name in upstreams.names if name not in self.candidates]
         if unknown:
@@ -194,7 +194,7 @@ class Gateway:
                 "ood_policy to 'predict', 'prior' or 'model:<a callable candidate>'.")
         self.default_prices = router.config.prices
         self.sessions = SessionStore(self.settings.max_sessions, self.settings.session_ttl_s)
-        self.metrics.sessions.set_function(lambda: float(len(self.sessions)))
+        self.metrics.track(self.metrics.sessions, lambda: float(len(self.sessions)))
         self.latency = LatencyTracker()
         self._latency_profile: tuple[float, dict | None] = (0.0, None)
         # A router with remembered prompts (--learn, carrot learn) also gets the trained rows' distribution measured in
@@ -228,8 +228,17 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         if self.reloader is not None:
             self.reloader.start()
+        refreshing = asyncio.create_task(self._refresh_metrics()) if self.metrics.multiprocess_dir else None
         yield
+        if refreshing is not None:
+            refreshing.cancel()
         await self.aclose()
+
+    async def _refresh_metrics(self, every_s: float = 1.0) -> None:
+        """With --workers: this worker's gauges read from functions (sessions, a failing log) into its metric file."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(every_s)
 
     def swap_router(self, router, revision: str | None) -> None:
         """

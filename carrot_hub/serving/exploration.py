@@ -239,7 +239,7 @@ class Explorer:
         self.ledger = ledger if ledger is not None else SpendLedger(None, clock=clock or utc_day)
         self.stats = {"queued": 0, "finished": 0, "dropped": 0}
         if metrics is not None:
-            metrics.explore_share.set_function(self.share_today)
+            metrics.explore_share_source = self.share_today
 
     # ------------------------------------------------------------------ sampling
 

@@ -6,6 +6,8 @@ fork), handing each the listening socket; the kernel gives each new connection t
 worker loads the router itself and has its own event loop, routing thread and outcome-log shard
 (shard names carry the process id, so records never interleave). Feedback may reach another worker
 than the one that served: every worker's feedback lookup reads every shard of the shared folder.
+The workers' Prometheus metrics live in files of one temporary folder (`PROMETHEUS_MULTIPROC_DIR`),
+so `/metrics` on any worker reports the whole gateway; the supervisor removes the folder at the end.
 
 The supervisor forwards SIGTERM/SIGINT to the workers and waits for their graceful shutdown; if a
 worker dies, the others are stopped and the command exits with an error (a process manager or a
@@ -15,9 +17,14 @@ Kubernetes Deployment restarts the whole).
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+
+from .prometheus_metrics import MULTIPROCESS_ENV
 
 STOP_GRACE_S = 20.0
 
@@ -41,6 +48,10 @@ def run_workers(args, sock, serve, gateway_key: str | None) -> int:
     this module does not import it back).
     """
     context = multiprocessing.get_context("spawn")
+    # Every worker's metrics in files of one fresh folder, so that a scrape of any worker reports all of them.
+    metrics_dir = tempfile.mkdtemp(prefix="carrot-metrics-")
+    previous_env = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = metrics_dir  # inherited by the spawned workers
     workers = [context.Process(target=_worker_main, args=(args, sock, i, gateway_key, serve), name=f"carrot-worker-{i}")
                for i in range(args.workers)]
     stopping = False
@@ -76,6 +87,11 @@ def run_workers(args, sock, serve, gateway_key: str | None) -> int:
             if worker.is_alive():
                 worker.kill()
                 worker.join()
+        if previous_env is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous_env
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     if failed is not None and not stopping:
         print(f"carrot serve: worker {workers.index(failed)} (pid {failed.pid}) exited with code {failed.exitcode}; "
               "stopped the others", file=sys.stderr, flush=True)
