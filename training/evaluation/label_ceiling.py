@@ -22,6 +22,12 @@ the start router, all curves on one shared cost range:
 The choices are the start router's for every prompt (one batch, not a stream that learns as it goes).
 Last line: JSON; `--markdown` prints the table of mean ± SE over the scenarios.
 
+`--label-curve 0.15,0.2,0.3,0.5`: the learning curve the patterns sit on. For each share, a router
+retrained (`train_knn_router`, k and λ chosen out of fold) on that share of the train prompts, every
+candidate labelled: the start prompts first, then the traffic in its seeded order. It says how many
+labels the all-train AIQ takes when every label is as informative as a random one, against the
+labels RATE 0.2 buys (`explored 20%`).
+
     python -m training.evaluation.label_ceiling --data routerbench-0shot --resplits 0,1,2,3,4 --cache-dir /work/cache/emb
 """
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -85,7 +92,8 @@ def remember_cells(router, stream, cells) -> None:
 
 
 def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1, cache_dir=None,
-                 encoder_kind: str = "static", mu_steps: int = 101, refit: bool = False) -> dict:
+                 encoder_kind: str = "static", mu_steps: int = 101, refit: bool = False,
+                 curve_shares: tuple[float, ...] = ()) -> dict:
     """One scenario's AIQs: the target, the start router and the start router grown by each pattern."""
     began = time.perf_counter()
     start, stream_rows = start_rows(len(train), start_share, seed)
@@ -105,6 +113,13 @@ def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1
 
     score(full, "all train labels")
     score(start_router, "start")
+    label_curve = {}
+    for share in curve_shares:  # nested: the start prompts, then the traffic in its seeded order
+        rows = np.concatenate([start, stream_rows])[:max(len(start), math.ceil(share * len(train)))]
+        subset = train.subset(np.sort(rows))
+        retrained, _ = train_knn_router(subset, seed=seed, cache_dir=cache_dir, progress=False, **options)
+        score(retrained, f"curve {share:g}")
+        label_curve[f"{share:g}"] = {"prompts": len(subset), "labels": int(np.isfinite(subset.scores).sum())}
     patterns = label_patterns(start_router, stream, seed)
     refits = {}
     with tempfile.TemporaryDirectory(prefix="carrot-label-ceiling-") as scratch:
@@ -118,11 +133,14 @@ def run_scenario(name: str, train, test, seed: int = 0, start_share: float = 0.1
                 score(grown, f"{pattern} + refit")
     summary = summarize(curves, truth)
     aiq = {label: round(entry["aiq"], 5) for label, entry in summary["routers"].items()}
+    for share, entry in label_curve.items():
+        entry["aiq"] = aiq.pop(f"curve {share}")
     return {"scenario": name, "n_start": len(start_table), "n_stream": len(stream), "n_test": len(test),
             "k_start": start_report["k"], "prior_shrink_start": start_router.config.prior_shrink,
             "aiq_all_train_labels": aiq.pop("all train labels"), "aiq_start": aiq.pop("start"),
             "aiq_zero_router": round(summary["zero_router"]["aiq"], 5), "aiq": aiq,
             "labels": {pattern: len(cells) for pattern, cells in patterns.items()}, "refits": refits,
+            "start_labels": int(np.isfinite(start_table.scores).sum()), "label_curve": label_curve,
             "seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -137,6 +155,12 @@ def markdown(scenarios: list[dict]) -> str:
         labels = np.mean([s["labels"][pattern.removesuffix(" + refit")] for s in scenarios])
         lines.append(f"| {pattern} | {labels:,.0f} | {mean_se([s['aiq'][pattern] - s['aiq_start'] for s in scenarios])} "
                      f"| {mean_se([s['aiq'][pattern] - s['aiq_all_train_labels'] for s in scenarios])} |")
+    for share in scenarios[0].get("label_curve", {}):
+        entries = [s["label_curve"][share] for s in scenarios]
+        lines.append(f"| retrained on {float(share):.0%} of train, every label "
+                     f"| {np.mean([e['labels'] for e in entries]):,.0f} "
+                     f"| {mean_se([e['aiq'] - s['aiq_start'] for e, s in zip(entries, scenarios)])} "
+                     f"| {mean_se([e['aiq'] - s['aiq_all_train_labels'] for e, s in zip(entries, scenarios)])} |")
     gap = mean_se([s["aiq_all_train_labels"] - s["aiq_start"] for s in scenarios])
     lines.append(f"\nAll train labels − start: {gap} over {len(scenarios)} scenarios.")
     return "\n".join(lines)
@@ -157,23 +181,33 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", action="store_true", help="also print the mean ± SE table")
     parser.add_argument("--refit", action="store_true", help="also score each grown router after refit_knn "
                         "(k and λ re-chosen out of fold on its grown memory, as --learn does)")
+    parser.add_argument("--label-curve", default="", metavar="SHARES",
+                        help="comma-separated shares of the train prompts to retrain on, every label (e.g. 0.15,0.2,0.5)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    try:
+        curve_shares = tuple(float(share) for share in args.label_curve.split(",") if share.strip())
+    except ValueError:
+        parser.error(f"--label-curve takes comma-separated shares in (0, 1], got {args.label_curve!r}")
+    if not all(0 < share <= 1 for share in curve_shares):
+        parser.error(f"--label-curve takes comma-separated shares in (0, 1], got {args.label_curve!r}")
     source = resolve_table_source(args.data, strict=False)
     scenarios = []
     if not args.skip_own_split:
         train = load_routing_table(source, split="train", progress=False)
         test = load_routing_table(source, split="test", progress=False)
         scenarios.append(run_scenario("own split", train, test, seed=args.seed, cache_dir=args.cache_dir,
-                                      encoder_kind=args.encoder, refit=args.refit))
+                                      encoder_kind=args.encoder, refit=args.refit,
+                                      curve_shares=curve_shares))
     if args.resplits:
         own_train, own_test, pooled, _ = pooled_table(source)
         fraction = len(own_test) / (len(own_train) + len(own_test))  # as the exploration benchmark re-splits
         for split_seed in [int(s) for s in args.resplits.split(",")]:
             train_rows, test_rows = resplit_rows(pooled.tasks, fraction, split_seed)
             scenarios.append(run_scenario(f"resplit {split_seed}", pooled.subset(train_rows), pooled.subset(test_rows),
-                                          seed=args.seed, cache_dir=args.cache_dir, encoder_kind=args.encoder, refit=args.refit))
+                                          seed=args.seed, cache_dir=args.cache_dir, encoder_kind=args.encoder, refit=args.refit,
+                                      curve_shares=curve_shares))
     if not scenarios:
         raise SystemExit("Nothing to run: give --resplits or leave out --skip-own-split.")
     result = {"data": str(args.data), "encoder": args.encoder, "scenarios": scenarios}
