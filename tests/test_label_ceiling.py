@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from carrot_hub.data.routing_table import RoutingTable
 from training.evaluation.label_ceiling import PATTERNS, label_patterns, remember_cells
@@ -39,3 +40,13 @@ def test_patterns_label_what_they_say_and_are_remembered():
     before = router.config.knn_memory_size
     remember_cells(router, stream, patterns["explored 20%"])
     assert router.config.knn_memory_size == before + len(sampled)
+
+
+@pytest.mark.parametrize("shares", ["0.2,abc", "0,0.5", "1.5"])
+def test_label_curve_shares_must_be_in_zero_one(shares, capsys):
+    from training.evaluation.label_ceiling import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--label-curve", shares])
+    assert stopped.value.code == 2
+    assert "--label-curve takes comma-separated shares in (0, 1]" in capsys.readouterr().err
