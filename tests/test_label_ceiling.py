@@ -37,6 +37,8 @@ def test_patterns_label_what_they_say_and_are_remembered():
     sampled = {i for i, _ in patterns["explored 20%"]}
     assert set(patterns["explored 20%"]) <= set(explored_all) and 0 < len(sampled) < n
     assert {i for i, _ in patterns["two random 20%"]} <= sampled
+    assert set(patterns["explored 50%"]) <= set(explored_all)
+    assert 0.25 * len(patterns["chosen"]) < len(patterns["explored 50%"]) < 1.75 * len(patterns["chosen"])
     before = router.config.knn_memory_size
     remember_cells(router, stream, patterns["explored 20%"])
     assert router.config.knn_memory_size == before + len(sampled)

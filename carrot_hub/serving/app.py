@@ -284,7 +284,7 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self.reloader.stop)
         if self.explorer is not None:
             await self.explorer.aclose()
-            self.explorer.ledger.flush()
+            self.explorer.ledger.close()
             await self._explore_upstreams.aclose()
         if self._pending_records:
             await asyncio.gather(*self._pending_records.values(), return_exceptions=True)

@@ -4,9 +4,12 @@
 the caps would multiply under `--workers N` (each worker its own day) and start again from 0 at
 every restart, so a gateway restarted five times a day could spend five budgets. Instead each
 process writes its running totals to a small JSON file of its own under
-`<log dir>/explore-spend/<YYYY-MM-DD>/` (replaced atomically: a reader never sees half a file), and a
-cap is checked against the sum over every file of the day: the other workers', and those of the
-processes that ran earlier that day.
+`<log dir>/explore-spend/<YYYY-MM-DD>/`, and a cap is checked against the sum over every file of the
+day: the other workers', and those of the processes that ran earlier that day.
+
+A file holds one JSON object padded to `RECORD_BYTES`, rewritten in place (one `pwrite`, about
+10 µs, where a write-and-rename costs milliseconds on the event loop) under an exclusive `flock`;
+readers take a shared one, so nobody reads half a record.
 
 Three sums per process:
 - `explored`: US$ spent on explored answers and on the judge;
@@ -22,7 +25,9 @@ without a folder (`folder=None`) keeps the same sums in memory only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -31,11 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic_writing import atomic_file
 
 logger = logging.getLogger("carrot_hub.serving.spend_ledger")
 LEDGER_FOLDER = "explore-spend"
 SERVED_FLUSH_S = 1.0
+RECORD_BYTES = 256  # one JSON record, space-padded: pid and three floats take at most about 110
 _FIELDS = ("explored", "reserved", "served")
 
 
@@ -70,7 +75,8 @@ class SpendLedger:
         self._clock, self._monotonic = clock, monotonic
         self._name = f"{os.getpid()}-{time.time_ns()}.json"  # unique across restarts, even if a pid is reused
         self._day, self._own = clock(), DaySums()
-        self._others: dict[str, tuple[tuple[int, int], tuple[int | None, DaySums]]] = {}  # name -> (stamp, (pid, sums))
+        self._fd: int | None = None  # this process's file of the day, opened at its first write
+        self._readers: dict[str, int] = {}  # the other files of the day, by name, open for reading
         self._last_flush, self._unflushed = float("-inf"), False
 
     # ------------------------------------------------------------------ adding
@@ -114,7 +120,7 @@ class SpendLedger:
         """The day's sums over every process writing this ledger (this one's own figures are always current)."""
         self._roll()
         total = self.own()
-        for _, (pid, sums) in self._read_others().values():
+        for pid, sums in self._read_others():
             if sums.reserved and not _alive(pid):  # a process killed mid-exploration reserves nothing any more
                 sums = DaySums(sums.explored, 0.0, sums.served)
             total = total + sums
@@ -130,55 +136,76 @@ class SpendLedger:
         if self.root is None or not self._unflushed:
             return
         self._last_flush, self._unflushed = self._monotonic(), False
-        sums = {name: getattr(self._own, name) for name in _FIELDS}
+        record = json.dumps({"pid": os.getpid(), **{name: getattr(self._own, name) for name in _FIELDS}})
         try:
-            with atomic_file(self._day_folder() / self._name) as handle:
-                json.dump({"pid": os.getpid(), **sums}, handle)
+            if self._fd is None:
+                self._day_folder().mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self._day_folder() / self._name, os.O_RDWR | os.O_CREAT, 0o644)
+            with _locked(self._fd, fcntl.LOCK_EX):
+                os.pwrite(self._fd, record.encode().ljust(RECORD_BYTES), 0)
         except OSError as error:  # a full disk: the caps still hold for this process; others see it late
             self._unflushed = True
             logger.warning("could not write the exploration spend ledger in %s: %s", self.root, error)
 
-    def _read_others(self) -> dict[str, tuple[tuple[int, int], tuple[int | None, DaySums]]]:
-        """Every other process's file of the day, re-read only when it changed."""
+    def close(self) -> None:
+        """Write what is left (the gateway's shutdown) and close the files."""
+        self.flush()
+        for fd in [self._fd, *self._readers.values()]:
+            if fd is not None:
+                os.close(fd)
+        self._fd, self._readers = None, {}
+
+    def _read_others(self) -> list[tuple[int | None, DaySums]]:
+        """Every other process's `(pid, sums)` of the day (their files are kept open once seen)."""
         if self.root is None:
-            return {}
-        seen = {}
+            return []
         try:
-            entries = list(os.scandir(self._day_folder()))
+            names = os.listdir(self._day_folder())
         except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if entry.name == self._name or not entry.name.endswith(".json") or entry.name.startswith("."):
+            return []
+        sums = []
+        for name in names:
+            if not name.endswith(".json") or name == self._name:
                 continue
-            try:
-                stat = entry.stat()
-            except FileNotFoundError:
-                continue
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            known = self._others.get(entry.name)
-            seen[entry.name] = known if known is not None and known[0] == stamp else (stamp, _read_sums(entry.path))
-        self._others = seen
-        return seen
+            if name not in self._readers:
+                try:
+                    self._readers[name] = os.open(self._day_folder() / name, os.O_RDONLY)
+                except OSError:
+                    continue
+            sums.append(_read_sums(self._readers[name], name))
+        return sums
 
     def _roll(self) -> None:
         """A new UTC day: this process's file of the old day is final, and every sum starts from 0."""
         today = self._clock()
         if today != self._day:
-            self.flush()
-            self._day, self._own, self._others = today, DaySums(), {}
+            self.close()
+            self._day, self._own = today, DaySums()
             self._unflushed = False
 
 
-def _read_sums(path: str) -> tuple[int | None, DaySums]:
-    """One process's id and sums from its ledger file; an unreadable file counts as nothing (logged)."""
+@contextlib.contextmanager
+def _locked(fd: int, operation: int):
+    fcntl.flock(fd, operation)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_sums(fd: int, name: str) -> tuple[int | None, DaySums]:
+    """One process's id and sums from its ledger file; an unreadable record counts as nothing (logged)."""
+    try:
+        with _locked(fd, fcntl.LOCK_SH):
+            text = os.pread(fd, RECORD_BYTES, 0)
+        if not text.strip():  # created, its first record not yet written
+            return None, DaySums()
+        data = json.loads(text)
         pid = data.get("pid")
         return (pid if isinstance(pid, int) else None,
                 DaySums(*(max(float(data.get(name, 0.0)), 0.0) for name in _FIELDS)))
     except (OSError, ValueError, TypeError, AttributeError) as error:
-        logger.warning("ignored the exploration spend ledger file %s: %s", path, error)
+        logger.warning("ignored the exploration spend ledger file %s: %s", name, error)
         return None, DaySums()
 
 

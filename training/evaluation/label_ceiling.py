@@ -18,6 +18,9 @@ the start router, all curves on one shared cost range:
   candidates' closest in predicted quality). RATE 0.2's labels, in one batch.
 - `two random 20%`: on the same 20%, the labels of two candidates drawn at random (as many labels as
   `explored 20%`, with no choice in which).
+- `explored 50%`: exploration's pairs on a seeded half of the prompts: as many labels as `chosen`,
+  so `explored 50%` − `chosen` (paired by scenario in `--markdown`) is exploration against user
+  feedback at equal labels.
 
 The choices are the start router's for every prompt (one batch, not a stream that learns as it goes).
 Last line: JSON; `--markdown` prints the table of mean ± SE over the scenarios.
@@ -54,7 +57,7 @@ from ..knn_refit import refit_knn
 from .evaluate import router_curve, summarize
 from .exploration_benchmark import start_rows
 
-PATTERNS = ("every model", "chosen", "explored 20%", "explored 100%", "two random 20%")
+PATTERNS = ("every model", "chosen", "explored 20%", "explored 50%", "explored 100%", "two random 20%")
 EXPLORED_SHARE = 0.2
 
 
@@ -80,6 +83,10 @@ def label_patterns(start_router, stream, seed: int, mu: float = 0.5) -> dict[str
         "explored 100%": [(i, j) for i in range(n) for j in (chosen[i], explored[i]) if j is not None],
         "two random 20%": [(i, int(j)) for i in np.flatnonzero(sampled) for j in rng.choice(n_models, 2, replace=False)],
     }
+    # Half the prompts, two labels each: as many labels as `chosen` (its own draw: the others' are unchanged).
+    half = np.random.default_rng(seed + 1).random(n) < 0.5
+    patterns["explored 50%"] = [(i, j) for i in np.flatnonzero(half) for j in (chosen[i], explored[i]) if j is not None]
+    patterns = {name: patterns[name] for name in PATTERNS}
     return {name: [(int(i), int(j)) for i, j in cells if not np.isnan(stream.scores[i, j])] for name, cells in patterns.items()}
 
 
@@ -161,6 +168,9 @@ def markdown(scenarios: list[dict]) -> str:
                      f"| {np.mean([e['labels'] for e in entries]):,.0f} "
                      f"| {mean_se([e['aiq'] - s['aiq_start'] for e, s in zip(entries, scenarios)])} "
                      f"| {mean_se([e['aiq'] - s['aiq_all_train_labels'] for e, s in zip(entries, scenarios)])} |")
+    if "explored 50%" in scenarios[0]["aiq"]:
+        lines.append(f"\nExplored 50% − chosen (equal labels), paired: "
+                     f"{mean_se([s['aiq']['explored 50%'] - s['aiq']['chosen'] for s in scenarios])}.")
     gap = mean_se([s["aiq_all_train_labels"] - s["aiq_start"] for s in scenarios])
     lines.append(f"\nAll train labels − start: {gap} over {len(scenarios)} scenarios.")
     return "\n".join(lines)
