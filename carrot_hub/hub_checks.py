@@ -23,6 +23,10 @@ class HubAuthError(PublishError):
     """No Hugging Face token to publish with."""
 
 
+class CommitConflict(PublishError):
+    """The branch moved past the commit a publish was based on (`parent_commit`): another writer committed."""
+
+
 # What may name a Hub repo rather than a local path: `namespace/name` (a router or encoder), and
 # `name` or `namespace/name` (a data set). The one home of this pattern; `check_repo_id` validates fully.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -106,5 +110,5 @@ def hub_refused(error: BaseException, what: str, token: str | None) -> PublishEr
 
 
 __all__ = [
-    "HubAuthError",
+    "CommitConflict", "HubAuthError",
     "PublishError", "check_repo_id", "check_revision", "hub_refused", "is_pull_request", "redact", "require_token"]

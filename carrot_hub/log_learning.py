@@ -20,7 +20,7 @@ import sys
 import time
 
 from .label_reading import LabelReader, apply_labels, open_log_source
-from .router_store import FolderStore, StoreLocked, open_store
+from .router_store import FolderStore, StoreConflict, StoreLocked, open_store
 
 logger = logging.getLogger(__name__)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -95,7 +95,7 @@ class LogLearner:
             "published_at": time.time(),
             "reader": self.reader.state(),
         }
-        self.revision = self.store.publish(self.router, state)
+        self.revision = self.store.publish(self.router, state, parent=self.revision)
         logger.info("published %s: %d labels (%d new rows, %d cells filled) in %.2f s", self.revision, len(labels),
                     applied["added"], applied["filled"], time.perf_counter() - started)
         return self.revision
@@ -136,7 +136,7 @@ def add_learn_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def run_learn(args: argparse.Namespace) -> int:
     """`carrot learn`: see the module docstring."""
     from .cli_common import Failure, UsageError, load_router
-    from .hub_checks import redact
+    from .hub_checks import PublishError, redact
 
     if args.cycles is not None and args.cycles < 1:
         raise UsageError(f"--cycles must be at least 1, got {args.cycles}.")
@@ -171,7 +171,9 @@ def run_learn(args: argparse.Namespace) -> int:
         learner.run(args.every, cycles=1 if args.once else args.cycles, report=report)
     except KeyboardInterrupt:
         pass
-    except OSError as error:
+    except StoreConflict as error:
+        raise Failure(f"carrot learn stopped: {error}") from None
+    except (OSError, PublishError) as error:
         raise Failure(f"carrot learn stopped: {redact(str(error))} (the store's current revision is unchanged)") from None
     finally:
         learner.close()

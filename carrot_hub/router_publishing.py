@@ -30,7 +30,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from .atomic_writing import atomic_folder
 from .configuration_carrot import CarrotConfig
-from .hub_checks import PublishError, check_repo_id, check_revision, hub_refused, is_pull_request, require_token
+from .hub_checks import CommitConflict, PublishError, check_repo_id, check_revision, hub_refused, is_pull_request, require_token
 from .hub_code import code_files
 from .router_folder import check_output_dir
 
@@ -136,6 +136,7 @@ def publish_router(
     commit_description: str | None = None,
     tags: list[str] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    parent_commit: str | None = None,
 ) -> PublishResult:
     """
     Publish a saved router folder to the Hub in one commit, with a generated README.md card.
@@ -157,6 +158,9 @@ def publish_router(
         tags: extra Hub tags for the card.
         extra_files: more files for the same commit, `{path in repo: content}` (`carrot learn` sends
             its learning.json this way, so a revision and its log position are one commit).
+        parent_commit: commit only if the branch's head is still this commit hash; else
+            `CommitConflict` and nothing is committed (`carrot learn` uses it so that a second writer
+            of the same repo, on another machine, stops instead of publishing over the first).
 
     Returns:
         A [`PublishResult`] (files sent with their sizes, the card, the Hub's commit info).
@@ -228,8 +232,15 @@ def publish_router(
             revision=revision,
             create_pr=create_pr,
             repo_type="model",
+            parent_commit=parent_commit,
         )
-    except (HfHubHTTPError, OSError, ValueError) as error:  # the cause is dropped: it may quote the token
+    except HfHubHTTPError as error:
+        if parent_commit is not None and getattr(error.response, "status_code", None) == 412:
+            raise CommitConflict(
+                f"{repo_id} has moved past {parent_commit[:12]}: another writer committed to it since, so nothing "
+                "was published. Run one writer per repo.") from None
+        raise hub_refused(error, f"the upload to {repo_id}", token) from None
+    except (OSError, ValueError) as error:  # the cause is dropped: it may quote the token
         raise hub_refused(error, f"the upload to {repo_id}", token) from None
     return PublishResult(repo_id=repo_id, revision=revision, files=sizes, commit_info=commit_info, card=card)
 
@@ -281,8 +292,8 @@ def push_router(
     `eval_results.json` and `cost_quality.png` when given. Everything that can be checked locally
     (repo id, revision, token, plot, evaluation JSON) is checked before anything is sent.
 
-    `card_options`: `card_date`, `encoder_id`, `datasets`, `license`, `router_key` (see
-    [`publish_router`]). Returns a [`PublishResult`] (its `commit_url` is the Hub's).
+    `card_options`: `card_date`, `encoder_id`, `datasets`, `license`, `router_key`, `extra_files`,
+    `parent_commit` (see [`publish_router`]). Returns a [`PublishResult`] (its `commit_url` is the Hub's).
     """
     check_repo_id(repo_id)
     check_revision(revision)

@@ -37,6 +37,10 @@ STATE_FILENAME = "learning.json"
 LOCK_FILENAME = ".learn.lock"
 
 
+class StoreConflict(RuntimeError):
+    """The store's current revision is not the one this writer last saw: another writer published meanwhile."""
+
+
 class StoreLocked(RuntimeError):
     """Another writer holds the store: the message names it (host, process id, command, since when)."""
 
@@ -153,11 +157,16 @@ class FolderStore:
         for path in self.folder.glob(".*.tmp"):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    def publish(self, router, state: dict) -> str:
+    def publish(self, router, state: dict, parent: str | None = None) -> str:
         """
         A new revision holding `router` (saved with its model card) and `state` as learning.json:
         written into a temporary folder, renamed into place, then named by LATEST. Returns its name.
+        `parent`: the revision the writer grew `router` from (`StoreConflict` when LATEST names
+        another; None: the store must hold none yet, or the check is skipped for a first publish).
         """
+        if parent is not None and self.current() != parent:
+            raise StoreConflict(f"{self.folder} moved from revision {parent} to {self.current()}: another writer "
+                                "published meanwhile, so nothing was published. Run one carrot learn per store.")
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{REVISION_PREFIX}{stamp}-{self._next_number():06d}-{int(state.get('labels_applied', 0))}labels"
@@ -197,8 +206,10 @@ def _fsync_tree(folder: Path) -> None:
 class HubStore:
     """
     A Hub model repo as a store: each revision is a commit made by `push_to_hub` (with
-    learning.json), the revision id its commit hash. The writer lock is a local one (`lock_dir`):
-    run the one `carrot learn` of a repo on one machine.
+    learning.json), the revision id its commit hash. The writer lock is a local one (`lock_dir`);
+    across machines, each commit names the revision it grew from as its `parent_commit`, so when a
+    second writer has committed meanwhile the Hub refuses the commit (HTTP 412) and `publish`
+    raises `StoreConflict` instead of publishing over the other writer's labels.
     """
 
     def __init__(self, repo_id: str, token: str | None = None, lock_dir=None):
@@ -238,12 +249,20 @@ class HubStore:
             return {}
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
-    def publish(self, router, state: dict) -> str:
-        """`router.push_to_hub` with learning.json in the same commit; returns the commit hash."""
+    def publish(self, router, state: dict, parent: str | None = None) -> str:
+        """
+        `router.push_to_hub` with learning.json in the same commit; returns the commit hash.
+        `parent`: the commit the writer grew `router` from (`StoreConflict` when main has moved past it).
+        """
+        from .hub_checks import CommitConflict
+
         state_bytes = (json.dumps(state, indent=2) + "\n").encode("utf-8")
-        result = router.push_to_hub(self.repo_id, token=self.token,
-                                    commit_message=f"carrot learn: {state.get('labels_applied', 0)} labels applied",
-                                    extra_files={STATE_FILENAME: state_bytes})
+        try:
+            result = router.push_to_hub(self.repo_id, token=self.token,
+                                        commit_message=f"carrot learn: {state.get('labels_applied', 0)} labels applied",
+                                        extra_files={STATE_FILENAME: state_bytes}, parent_commit=parent)
+        except CommitConflict as conflict:
+            raise StoreConflict(f"{conflict} (carrot learn: one writer per store.)") from None
         info = getattr(result, "commit_info", result)
         return getattr(info, "oid", None) or str(getattr(info, "commit_url", info))
 

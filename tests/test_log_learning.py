@@ -185,6 +185,76 @@ def test_a_hub_store_publishes_the_router_and_its_position_in_one_commit(saved_k
     assert json.loads(sent[0]["learning.json"].path_or_fileobj)["labels_applied"] == 3
 
 
+class FakeHubRepo:
+    """A Hub model repo's main branch for HubStore: commits refused with HTTP 412 when `parent_commit`
+    is not the head (as the Hub does), and a record of every commit that landed."""
+
+    def __init__(self, monkeypatch, head: str):
+        import httpx2
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+        self.head, self.commits = head, []
+
+        def create_commit(api, repo_id, operations, parent_commit=None, **kwargs):
+            if parent_commit is not None and parent_commit != self.head:
+                response = httpx2.Response(412, request=httpx2.Request("POST", f"https://huggingface.co/api/models/{repo_id}/commit/main"))
+                raise HfHubHTTPError("412 Client Error: Precondition Failed: A commit has happened since. Please "
+                                     "refresh and try again.", response=response)
+            self.head = f"{len(self.commits) + 1:040d}"
+            self.commits.append({op.path_in_repo: op for op in operations})
+            return SimpleNamespace(oid=self.head, commit_url=f"https://huggingface.co/{repo_id}/commit/{self.head}")
+
+        def no_state(*args, **kwargs):
+            raise EntryNotFoundError("learning.json")
+
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kwargs: None)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+        monkeypatch.setattr(HfApi, "model_info", lambda api, repo_id, **kwargs: SimpleNamespace(sha=self.head))
+        monkeypatch.setattr("huggingface_hub.hf_hub_download", no_state)
+        monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_test_token")
+
+
+def test_a_second_writer_of_a_hub_repo_on_another_machine_is_refused_not_published_over(saved_knn_router, tmp_path,
+                                                                                       monkeypatch):
+    """The local lock cannot see a writer on another machine; the commit's parent does: the Hub refuses
+    the second writer's commit, which would have published a router without the first one's labels."""
+    from carrot_hub.router_store import StoreConflict
+
+    repo = FakeHubRepo(monkeypatch, head="a" * 40)
+    log = OutcomeLog(tmp_path / "log")
+    serve(log, "r0", NEW[0])
+    log.feedback("r0", 1.0)
+
+    def hub_learner(machine):
+        store = HubStore("someone/carrot-learned", lock_dir=tmp_path / machine)
+        return LogLearner(FolderLogSource(tmp_path / "log"), store, lambda spec: CarrotRouter.from_pretrained(saved_knn_router))
+
+    first, second = hub_learner("machine-1"), hub_learner("machine-2")  # both start from the repo's head
+    published = first.step()
+    assert published == repo.head and len(repo.commits) == 1
+    with pytest.raises(StoreConflict, match="moved past aaaaaaaaaaaa: another writer committed"):
+        second.step()
+    assert repo.head == published and len(repo.commits) == 1  # nothing published over the first writer
+    serve(log, "r1", NEW[1])
+    log.feedback("r1", 0.0)
+    assert first.step() == repo.head and len(repo.commits) == 2  # the first writer goes on from its own commit
+    first.close()
+    second.close()
+
+
+def test_a_folder_store_refuses_a_publish_grown_from_an_old_revision(saved_knn_router, tmp_path):
+    from carrot_hub.router_store import StoreConflict
+
+    store = FolderStore(tmp_path / "store")
+    router = CarrotRouter.from_pretrained(saved_knn_router)
+    first = store.publish(router, {"labels_applied": 1})
+    second = store.publish(router, {"labels_applied": 2}, parent=first)
+    with pytest.raises(StoreConflict, match=f"moved from revision {first} to {second}"):
+        store.publish(router, {"labels_applied": 3}, parent=first)
+    assert store.current() == second
+
+
 def test_durations():
     assert parse_duration("60s") == 60 and parse_duration("10m") == 600 and parse_duration("250ms") == 0.25
     with pytest.raises(Exception, match="positive duration"):
