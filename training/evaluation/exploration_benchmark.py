@@ -41,7 +41,7 @@ import torch
 from carrot_hub.data.routerbench import write_routerbench_responses
 from carrot_hub.modeling_carrot import CarrotRouter
 from carrot_hub.serving.app import Gateway, GatewaySettings
-from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, PICK_RULES, ExploreSettings
+from carrot_hub.serving.exploration import DEFAULT_PICK_RULE, PICK_RULES, ExploreSettings, default_ood_rate
 from carrot_hub.serving.fake_upstream import FakeUpstream, FakeUpstreamConfig
 from carrot_hub.serving.learning import OnlineLearner
 from carrot_hub.serving.outcome_log_writer import OutcomeLog
@@ -67,6 +67,7 @@ class Arm:
     feedback: bool = False
     rule: str = DEFAULT_PICK_RULE
     max_share: float | None = None  # --explore-max-share: exploration's spend at most this share of serving's
+    ood_rate: float | None = None  # --explore-ood-rate (None: its default, 4 x rate)
 
 
 def default_arms(rules=("most-uncertain", "random", "most-expensive")) -> list[Arm]:
@@ -110,7 +111,7 @@ async def serve_stream(router, record, arm: Arm, judge: str, prompts: list[str],
                         transport=httpx.ASGITransport(app=fake.app))
     learner = OnlineLearner(router, work / "grown", every=0, keep=1)
     explore = None if arm.feedback else ExploreSettings(rate=arm.rate, judge=judge, seed=seed, pick_rule=arm.rule,
-                                                                max_share=arm.max_share)
+                                                        max_share=arm.max_share, ood_rate=arm.ood_rate)
     gateway = Gateway(router, pool, GatewaySettings(route_window_s=0.0), outcome_log=OutcomeLog(work / "log"),
                       learner=learner, explore=explore)
     metrics, checkpoints, stopped_early = gateway.metrics, [], False
@@ -319,6 +320,9 @@ def main(argv=None) -> int:
                              "arc-challenge,winogrande:mbpp on routerbench-0shot)")
     parser.add_argument("--new-task-every", type=int, default=100)
     parser.add_argument("--new-task-rates", default="0.2", help="exploration rates of the new-task scenario")
+    parser.add_argument("--new-task-ood-only", action="store_true",
+                        help="also serve the new task exploring only prompts out of the trained distribution "
+                             "(RATE 0, --explore-ood-rate at the first rate's default)")
     parser.add_argument("--new-task-rules", default="", help="other explored-candidate rules run in the new-task "
                         "scenario at its first rate (comma-separated, e.g. most-uncertain,random)")
     parser.add_argument("--skip-own-split", action="store_true")
@@ -394,6 +398,9 @@ def main(argv=None) -> int:
         rates = [float(r) for r in args.new_task_rates.split(",")]
         new_arms = [Arm(f"rate={r:g}", r) for r in rates] + [Arm("user feedback", feedback=True)]
         new_arms += [Arm(f"rate={rates[0]:g} {rule}", rates[0], rule=rule) for rule in args.new_task_rules.split(",") if rule]
+        if args.new_task_ood_only:  # the out-of-distribution prompts at RATE's OOD rate, nothing in distribution
+            ood = default_ood_rate(rates[0])
+            new_arms.append(Arm(f"rate=0 ood={ood:g}", 0.0, ood_rate=ood))
         scenario = run_scenario("new task", new_train, new_test, record, new_arms, args.judge, args.new_task_every,
                                 None, args.seed, cache_dir=args.cache_dir, start_table=known_train,
                                 stream_table=new_train.subset(order), deadline=deadline, limit=args.limit,
