@@ -139,11 +139,21 @@ class GatewayMetrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self.refresh()
-        merged = MultiProcessCollector(None, path=self.multiprocess_dir)
+        merged = list(MultiProcessCollector(None, path=self.multiprocess_dir).collect())  # every file read once
         registry = CollectorRegistry()
-        registry.register(_Shares(self, merged.collect))
-        registry.register(merged)
+        registry.register(_Shares(self, lambda: merged))
+        registry.register(_Collected(merged))
         return generate_latest(registry)
+
+
+class _Collected:
+    """Metric families already collected, as a collector."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
 
 
 class _Shares:
