@@ -166,9 +166,13 @@ def test_bad_removals(knn_router):
 # ------------------------------------------------------------------- interrupted saves (issue 15.1)
 
 _SLOW_SAVE = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from carrot_hub.modeling_carrot import CarrotRouter
+
+# Ctrl-C as in a terminal: a suite run as a background job (`cmd &` in a script) starts its children with
+# SIGINT ignored, and Python keeps it ignored, so the interruption never arrived and the save ran to exit 0.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def half_then_wait(self, directory, *args, **kwargs):
     (Path(directory) / "config.json").write_text('{"half": ')  # killed in the middle of writing
