@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-BEHAVIOURS = ("quote_key", "quote_key_escaped", "split_key", "split_key_unfinished", "no_done", "comments_only", "nested")
+BEHAVIOURS = ("quote_key", "quote_key_escaped", "split_key", "split_key_unfinished", "no_done", "cut_short",
+              "comments_only", "nested")
 
 
 def _chunk(content: str | None, finish_reason=None) -> dict:
@@ -69,8 +70,10 @@ class HostileUpstream:
         yield middle[cut:]
         yield _frame({"error": f"{key} in a non-chunk event"})  # JSON, but not a chunk
         yield f"data: not json {key}\n\n".encode()
+        if self.behaviour == "cut_short":  # closed mid-answer: no finish_reason, no [DONE]
+            return
         yield _frame(_chunk(None, finish_reason="stop"))
-        if self.behaviour != "no_done":
+        if self.behaviour != "no_done":  # no_done: finished, then closed without the sentinel
             yield _frame("[DONE]")
 
     async def _split_key_stream(self, key: str):

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -142,6 +142,7 @@ class _Served:
     answer_parts: list | None = None  # the answer's text, kept only when the request may be explored
     key_guard: SplitKeyGuard | None = None  # a stream's text that could begin a key, held back until it cannot
     completion_id: str | None = None  # the stream's chunk id, for a last chunk of held text
+    stream_choices: dict = field(default_factory=dict)  # a stream's choice index -> whether its finish_reason came
 
 
 def _reliability_headers(choice: RoutedChoice | None) -> dict:
@@ -646,8 +647,13 @@ class Gateway:
                 if out is not None:
                     yield {"data": out}
                 data = await anext(stream.events, None)
-                if data is None:  # a stream cut short, however politely: no [DONE] is invented
-                    raise UpstreamFailure(served.model, "closed the stream before [DONE]")
+                if data is None:
+                    if not _every_choice_finished(served.stream_choices):  # cut short, however politely
+                        raise UpstreamFailure(served.model, "closed the stream before [DONE]")
+                    # Every choice gave its finish_reason, then the stream closed without the [DONE]
+                    # sentinel (`transformers serve` ends streams so): the answer is whole, so the client's
+                    # stream ends as a whole one does.
+                    data = "[DONE]"
         except (asyncio.CancelledError, GeneratorExit):
             served.status, served.error = "stream_error", "the client disconnected"
             raise
@@ -686,6 +692,7 @@ class Gateway:
             guard_chunk(served.key_guard, chunk)
         if served.answer_parts is not None:
             served.answer_parts.append(_delta_text(chunk))
+        _note_choices(served.stream_choices, chunk)
         if chunk.get("usage"):
             served.usage, served.usage_invalid = _usage(chunk["usage"])
             if not served.chat.client_wants_usage:
@@ -968,6 +975,23 @@ def _message_text(answer) -> str:
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, Mapping) else None
     return content if isinstance(content, str) else ""
+
+
+def _note_choices(seen: dict, chunk: dict) -> None:
+    """Record in `seen` (choice index -> finished) the choices of one stream chunk and which have finished."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return
+    for choice in choices:
+        if isinstance(choice, dict):
+            index = choice.get("index", 0)
+            key = index if isinstance(index, int) else 0
+            seen[key] = seen.get(key, False) or choice.get("finish_reason") is not None
+
+
+def _every_choice_finished(seen: dict) -> bool:
+    """A stream whose every choice has given its finish_reason carries a whole answer (False for no choice at all)."""
+    return bool(seen) and all(seen.values())
 
 
 def _delta_text(chunk: dict) -> str:
