@@ -160,21 +160,25 @@ def test_a_key_spread_over_several_stream_events_is_scrubbed_and_no_text_is_lost
 # ----------------------------------------------- 9: a stream that ends without [DONE]
 
 
-def test_a_stream_cut_short_is_a_broken_stream(knn_router, tmp_path):
-    """Closed mid-answer (no finish_reason, no [DONE]): a stream_error, and the client's stream ends as a broken one."""
-    hostile = HostileUpstream("cut_short")
+def stream_from_hostile(behaviour: str, router, tmp_path):
+    """One streamed request to a hostile upstream behind the gateway → (response, events, its record, /metrics text)."""
     log = OutcomeLog(tmp_path)
-    with LocalServer(hostile.app) as upstream:
+    with LocalServer(HostileUpstream(behaviour).app) as upstream:
         entries = {"big-model": {"base_url": upstream.base_url, "model": "m"}}
-        with running_gateway(knn_router, entries, log=log) as (gateway, server):
+        with running_gateway(router, entries, log=log) as (gateway, server):
             response, _, events = stream_events(server, {"model": "big-model", "messages": USER})
             wait_records(gateway)
             metrics = httpx.get(server.url + "/metrics").text
+    return response, events, served_records(log)[response.headers["x-carrot-request-id"]], metrics
+
+
+def test_a_stream_cut_short_is_a_broken_stream(knn_router, tmp_path):
+    """Closed mid-answer (no finish_reason, no [DONE]): a stream_error, and the client's stream ends as a broken one."""
+    response, events, record, metrics = stream_from_hostile("cut_short", knn_router, tmp_path)
     assert response.status_code == 200
     assert "[DONE]" not in events
     error = json.loads(events[-1])["error"]
     assert error["code"] == "stream_interrupted" and "before [DONE]" in error["message"]
-    record = served_records(log)[response.headers["x-carrot-request-id"]]
     assert record["status"] == "stream_error" and "before [DONE]" in record["error"]
     assert 'carrot_requests_total{model="big-model",status="stream_error"} 1.0' in metrics
 
@@ -182,17 +186,10 @@ def test_a_stream_cut_short_is_a_broken_stream(knn_router, tmp_path):
 def test_a_finished_stream_closed_without_the_done_sentinel_is_whole(knn_router, tmp_path):
     """Every choice gave its finish_reason, then the upstream closed without [DONE], as `transformers serve`
     does: the answer is whole, recorded ok, and the client's stream ends with [DONE] as a whole one does."""
-    hostile = HostileUpstream("no_done")
-    log = OutcomeLog(tmp_path)
-    with LocalServer(hostile.app) as upstream:
-        entries = {"big-model": {"base_url": upstream.base_url, "model": "m"}}
-        with running_gateway(knn_router, entries, log=log) as (gateway, server):
-            response, _, events = stream_events(server, {"model": "big-model", "messages": USER})
-            wait_records(gateway)
+    response, events, record, _ = stream_from_hostile("no_done", knn_router, tmp_path)
     assert response.status_code == 200 and events[-1] == "[DONE]"
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
     assert not any('"stream_interrupted"' in event for event in events)
-    record = served_records(log)[response.headers["x-carrot-request-id"]]
     assert record["status"] == "ok" and "error" not in record
 
 

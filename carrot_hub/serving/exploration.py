@@ -272,29 +272,20 @@ class Explorer:
             return day.explored / day.served
         return float("inf") if day.explored > 0 else 0.0
 
-    def _committed(self, predicted_cost: float) -> tuple[float, float]:
-        """(today's exploration spend + explorations in flight (predicted) + `predicted_cost`, today's serving spend)."""
-        day = self.ledger.today()
-        return day.explored + day.reserved + max(predicted_cost, 0.0), day.served
-
-    def over_budget(self, predicted_cost: float = 0.0) -> bool:
-        """True when today's spend, in flight included, plus `predicted_cost` (the exploration's) passes the budget."""
-        budget = self.settings.budget_per_day
-        return budget is not None and self._committed(predicted_cost)[0] > budget
-
-    def over_share(self, predicted_cost: float = 0.0) -> bool:
-        """True when today's spend, in flight included, plus `predicted_cost` passes `max_share` × today's serving spend."""
-        share = self.settings.max_share
-        if share is None:
-            return False
-        committed, served = self._committed(predicted_cost)
-        return committed > share * served
-
     def _held_back(self, predicted_cost: float) -> str | None:
-        """Why an exploration predicted to cost `predicted_cost` must not run now (a drop reason), else None."""
-        if self.over_budget(predicted_cost):
+        """
+        Why an exploration predicted to cost `predicted_cost` must not run now (a drop reason), else None:
+        today's exploration spend, explorations in flight (at their predicted cost) and this one would pass
+        the budget, or `max_share` × today's serving spend. The day's sums are read once (other workers' files).
+        """
+        budget, share = self.settings.budget_per_day, self.settings.max_share
+        if budget is None and share is None:
+            return None
+        day = self.ledger.today()
+        committed = day.explored + day.reserved + max(predicted_cost, 0.0)
+        if budget is not None and committed > budget:
             return "budget"
-        if self.over_share(predicted_cost):
+        if share is not None and committed > share * day.served:
             return "share"
         return None
 
